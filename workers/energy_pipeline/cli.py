@@ -1,0 +1,72 @@
+"""`energy-pipeline <command>`: one entry point for every worker and tool."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from energy_pipeline.logs import configure_logging
+
+log = logging.getLogger("energy_pipeline.cli")
+
+
+def _stack_install(args: argparse.Namespace) -> int:
+    from energy_pipeline.localstack.install import install_all
+
+    found = install_all(*([args.kafka_version] if args.kafka_version else []))
+    print(json.dumps(found, indent=2))
+    return 0
+
+
+def _stack_up(args: argparse.Namespace) -> int:
+    from energy_pipeline.localstack import LocalStack
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stack_kwargs: dict[str, object] = {"kafka_nodes": args.kafka_nodes, "keep_data": args.keep_data}
+    if args.data_dir:
+        stack_kwargs["base_dir"] = Path(args.data_dir)
+    with LocalStack(**stack_kwargs) as stack:  # type: ignore[arg-type]
+        env = stack.env()
+        log.info("local stack ready", extra={"env": env, "data_dir": str(stack.base_dir)})
+        for key, value in env.items():
+            print(f"export {key}={value!r}", file=sys.stderr)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        log.info("stopping local stack")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="energy-pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    stack = commands.add_parser("stack", help="real Kafka, PostgreSQL and MQTT as local processes")
+    stack_commands = stack.add_subparsers(dest="stack_command", required=True)
+    install = stack_commands.add_parser("install", help="install system packages and Kafka jars")
+    install.add_argument("--kafka-version", default=None)
+    install.set_defaults(func=_stack_install)
+    up = stack_commands.add_parser("up", help="start the stack and keep it running until Ctrl-C")
+    up.add_argument("--kafka-nodes", type=int, default=3)
+    up.add_argument("--data-dir", default=None, help="default: a new temp dir")
+    up.add_argument("--keep-data", action="store_true")
+    up.set_defaults(func=_stack_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(component=args.command)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""A real MQTT 5 broker (Mosquitto from Debian) with persistence, as a local process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from energy_pipeline.localstack.install import require
+from energy_pipeline.localstack.process import (
+    ManagedProcess,
+    free_port,
+    wait_until,
+)
+
+
+def render_mosquitto_conf(port: int, persistence_dir: Path, run_as_root: bool) -> str:
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        # Queued QoS 1 messages and persistent sessions survive a broker restart.
+        "persistence true",
+        f"persistence_location {persistence_dir}/",
+        "autosave_interval 1",
+        # A bridge that is down for a while must not lose readings queued for it.
+        "max_queued_messages 0",
+        "max_inflight_messages 100",
+        "log_dest stdout",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+    ]
+    if run_as_root:
+        # Otherwise Mosquitto drops to the `mosquitto` user, who cannot write our temp dir.
+        lines.append("user root")
+    return "\n".join(lines) + "\n"
+
+
+def mqtt_connack(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True once the broker answers an MQTT 5 CONNECT with a successful CONNACK."""
+    import paho.mqtt.client as mqtt
+
+    connected = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        if not reason_code.is_failure:
+            connected.set()
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"probe-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv5,
+    )
+    client.on_connect = on_connect
+    try:
+        client.connect(host, port, keepalive=10)
+        client.loop_start()
+        return connected.wait(timeout)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+@dataclass
+class MosquittoBroker:
+    base_dir: Path
+    port: int = field(default_factory=free_port)
+    start_timeout: float = 30.0
+    process: ManagedProcess | None = field(default=None, init=False)
+
+    host = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        mosquitto = require("mosquitto")
+        persistence = self.base_dir / "persistence"
+        persistence.mkdir(parents=True, exist_ok=True)
+        conf = self.base_dir / "mosquitto.conf"
+        conf.write_text(render_mosquitto_conf(self.port, persistence, os.geteuid() == 0))
+        self.process = ManagedProcess(
+            name="mosquitto",
+            argv=[mosquitto, "-c", str(conf)],
+            log_path=self.base_dir / "mosquitto.log",
+        )
+        self.process.start()
+        wait_until(
+            lambda: mqtt_connack(self.host, self.port),
+            timeout=self.start_timeout,
+            what="waiting for an MQTT CONNACK",
+            process=self.process,
+        )
+
+    def stop(self) -> None:
+        # SIGTERM makes Mosquitto write its persistence file before it exits.
+        if self.process is not None:
+            self.process.stop(timeout=15)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
