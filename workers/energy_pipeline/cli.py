@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -37,10 +38,8 @@ def _stack_up(args: argparse.Namespace) -> int:
         log.info("local stack ready", extra={"env": env, "data_dir": str(stack.base_dir)})
         for key, value in env.items():
             print(f"export {key}={value!r}", file=sys.stderr)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
         log.info("stopping local stack")
     return 0
 

@@ -35,7 +35,8 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(component: str, pipeline: str | None = None, level: str = "INFO") -> None:
     """Route all logging to stdout as JSON lines; `pipeline` defaults to $PIPELINE_NAME."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(pipeline or os.environ.get("PIPELINE_NAME", "local"), component))
+    pipeline = pipeline or os.environ.get("PIPELINE_NAME", "local")
+    handler.setFormatter(JsonFormatter(pipeline, component))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("LOG_LEVEL", level).upper())

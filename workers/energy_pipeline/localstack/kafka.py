@@ -193,7 +193,8 @@ class KafkaCluster:
         )
         if result.returncode != 0:
             raise ServiceError(
-                f"kafka storage format failed for {config}:\n{(result.stdout + result.stderr)[-2000:]}"
+                f"kafka storage format failed for {config}:\n"
+                f"{(result.stdout + result.stderr)[-2000:]}"
             )
 
     def admin(self) -> AdminClient:

@@ -25,6 +25,7 @@ def render_mosquitto_conf(port: int, persistence_dir: Path, run_as_root: bool) -
         "persistence true",
         f"persistence_location {persistence_dir}/",
         "autosave_interval 1",
+        "persistent_client_expiration 7d",
         # A bridge that is down for a while must not lose readings queued for it.
         "max_queued_messages 0",
         "max_inflight_messages 100",
@@ -32,6 +33,7 @@ def render_mosquitto_conf(port: int, persistence_dir: Path, run_as_root: bool) -
         "log_type error",
         "log_type warning",
         "log_type notice",
+        "log_type information",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
     ]
     if run_as_root:

@@ -17,8 +17,8 @@ from energy_pipeline.localstack.process import (
     ManagedProcess,
     ServiceError,
     chown_tree,
-    grant_traverse,
     free_port,
+    grant_traverse,
     user_for_service,
     wait_until,
 )
@@ -40,7 +40,10 @@ def render_server_args(
 
 
 def dsn(port: int, password: str, database: str, user: str = SUPERUSER) -> str:
-    return f"postgresql://{quote(user)}:{quote(password)}@127.0.0.1:{port}/{quote(database)}"
+    return (
+        f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
+        f"@127.0.0.1:{port}/{quote(database, safe='')}"
+    )
 
 
 @dataclass

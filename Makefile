@@ -1,0 +1,52 @@
+# energy-pipeline: one entry point for developers and CI.
+#   make test   install everything needed (venv, apt packages, Kafka jars) and run all tests
+#   make lint   ruff
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The venv is rebuilt whenever the pinned dependencies change.
+VENV_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help venv deps lint test unit integration cluster e2e stack clean
+
+help:
+	@echo "make test         install what is missing, then run every test (unit, integration, cluster, e2e)"
+	@echo "make unit|integration|cluster|e2e   one kind of test only"
+	@echo "make lint         ruff"
+	@echo "make stack        real Kafka (3 nodes), PostgreSQL and MQTT on 127.0.0.1 until Ctrl-C"
+	@echo "make clean        remove the venv (caches in ~/.cache/energy-pipeline are kept)"
+
+$(VENV_STAMP): pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+venv: $(VENV_STAMP)
+
+# apt packages (postgresql, mosquitto, Java 17, Maven) when missing, and the Kafka jars.
+deps: venv
+	$(BIN)/energy-pipeline stack install
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: deps lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+integration cluster e2e: deps
+	$(BIN)/pytest -m $@ $(PYTEST_ARGS)
+
+stack: deps
+	$(BIN)/energy-pipeline stack up
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""Shared fixtures: real services started once per test session through the local stack.
+
+Every test carries exactly one of the markers unit / integration / cluster / e2e; the suite
+runs them in that order so the fast ones fail first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from energy_pipeline.localstack import KafkaCluster, MosquittoBroker, PostgresServer
+from energy_pipeline.localstack.install import ensure_kafka, ensure_system_packages
+
+MARKER_ORDER = ("unit", "integration", "cluster", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        kinds = [m for m in MARKER_ORDER if item.get_closest_marker(m)]
+        if len(kinds) != 1:
+            raise pytest.UsageError(
+                f"{item.nodeid}: needs exactly one of the markers {MARKER_ORDER}, has {kinds}"
+            )
+        return MARKER_ORDER.index(kinds[0])
+
+    items.sort(key=rank)
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def system_packages() -> None:
+    ensure_system_packages()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(services_dir: Path, system_packages: None) -> Iterator[KafkaCluster]:
+    """A 3-node KRaft cluster; tests that stop a node must start it again before they end."""
+    ensure_kafka()
+    cluster = KafkaCluster(services_dir / "kafka", size=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres(services_dir: Path, system_packages: None) -> Iterator[PostgresServer]:
+    server = PostgresServer(services_dir / "postgres", fast=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(services_dir: Path, system_packages: None) -> Iterator[MosquittoBroker]:
+    broker = MosquittoBroker(services_dir / "mqtt")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()
