@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import signal
@@ -44,6 +45,11 @@ def _stack_up(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules that add their own subcommands: each has `register(commands)` taking the
+# argparse sub-parsers object and setting `func` on the parsers it adds.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="energy-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=None, help="default: a new temp dir")
     up.add_argument("--keep-data", action="store_true")
     up.set_defaults(func=_stack_up)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(commands)
     return parser
 
 
