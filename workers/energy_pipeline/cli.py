@@ -47,7 +47,12 @@ def _stack_up(args: argparse.Namespace) -> int:
 
 # Modules that add their own subcommands: each has `register(commands)` taking the
 # argparse sub-parsers object and setting `func` on the parsers it adds.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "energy_pipeline.admin_commands",
+    "energy_pipeline.simulation.commands",
+    "energy_pipeline.bridge",
+    "energy_pipeline.ingest",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,62 @@
+"""`energy-pipeline migrate` and `energy-pipeline topics`: what the operator does, by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka.admin import AdminClient
+
+from energy_pipeline.contracts import all_kafka_topics
+from energy_pipeline.db.migrate import migrate
+from energy_pipeline.settings import CommonSettings, KafkaSettings, env, load
+from energy_pipeline.topics import TopicSpec, create_topic
+
+log = logging.getLogger("energy_pipeline.admin")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MigrateSettings(CommonSettings):
+    database_url: str = env("DATABASE_URL", doc="PostgreSQL DSN")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopicSettings(CommonSettings, KafkaSettings):
+    kafka_partitions: int = env("KAFKA_PARTITIONS", 4, doc="partitions per topic", minimum=1)
+    kafka_replication_factor: int = env(
+        "KAFKA_REPLICATION_FACTOR", 2, doc="replicas per partition", minimum=1
+    )
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = load(MigrateSettings)
+    version = migrate(settings.database_url)
+    print(json.dumps({"schema_version": version}))
+    return 0
+
+
+def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
+    return [
+        TopicSpec(name, settings.kafka_partitions, settings.kafka_replication_factor)
+        for name in all_kafka_topics(settings.kafka_topic_prefix)
+    ]
+
+
+def _topics_create(args: argparse.Namespace) -> int:
+    settings = load(TopicSettings)
+    admin = AdminClient(settings.kafka_client_config())
+    created = {spec.name: create_topic(admin, spec) for spec in topic_specs(settings)}
+    print(json.dumps({"created": [n for n, c in created.items() if c],
+                      "existing": [n for n, c in created.items() if not c]}))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser("migrate", help="apply pending database migrations (DATABASE_URL)")
+    p.set_defaults(func=_migrate)
+    topics = commands.add_parser("topics", help="Kafka topics of a pipeline")
+    sub = topics.add_subparsers(dest="topics_command", required=True)
+    create = sub.add_parser("create", help="create the sensor and dead-letter topics if absent")
+    create.set_defaults(func=_topics_create)

@@ -1,0 +1,308 @@
+"""`energy-pipeline bridge`: MQTT (shared subscription) to Kafka, acknowledging each MQTT
+message only after Kafka confirmed every record made from it.
+
+A crash at any point loses nothing: an unacknowledged message is redelivered by the broker
+when the bridge's persistent session reconnects, and Kafka duplicates this may create are
+absorbed by ingest's idempotent writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import paho.mqtt.client as mqtt
+from confluent_kafka import KafkaError, Message, Producer
+
+from energy_pipeline import metrics
+from energy_pipeline.contracts import (
+    SENSOR_NAMES,
+    deadletter_topic,
+    kafka_key,
+    kafka_topic,
+    partition_for,
+)
+from energy_pipeline.logs import configure_logging
+from energy_pipeline.mqtt_client import new_client, persistent_session
+from energy_pipeline.observability import HealthServer, Heartbeat
+from energy_pipeline.settings import (
+    CommonSettings,
+    KafkaSettings,
+    MqttSettings,
+    ValidationSettings,
+    default_client_id,
+    env,
+    load,
+)
+from energy_pipeline.validation import Rejection, parse_mqtt
+
+log = logging.getLogger("energy_pipeline.bridge")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSettings):
+    mqtt_topic_filter: str = env("MQTT_TOPIC_FILTER", "energy/#", doc="MQTT topics to bridge")
+    mqtt_shared_group: str = env(
+        "MQTT_SHARED_GROUP", "bridge", doc="shared-subscription group (empty: plain subscription)"
+    )
+    mqtt_client_id: str = env(
+        "MQTT_CLIENT_ID", "", doc="stable client id of the persistent session (default: hostname)"
+    )
+    mqtt_session_expiry_s: int = env(
+        "MQTT_SESSION_EXPIRY_S", 86_400, doc="how long the broker keeps the session", minimum=0
+    )
+    bridge_receive_maximum: int = env(
+        "BRIDGE_RECEIVE_MAXIMUM", 2000, doc="unacknowledged MQTT messages in flight", minimum=1
+    )
+    bridge_linger_ms: int = env(
+        "BRIDGE_LINGER_MS", 20, doc="Kafka producer batching delay", minimum=0
+    )
+
+    @property
+    def subscription(self) -> str:
+        if self.mqtt_shared_group:
+            return f"$share/{self.mqtt_shared_group}/{self.mqtt_topic_filter}"
+        return self.mqtt_topic_filter
+
+
+def producer_config(settings: BridgeSettings) -> dict[str, object]:
+    return {
+        **settings.kafka_client_config(),
+        "client.id": settings.mqtt_client_id or default_client_id(),
+        "enable.idempotence": True,
+        "acks": "all",
+        # Retry forever: giving up would mean acknowledging nothing and stalling the session.
+        "message.timeout.ms": 0,
+        "linger.ms": settings.bridge_linger_ms,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.messages": 200_000,
+        "compression.type": "lz4",
+    }
+
+
+class PendingAck:
+    """Acknowledges an MQTT message once all `parts` Kafka deliveries of it succeeded."""
+
+    __slots__ = ("_ack", "_left", "_lock")
+
+    def __init__(self, parts: int, ack: Callable[[], None]) -> None:
+        self._left = parts
+        self._ack = ack
+        self._lock = threading.Lock()
+
+    def delivered(self) -> None:
+        with self._lock:
+            self._left -= 1
+            done = self._left == 0
+        if done:
+            self._ack()
+
+
+class Bridge:
+    def __init__(self, settings: BridgeSettings) -> None:
+        self.settings = settings
+        self.prefix = settings.kafka_topic_prefix
+        self.deadletter = deadletter_topic(self.prefix)
+        self.limits = settings.limits()
+        self.client_id = settings.mqtt_client_id or default_client_id()
+        self.producer = Producer(producer_config(settings), logger=logging.getLogger("librdkafka"))
+        self.partitions: dict[str, int] = {}
+        self.heartbeat = Heartbeat()
+        self.stopping = threading.Event()
+        self.fatal: str | None = None
+        self.connected = threading.Event()
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self.mqtt = new_client(
+            self.client_id, settings.mqtt_username, settings.mqtt_password, manual_ack=True
+        )
+        self.mqtt.on_connect = self._on_connect
+        self.mqtt.on_disconnect = self._on_disconnect
+        self.mqtt.on_message = self._on_message
+
+    # --- Kafka -------------------------------------------------------------------------
+
+    def load_partitions(self, timeout: float = 10) -> list[str]:
+        """Partition counts of our topics; returns the names of topics that do not exist."""
+        metadata = self.producer.list_topics(timeout=timeout)
+        missing = []
+        for topic in [kafka_topic(self.prefix, s) for s in SENSOR_NAMES] + [self.deadletter]:
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None:
+                missing.append(topic)
+            else:
+                self.partitions[topic] = len(info.partitions)
+        return missing
+
+    def _produce(self, topic: str, key: str | None, value: bytes, partition: int | None,
+                 on_delivery: Callable[[KafkaError | None, Message], None],
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        kwargs: dict[str, object] = {"key": key, "value": value, "on_delivery": on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                # The local queue is full: Kafka is slow or away. Waiting here is the
+                # backpressure: the broker holds further messages for us meanwhile.
+                self.producer.poll(0.05)
+
+    def _delivery(self, pending: PendingAck, topic: str) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                # With infinite retries only fatal errors get here; never acknowledge, and
+                # stop so that a restart makes the broker redeliver.
+                self.fail(f"Kafka delivery to {topic} failed: {err}")
+                return
+            metrics.PRODUCED.labels(topic).inc()
+            pending.delivered()
+
+        return on_delivery
+
+    # --- MQTT --------------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+        if reason_code.is_failure:
+            log.error("mqtt connect refused", extra={"reason": str(reason_code)})
+            return
+        # Subscribing again is harmless and repairs a session the broker lost.
+        client.subscribe(self.settings.subscription, qos=1)
+        self.connected.set()
+        log.info("mqtt connected", extra={"session_present": flags.session_present,
+                                          "subscription": self.settings.subscription})
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
+                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+        self.connected.clear()
+        if not self.stopping.is_set():
+            log.warning("mqtt disconnected; reconnecting", extra={"reason": str(reason_code)})
+
+    def _ack_callback(self, mid: int, qos: int) -> Callable[[], None]:
+        def ack() -> None:
+            self.mqtt.ack(mid, qos)
+            metrics.ACKED.inc()
+            with self._inflight_lock:
+                self._inflight -= 1
+
+        return ack
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if self.stopping.is_set():
+            return  # not acknowledged: the broker redelivers it after we are back
+        metrics.RECEIVED.labels("bridge").inc()
+        with self._inflight_lock:
+            self._inflight += 1
+        ack = self._ack_callback(msg.mid, msg.qos)
+        result = parse_mqtt(msg.topic, msg.payload, datetime.now(UTC), self.limits)
+        if isinstance(result, Rejection):
+            self._dead_letter(msg, result, ack)
+            return
+        pending = PendingAck(len(result), ack)
+        for reading in result:
+            topic = kafka_topic(self.prefix, reading.sensor)
+            self._produce(
+                topic,
+                kafka_key(reading.site, reading.device),
+                reading.to_kafka_value(),
+                partition_for(reading.device, self.partitions.get(topic, 0)),
+                self._delivery(pending, topic),
+            )
+
+    def _dead_letter(self, msg: mqtt.MQTTMessage, rejection: Rejection, ack: Callable[[], None]) -> None:
+        metrics.REJECTED.labels("bridge", rejection.reason.value).inc()
+        log.info("rejected", extra={"reason": rejection.reason.value, "detail": rejection.detail,
+                                    "mqtt_topic": msg.topic[:200]})
+        headers = [
+            ("reason", rejection.reason.value.encode()),
+            ("detail", rejection.detail.encode()[:1000]),
+            ("source", b"mqtt"),
+            ("source_topic", msg.topic.encode()[:1000]),
+            ("received_at", datetime.now(UTC).isoformat().encode()),
+        ]
+        payload = bytes(msg.payload)
+        if len(payload) > self.limits.max_payload_bytes:
+            headers.append(("truncated_from_bytes", str(len(payload)).encode()))
+            payload = payload[: self.limits.max_payload_bytes]
+        self._produce(self.deadletter, None, payload, None,
+                      self._delivery(PendingAck(1, ack), self.deadletter), headers)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def fail(self, reason: str) -> None:
+        if self.fatal is None:
+            self.fatal = reason
+            log.error("fatal", extra={"detail": reason})
+        self.stopping.set()
+
+    def ready(self) -> tuple[bool, str]:
+        if self.fatal:
+            return False, self.fatal
+        if not self.connected.is_set():
+            return False, "MQTT not connected"
+        return True, "ok"
+
+    def run(self) -> int:
+        while True:
+            missing = self.load_partitions()
+            if not missing:
+                break
+            log.warning("waiting for Kafka topics", extra={"missing": missing})
+            if self.stopping.wait(5):
+                return 0
+        self.mqtt.connect_async(
+            self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30, clean_start=False,
+            properties=persistent_session(self.settings.mqtt_session_expiry_s,
+                                          self.settings.bridge_receive_maximum),
+        )
+        self.mqtt.loop_start()
+        last_metadata = time.monotonic()
+        while not self.stopping.is_set():
+            self.producer.poll(0.1)
+            self.heartbeat.beat()
+            with self._inflight_lock:
+                metrics.INFLIGHT.set(self._inflight)
+            if time.monotonic() - last_metadata > 60:
+                self.load_partitions()  # notice partitions the operator added
+                last_metadata = time.monotonic()
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        log.info("stopping: flushing Kafka and acknowledging what it confirmed")
+        left = self.producer.flush(30)
+        time.sleep(0.2)  # let the network thread write the last PUBACKs before DISCONNECT
+        self.mqtt.disconnect()
+        self.mqtt.loop_stop()
+        log.info("stopped", extra={"undelivered": left})
+        return 1 if self.fatal else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load(BridgeSettings)
+    configure_logging("bridge", settings.pipeline_name, settings.log_level)
+    bridge = Bridge(settings)
+    signal.signal(signal.SIGTERM, lambda *_: bridge.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: bridge.stopping.set())
+    health = HealthServer(settings.http_port, bridge.heartbeat, bridge.ready).start()
+    log.info("bridge starting", extra={"client_id": bridge.client_id, "pid": os.getpid(),
+                                       "http_port": health.port})
+    try:
+        return bridge.run()
+    finally:
+        health.stop()
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser("bridge", help="move MQTT readings into Kafka without loss")
+    p.set_defaults(func=run)

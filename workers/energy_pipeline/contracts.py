@@ -1,0 +1,119 @@
+"""The data contracts every part agrees on: sensors, topics, keys, and the Kafka record.
+
+See DESIGN section 2. Pure values and functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SensorType:
+    name: str
+    unit: str
+    # Physically plausible bounds; a value outside is a fault and is rejected, not stored.
+    minimum: float
+    maximum: float
+    # Field name in the original report's combined JSON record.
+    combined_field: str
+
+
+SENSOR_TYPES: tuple[SensorType, ...] = (
+    SensorType("temperature", "degC", -60.0, 70.0, "Temperature"),
+    SensorType("humidity", "%", 0.0, 100.0, "Humidity"),
+    SensorType("squarefootage", "ft2", 0.0, 10_000_000.0, "SquareFootage"),
+    SensorType("renewableenergy", "kWh", 0.0, 1_000_000.0, "RenewableEnergy"),
+    SensorType("energyconsumption", "kWh", 0.0, 1_000_000.0, "EnergyConsumption"),
+)
+SENSORS: dict[str, SensorType] = {s.name: s for s in SENSOR_TYPES}
+SENSOR_NAMES: tuple[str, ...] = tuple(SENSORS)
+COMBINED = "combined"
+
+MQTT_TOPIC_ROOT = "energy"
+DEFAULT_TOPIC_PREFIX = "energy"
+
+
+def mqtt_topic(site: str, sensor: str, device: str) -> str:
+    return f"{MQTT_TOPIC_ROOT}/{site}/{sensor}/{device}"
+
+
+def kafka_topic(prefix: str, sensor: str) -> str:
+    return f"{prefix}.{sensor}"
+
+
+def deadletter_topic(prefix: str) -> str:
+    return f"{prefix}.deadletter"
+
+
+def all_kafka_topics(prefix: str) -> list[str]:
+    return [kafka_topic(prefix, s) for s in SENSOR_NAMES] + [deadletter_topic(prefix)]
+
+
+def kafka_key(site: str, device: str) -> str:
+    return f"{site}/{device}"
+
+
+def partition_for(device: str, partitions: int) -> int | None:
+    """Device i goes to partition i (mod the partition count), as in the original setup.
+
+    Every reading of a device then lands on one partition, which keeps its order. Non-numeric
+    device ids return None: the producer's key hash decides, still one partition per key.
+    """
+    if device.isdigit() and partitions > 0:
+        return int(device) % partitions
+    return None
+
+
+@dataclass(frozen=True)
+class Reading:
+    site: str
+    sensor: str
+    device: str
+    ts: datetime
+    value: float
+    seq: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, datetime]:
+        return (self.site, self.sensor, self.device, self.ts)
+
+    def to_kafka_value(self) -> bytes:
+        return json.dumps(
+            {
+                "schema": SCHEMA_VERSION,
+                "site": self.site,
+                "sensor": self.sensor,
+                "device": self.device,
+                "ts": format_ts(self.ts),
+                "value": self.value,
+                "seq": self.seq,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def to_mqtt_payload(self) -> bytes:
+        body: dict[str, object] = {"ts": format_ts(self.ts), "value": self.value}
+        if self.seq is not None:
+            body["seq"] = self.seq
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def format_ts(ts: datetime) -> str:
+    """ISO 8601 in UTC with a Z, milliseconds only when present."""
+    ts = ts.astimezone(UTC)
+    text = ts.isoformat(timespec="milliseconds" if ts.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def is_finite_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )

@@ -1,0 +1,114 @@
+"""Versioned, idempotent schema migrations.
+
+Migrations are SQL files `NNNN_name.sql` shipped in this package. Each runs in its own
+transaction under an advisory lock (so two operators or workers never apply one twice) and
+is recorded with its checksum; an applied file whose text later changed is an error, not a
+silent drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg2
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every process migrating this database.
+_LOCK_ID = 0x656E6572  # "ener"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def available_migrations() -> list[Migration]:
+    folder = resources.files("energy_pipeline.db").joinpath("migrations")
+    migrations = []
+    for entry in folder.iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            migrations.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+    migrations.sort(key=lambda m: m.version)
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise MigrationError(f"migration versions must be 1..N without gaps, got {versions}")
+    return migrations
+
+
+def latest_version() -> int:
+    return available_migrations()[-1].version
+
+
+def migrate(dsn: str) -> int:
+    """Apply every pending migration; returns the schema version now in place."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+        try:
+            return _apply_pending(conn)
+        finally:
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+    finally:
+        conn.close()
+
+
+def _apply_pending(conn: psycopg2.extensions.connection) -> int:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        cur.execute("SELECT version, checksum FROM schema_migrations")
+        applied = dict(cur.fetchall())
+    current = max(applied, default=0)
+    for migration in available_migrations():
+        if migration.version in applied:
+            if applied[migration.version] != migration.checksum:
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} was changed after it "
+                    f"was applied; add a new migration instead"
+                )
+            continue
+        with conn, conn.cursor() as cur:
+            cur.execute(migration.sql)
+            cur.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, migration.checksum),
+            )
+        log.info("applied migration", extra={"version": migration.version, "migration": migration.name})
+        current = migration.version
+    unknown = sorted(v for v in applied if v > latest_version())
+    if unknown:
+        raise MigrationError(f"database has schema versions {unknown} newer than this release")
+    return current
+
+
+def schema_version(dsn: str) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return 0
+        cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        return int(cur.fetchone()[0])

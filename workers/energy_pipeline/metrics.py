@@ -1,0 +1,29 @@
+"""Prometheus metrics shared by the workers (one process runs one worker)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECEIVED = Counter(
+    "energy_messages_received_total", "Messages received from the source of a stage", ["stage"]
+)
+PRODUCED = Counter("energy_readings_produced_total", "Readings confirmed by Kafka", ["topic"])
+ACKED = Counter("energy_mqtt_acked_total", "MQTT messages acknowledged after Kafka delivery")
+WRITTEN = Counter("energy_readings_written_total", "New readings stored in PostgreSQL")
+DUPLICATES = Counter(
+    "energy_readings_duplicate_total", "Redelivered readings that were already stored"
+)
+REJECTED = Counter(
+    "energy_rejected_total", "Inputs rejected to the dead-letter topic", ["stage", "reason"]
+)
+BATCH_SECONDS = Histogram(
+    "energy_batch_seconds",
+    "Time to process one batch",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CONSUMER_LAG = Gauge(
+    "energy_consumer_lag", "Messages not yet consumed per partition", ["topic", "partition"]
+)
+INFLIGHT = Gauge("energy_bridge_inflight", "MQTT messages received but not yet acknowledged")
+ERRORS = Counter("energy_errors_total", "Transient errors that were retried", ["stage", "kind"])

@@ -1,0 +1,162 @@
+"""Typed worker settings read from environment variables.
+
+Each worker has one frozen dataclass; every field names its environment variable in its
+metadata, the same name the operator sets, the CRD documents and the README lists.
+All problems are reported at once, before the worker starts doing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from energy_pipeline.validation import Limits
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are missing or malformed."""
+
+
+def env(name: str, default: Any = MISSING, *, doc: str = "", minimum: float | None = None) -> Any:
+    """A settings field bound to environment variable `name`."""
+    metadata = {"env": name, "doc": doc, "minimum": minimum}
+    if default is MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _convert(raw: str, kind: Any) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"expected true/false, got {raw!r}")
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    if kind is str:
+        return raw
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _convert(raw, inner[0]) if raw != "" else None
+    if origin is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    raise TypeError(f"unsupported settings type {kind!r}")
+
+
+def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
+    """Build `cls` from the environment, collecting every error into one SettingsError."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for f in fields(cls):  # type: ignore[arg-type]
+        name = f.metadata.get("env")
+        if name is None:
+            continue
+        if name not in environ:
+            if f.default is MISSING and f.default_factory is MISSING:
+                errors.append(f"{name} is required ({f.metadata.get('doc') or f.name})")
+            continue
+        try:
+            value = _convert(environ[name], hints[f.name])
+        except (TypeError, ValueError) as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and value is not None and value < minimum:
+            errors.append(f"{name} must be at least {minimum}, got {value}")
+            continue
+        values[f.name] = value
+    if errors:
+        raise SettingsError("invalid settings: " + "; ".join(errors))
+    return cls(**values)
+
+
+def describe(cls: type) -> list[tuple[str, str, str]]:
+    """(variable, default, description) rows, for the README's configuration reference."""
+    rows = []
+    for f in fields(cls):
+        name = f.metadata.get("env")
+        if name is None:
+            continue
+        default = "(required)" if f.default is MISSING else repr(f.default)
+        rows.append((name, default, f.metadata.get("doc", "")))
+    return rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonSettings:
+    pipeline_name: str = env("PIPELINE_NAME", "local", doc="name of the EnergyPipeline, in every log line")
+    log_level: str = env("LOG_LEVEL", "INFO", doc="DEBUG, INFO, WARNING or ERROR")
+    http_port: int = env("HTTP_PORT", 8080, doc="port of /metrics, /healthz and /readyz", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings:
+    kafka_bootstrap_servers: str = env(
+        "KAFKA_BOOTSTRAP_SERVERS", doc="comma-separated host:port list of Kafka brokers"
+    )
+    kafka_topic_prefix: str = env(
+        "KAFKA_TOPIC_PREFIX", "energy", doc="topics are <prefix>.<sensor> and <prefix>.deadletter"
+    )
+    kafka_security_protocol: str = env(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", doc="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: str = env("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512", doc="SASL mechanism")
+    kafka_sasl_username: str = env("KAFKA_SASL_USERNAME", "", doc="SASL user (empty: no SASL)")
+    kafka_sasl_password: str = env("KAFKA_SASL_PASSWORD", "", doc="SASL password")
+
+    def kafka_client_config(self) -> dict[str, str]:
+        config = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_username:
+            config.update({
+                "sasl.mechanism": self.kafka_sasl_mechanism,
+                "sasl.username": self.kafka_sasl_username,
+                "sasl.password": self.kafka_sasl_password,
+            })
+        return config
+
+
+def default_client_id() -> str:
+    """Stable across restarts of the same pod or host, so a persistent MQTT session resumes."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MqttSettings:
+    mqtt_host: str = env("MQTT_HOST", "127.0.0.1", doc="MQTT broker host")
+    mqtt_port: int = env("MQTT_PORT", 1883, doc="MQTT broker port", minimum=1)
+    mqtt_username: str = env("MQTT_USERNAME", "", doc="MQTT user (empty: anonymous)")
+    mqtt_password: str = env("MQTT_PASSWORD", "", doc="MQTT password")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationSettings:
+    max_payload_bytes: int = env(
+        "MAX_PAYLOAD_BYTES", 4096, doc="larger messages are rejected", minimum=64
+    )
+    max_future_s: int = env(
+        "MAX_FUTURE_S", 300, doc="readings further ahead of the clock are rejected", minimum=0
+    )
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_payload_bytes=self.max_payload_bytes,
+            max_future=timedelta(seconds=self.max_future_s),
+        )

@@ -1,0 +1,1 @@
+"""Sensor simulator: realistic, reproducible building signals published over MQTT."""

@@ -1,0 +1,142 @@
+"""Publishes readings over MQTT 5 with QoS 1, paced or as fast as the broker takes them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import groupby
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from energy_pipeline.contracts import COMBINED, SENSOR_TYPES, SENSORS, Reading, mqtt_topic
+from energy_pipeline.mqtt_client import new_client, persistent_session
+
+log = logging.getLogger(__name__)
+
+Message = tuple[str, bytes]
+
+
+def single_messages(readings: Iterable[Reading]) -> Iterator[Message]:
+    for r in readings:
+        yield mqtt_topic(r.site, r.sensor, r.device), r.to_mqtt_payload()
+
+
+def combined_messages(readings: Iterable[Reading]) -> Iterator[Message]:
+    """The original report's record: one message per device and time with all five sensors.
+
+    Expects readings grouped by time (as `signals.generate` yields them).
+    """
+    for ts, same_time in groupby(readings, key=lambda r: r.ts):
+        records: dict[tuple[str, str], dict[str, object]] = {}
+        for r in same_time:
+            record = records.setdefault(
+                (r.site, r.device),
+                {"Timestamp": ts.astimezone(UTC).strftime("%m/%d/%Y %H:%M"), "DeviceId": int(r.device)},
+            )
+            record[SENSORS[r.sensor].combined_field] = r.value
+        for (site, device), record in records.items():
+            yield mqtt_topic(site, COMBINED, device), json.dumps(record, separators=(",", ":")).encode()
+
+
+def replay_messages(path: Path, site: str) -> Iterator[Message]:
+    """A recorded CSV: the report's combined columns, or long rows site,sensor,device,ts,value."""
+    with path.open(newline="") as handle:
+        rows = csv.DictReader(handle)
+        header = set(rows.fieldnames or [])
+        if {"Timestamp", "DeviceId"} <= header:
+            for row in rows:
+                record: dict[str, object] = {"Timestamp": row["Timestamp"], "DeviceId": int(row["DeviceId"])}
+                for spec in SENSOR_TYPES:
+                    if row.get(spec.combined_field) not in (None, ""):
+                        record[spec.combined_field] = float(row[spec.combined_field])
+                topic = mqtt_topic(row.get("SiteId") or site, COMBINED, row["DeviceId"])
+                yield topic, json.dumps(record, separators=(",", ":")).encode()
+        elif {"sensor", "device", "ts", "value"} <= header:
+            for row in rows:
+                payload = json.dumps({"ts": row["ts"], "value": float(row["value"])}).encode()
+                yield mqtt_topic(row.get("site") or site, row["sensor"], row["device"]), payload
+        else:
+            raise ValueError(
+                f"{path}: expected columns Timestamp,DeviceId,Temperature,... or "
+                f"site,sensor,device,ts,value; got {sorted(header)}"
+            )
+
+
+@dataclass
+class PublishStats:
+    published: int = 0
+    confirmed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.confirmed / self.seconds if self.seconds else 0.0
+
+
+class MqttPublisher:
+    """QoS 1 publisher with a bounded window of unconfirmed messages.
+
+    Uses a persistent session so that messages in flight when the broker restarts are sent
+    again after the reconnect instead of being dropped.
+    """
+
+    def __init__(
+        self, host: str, port: int, client_id: str, username: str = "", password: str = "",
+        window: int = 2000,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._window = threading.BoundedSemaphore(window)
+        self._connected = threading.Event()
+        self.stats = PublishStats()
+        self._lock = threading.Lock()
+        self.client = new_client(client_id, username, password)
+        self.client.max_inflight_messages_set(min(window, 1000))
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
+        self._connected.clear()
+        log.warning("mqtt disconnected; will reconnect", extra={"reason": str(reason_code)})
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: object, properties: object) -> None:
+        with self._lock:
+            self.stats.confirmed += 1
+        self._window.release()
+
+    def connect(self, timeout: float = 30) -> None:
+        self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=persistent_session(3600))
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            raise ConnectionError(f"no CONNACK from MQTT broker {self.host}:{self.port} within {timeout}s")
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self._window.acquire()
+        # While disconnected paho queues QoS 1 messages and sends them after the reconnect.
+        self.client.publish(topic, payload, qos=1)
+        self.stats.published += 1
+
+    def wait_confirmed(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.stats.confirmed >= self.stats.published:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

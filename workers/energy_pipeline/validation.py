@@ -1,0 +1,224 @@
+"""Validation of incoming readings: every input becomes readings or one clear rejection.
+
+Rejection reasons are a small fixed set so they can label a metric and a dead-letter header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from energy_pipeline.contracts import (
+    COMBINED,
+    MQTT_TOPIC_ROOT,
+    SCHEMA_VERSION,
+    SENSOR_TYPES,
+    SENSORS,
+    Reading,
+    is_finite_number,
+)
+
+
+class Reason(StrEnum):
+    OVERSIZED = "oversized"
+    BAD_TOPIC = "bad_topic"
+    UNKNOWN_SENSOR = "unknown_sensor"
+    MALFORMED_JSON = "malformed_json"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"
+    BAD_TIMESTAMP = "bad_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: Reason
+    detail: str
+
+
+class Invalid(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.rejection = Rejection(reason, detail)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_payload_bytes: int = 4096
+    max_future: timedelta = timedelta(minutes=5)
+    earliest: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# The original report's combined record: "01/01/2025 13:00", month first, UTC.
+_COMBINED_TS_FORMAT = "%m/%d/%Y %H:%M"
+
+
+def _reject_constant(name: str) -> float:
+    raise Invalid(Reason.NON_FINITE, f"{name} is not a finite number")
+
+
+def _load_json(payload: bytes) -> object:
+    try:
+        return json.loads(payload, parse_constant=_reject_constant)
+    except Invalid:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Invalid(Reason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
+
+
+def _require_object(doc: object) -> dict[str, object]:
+    if not isinstance(doc, dict):
+        raise Invalid(Reason.WRONG_TYPE, f"payload must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _field(doc: dict[str, object], name: str) -> object:
+    if name not in doc or doc[name] is None:
+        raise Invalid(Reason.MISSING_FIELD, f"field {name!r} is required")
+    return doc[name]
+
+
+def _value(sensor: str, raw: object, field: str = "value") -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise Invalid(Reason.WRONG_TYPE, f"{field} must be a number, got {type(raw).__name__}")
+    if not is_finite_number(raw):
+        raise Invalid(Reason.NON_FINITE, f"{field} is not a finite number")
+    spec = SENSORS[sensor]
+    value = float(raw)
+    if not spec.minimum <= value <= spec.maximum:
+        raise Invalid(
+            Reason.OUT_OF_RANGE,
+            f"{sensor} {value} {spec.unit} outside [{spec.minimum}, {spec.maximum}]",
+        )
+    return value
+
+
+def _check_time(ts: datetime, now: datetime, limits: Limits) -> datetime:
+    if ts < limits.earliest:
+        raise Invalid(Reason.BAD_TIMESTAMP, f"timestamp {ts.isoformat()} is before {limits.earliest.date()}")
+    if ts > now + limits.max_future:
+        raise Invalid(
+            Reason.FUTURE_TIMESTAMP,
+            f"timestamp {ts.isoformat()} is more than {limits.max_future} ahead of now",
+        )
+    return ts
+
+
+def _iso_ts(raw: object, now: datetime, limits: Limits) -> datetime:
+    if not isinstance(raw, str):
+        raise Invalid(Reason.WRONG_TYPE, f"ts must be an ISO 8601 string, got {type(raw).__name__}")
+    try:
+        ts = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise Invalid(Reason.BAD_TIMESTAMP, f"ts {raw[:40]!r} is not ISO 8601") from exc
+    if ts.tzinfo is None:
+        raise Invalid(Reason.BAD_TIMESTAMP, f"ts {raw[:40]!r} has no UTC offset (add Z)")
+    return _check_time(ts.astimezone(UTC), now, limits)
+
+
+def _seq(doc: dict[str, object]) -> int | None:
+    seq = doc.get("seq")
+    if seq is None:
+        return None
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise Invalid(Reason.WRONG_TYPE, "seq must be a non-negative integer")
+    return seq
+
+
+def _topic_parts(topic: str) -> tuple[str, str, str]:
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != MQTT_TOPIC_ROOT:
+        raise Invalid(
+            Reason.BAD_TOPIC, f"topic {topic[:120]!r} is not {MQTT_TOPIC_ROOT}/<site>/<sensor>/<device>"
+        )
+    _, site, sensor, device = parts
+    for label, ident in (("site", site), ("device", device)):
+        if not _ID.match(ident):
+            raise Invalid(Reason.BAD_TOPIC, f"{label} id {ident[:80]!r} must match {_ID.pattern}")
+    if sensor != COMBINED and sensor not in SENSORS:
+        raise Invalid(Reason.UNKNOWN_SENSOR, f"unknown sensor {sensor[:40]!r}")
+    return site, sensor, device
+
+
+def _combined(site: str, device: str, doc: dict[str, object], now: datetime, limits: Limits) -> list[Reading]:
+    raw_ts = _field(doc, "Timestamp")
+    if not isinstance(raw_ts, str):
+        raise Invalid(Reason.WRONG_TYPE, "Timestamp must be a string like '01/01/2025 13:00'")
+    try:
+        ts = datetime.strptime(raw_ts, _COMBINED_TS_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        try:
+            ts = _iso_ts(raw_ts, now, limits)
+        except Invalid as exc:
+            raise Invalid(
+                Reason.BAD_TIMESTAMP, f"Timestamp {raw_ts[:40]!r} is neither MM/DD/YYYY HH:MM nor ISO 8601"
+            ) from exc
+    ts = _check_time(ts, now, limits)
+    if "DeviceId" in doc and str(doc["DeviceId"]) != device:
+        raise Invalid(
+            Reason.BAD_TOPIC, f"DeviceId {doc['DeviceId']!r} does not match topic device {device!r}"
+        )
+    return [
+        Reading(site, spec.name, device, ts, _value(spec.name, _field(doc, spec.combined_field), spec.combined_field))
+        for spec in SENSOR_TYPES
+    ]
+
+
+def parse_mqtt(
+    topic: str, payload: bytes, now: datetime, limits: Limits = Limits()
+) -> list[Reading] | Rejection:
+    """One MQTT message into its readings (five for a combined record), or why not."""
+    try:
+        if len(payload) > limits.max_payload_bytes:
+            raise Invalid(
+                Reason.OVERSIZED, f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}"
+            )
+        site, sensor, device = _topic_parts(topic)
+        doc = _require_object(_load_json(payload))
+        if sensor == COMBINED:
+            return _combined(site, device, doc, now, limits)
+        ts = _iso_ts(_field(doc, "ts"), now, limits)
+        value = _value(sensor, _field(doc, "value"))
+        return [Reading(site, sensor, device, ts, value, _seq(doc))]
+    except Invalid as exc:
+        return exc.rejection
+
+
+def parse_kafka_value(
+    value: bytes | None, now: datetime, limits: Limits = Limits()
+) -> Reading | Rejection:
+    """A record from an `energy.<sensor>` topic, as the bridge wrote it (or someone else did)."""
+    try:
+        if value is None:
+            raise Invalid(Reason.MISSING_FIELD, "record has no value")
+        if len(value) > limits.max_payload_bytes:
+            raise Invalid(Reason.OVERSIZED, f"record of {len(value)} bytes exceeds {limits.max_payload_bytes}")
+        doc = _require_object(_load_json(value))
+        schema = doc.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise Invalid(Reason.UNSUPPORTED_SCHEMA, f"schema {schema!r} is not {SCHEMA_VERSION}")
+        strings = {}
+        for name in ("site", "sensor", "device"):
+            raw = _field(doc, name)
+            if not isinstance(raw, str):
+                raise Invalid(Reason.WRONG_TYPE, f"{name} must be a string")
+            strings[name] = raw
+        if strings["sensor"] not in SENSORS:
+            raise Invalid(Reason.UNKNOWN_SENSOR, f"unknown sensor {strings['sensor'][:40]!r}")
+        for name in ("site", "device"):
+            if not _ID.match(strings[name]):
+                raise Invalid(Reason.WRONG_TYPE, f"{name} id {strings[name][:80]!r} must match {_ID.pattern}")
+        ts = _iso_ts(_field(doc, "ts"), now, limits)
+        return Reading(
+            strings["site"], strings["sensor"], strings["device"], ts,
+            _value(strings["sensor"], _field(doc, "value")), _seq(doc),
+        )
+    except Invalid as exc:
+        return exc.rejection
