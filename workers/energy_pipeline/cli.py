@@ -52,6 +52,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "energy_pipeline.simulation.commands",
     "energy_pipeline.bridge",
     "energy_pipeline.ingest",
+    "energy_pipeline.forecasting.commands",
 )
 
 

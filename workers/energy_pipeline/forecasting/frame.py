@@ -1,0 +1,98 @@
+"""`HourlyFrame`: a regular hourly series (target plus covariates) and what is visible when.
+
+Every forecast is made at an *origin*: the index of the first hour whose target is not yet
+known. Target and past covariates are visible strictly before the origin; future
+covariates (calendar-like facts, weather forecasts) are visible at any time up to the
+last target time. `visible_at` enforces that by blanking everything else, so a model
+handed such a view cannot see the future even by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HOUR = np.timedelta64(1, "h")
+
+
+@dataclass(frozen=True)
+class HourlyFrame:
+    """Hourly values on a gap-free grid; unknown hours are NaN.
+
+    `times` are the starts of the hours, `datetime64[h]`, strictly increasing by one hour.
+    """
+
+    times: np.ndarray
+    target: np.ndarray
+    past: Mapping[str, np.ndarray] = field(default_factory=dict)
+    future: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        times = np.asarray(self.times).astype("datetime64[h]")
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "target", np.asarray(self.target, dtype=np.float64))
+        object.__setattr__(
+            self, "past", {k: np.asarray(v, dtype=np.float64) for k, v in self.past.items()}
+        )
+        object.__setattr__(
+            self, "future", {k: np.asarray(v, dtype=np.float64) for k, v in self.future.items()}
+        )
+        n = len(times)
+        if n > 1 and not np.all(np.diff(times) == HOUR):
+            raise ValueError("HourlyFrame.times must be a gap-free hourly grid")
+        for name, values in [("target", self.target), *self.past.items(), *self.future.items()]:
+            if len(values) != n:
+                raise ValueError(f"column {name!r} has {len(values)} values for {n} hours")
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @property
+    def start(self) -> np.datetime64:
+        return self.times[0]
+
+    def index_of(self, time: np.datetime64) -> int:
+        """Index of the hour `time` falls in; may be outside 0..len-1."""
+        return int((np.datetime64(time, "h") - self.start) // HOUR)
+
+    def slice(self, start: int, stop: int) -> HourlyFrame:
+        """Rows start..stop-1, every column cut the same way."""
+        return HourlyFrame(
+            times=self.times[start:stop],
+            target=self.target[start:stop],
+            past={k: v[start:stop] for k, v in self.past.items()},
+            future={k: v[start:stop] for k, v in self.future.items()},
+        )
+
+    def visible_at(self, origin: int, horizon: int) -> HourlyFrame:
+        """What a forecaster may know at `origin` when forecasting `horizon` hours.
+
+        Rows end at the last target time (origin + horizon - 1); target and past
+        covariates at or after the origin are NaN.
+        """
+        stop = min(len(self), origin + horizon)
+        view = self.slice(0, stop)
+        target = view.target.copy()
+        target[origin:] = np.nan
+        past = {}
+        for name, values in view.past.items():
+            hidden = values.copy()
+            hidden[origin:] = np.nan
+            past[name] = hidden
+        return HourlyFrame(times=view.times, target=target, past=past, future=view.future)
+
+    def extended_to(self, stop: int) -> HourlyFrame:
+        """The same frame padded with NaN hours up to length `stop` (no-op if long enough)."""
+        extra = stop - len(self)
+        if extra <= 0:
+            return self
+        pad = np.full(extra, np.nan)
+        times = np.concatenate([self.times, self.times[-1] + HOUR * np.arange(1, extra + 1)])
+        return HourlyFrame(
+            times=times,
+            target=np.concatenate([self.target, pad]),
+            past={k: np.concatenate([v, pad]) for k, v in self.past.items()},
+            future={k: np.concatenate([v, pad]) for k, v in self.future.items()},
+        )

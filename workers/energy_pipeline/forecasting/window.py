@@ -1,0 +1,159 @@
+"""Forecasts from a window of `hourly_features` rows: the API the inference service wraps.
+
+A window is the recent hourly rows of one site, oldest first, ending with the hour that
+just closed (DESIGN: `hourly_features`, proto `ForecastRequest.window`). The origin is
+the hour after the last row; horizon h targets origin + h - 1 hours. Rows may have gaps or
+arrive unsorted; an hour with `n_readings == 0` counts as unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.models.base import Forecaster
+from energy_pipeline.forecasting.models.default import DefaultModel, DefaultParams
+
+TARGET_COLUMN = "avg_energyconsumption"
+COVARIATE_COLUMNS = ("avg_temperature", "avg_humidity", "avg_squarefootage", "avg_renewableenergy")
+MAX_HORIZON = 168
+# Longest lag the default model reads (2 weeks) plus a day: a window this long loses nothing.
+RECOMMENDED_WINDOW_HOURS = 336 + 24
+
+
+@dataclass(frozen=True)
+class HourlyRow:
+    """One `hourly_features` row (without site_id)."""
+
+    hour: datetime | np.datetime64
+    avg_temperature: float
+    avg_humidity: float
+    avg_squarefootage: float
+    avg_renewableenergy: float
+    avg_energyconsumption: float
+    n_readings: int = 1
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any]) -> HourlyRow:
+        """From a DB row or dict; missing or NULL sensor averages become NaN."""
+
+        def number(name: str) -> float:
+            value = row.get(name)
+            return math.nan if value is None else float(value)
+
+        return cls(
+            hour=row["hour"],
+            avg_temperature=number("avg_temperature"),
+            avg_humidity=number("avg_humidity"),
+            avg_squarefootage=number("avg_squarefootage"),
+            avg_renewableenergy=number("avg_renewableenergy"),
+            avg_energyconsumption=number(TARGET_COLUMN),
+            n_readings=int(row.get("n_readings") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class ForecastPoint:
+    target_time: np.datetime64  # start of the hour, datetime64[h], UTC
+    horizon: int
+    p10: float
+    p50: float
+    p90: float
+
+
+@dataclass(frozen=True)
+class WindowForecast:
+    origin: np.datetime64
+    points: tuple[ForecastPoint, ...]
+    # "model", or the fallback used (e.g. "fallback:naive168") when the window is too short.
+    method: str
+
+
+def _hour(value: datetime | np.datetime64) -> np.datetime64:
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return np.datetime64(value, "h")
+    return np.datetime64(value, "h")
+
+
+def frame_from_rows(rows: Iterable[HourlyRow], until: np.datetime64 | None = None) -> HourlyFrame:
+    """A gap-free hourly frame of the rows (duplicate hours averaged).
+
+    `until` (exclusive) extends the frame with unknown hours, e.g. to the origin when the
+    newest rows are missing.
+    """
+    ordered = sorted(rows, key=lambda r: _hour(r.hour))
+    if not ordered:
+        raise ValueError("empty window")
+    first = _hour(ordered[0].hour)
+    last = _hour(ordered[-1].hour)
+    stop = max(last + np.timedelta64(1, "h"), until if until is not None else last)
+    n = int((stop - first) // np.timedelta64(1, "h"))
+    sums = {name: np.zeros(n) for name in (TARGET_COLUMN, *COVARIATE_COLUMNS)}
+    counts = {name: np.zeros(n) for name in sums}
+    for row in ordered:
+        if row.n_readings <= 0:
+            continue
+        i = int((_hour(row.hour) - first) // np.timedelta64(1, "h"))
+        for name in sums:
+            value = float(getattr(row, name))
+            if not math.isnan(value):
+                sums[name][i] += value
+                counts[name][i] += 1
+    with np.errstate(invalid="ignore"):
+        means = {
+            k: np.where(counts[k] > 0, sums[k] / np.maximum(counts[k], 1), np.nan) for k in sums
+        }
+    return HourlyFrame(
+        times=first + np.arange(n).astype("timedelta64[h]"),
+        target=means[TARGET_COLUMN],
+        past={name: means[name] for name in COVARIATE_COLUMNS},
+    )
+
+
+def forecast_window(
+    model: Forecaster,
+    rows: Sequence[HourlyRow],
+    horizons: Sequence[int],
+    origin: np.datetime64 | None = None,
+) -> WindowForecast:
+    """P10/P50/P90 per horizon from the window; `origin` defaults to the last row's hour + 1.
+
+    Horizons outside 1..168 raise ValueError (a bad request, not bad data); a short or
+    gappy window gives a fallback forecast, reported in `method`.
+    """
+    hs = np.array(sorted(set(int(h) for h in horizons)), dtype=np.int64)
+    if len(hs) == 0 or hs.min() < 1 or hs.max() > MAX_HORIZON:
+        raise ValueError(f"horizons must be in 1..{MAX_HORIZON}")
+    if origin is None:
+        origin = max(_hour(r.hour) for r in rows) + np.timedelta64(1, "h")
+    frame = frame_from_rows(rows, until=origin)
+    at = frame.index_of(origin)
+    view = frame.slice(0, at).extended_to(at + int(hs.max()))
+    forecast = model.predict(view, at, hs)
+    targets = origin + (hs - 1).astype("timedelta64[h]")
+    points = tuple(
+        ForecastPoint(t, int(h), float(lo), float(mid), float(hi))
+        for t, h, lo, mid, hi in zip(
+            targets, hs, forecast.p10, forecast.p50, forecast.p90, strict=True
+        )
+    )
+    return WindowForecast(origin=np.datetime64(origin, "h"), points=points, method=forecast.method)
+
+
+def train_on_rows(
+    rows: Sequence[HourlyRow],
+    max_horizon: int = MAX_HORIZON,
+    params: DefaultParams | None = None,
+) -> DefaultModel:
+    """A default model trained on a site's hourly_features history, with the sensors as past
+    covariates (they are measured, not forecast, so only their past is known)."""
+    model = DefaultModel(past=COVARIATE_COLUMNS, params=params or DefaultParams())
+    model.fit(frame_from_rows(rows), max_horizon)
+    return model
