@@ -1,0 +1,250 @@
+"""Feature transforms, one test group each, and the no-lookahead guarantee."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from energy_pipeline.forecasting.features import (
+    BaselineFeatures,
+    CalendarFeatures,
+    FeatureBlock,
+    FeaturePipeline,
+    HorizonFeature,
+    LagFeatures,
+    RollingFeatures,
+    SeasonalChangeFeatures,
+    SeasonalLagFeatures,
+    WeatherFeatures,
+    apparent_temperature,
+    before_origin,
+    default_pipeline,
+    trailing_stats,
+)
+from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.synthetic import PAST_COLUMNS, synthetic_building
+
+pytestmark = pytest.mark.unit
+
+START = np.datetime64("2000-06-05T00", "h")  # a Monday
+
+
+def ramp(n: int, **past: np.ndarray) -> HourlyFrame:
+    """target[i] = i, so a feature's value names the index it read."""
+    times = START + np.arange(n).astype("timedelta64[h]")
+    return HourlyFrame(times, np.arange(n, dtype=float), past=past)
+
+
+def one(transform: object, frame: HourlyFrame, t: int, h: int) -> dict[str, float]:
+    block = transform.transform(frame, np.array([t]), np.array([h]))  # type: ignore[attr-defined]
+    return dict(zip(block.names, block.values[0].tolist(), strict=True))
+
+
+def test_before_origin_never_reads_at_or_after_the_origin() -> None:
+    values = np.arange(10.0)
+    got = before_origin(values, np.array([2, 5, 6, -1]), np.array([5, 5, 9, 5]))
+    np.testing.assert_array_equal(got, [2.0, np.nan, 6.0, np.nan])
+
+
+def test_trailing_stats_match_a_direct_computation() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=60)
+    values[[5, 17, 18]] = np.nan
+    stats = trailing_stats(values, 7)
+    for p in range(len(values) + 1):
+        window = values[max(0, p - 7) : p]
+        window = window[~np.isnan(window)]
+        if len(window) == 0:
+            assert np.isnan(stats["mean"][p])
+            continue
+        assert stats["mean"][p] == pytest.approx(window.mean())
+        assert stats["std"][p] == pytest.approx(window.std(), abs=1e-9)
+        assert stats["min"][p] == window.min()
+        assert stats["max"][p] == window.max()
+
+
+def test_horizon_feature() -> None:
+    block = HorizonFeature().transform(ramp(10), np.array([3, 4]), np.array([1, 5]))
+    assert block.names == ("horizon",)
+    np.testing.assert_array_equal(block.values[:, 0], [1, 5])
+
+
+def test_calendar_of_the_target_time() -> None:
+    frame = ramp(24 * 8)
+    # Index 24*5 + 13 is Saturday 2000-06-10 13:00.
+    got = one(CalendarFeatures(), frame, 24 * 5 + 13, 30)
+    assert got == {"hour": 13.0, "day_of_week": 5.0, "weekend": 1.0}
+    assert one(CalendarFeatures(), frame, 2, 1)["day_of_week"] == 0.0
+
+
+def test_lags_are_never_shorter_than_the_horizon() -> None:
+    frame = ramp(400)
+    lags = LagFeatures((24, 48, 168))
+    assert one(lags, frame, 350, 1) == {"lag_24": 326, "lag_48": 302, "lag_168": 182}
+    short = one(lags, frame, 350, 30)  # origin 321: lag 24 would read index 326 >= 321
+    assert np.isnan(short["lag_24"])
+    assert short["lag_48"] == 302
+    assert np.isnan(one(lags, frame, 350, 169)["lag_168"])
+
+
+def test_seasonal_lags_use_the_newest_known_same_hour() -> None:
+    frame = ramp(24 * 40)
+    got = one(SeasonalLagFeatures((24, 168), (2, 2)), frame, 900, 30)
+    assert got["last_same_24"] == 900 - 48  # ceil(30/24) = 2 days back
+    assert got["profile_24x2"] == pytest.approx((852 + 828) / 2)
+    assert got["last_same_168"] == 900 - 168
+    assert got["profile_168x2"] == pytest.approx((732 + 564) / 2)
+
+
+def test_rolling_statistics_stop_just_before_the_origin() -> None:
+    frame = ramp(200)
+    got = one(RollingFeatures((24,), ("mean", "min", "max")), frame, 110, 11)  # origin 100
+    assert got["last_value"] == 99
+    assert got["roll24_mean"] == pytest.approx(np.mean(np.arange(76, 100)))
+    assert got["roll24_min"] == 76
+    assert got["roll24_max"] == 99
+
+
+def test_rolling_units_tell_levels_from_spreads() -> None:
+    block = RollingFeatures((24,), ("mean", "std")).transform(
+        ramp(50), np.array([40]), np.array([1])
+    )
+    assert block.units == ("level", "level", "delta")
+
+
+def test_seasonal_change_against_a_week_before() -> None:
+    frame = ramp(24 * 30)
+    got = one(SeasonalChangeFeatures(168), frame, 500, 1)  # origin 500
+    # On a ramp every difference over a week is exactly 168.
+    assert got == {
+        "change168_last": 168.0,
+        "change168_mean24": 168.0,
+        "change168_same_hour": 168.0,
+    }
+
+
+def test_baselines_on_a_pure_weekly_pattern_are_exact() -> None:
+    n = 24 * 30
+    pattern = np.sin(np.arange(n) * 2 * np.pi / 168) * 10 + 50
+    frame = HourlyFrame(START + np.arange(n).astype("timedelta64[h]"), pattern)
+    t = np.array([600, 610, 700])
+    h = np.array([1, 24, 100])
+    block = BaselineFeatures().transform(frame, t, h)
+    np.testing.assert_allclose(block.values[:, 0], pattern[t], atol=1e-9)
+    np.testing.assert_allclose(block.values[:, 1], pattern[t], atol=1e-9)
+
+
+def test_baselines_follow_a_level_shift() -> None:
+    n = 24 * 30
+    values = np.tile(np.arange(24.0), n // 24)
+    values[500:] += 100.0  # a step the week-old value does not know about
+    frame = HourlyFrame(START + np.arange(n).astype("timedelta64[h]"), values)
+    got = one(BaselineFeatures(), frame, 530, 1)  # origin 530: 30 h after the step
+    assert got["week_adjusted"] == pytest.approx(values[530])
+    assert got["day_adjusted"] == pytest.approx(values[530])
+
+
+def test_weather_past_covariates_are_read_before_the_origin() -> None:
+    temp = np.arange(100.0) + 1000
+    frame = ramp(100, temp=temp)
+    got = one(WeatherFeatures(past=("temp",)), frame, 80, 5)  # origin 76
+    assert got["temp_last"] == 1075
+    assert got["temp_mean24"] == pytest.approx(np.mean(temp[52:76]))
+    assert got["temp_same_hour"] == 1080 - 24
+
+
+def test_weather_future_covariates_are_read_at_the_target_time() -> None:
+    times = START + np.arange(100).astype("timedelta64[h]")
+    forecast = np.arange(100.0)
+    frame = HourlyFrame(times, np.zeros(100), future={"tf": forecast})
+    got = one(WeatherFeatures(future=("tf",)), frame, 80, 5)
+    assert got["tf_at_target"] == 80
+    assert got["tf_mean24_to_target"] == pytest.approx(np.mean(forecast[57:81]))
+
+
+def test_apparent_temperature_needs_both_sensors() -> None:
+    n = 60
+    frame = ramp(n, avg_temperature=np.full(n, 30.0), avg_humidity=np.full(n, 70.0))
+    got = one(WeatherFeatures(past=("avg_temperature", "avg_humidity")), frame, 50, 1)
+    assert got["apparent_temperature_last"] == pytest.approx(
+        float(apparent_temperature(np.array(30.0), np.array(70.0)))
+    )
+    assert got["apparent_temperature_last"] > 30  # humid heat feels hotter
+    alone = one(
+        WeatherFeatures(past=("avg_temperature",)), ramp(n, avg_temperature=np.ones(n)), 50, 1
+    )
+    assert "apparent_temperature_last" not in alone
+
+
+def test_pipeline_concatenates_blocks() -> None:
+    pipeline = FeaturePipeline([HorizonFeature(), LagFeatures((24,))])
+    matrix = pipeline.transform(ramp(50), np.array([30, 40]), np.array([1, 2]))
+    assert matrix.names == ("horizon", "lag_24")
+    assert matrix.units == ("none", "level")
+    np.testing.assert_array_equal(matrix.values, [[1, 6], [2, 16]])
+
+
+def test_horizon_zero_is_refused() -> None:
+    with pytest.raises(ValueError):
+        default_pipeline().transform(ramp(50), np.array([10]), np.array([0]))
+
+
+# -- the no-lookahead guarantee ------------------------------------------------------------
+
+
+def perturbed_at(frame: HourlyFrame, origin: int, seed: int) -> HourlyFrame:
+    """The frame with target and past covariates replaced by garbage at and after `origin`."""
+    rng = np.random.default_rng(seed)
+    target = frame.target.copy()
+    target[origin:] = rng.normal(1e6, 1e5, len(frame) - origin)
+    past = {}
+    for name, values in frame.past.items():
+        changed = values.copy()
+        changed[origin:] = rng.normal(-1e6, 1e5, len(frame) - origin)
+        past[name] = changed
+    return HourlyFrame(frame.times, target, past=past, future=frame.future)
+
+
+def assert_no_lookahead(pipeline: FeaturePipeline, frame: HourlyFrame) -> None:
+    """Fails if any feature of any (origin, horizon) changes when the future changes."""
+    horizons = np.arange(1, 169)
+    for k, origin in enumerate((170, 337, 500, 701, len(frame) - 168)):
+        target_idx = origin + horizons - 1
+        before = pipeline.transform(frame, target_idx, horizons)
+        after = pipeline.transform(perturbed_at(frame, origin, k), target_idx, horizons)
+        for j, name in enumerate(before.names):
+            np.testing.assert_array_equal(
+                before.values[:, j],
+                after.values[:, j],
+                err_msg=f"feature {name!r} sees data at or after origin {origin}",
+            )
+
+
+def test_no_feature_sees_data_at_or_after_the_origin() -> None:
+    base = synthetic_building(24 * 40, seed=3)
+    times = base.times
+    frame = HourlyFrame(
+        times,
+        base.target,
+        past=base.past,
+        future={"temp_forecast": base.past["avg_temperature"] + 0.5},
+    )
+    pipeline = default_pipeline(past=PAST_COLUMNS, future=("temp_forecast",))
+    assert_no_lookahead(pipeline, frame)
+
+
+@dataclass(frozen=True)
+class LeakyLag:
+    """A broken transform: reads the target at the target time itself."""
+
+    def transform(
+        self, frame: HourlyFrame, target_idx: np.ndarray, horizon: np.ndarray
+    ) -> FeatureBlock:
+        return FeatureBlock(("leak",), frame.target[target_idx][:, None])
+
+
+def test_the_lookahead_check_catches_a_leaky_feature() -> None:
+    frame = synthetic_building(24 * 40, seed=3)
+    with pytest.raises(AssertionError, match="leak"):
+        assert_no_lookahead(FeaturePipeline([HorizonFeature(), LeakyLag()]), frame)

@@ -1,0 +1,212 @@
+"""The four models behind one interface: fit/predict, fallbacks, text form, no lookahead."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.models import (
+    MODEL_NAMES,
+    DefaultModel,
+    DefaultParams,
+    SeasonalNaive,
+    SeedModel,
+    build_model,
+    fallback_forecast,
+    load_model,
+)
+from energy_pipeline.forecasting.models.seed import smooth
+from energy_pipeline.forecasting.synthetic import PAST_COLUMNS, synthetic_building
+
+pytestmark = pytest.mark.unit
+
+# Small and fast: a few weeks of data, few trees.
+FAST = DefaultParams(num_boost_round=25, early_stopping_rounds=5, max_rows=6000, num_threads=1)
+HORIZONS = np.arange(1, 49)
+
+
+@pytest.fixture(scope="module")
+def frame() -> HourlyFrame:
+    return synthetic_building(24 * 42, seed=5)
+
+
+@pytest.fixture(scope="module")
+def default_model(frame: HourlyFrame) -> DefaultModel:
+    model = DefaultModel(past=PAST_COLUMNS, params=FAST)
+    model.fit(frame.slice(0, 24 * 35), 48)
+    return model
+
+
+@pytest.fixture(scope="module")
+def seed_model(frame: HourlyFrame) -> SeedModel:
+    model = SeedModel(past=PAST_COLUMNS, num_threads=1)
+    model.fit(frame.slice(0, 24 * 35), 48)
+    return model
+
+
+def garbage_from(frame: HourlyFrame, origin: int) -> HourlyFrame:
+    target = frame.target.copy()
+    target[origin:] = 1e9
+    past = {k: np.where(np.arange(len(frame)) >= origin, -1e9, v) for k, v in frame.past.items()}
+    return HourlyFrame(frame.times, target, past=past, future=frame.future)
+
+
+def mae(frame: HourlyFrame, origin: int, p50: np.ndarray) -> float:
+    return float(np.mean(np.abs(frame.target[origin + HORIZONS - 1] - p50)))
+
+
+def test_every_name_builds_a_model() -> None:
+    for name in MODEL_NAMES:
+        assert hasattr(build_model(name), "predict")
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("prophet")
+
+
+def test_default_forecasts_beat_weekly_naive_and_never_cross(
+    frame: HourlyFrame, default_model: DefaultModel
+) -> None:
+    origin = 24 * 35
+    forecast = default_model.predict(frame.visible_at(origin, 48), origin, HORIZONS)
+    assert forecast.method == "model"
+    assert np.all(forecast.p10 <= forecast.p50) and np.all(forecast.p50 <= forecast.p90)
+    naive = SeasonalNaive(168)
+    naive.fit(frame.slice(0, origin), 48)
+    weekly = naive.predict(frame.visible_at(origin, 48), origin, HORIZONS)
+    assert mae(frame, origin, forecast.p50) < mae(frame, origin, weekly.p50)
+
+
+def test_default_round_trips_through_text(frame: HourlyFrame, default_model: DefaultModel) -> None:
+    text = default_model.to_text()
+    doc = json.loads(text)
+    assert doc["kind"] == "default"
+    assert set(doc["boosters"]) == {"0.1", "0.5", "0.9"}
+    assert all(s.startswith("tree\n") for s in doc["boosters"].values())  # LightGBM text
+    restored = load_model(text)
+    origin = 24 * 36
+    view = frame.visible_at(origin, 48)
+    a = default_model.predict(view, origin, HORIZONS)
+    b = restored.predict(view, origin, HORIZONS)
+    np.testing.assert_array_equal(a.p50, b.p50)
+    np.testing.assert_array_equal(a.p90, b.p90)
+
+
+@pytest.mark.parametrize("name", ["default", "seed", "naive24", "naive168"])
+def test_forecasts_ignore_everything_at_or_after_the_origin(
+    name: str, frame: HourlyFrame, default_model: DefaultModel, seed_model: SeedModel
+) -> None:
+    models = {
+        "default": default_model,
+        "seed": seed_model,
+        "naive24": SeasonalNaive(24),
+        "naive168": SeasonalNaive(168),
+    }
+    model = models[name]
+    origin = 24 * 37 + 5
+    clean = model.predict(frame, origin, HORIZONS)
+    dirty = model.predict(garbage_from(frame, origin), origin, HORIZONS)
+    for q in ("p10", "p50", "p90"):
+        np.testing.assert_array_equal(getattr(clean, q), getattr(dirty, q), err_msg=q)
+
+
+def test_default_with_short_history_falls_back_instead_of_failing(frame: HourlyFrame) -> None:
+    model = DefaultModel(past=PAST_COLUMNS, params=FAST)
+    model.fit(frame.slice(0, 200), 48)  # under two weeks
+    assert model.fallback_only
+    forecast = model.predict(frame.visible_at(200, 48), 200, HORIZONS)
+    assert forecast.method == "fallback:naive168"
+    assert np.all(np.isfinite(forecast.p50))
+    assert np.all(forecast.p10 <= forecast.p50) and np.all(forecast.p50 <= forecast.p90)
+
+
+def test_a_fitted_model_falls_back_on_a_window_too_short(default_model: DefaultModel) -> None:
+    window = synthetic_building(30, seed=9)
+    forecast = default_model.predict(window.extended_to(30 + 48), 30, HORIZONS)
+    assert forecast.method == "fallback:naive24"
+    assert np.all(np.isfinite(forecast.p50))
+
+
+def test_fallback_band_is_wider_than_the_naive_band(frame: HourlyFrame) -> None:
+    origin = 24 * 20
+    naive = SeasonalNaive(168)
+    naive.fit(frame.slice(0, origin), 24)
+    plain = naive.predict(frame, origin, np.arange(1, 25))
+    fallback = fallback_forecast(frame, origin, np.arange(1, 25))
+    np.testing.assert_allclose(fallback.p50, plain.p50)
+    np.testing.assert_allclose(fallback.p90 - fallback.p50, 1.5 * (plain.p90 - plain.p50))
+
+
+def test_fallback_with_nothing_known_is_nan_not_an_exception(frame: HourlyFrame) -> None:
+    empty = HourlyFrame(frame.times[:10], np.full(10, np.nan))
+    forecast = fallback_forecast(empty, 5, np.arange(1, 4))
+    assert forecast.method == "fallback:none"
+    assert np.all(np.isnan(forecast.p50))
+    one_value = HourlyFrame(frame.times[:10], [3.0] + [np.nan] * 9)
+    assert fallback_forecast(one_value, 5, np.arange(1, 4)).method == "fallback:last"
+
+
+def test_seasonal_naive_repeats_the_season_with_an_empirical_band(frame: HourlyFrame) -> None:
+    origin = 24 * 30
+    for period in (24, 168):
+        model = SeasonalNaive(period)
+        model.fit(frame.slice(0, origin), 48)
+        forecast = model.predict(frame.visible_at(origin, 48), origin, HORIZONS)
+        lag = period * np.ceil(HORIZONS / period).astype(int)
+        np.testing.assert_array_equal(forecast.p50, frame.target[origin + HORIZONS - 1 - lag])
+        assert np.all(forecast.p90 > forecast.p10)
+        restored = load_model(model.to_text())
+        np.testing.assert_array_equal(restored.predict(frame, origin, HORIZONS).p90, forecast.p90)
+
+
+def test_seasonal_naive_steps_back_over_gaps(frame: HourlyFrame) -> None:
+    target = frame.target.copy()
+    origin = 24 * 30
+    target[origin - 24 : origin] = np.nan
+    gappy = HourlyFrame(frame.times, target)
+    forecast = SeasonalNaive(24).predict(gappy, origin, np.array([1]))
+    assert forecast.p50[0] == frame.target[origin - 48]
+
+
+def test_seed_smoothing_is_savitzky_golay_5_2() -> None:
+    quadratic = 0.5 * np.arange(20.0) ** 2 - 3 * np.arange(20.0)
+    np.testing.assert_allclose(smooth(quadratic), quadratic, atol=1e-9)  # order 2 is exact
+    spike = np.zeros(20)
+    spike[10] = 1.0
+    spread = np.flatnonzero(np.abs(smooth(spike)) > 1e-12)
+    np.testing.assert_array_equal(spread, [8, 9, 10, 11, 12])  # window 5
+    gappy = np.arange(10.0)
+    gappy[4] = np.nan
+    np.testing.assert_allclose(smooth(gappy), np.arange(10.0), atol=1e-9)
+
+
+def test_seed_has_seven_lightgbm_models_and_chains_beyond_seven(
+    frame: HourlyFrame, seed_model: SeedModel
+) -> None:
+    doc = json.loads(seed_model.to_text())
+    assert len(doc["boosters"]) == 7
+    assert doc["params"]["learning_rate"] == 0.05
+    assert doc["params"]["num_boost_round"] == 200
+    assert doc["params"]["max_depth"] == 5
+    assert doc["params"]["num_leaves"] == 31
+    assert all(s.startswith("tree\n") for s in doc["boosters"])
+    origin = 24 * 36
+    forecast = seed_model.predict(frame.visible_at(origin, 48), origin, HORIZONS)
+    assert forecast.method == "model"
+    assert np.all(np.isfinite(forecast.p50)) and len(forecast.p50) == 48
+    np.testing.assert_array_equal(forecast.p10, forecast.p50)  # the recipe has no band
+    restored = load_model(seed_model.to_text())
+    np.testing.assert_array_equal(
+        restored.predict(frame.visible_at(origin, 48), origin, HORIZONS).p50, forecast.p50
+    )
+
+
+def test_seed_with_too_little_history_falls_back(frame: HourlyFrame) -> None:
+    model = SeedModel()
+    model.fit(frame.slice(0, 50), 24)
+    assert model.predict(frame, 50, np.arange(1, 25)).method.startswith("fallback:")
+
+
+def test_load_model_rejects_foreign_text() -> None:
+    with pytest.raises(ValueError):
+        load_model(json.dumps({"format": "something-else"}))
