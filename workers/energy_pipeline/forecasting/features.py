@@ -67,11 +67,12 @@ def up_to(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def trailing_stats(values: np.ndarray, window: int) -> dict[str, np.ndarray]:
+def trailing_stats(values: np.ndarray, window: int, extremes: bool = True) -> dict[str, np.ndarray]:
     """For every position p: mean/std/min/max of values[p-window:p] (the window *before* p).
 
     Arrays have len(values)+1 entries so that position == origin reads the window ending
     just before the origin. NaN values are skipped; a window with no value gives NaN.
+    `extremes=False` skips min/max, the only O(n * window) part.
     """
     n = len(values)
     known = ~np.isnan(values)
@@ -86,15 +87,17 @@ def trailing_stats(values: np.ndarray, window: int) -> dict[str, np.ndarray]:
         mean = (csum[pos] - csum[lo]) / count
         var = (csq[pos] - csq[lo]) / count - mean * mean
     std = np.sqrt(np.maximum(var, 0.0))
+    empty = count == 0
+    for arr in (mean, std):
+        arr[empty] = np.nan
+    if not extremes:
+        return {"mean": mean, "std": std}
     padded = np.concatenate([np.full(window, np.nan), values])
     windows = np.lib.stride_tricks.sliding_window_view(padded, window)  # windows[p] = [p-w, p)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows -> NaN is intended
         wmin = np.nanmin(windows, axis=1)
         wmax = np.nanmax(windows, axis=1)
-    empty = count == 0
-    for arr in (mean, std):
-        arr[empty] = np.nan
     return {"mean": mean, "std": std, "min": wmin, "max": wmax}
 
 
@@ -189,7 +192,7 @@ class RollingFeatures:
         cols: list[np.ndarray] = [before_origin(frame.target, origin - 1, origin)]
         units: list[str] = ["level"]
         for window in self.windows:
-            stats = trailing_stats(frame.target, window)
+            stats = trailing_stats(frame.target, window, {"min", "max"} & set(self.stats) != set())
             for stat in self.stats:
                 names.append(f"roll{window}_{stat}")
                 cols.append(np.where(origin > 0, stats[stat][pos], np.nan))
@@ -215,7 +218,7 @@ class SeasonalChangeFeatures:
         origin = origins_of(target_idx, horizon)
         y, p = frame.target, self.period
         last = origin - 1
-        mean24 = trailing_stats(y, 24)["mean"]
+        mean24 = trailing_stats(y, 24, extremes=False)["mean"]
         pos = np.clip(origin, 0, len(frame))
         past_pos = np.clip(origin - p, 0, len(frame))
         same_hour = target_idx - 24 * np.ceil(np.asarray(horizon) / 24).astype(np.int64)
@@ -247,7 +250,7 @@ class BaselineFeatures:
         h = np.asarray(horizon)
         week = 168 * np.ceil(h / 168).astype(np.int64)
         day = 24 * np.ceil(h / 24).astype(np.int64)
-        mean24 = trailing_stats(y, 24)["mean"]
+        mean24 = trailing_stats(y, 24, extremes=False)["mean"]
         pos = np.clip(origin, 0, len(frame))
         past_pos = np.clip(origin - week, 0, len(frame))
         level_change = np.where(origin - week > 0, mean24[pos] - mean24[past_pos], np.nan)
@@ -296,7 +299,7 @@ class WeatherFeatures:
         pos = np.clip(origin, 0, len(frame))
         for name in self.past:
             values = frame.past[name]
-            mean24 = trailing_stats(values, 24)["mean"]
+            mean24 = trailing_stats(values, 24, extremes=False)["mean"]
             names += [f"{name}_last", f"{name}_mean24", f"{name}_same_hour"]
             cols += [
                 before_origin(values, origin - 1, origin),
@@ -306,7 +309,7 @@ class WeatherFeatures:
         for name in self.future:
             values = frame.future[name]
             # Window of 24 h ending *at* t: trailing_stats at position t + 1.
-            mean24 = trailing_stats(values, 24)["mean"]
+            mean24 = trailing_stats(values, 24, extremes=False)["mean"]
             tpos = np.clip(np.asarray(target_idx) + 1, 0, len(frame))
             names += [f"{name}_at_target", f"{name}_mean24_to_target"]
             cols += [up_to(values, target_idx), mean24[tpos]]

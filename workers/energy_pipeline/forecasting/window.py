@@ -9,7 +9,7 @@ arrive unsorted; an hour with `n_readings == 0` counts as unknown.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,34 +82,30 @@ def _hour(value: datetime | np.datetime64) -> np.datetime64:
     return np.datetime64(value, "h")
 
 
-def frame_from_rows(rows: Iterable[HourlyRow], until: np.datetime64 | None = None) -> HourlyFrame:
-    """A gap-free hourly frame of the rows (duplicate hours averaged).
+def frame_from_rows(rows: Sequence[HourlyRow], until: np.datetime64 | None = None) -> HourlyFrame:
+    """A gap-free hourly frame of the rows, in any order (duplicate hours averaged).
 
     `until` (exclusive) extends the frame with unknown hours, e.g. to the origin when the
     newest rows are missing.
     """
-    ordered = sorted(rows, key=lambda r: _hour(r.hour))
-    if not ordered:
+    if not rows:
         raise ValueError("empty window")
-    first = _hour(ordered[0].hour)
-    last = _hour(ordered[-1].hour)
-    stop = max(last + np.timedelta64(1, "h"), until if until is not None else last)
+    hours = np.array([_hour(r.hour) for r in rows], dtype="datetime64[h]")
+    usable = np.array([r.n_readings > 0 for r in rows], dtype=bool)
+    first, last = hours.min(), hours.max()
+    stop = last + np.timedelta64(1, "h")
+    if until is not None:
+        stop = max(stop, np.datetime64(until, "h"))
     n = int((stop - first) // np.timedelta64(1, "h"))
-    sums = {name: np.zeros(n) for name in (TARGET_COLUMN, *COVARIATE_COLUMNS)}
-    counts = {name: np.zeros(n) for name in sums}
-    for row in ordered:
-        if row.n_readings <= 0:
-            continue
-        i = int((_hour(row.hour) - first) // np.timedelta64(1, "h"))
-        for name in sums:
-            value = float(getattr(row, name))
-            if not math.isnan(value):
-                sums[name][i] += value
-                counts[name][i] += 1
-    with np.errstate(invalid="ignore"):
-        means = {
-            k: np.where(counts[k] > 0, sums[k] / np.maximum(counts[k], 1), np.nan) for k in sums
-        }
+    slot = (hours - first).astype(np.int64)[usable]
+    means: dict[str, np.ndarray] = {}
+    for name in (TARGET_COLUMN, *COVARIATE_COLUMNS):
+        values = np.array([getattr(r, name) for r in rows], dtype=np.float64)[usable]
+        known = ~np.isnan(values)
+        sums = np.bincount(slot[known], weights=values[known], minlength=n)
+        counts = np.bincount(slot[known], minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[name] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return HourlyFrame(
         times=first + np.arange(n).astype("timedelta64[h]"),
         target=means[TARGET_COLUMN],
@@ -131,9 +127,11 @@ def forecast_window(
     hs = np.array(sorted(set(int(h) for h in horizons)), dtype=np.int64)
     if len(hs) == 0 or hs.min() < 1 or hs.max() > MAX_HORIZON:
         raise ValueError(f"horizons must be in 1..{MAX_HORIZON}")
-    if origin is None:
-        origin = max(_hour(r.hour) for r in rows) + np.timedelta64(1, "h")
+    if not rows:
+        raise ValueError("empty window")
     frame = frame_from_rows(rows, until=origin)
+    if origin is None:
+        origin = frame.times[-1] + np.timedelta64(1, "h")
     at = frame.index_of(origin)
     view = frame.slice(0, at).extended_to(at + int(hs.max()))
     forecast = model.predict(view, at, hs)
