@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.models.base import Forecaster
 

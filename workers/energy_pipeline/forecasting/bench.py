@@ -27,6 +27,7 @@ from typing import Any
 
 import lightgbm
 import numpy as np
+
 from energy_pipeline.forecasting.backtest import BacktestConfig
 from energy_pipeline.forecasting.commands import compare
 from energy_pipeline.forecasting.csvio import read_hourly_csv

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+
 from energy_pipeline.forecasting.backtest import (
     BacktestConfig,
     BacktestResult,

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from energy_pipeline.forecasting.backtest import BacktestResult
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.resample import hourly_means

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
 from energy_pipeline.forecasting.frame import HourlyFrame
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from energy_pipeline.forecasting.quantiles import QUANTILES
 
 

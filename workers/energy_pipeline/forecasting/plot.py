@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from energy_pipeline.forecasting.backtest import BacktestResult
 
 MISSING_MATPLOTLIB = (

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.models.base import Forecaster
 from energy_pipeline.forecasting.models.default import DefaultModel, DefaultParams

@@ -6,6 +6,7 @@ import json
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.quantiles import QuantileForecast
 

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import lightgbm as lgb
 import numpy as np
+
 from energy_pipeline.forecasting.features import FeatureMatrix, default_pipeline
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.models.base import envelope

@@ -26,11 +26,12 @@ from typing import Any, ClassVar
 
 import lightgbm as lgb
 import numpy as np
+from scipy.signal import savgol_filter
+
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.models.base import envelope
 from energy_pipeline.forecasting.models.naive import fallback_forecast
 from energy_pipeline.forecasting.quantiles import QuantileForecast
-from scipy.signal import savgol_filter
 
 WINDOW = 7
 SAVGOL_WINDOW = 5

@@ -1,0 +1,16 @@
+"""Energy-consumption forecasting: honest backtests and the models behind them.
+
+Modules, one job each:
+    frame      HourlyFrame: a gap-free hourly series and what is visible at an origin
+    resample   sub-hourly or irregular readings to hourly means
+    csvio      the user's CSV in, forecasts CSV out
+    features   leakage-safe feature transforms (lags >= horizon, calendar, weather, rolling)
+    models     default / seed / naive24 / naive168 behind one interface, text serialisation
+    quantiles  non-crossing P10/P50/P90, band widening
+    backtest   rolling-origin backtest engine
+    metrics    MAE, RMSE, rMAE, MASE, pinball, coverage
+    window     forecasts from hourly_features rows (what the inference service wraps)
+    daily      the 7-day view (hourly forecasts summed per day)
+    commands   `energy-pipeline backtest`
+    bench      the developer benchmark on the Taylor series
+"""
