@@ -35,6 +35,7 @@ from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.metrics import format_table
 from energy_pipeline.forecasting.models import MODEL_NAMES, DefaultModel
 from energy_pipeline.forecasting.synthetic import PAST_COLUMNS, synthetic_building
+from energy_pipeline.forecasting.timeparse import iso_hour
 from energy_pipeline.forecasting.window import (
     RECOMMENDED_WINDOW_HOURS,
     HourlyRow,
@@ -99,14 +100,14 @@ def backtest_taylor(weeks: int, stderr: Any) -> dict[str, Any]:
             "source": "pmdarima.datasets.load_taylor",
             "half_hourly_rows": raw_rows,
             "hourly_rows": len(frame),
-            "from": str(frame.times[0]) + ":00Z",
-            "to": str(frame.times[-1]) + ":00Z",
+            "from": iso_hour(frame.times[0]),
+            "to": iso_hour(frame.times[-1]),
         },
         "config": {
             "horizon_hours": horizon,
             "every_hours": 24,
             "retrain_every_hours": 168,
-            "first_origin": str(frame.times[start]) + ":00Z",
+            "first_origin": iso_hour(frame.times[start]),
             "origins": len(results["default"].methods),
         },
         "models": {
