@@ -1,0 +1,53 @@
+"""The `kube` fixture: one real control plane (etcd, kube-apiserver, controller-manager,
+scheduler, kwok with 3 fake nodes) per test session, plus kubectl and helm bound to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from energy_pipeline.localstack.kube import KubeControlPlane
+from energy_pipeline.localstack.kube_install import KubeTools, ensure_kube_tools
+from energy_pipeline.localstack.process import ServiceError
+
+_tools: KubeTools | None = None
+_install_error: ServiceError | None = None
+
+
+# trylast: after `-m`/`-k` deselection, so `pytest -m unit` never triggers a build.
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Build the binaries before the first cluster test, outside any test's timeout.
+
+    A cold build takes many minutes, longer than pytest-timeout allows one test, and an
+    interrupted build would start from scratch every run. A failure is kept and raised by
+    the fixture, so only the cluster tests fail, each naming what went wrong.
+    """
+    global _tools, _install_error
+    if config.option.collectonly or not any(i.get_closest_marker("cluster") for i in items):
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("cluster tests: checking the Kubernetes binaries (built once, cached)")
+    try:
+        _tools = ensure_kube_tools()
+    except ServiceError as exc:
+        _install_error = exc
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]:
+    """A ready cluster: `.kubeconfig`, `.api_client`, `.kubectl(...)`, `.helm(...)`.
+
+    Tests share it, so each one works in a namespace of its own and cleans up after itself.
+    Logs stay in the pytest temp dir (`<basetemp>/kube*/logs`) for post-mortems.
+    """
+    if _install_error is not None:
+        raise _install_error
+    plane = KubeControlPlane(tmp_path_factory.mktemp("kube"), tools=_tools)
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
