@@ -2,7 +2,7 @@
 // module proxy. k8s.io/kubernetes is not meant to be imported as a library, so its staging
 // repositories (which its own go.mod points at ./staging) are pinned to the matching
 // published v0.x tags, the same pattern kubernetes-sigs/scheduler-plugins uses.
-// Bump all versions together: KUBE_VERSION / STAGING_VERSION in kube_install.py too.
+// Bump all versions together, and KUBE_VERSION / ETCD_VERSION in kube_install.py too.
 // sample-cli-plugin and sample-controller are left out: nothing here imports them.
 module energy-pipeline/tools/kube
 
