@@ -28,9 +28,11 @@ $(VENV_STAMP): pyproject.toml
 
 venv: $(VENV_STAMP)
 
-# apt packages (postgresql, mosquitto, Java 17, Maven) when missing, and the Kafka jars.
+# apt packages (postgresql, mosquitto, Java 17, Maven) when missing, the Kafka jars, and
+# the Kubernetes control plane, kwok and helm built from the Go module proxy (all cached).
 deps: venv
 	$(BIN)/energy-pipeline stack install
+	$(BIN)/energy-pipeline kube install
 
 lint: venv
 	$(BIN)/ruff check .

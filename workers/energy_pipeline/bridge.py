@@ -118,6 +118,7 @@ class Bridge:
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self.mqtt = new_client(
@@ -126,6 +127,7 @@ class Bridge:
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = self._on_disconnect
         self.mqtt.on_message = self._on_message
+        self.mqtt.on_subscribe = self._on_subscribe
 
     # --- Kafka -------------------------------------------------------------------------
 
@@ -183,9 +185,18 @@ class Bridge:
         log.info("mqtt connected", extra={"session_present": flags.session_present,
                                           "subscription": self.settings.subscription})
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                      reason_codes: list[mqtt.ReasonCode], properties: object) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            self.fail(f"subscription to {self.settings.subscription} refused: {failed}")
+            return
+        self.subscribed.set()
+
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason_code: mqtt.ReasonCode, properties: object) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if not self.stopping.is_set():
             log.warning("mqtt disconnected; reconnecting", extra={"reason": str(reason_code)})
 
@@ -251,6 +262,8 @@ class Bridge:
             return False, self.fatal
         if not self.connected.is_set():
             return False, "MQTT not connected"
+        if not self.subscribed.is_set():
+            return False, f"MQTT subscription {self.settings.subscription} not confirmed yet"
         return True, "ok"
 
     def run(self) -> int:

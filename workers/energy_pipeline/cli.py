@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,26 @@ def _stack_install(args: argparse.Namespace) -> int:
 
     found = install_all(*([args.kafka_version] if args.kafka_version else []))
     print(json.dumps(found, indent=2))
+    return 0
+
+
+def _kube_install(args: argparse.Namespace) -> int:
+    from energy_pipeline.localstack.kube_install import install_kube
+
+    print(json.dumps(install_kube(), indent=2))
+    return 0
+
+
+def _kube_up(args: argparse.Namespace) -> int:
+    from energy_pipeline.localstack.kube import KubeControlPlane
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    base = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="energy-kube-"))
+    with KubeControlPlane(base) as plane:
+        print(f"export KUBECONFIG={plane.kubeconfig}", file=sys.stderr)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
     return 0
 
 
@@ -70,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=None, help="default: a new temp dir")
     up.add_argument("--keep-data", action="store_true")
     up.set_defaults(func=_stack_up)
+
+    kube = commands.add_parser(
+        "kube", help="a real Kubernetes v1.33 control plane with kwok nodes, for tests"
+    )
+    kube_commands = kube.add_subparsers(dest="kube_command", required=True)
+    kube_install = kube_commands.add_parser("install", help="build the binaries (cached)")
+    kube_install.set_defaults(func=_kube_install)
+    kube_up = kube_commands.add_parser("up", help="start it and keep it running until Ctrl-C")
+    kube_up.add_argument("--data-dir", default=None, help="default: a new temp dir")
+    kube_up.set_defaults(func=_kube_up)
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(commands)

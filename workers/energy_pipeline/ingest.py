@@ -48,6 +48,10 @@ class IngestSettings(CommonSettings, KafkaSettings, ValidationSettings):
     ingest_batch_max_wait_ms: int = env(
         "INGEST_BATCH_MAX_WAIT_MS", 250, doc="longest wait to fill a batch", minimum=1
     )
+    kafka_session_timeout_ms: int = env(
+        "KAFKA_SESSION_TIMEOUT_MS", 45_000,
+        doc="a silent consumer's partitions move to the others after this", minimum=1000,
+    )
     db_retry_max_s: float = env(
         "DB_RETRY_MAX_S", 10.0, doc="longest pause between database retries", minimum=0.1
     )
@@ -64,7 +68,7 @@ def consumer_config(settings: IngestSettings) -> dict[str, object]:
         "partition.assignment.strategy": "cooperative-sticky",
         # A database outage holds one batch while we retry; stay in the group meanwhile.
         "max.poll.interval.ms": 900_000,
-        "session.timeout.ms": 30_000,
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 100,
     }

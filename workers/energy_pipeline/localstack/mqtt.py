@@ -17,7 +17,9 @@ from energy_pipeline.localstack.process import (
 )
 
 
-def render_mosquitto_conf(port: int, persistence_dir: Path, run_as_root: bool) -> str:
+def render_mosquitto_conf(
+    port: int, persistence_dir: Path, run_as_root: bool, log_file: Path | None = None
+) -> str:
     lines = [
         f"listener {port} 127.0.0.1",
         "allow_anonymous true",
@@ -28,12 +30,15 @@ def render_mosquitto_conf(port: int, persistence_dir: Path, run_as_root: bool) -
         "persistent_client_expiration 7d",
         # A bridge that is down for a while must not lose readings queued for it.
         "max_queued_messages 0",
-        "max_inflight_messages 100",
-        "log_dest stdout",
+        # Also the Receive Maximum announced to MQTT 5 clients for their QoS 1 publishes.
+        "max_inflight_messages 1000",
+        # A file log is flushed line by line; stdout to a file would be block-buffered.
+        f"log_dest file {log_file}" if log_file else "log_dest stdout",
         "log_type error",
         "log_type warning",
         "log_type notice",
         "log_type information",
+        "connection_messages true",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
     ]
     if run_as_root:
@@ -85,11 +90,12 @@ class MosquittoBroker:
         persistence = self.base_dir / "persistence"
         persistence.mkdir(parents=True, exist_ok=True)
         conf = self.base_dir / "mosquitto.conf"
-        conf.write_text(render_mosquitto_conf(self.port, persistence, os.geteuid() == 0))
+        log_path = self.base_dir / "mosquitto.log"
+        conf.write_text(render_mosquitto_conf(self.port, persistence, os.geteuid() == 0, log_path))
         self.process = ManagedProcess(
             name="mosquitto",
             argv=[mosquitto, "-c", str(conf)],
-            log_path=self.base_dir / "mosquitto.log",
+            log_path=log_path,
         )
         self.process.start()
         wait_until(

@@ -89,22 +89,30 @@ class MqttPublisher:
 
     def __init__(
         self, host: str, port: int, client_id: str, username: str = "", password: str = "",
-        window: int = 2000,
+        window: int = 1000,
     ) -> None:
         self.host = host
         self.port = port
-        self._window = threading.BoundedSemaphore(window)
+        self._window = window
+        self._limit = window
+        self._outstanding = 0
+        self._cond = threading.Condition()
         self._connected = threading.Event()
         self.stats = PublishStats()
-        self._lock = threading.Lock()
         self.client = new_client(client_id, username, password)
-        self.client.max_inflight_messages_set(min(window, 1000))
+        self.client.max_inflight_messages_set(window)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
+        # After a reconnect paho resends every unacknowledged message at once; more than the
+        # broker's Receive Maximum and the broker drops the connection again, forever. So
+        # never have more unacknowledged messages than the broker accepts.
+        receive_maximum = getattr(properties, "ReceiveMaximum", 65535)
+        with self._cond:
+            self._limit = max(1, min(self._window, receive_maximum))
         self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
@@ -112,9 +120,10 @@ class MqttPublisher:
         log.warning("mqtt disconnected; will reconnect", extra={"reason": str(reason_code)})
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: object, properties: object) -> None:
-        with self._lock:
+        with self._cond:
             self.stats.confirmed += 1
-        self._window.release()
+            self._outstanding -= 1
+            self._cond.notify_all()
 
     def connect(self, timeout: float = 30) -> None:
         self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=persistent_session(3600))
@@ -123,19 +132,19 @@ class MqttPublisher:
             raise ConnectionError(f"no CONNACK from MQTT broker {self.host}:{self.port} within {timeout}s")
 
     def publish(self, topic: str, payload: bytes) -> None:
-        self._window.acquire()
+        # Publishing from this thread while paho's thread reconnects and resends corrupts
+        # paho's session state (seen with paho-mqtt 2.2): wait for the connection instead.
+        self._connected.wait()
+        with self._cond:
+            self._cond.wait_for(lambda: self._outstanding < self._limit)
+            self._outstanding += 1
+            self.stats.published += 1
         # While disconnected paho queues QoS 1 messages and sends them after the reconnect.
         self.client.publish(topic, payload, qos=1)
-        self.stats.published += 1
 
     def wait_confirmed(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self.stats.confirmed >= self.stats.published:
-                    return True
-            time.sleep(0.05)
-        return False
+        with self._cond:
+            return self._cond.wait_for(lambda: self._outstanding == 0, timeout)
 
     def close(self) -> None:
         self.client.disconnect()
