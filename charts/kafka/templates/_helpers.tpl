@@ -1,0 +1,56 @@
+{{- define "kafka.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kafka.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kafka.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kafka.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kafka.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "kafka.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: broker
+app.kubernetes.io/part-of: energy-pipeline
+{{- end -}}
+
+{{- define "kafka.headless" -}}
+{{- printf "%s-headless" (include "kafka.fullname" .) -}}
+{{- end -}}
+
+{{/* Domain of the pods' stable DNS names: <pod>.<this>. */}}
+{{- define "kafka.podDomain" -}}
+{{- printf "%s.%s.svc.%s" (include "kafka.headless" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/* What clients put in bootstrap.servers (KAFKA_BOOTSTRAP_SERVERS). */}}
+{{- define "kafka.bootstrapServers" -}}
+{{- printf "%s.%s.svc:%v" (include "kafka.fullname" .) .Release.Namespace .Values.listeners.client.port -}}
+{{- end -}}
+
+{{- define "kafka.saslSecretName" -}}
+{{- default (printf "%s-sasl" (include "kafka.fullname" .)) .Values.auth.sasl.existingSecret -}}
+{{- end -}}
+
+{{- define "kafka.clientProtocol" -}}
+{{- if and .Values.auth.sasl.enabled .Values.auth.tls.enabled -}}SASL_SSL
+{{- else if .Values.auth.sasl.enabled -}}SASL_PLAINTEXT
+{{- else if .Values.auth.tls.enabled -}}SSL
+{{- else -}}PLAINTEXT
+{{- end -}}
+{{- end -}}
