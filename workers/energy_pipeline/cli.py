@@ -74,6 +74,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "energy_pipeline.bridge",
     "energy_pipeline.ingest",
     "energy_pipeline.forecasting.commands",
+    "energy_pipeline.forecasting.train",
+    "energy_pipeline.inference.server",
 )
 
 

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from energy_pipeline import metrics
 from energy_pipeline.contracts import SENSOR_NAMES, Reading, deadletter_topic, kafka_topic
 from energy_pipeline.db.writer import WriteResult, write_readings
+from energy_pipeline.forecasting.scheduler import ForecastScheduler, ForecastSettings
 from energy_pipeline.logs import configure_logging
 from energy_pipeline.observability import HealthServer, Heartbeat
 from energy_pipeline.settings import (
@@ -39,7 +40,7 @@ log = logging.getLogger("energy_pipeline.ingest")
 
 
 @dataclass(frozen=True, kw_only=True)
-class IngestSettings(CommonSettings, KafkaSettings, ValidationSettings):
+class IngestSettings(CommonSettings, KafkaSettings, ValidationSettings, ForecastSettings):
     database_url: str = env("DATABASE_URL", doc="PostgreSQL DSN, postgresql://user:pass@host/db")
     kafka_consumer_group: str = env("KAFKA_CONSUMER_GROUP", "ingest", doc="consumer group id")
     ingest_batch_size: int = env(
@@ -105,8 +106,11 @@ def split_batch(messages: Sequence[Message], now: datetime, settings: IngestSett
 
 class Ingest:
     def __init__(self, settings: IngestSettings,
-                 on_written: Callable[[WriteResult], None] | None = None) -> None:
+                 on_written: Callable[[WriteResult], None] | None = None,
+                 forecasts: ForecastScheduler | None = None) -> None:
         self.settings = settings
+        # Told about every committed batch; forecasts closed hours on its own thread.
+        self.forecasts = forecasts
         self.topics = [kafka_topic(settings.kafka_topic_prefix, s) for s in SENSOR_NAMES]
         self.deadletter = deadletter_topic(settings.kafka_topic_prefix)
         self.consumer = Consumer(consumer_config(settings), logger=logging.getLogger("librdkafka"))
@@ -225,6 +229,8 @@ class Ingest:
             metrics.DUPLICATES.inc(result.duplicates)
             if self.on_written is not None:
                 self.on_written(result)
+            if self.forecasts is not None:
+                self.forecasts.observe(batch.readings)
         self.commit(batch.messages)
         metrics.BATCH_SECONDS.labels("ingest").observe(time.monotonic() - started)
         return True
@@ -266,15 +272,26 @@ class Ingest:
 def run(args: argparse.Namespace) -> int:
     settings = load(IngestSettings)
     configure_logging("ingest", settings.pipeline_name, settings.log_level)
-    ingest = Ingest(settings)
+    forecasts = None
+    if settings.inference_target:
+        forecasts = ForecastScheduler(
+            settings, settings.database_url,
+            application_name=f"ingest-forecasts-{settings.pipeline_name}",
+        )
+    ingest = Ingest(settings, forecasts=forecasts)
     signal.signal(signal.SIGTERM, lambda *_: ingest.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: ingest.stopping.set())
     health = HealthServer(settings.http_port, ingest.heartbeat, ingest.ready).start()
     log.info("ingest starting", extra={"pid": os.getpid(), "group": settings.kafka_consumer_group,
-                                       "http_port": health.port})
+                                       "http_port": health.port,
+                                       "inference_target": settings.inference_target or None})
+    if forecasts is not None:
+        forecasts.start()
     try:
         return ingest.run()
     finally:
+        if forecasts is not None:
+            forecasts.stop()
         health.stop()
 
 

@@ -1,0 +1,552 @@
+"""Forecasts for every closed hour: the scheduler that runs inside each ingest worker.
+
+Watermarks. Ingest reports every committed batch (`observe`); per site and stream (one
+sensor of one device, i.e. one ordered Kafka key) the scheduler keeps the newest reading
+timestamp and upserts it into `forecast_watermarks`. A site's watermark is the oldest of
+its streams' timestamps, counting only streams that advanced in the last
+FORECAST_STREAM_IDLE_S seconds of wall-clock time (a dead device must not hold its site
+back forever); if none did, the newest. Watermarks come from the data's own timestamps,
+so replayed or simulated history closes hours exactly as live data does, and the oldest
+stream rules because ingest workers consume different partitions at different speeds.
+
+Closing. Hour H of a site closes when its watermark reaches H + 1 h + FORECAST_LATENESS_S.
+In one transaction (serialised across ingest workers by an advisory lock), every newly
+closed hour that has data goes into `forecast_backlog` as origin H + 1 h and the site's
+`closed_through` moves on. A site seen for the first time owes at most its last week.
+
+Draining. Each worker claims due backlog rows (`FOR UPDATE SKIP LOCKED`, newest first, so
+after an outage the current forecast comes first), reads each one's feature window (the
+FORECAST_HISTORY_HOURS hours before the origin) from hourly_features, calls Forecast for
+all of them concurrently (round-robin over the inference endpoints, FORECAST_DEADLINE_MS
+each), and in the same transaction stores the returned points (idempotent: primary key
+site, issued_at = origin, target_time) and deletes the rows it stored. A crash or an
+inference outage therefore delays forecasts but never loses one; the backlog gauge shows
+what is owed. Service-wide failures (UNAVAILABLE, DEADLINE_EXCEEDED, ...) pause draining
+with a short capped backoff and leave the rows untouched; errors about one request back
+that row off on its own, and only requests the service calls invalid are eventually given
+up (logged and counted).
+
+Nothing here runs on ingest's path to Kafka offsets: `observe` only updates a dict, and
+a database or inference problem here never stops ingestion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import psycopg2
+import psycopg2.extras
+from prometheus_client import Counter, Gauge, Histogram
+
+from energy_pipeline.contracts import Reading
+from energy_pipeline.forecasting.window import MAX_HORIZON, HourlyRow
+from energy_pipeline.inference.client import ForecasterClient, forecast_request
+from energy_pipeline.inference.convert import datetime_of
+from energy_pipeline.settings import SettingsError, env
+
+log = logging.getLogger("energy_pipeline.forecasts")
+
+BACKLOG = Gauge("energy_forecast_backlog", "Forecasts owed: closed hours not yet forecast")
+BACKLOG_AGE = Gauge(
+    "energy_forecast_backlog_oldest_seconds", "Seconds since the oldest owed forecast was owed"
+)
+RPCS = Counter("energy_forecast_rpc_total", "Forecast calls to inference, by status", ["code"])
+RPC_SECONDS = Histogram(
+    "energy_forecast_rpc_seconds",
+    "Forecast call time seen by ingest",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+ISSUED = Counter("energy_forecasts_issued_total", "Forecasts stored (one per site and origin)")
+CLOSED = Counter("energy_forecast_hours_closed_total", "Closed hours put on the backlog")
+ABANDONED = Counter(
+    "energy_forecast_abandoned_total", "Owed forecasts given up on, by reason", ["reason"]
+)
+WATERMARK = Gauge(
+    "energy_forecast_watermark_timestamp_seconds", "Forecast watermark per site", ["site_id"]
+)
+
+HOUR = timedelta(hours=1)
+FIRST_CATCHUP = timedelta(hours=MAX_HORIZON)
+# Closing order across ingest workers; any constant shared by all of them.
+_CLOSE_LOCK = 0x66637374  # "fcst"
+# Failures that say nothing about the request: pause, retry the same rows later.
+SERVICE_WIDE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+# The service says the request itself can never succeed (the window will not change).
+HOPELESS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
+HOPELESS_ATTEMPTS = 8
+MAX_ROW_BACKOFF_S = 600.0
+MAX_SERVICE_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForecastSettings:
+    inference_target: str = env(
+        "INFERENCE_TARGET", "",
+        doc="gRPC target of the inference service (dns:///host:port, host:port, or a comma "
+        "list of host:port); empty disables forecasting",
+    )
+    forecast_horizons: int = env(
+        "FORECAST_HORIZONS", 168, doc="forecast hours 1..N ahead of each closed hour", minimum=1
+    )
+    forecast_lateness_s: int = env(
+        "FORECAST_LATENESS_S", 120,
+        doc="an hour closes when the watermark passes its end plus this", minimum=0,
+    )
+    forecast_history_hours: int = env(
+        "FORECAST_HISTORY_HOURS", 336, doc="hours of hourly_features sent with each call",
+        minimum=1,
+    )
+    forecast_deadline_ms: int = env(
+        "FORECAST_DEADLINE_MS", 2000, doc="deadline of one Forecast call", minimum=1
+    )
+    forecast_stream_idle_s: int = env(
+        "FORECAST_STREAM_IDLE_S", 300,
+        doc="a device stream silent this long stops holding its site's watermark back",
+        minimum=1,
+    )
+
+    def __post_init__(self) -> None:
+        if self.forecast_horizons > MAX_HORIZON:
+            raise SettingsError(
+                f"FORECAST_HORIZONS must be at most {MAX_HORIZON}, got {self.forecast_horizons}"
+            )
+
+
+# -- pure parts ------------------------------------------------------------------------
+
+
+def floor_hour(ts: datetime) -> datetime:
+    ts = ts.astimezone(UTC)
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+def last_closed_hour(watermark: datetime, lateness_s: float) -> datetime:
+    """The last hour H (its start) with H + 1 h + lateness <= watermark."""
+    return floor_hour(watermark - timedelta(seconds=lateness_s) - HOUR)
+
+
+def stream_marks(readings: Iterable[Reading]) -> dict[tuple[str, str], datetime]:
+    """Newest timestamp per (site, sensor/device stream) in a batch."""
+    marks: dict[tuple[str, str], datetime] = {}
+    for r in readings:
+        key = (r.site, f"{r.sensor}/{r.device}")
+        current = marks.get(key)
+        if current is None or r.ts > current:
+            marks[key] = r.ts
+    return marks
+
+
+def merge_marks(
+    into: dict[tuple[str, str], datetime], marks: dict[tuple[str, str], datetime]
+) -> None:
+    for key, ts in marks.items():
+        current = into.get(key)
+        if current is None or ts > current:
+            into[key] = ts
+
+
+def row_backoff_s(attempts: int) -> float:
+    """Delay before retrying one owed forecast after its `attempts`-th failure."""
+    return min(MAX_ROW_BACKOFF_S, 2.0 ** min(attempts, 20))
+
+
+def service_backoff_s(failures: int) -> float:
+    return min(MAX_SERVICE_BACKOFF_S, 0.25 * 2.0 ** min(failures, 10))
+
+
+# -- SQL -------------------------------------------------------------------------------
+
+_UPSERT_MARKS = """
+INSERT INTO forecast_watermarks AS w (site_id, stream, max_ts) VALUES %s
+ON CONFLICT (site_id, stream) DO UPDATE SET max_ts = EXCLUDED.max_ts, advanced_at = now()
+WHERE EXCLUDED.max_ts > w.max_ts
+"""
+
+_SITE_WATERMARKS = """
+SELECT m.site_id, m.watermark, s.closed_through, s.watermark
+FROM (
+    SELECT site_id, coalesce(
+        min(max_ts) FILTER (WHERE advanced_at > now() - %(idle)s * interval '1 second'),
+        max(max_ts)) AS watermark
+    FROM forecast_watermarks GROUP BY site_id
+) m LEFT JOIN forecast_sites s USING (site_id)
+"""
+
+_ENQUEUE = """
+INSERT INTO forecast_backlog (site_id, origin)
+SELECT site_id, hour + interval '1 hour' FROM hourly_features
+WHERE site_id = %(site)s AND hour > %(after)s AND hour <= %(through)s AND n_readings > 0
+ON CONFLICT DO NOTHING
+"""
+
+_UPSERT_SITE = """
+INSERT INTO forecast_sites AS s (site_id, watermark, closed_through) VALUES (%s, %s, %s)
+ON CONFLICT (site_id) DO UPDATE SET
+    watermark = EXCLUDED.watermark,
+    closed_through = greatest(s.closed_through, EXCLUDED.closed_through),
+    updated_at = now()
+"""
+
+_CLAIM = """
+SELECT site_id, origin, attempts FROM forecast_backlog
+WHERE next_attempt_at <= now()
+ORDER BY origin DESC
+LIMIT %s
+FOR UPDATE SKIP LOCKED
+"""
+
+_WINDOWS = """
+SELECT b.site_id, b.origin, h.hour, h.avg_temperature, h.avg_humidity, h.avg_squarefootage,
+       h.avg_renewableenergy, h.avg_energyconsumption, h.n_readings
+FROM unnest(%(sites)s::text[], %(origins)s::timestamptz[]) AS b(site_id, origin)
+JOIN hourly_features h
+  ON h.site_id = b.site_id
+ AND h.hour >= b.origin - %(hours)s * interval '1 hour'
+ AND h.hour < b.origin
+ORDER BY b.site_id, b.origin, h.hour
+"""
+
+_STORE = """
+INSERT INTO forecasts (site_id, issued_at, target_time, horizon, model_version, p10, p50, p90)
+VALUES %s ON CONFLICT DO NOTHING
+"""
+
+_DONE = """
+DELETE FROM forecast_backlog b USING unnest(%s::text[], %s::timestamptz[]) AS d(site_id, origin)
+WHERE b.site_id = d.site_id AND b.origin = d.origin
+"""
+
+_RETRY_LATER = """
+UPDATE forecast_backlog b SET attempts = b.attempts + 1,
+    next_attempt_at = now() + v.delay_s * interval '1 second', last_error = v.error
+FROM (VALUES %s) AS v(site_id, origin, delay_s, error)
+WHERE b.site_id = v.site_id AND b.origin = v.origin::timestamptz
+"""
+
+_BACKLOG = """
+SELECT count(*), coalesce(extract(epoch FROM now() - min(enqueued_at)), 0) FROM forecast_backlog
+"""
+
+
+@dataclass
+class _Call:
+    site_id: str
+    origin: datetime
+    attempts: int
+    future: grpc.Future | None = None
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    claimed: int = 0
+    stored: int = 0
+    retry: int = 0
+    service_errors: int = 0
+    abandoned: int = 0
+
+
+class ForecastScheduler:
+    """Watermarks, closing and draining for one ingest worker; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ForecastSettings,
+        database_url: str,
+        client: ForecasterClient | None = None,
+        *,
+        application_name: str = "ingest-forecasts",
+        batch_size: int = 32,
+        poll_s: float = 0.5,
+        close_every_s: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.client = client or ForecasterClient(settings.inference_target)
+        self.application_name = application_name
+        self.batch_size = batch_size
+        self.poll_s = poll_s
+        self.close_every_s = close_every_s
+        self.horizons = list(range(1, settings.forecast_horizons + 1))
+        self._pending: dict[tuple[str, str], datetime] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg2.extensions.connection | None = None
+        self._last_close = 0.0
+        self._last_gauge = 0.0
+        self._service_failures = 0
+        self._paused_until = 0.0
+        self.last_error: str | None = None
+
+    # -- called by ingest ------------------------------------------------------------
+
+    def observe(self, readings: Iterable[Reading]) -> None:
+        """Readings that are committed to the database (never before: they close hours)."""
+        marks = stream_marks(readings)
+        with self._lock:
+            merge_marks(self._pending, marks)
+
+    def start(self) -> ForecastScheduler:
+        self._thread = threading.Thread(target=self._run, name="forecast-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                busy = self.step()
+                delay = 0.5
+                self.last_error = None
+            except Exception as exc:  # a database outage must not end the thread
+                self.last_error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                log.warning(
+                    "forecast scheduling failed; retrying", extra={"error": self.last_error}
+                )
+                self._close_connection()
+                busy = False
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+            if not busy:
+                self._stopping.wait(self.poll_s)
+        try:
+            self.flush_watermarks()  # what the last batches advanced
+        except Exception as exc:
+            log.warning("final watermark flush failed", extra={"error": str(exc)[:300]})
+        self._close_connection()
+        self.client.close()
+
+    def step(self) -> bool:
+        """One round: flush watermarks, close hours, drain one batch. True if it stored any."""
+        flushed = self.flush_watermarks()
+        now = time.monotonic()
+        if flushed or now - self._last_close >= self.close_every_s:
+            self.close_hours()
+            self._last_close = now
+        result = DrainResult()
+        if now >= self._paused_until:
+            result = self.drain()
+        if result.claimed or now - self._last_gauge >= self.close_every_s:
+            self.update_backlog_gauge()
+            self._last_gauge = now
+        return result.stored > 0
+
+    # -- database --------------------------------------------------------------------
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(
+                self.database_url,
+                application_name=self.application_name,
+                connect_timeout=5,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+            )
+        return self._conn
+
+    def _close_connection(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+        self._conn = None
+
+    def flush_watermarks(self) -> bool:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return False
+        try:
+            conn = self._connection()
+            with conn, conn.cursor() as cur:
+                # Sorted: workers touching the same rows lock them in the same order.
+                rows = sorted((site, stream, ts) for (site, stream), ts in pending.items())
+                psycopg2.extras.execute_values(cur, _UPSERT_MARKS, rows)
+        except Exception:
+            with self._lock:
+                merge_marks(self._pending, pending)
+            raise
+        return True
+
+    def close_hours(self) -> int:
+        """Put newly closed hours on the backlog; returns how many."""
+        lateness = self.settings.forecast_lateness_s
+        enqueued = 0
+        conn = self._connection()
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CLOSE_LOCK,))
+            cur.execute(_SITE_WATERMARKS, {"idle": self.settings.forecast_stream_idle_s})
+            for site, watermark, closed_through, last_watermark in cur.fetchall():
+                WATERMARK.labels(site).set(watermark.timestamp())
+                through = last_closed_hour(watermark, lateness)
+                after = closed_through if closed_through is not None else through - FIRST_CATCHUP
+                if through > after:
+                    cur.execute(_ENQUEUE, {"site": site, "after": after, "through": through})
+                    enqueued += cur.rowcount
+                moved = closed_through is None or through > closed_through
+                if moved or watermark != last_watermark:
+                    cur.execute(_UPSERT_SITE, (site, watermark, through))
+        if enqueued:
+            CLOSED.inc(enqueued)
+            log.debug("hours closed", extra={"enqueued": enqueued})
+        return enqueued
+
+    def update_backlog_gauge(self) -> int:
+        conn = self._connection()
+        with conn, conn.cursor() as cur:
+            cur.execute(_BACKLOG)
+            count, age = cur.fetchone()
+        BACKLOG.set(count)
+        BACKLOG_AGE.set(float(age))
+        return int(count)
+
+    def _windows(
+        self, cur: psycopg2.extensions.cursor, calls: Sequence[_Call]
+    ) -> dict[tuple[str, datetime], list[HourlyRow]]:
+        cur.execute(
+            _WINDOWS,
+            {
+                "sites": [c.site_id for c in calls],
+                "origins": [c.origin for c in calls],
+                "hours": self.settings.forecast_history_hours,
+            },
+        )
+        windows: dict[tuple[str, datetime], list[HourlyRow]] = {}
+        for site, origin, hour, *values, n in cur.fetchall():
+            row = HourlyRow.from_mapping(
+                {
+                    "hour": hour,
+                    "avg_temperature": values[0],
+                    "avg_humidity": values[1],
+                    "avg_squarefootage": values[2],
+                    "avg_renewableenergy": values[3],
+                    "avg_energyconsumption": values[4],
+                    "n_readings": n,
+                }
+            )
+            windows.setdefault((site, origin), []).append(row)
+        return windows
+
+    def drain(self) -> DrainResult:
+        """Forecast one batch of due backlog rows, in one transaction."""
+        deadline_s = self.settings.forecast_deadline_ms / 1000
+        conn = self._connection()
+        stored: list[tuple[Any, ...]] = []
+        done: list[_Call] = []
+        retry: list[tuple[str, datetime, float, str]] = []
+        service_errors = abandoned = 0
+        with conn, conn.cursor() as cur:
+            cur.execute(_CLAIM, (self.batch_size,))
+            calls = [_Call(site, origin, attempts) for site, origin, attempts in cur.fetchall()]
+            if not calls:
+                return DrainResult()
+            windows = self._windows(cur, calls)
+            for call in calls:
+                rows = windows.get((call.site_id, call.origin))
+                if not rows:
+                    # The hour's features are gone (retention?): nothing can ever be forecast.
+                    ABANDONED.labels("no_window").inc()
+                    log.error(
+                        "owed forecast has no feature window; giving up",
+                        extra={"site_id": call.site_id, "origin": call.origin},
+                    )
+                    done.append(call)
+                    abandoned += 1
+                    continue
+                request = forecast_request(call.site_id, rows, self.horizons, call.origin)
+                started = time.perf_counter()
+                call.future = self.client.forecast_future(request, deadline_s)
+                call.future.add_done_callback(
+                    lambda _f, s=started: RPC_SECONDS.observe(time.perf_counter() - s)
+                )
+            for call in calls:
+                if call.future is None:
+                    continue
+                try:
+                    response = call.future.result()
+                except grpc.RpcError as exc:
+                    code = exc.code()
+                    RPCS.labels(code.name).inc()
+                    detail = f"{code.name}: {exc.details()}"
+                    if code in SERVICE_WIDE:
+                        service_errors += 1
+                        self.last_error = detail
+                    elif code in HOPELESS and call.attempts + 1 >= HOPELESS_ATTEMPTS:
+                        ABANDONED.labels(code.name.lower()).inc()
+                        log.error(
+                            "owed forecast rejected by inference; giving up",
+                            extra={"site_id": call.site_id, "origin": call.origin,
+                                   "error": detail, "attempts": call.attempts + 1},
+                        )
+                        done.append(call)
+                        abandoned += 1
+                    else:
+                        retry.append(
+                            (call.site_id, call.origin, row_backoff_s(call.attempts), detail)
+                        )
+                    continue
+                RPCS.labels(grpc.StatusCode.OK.name).inc()
+                done.append(call)
+                stored.extend(
+                    (
+                        call.site_id,
+                        call.origin,
+                        datetime_of(p.target_time),
+                        p.horizon,
+                        response.model_version,
+                        p.p10,
+                        p.p50,
+                        p.p90,
+                    )
+                    for p in response.points
+                )
+            if stored:
+                psycopg2.extras.execute_values(cur, _STORE, stored, page_size=1000)
+            if done:
+                cur.execute(_DONE, ([c.site_id for c in done], [c.origin for c in done]))
+            if retry:
+                psycopg2.extras.execute_values(cur, _RETRY_LATER, retry)
+        issued = len(done) - abandoned
+        ISSUED.inc(issued)
+        if service_errors:
+            self._service_failures += 1
+            pause = service_backoff_s(self._service_failures)
+            self._paused_until = time.monotonic() + pause
+            log.warning(
+                "inference unavailable; forecasts stay owed",
+                extra={"failed": service_errors, "stored": issued, "pause_s": pause,
+                       "error": self.last_error},
+            )
+        elif issued:
+            self._service_failures = 0
+        return DrainResult(
+            claimed=len(calls),
+            stored=issued,
+            retry=len(retry),
+            service_errors=service_errors,
+            abandoned=abandoned,
+        )

@@ -1,0 +1,246 @@
+"""`energy-pipeline train`: fit a site's model on hourly_features, backtest it, register it.
+
+Per site (`--site`, or every site with hourly_features):
+1. read the last TRAIN_HISTORY_DAYS days of closed hours (up to the forecasting
+   watermark's last closed hour when ingest keeps one, else all but the newest hour,
+   which may still be filling);
+2. backtest: a model fitted on everything before the last TRAIN_BACKTEST_DAYS days
+   forecasts daily 00:00 origins in them, scored against seasonal naive 168 h on the same
+   points (MAE, RMSE, rMAE, MASE, pinball, P10-P90 coverage);
+3. fit the model to be stored on the whole window;
+4. store it in `models` and promote it if it is not worse than the promoted one
+   (`registry.promotion_decision`).
+
+Short histories still give a model: the default model's documented fallback (seasonal
+naive with a widened band) is what it then serves, and its backtest says how good that is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg2
+
+from energy_pipeline.forecasting.backtest import BacktestConfig, origins, run_backtest
+from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.hourly_db import all_sites, read_site_rows
+from energy_pipeline.forecasting.metrics import score
+from energy_pipeline.forecasting.models import DefaultModel, DefaultParams, SeasonalNaive
+from energy_pipeline.forecasting.registry import Decision, ModelRecord, register_model
+from energy_pipeline.forecasting.timeparse import iso_hour
+from energy_pipeline.forecasting.window import COVARIATE_COLUMNS, MAX_HORIZON, frame_from_rows
+from energy_pipeline.logs import configure_logging
+from energy_pipeline.settings import CommonSettings, SettingsError, env, load
+
+log = logging.getLogger("energy_pipeline.train")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings(CommonSettings):
+    database_url: str = env("DATABASE_URL", doc="PostgreSQL DSN, postgresql://user:pass@host/db")
+    train_history_days: int = env(
+        "TRAIN_HISTORY_DAYS", 90, doc="days of hourly_features a model is trained on", minimum=1
+    )
+    train_backtest_days: int = env(
+        "TRAIN_BACKTEST_DAYS", 14,
+        doc="latest days held out for the backtest that decides promotion", minimum=1,
+    )
+    train_model_params: str = env(
+        "TRAIN_MODEL_PARAMS", "{}",
+        doc='JSON object overriding default-model hyper-parameters, e.g. {"num_leaves": 31}',
+    )
+
+    def model_params(self) -> DefaultParams:
+        try:
+            overrides = json.loads(self.train_model_params or "{}")
+            return dataclasses.replace(DefaultParams(), **overrides)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"TRAIN_MODEL_PARAMS: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class BacktestPlan:
+    horizon: int
+    test_start: int
+    origins: int
+
+
+def plan_backtest(frame: HourlyFrame, backtest_days: int) -> BacktestPlan | None:
+    """Daily 00:00 origins in the last `backtest_days` days, or None when none fits.
+
+    The horizon is the full week when the period holds it at least twice over, shorter
+    otherwise, so that there are always several origins to score.
+    """
+    hours = backtest_days * 24
+    horizon = min(MAX_HORIZON, max(24, hours // 2))
+    start = max(0, len(frame) - hours)
+    while start < len(frame) and frame.times[start].astype(np.int64) % 24 != 0:
+        start += 1
+    if start <= 0:
+        return None  # nothing left to train the backtest model on
+    points = origins(len(frame), start, 24, horizon)
+    if len(points) == 0:
+        return None
+    return BacktestPlan(horizon, start, len(points))
+
+
+def backtest(
+    frame: HourlyFrame, params: DefaultParams, plan: BacktestPlan
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics of the default model on the plan's origins, fitted once before the first."""
+    # One fit at the first origin: the period is short, and it keeps training cheap.
+    config = BacktestConfig(
+        horizon=plan.horizon, every=24, retrain_every=10**9, test_start=plan.test_start
+    )
+    ours = run_backtest(
+        frame, "default", lambda: DefaultModel(past=COVARIATE_COLUMNS, params=params), config
+    )
+    naive = run_backtest(frame, "naive168", lambda: SeasonalNaive(168), config)
+    metrics = score(ours.actual, ours.p10, ours.p50, ours.p90, naive.p50).as_dict()
+    naive_metrics = score(naive.actual, naive.p10, naive.p50, naive.p90, naive.p50)
+    metrics.update(
+        {
+            "naive168_mae": naive_metrics.mae,
+            "backtest_origins": float(plan.origins),
+            "backtest_horizon_hours": float(plan.horizon),
+            "fallback_origins": float(sum(m != "model" for m in ours.methods)),
+        }
+    )
+    info = {
+        "first_origin": iso_hour(frame.times[plan.test_start]),
+        "last_origin": iso_hour(ours.origin[-1]) if len(ours.origin) else None,
+        "origins": plan.origins,
+        "horizon_hours": plan.horizon,
+        "fit_seconds": round(ours.fit_seconds, 3),
+    }
+    return metrics, info
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    site_id: str
+    record: ModelRecord
+    decision: Decision
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        metrics = self.record.metrics
+        return {
+            "site_id": self.site_id,
+            "version": self.record.version,
+            "promoted": self.record.promoted,
+            "reason": self.decision.reason,
+            "trained_on_until": self.record.trained_on_until,
+            "mase": metrics.get("mase"),
+            "mae": metrics.get("mae"),
+            "coverage_p10_p90": metrics.get("coverage_p10_p90"),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def train_site(
+    conn: psycopg2.extensions.connection,
+    site_id: str,
+    settings: TrainSettings,
+    force: bool = False,
+) -> TrainResult | None:
+    """Train, backtest and register one site's model; None when the site has no data."""
+    started = time.perf_counter()
+    params = settings.model_params()
+    rows, until = read_site_rows(conn, site_id, settings.train_history_days)
+    conn.commit()  # no transaction open while we compute
+    if not rows:
+        return None
+    frame = frame_from_rows(rows)
+    plan = plan_backtest(frame, settings.train_backtest_days)
+    metrics: dict[str, float] = {}
+    backtest_info: dict[str, Any] | None = None
+    if plan is not None:
+        metrics, backtest_info = backtest(frame, params, plan)
+    model = DefaultModel(past=COVARIATE_COLUMNS, params=params)
+    model.fit(frame, MAX_HORIZON)
+    record_params = {
+        "model": model.kind,
+        "past_covariates": list(COVARIATE_COLUMNS),
+        "hyper_parameters": dataclasses.asdict(params),
+        "history_days": settings.train_history_days,
+        "backtest_days": settings.train_backtest_days,
+        "backtest": backtest_info,
+        "training": model.trained,
+        "rows": len(rows),
+        "first_hour": iso_hour(frame.times[0]),
+    }
+    with conn:
+        record, decision = register_model(
+            conn,
+            site_id=site_id,
+            artifact=model.to_text(),
+            trained_on_until=until,
+            params=record_params,
+            metrics=metrics,
+            force=force,
+        )
+    return TrainResult(site_id, record, decision, time.perf_counter() - started)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load(TrainSettings)
+        settings.model_params()
+    except SettingsError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("train", settings.pipeline_name, settings.log_level)
+    conn = psycopg2.connect(settings.database_url, application_name="train", connect_timeout=10)
+    failed = 0
+    try:
+        sites = [args.site] if args.site else all_sites(conn)
+        conn.commit()
+        if not sites:
+            log.warning("no hourly_features yet; nothing to train")
+            return 0
+        for site in sites:
+            try:
+                result = train_site(conn, site, settings, force=args.force)
+            except Exception:
+                conn.rollback()
+                failed += 1
+                log.exception("training failed", extra={"site_id": site})
+                continue
+            if result is None:
+                log.error("no closed hours of hourly_features", extra={"site_id": site})
+                if args.site:
+                    return 2
+                continue
+            # One JSON log line per site (stdout): what a CronJob's log should show.
+            log.info("model registered", extra=result.summary())
+    finally:
+        conn.close()
+    return 1 if failed else 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser(
+        "train",
+        help="train, backtest and register forecasting models from hourly_features",
+        description=(
+            "For --site (default: every site) read the last TRAIN_HISTORY_DAYS days of "
+            "hourly_features, backtest on the last TRAIN_BACKTEST_DAYS days against "
+            "seasonal naive 168 h, store a new version in `models` and promote it only if "
+            "its backtest MASE is not worse than the promoted version's. Logs one JSON "
+            "line per site (message \"model registered\")."
+        ),
+    )
+    p.add_argument("--site", default=None, help="one site id (default: all sites)")
+    p.add_argument(
+        "--force", action="store_true", help="promote the new version whatever its backtest"
+    )
+    p.set_defaults(func=run)
