@@ -1,0 +1,423 @@
+"""The charts as `helm lint` and `helm template` see them: pure checks of the rendered YAML.
+
+Marked `cluster`: the helm binary comes from the cached Kubernetes tools build (no API
+server is started here).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from energy_pipeline.localstack.kube_install import ensure_kube_tools
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHARTS = ROOT / "charts"
+CHART_NAMES = ("kafka", "hivemq", "postgres", "grafana", "energy-operator", "energy-platform")
+CRD_MANIFEST = ROOT / "manifests" / "crd" / "energypipelines.energy.pipeline.dev.yaml"
+CRD_IN_CHART = CHARTS / "energy-operator" / "crds" / CRD_MANIFEST.name
+
+# What a production install would set: persistence on, SASL/SCRAM and TLS on Kafka, HiveMQ
+# with a security extension instead of allow-all, Prometheus, an Ingress host with TLS.
+PRODUCTION_VALUES = {
+    "kafka": {
+        "persistence": {"enabled": True, "storageClass": "fast-ssd", "size": "100Gi"},
+        "auth": {"sasl": {"enabled": True}, "tls": {"enabled": True, "secretName": "kafka-tls"}},
+        "podAntiAffinity": "hard",
+    },
+    "hivemq": {
+        "auth": {
+            "allowAllClients": False,
+            "fileRbac": {"enabled": True, "image": "registry.example/hivemq-file-rbac:4.6.6",
+                         "credentialsSecret": "mqtt-credentials"},
+        },
+    },
+    "postgres": {"persistence": {"enabled": True, "size": "50Gi"}},
+    "grafana": {
+        "prometheus": {"enabled": True, "url": "http://prometheus.monitoring.svc:9090"},
+        "ingress": {"host": "grafana.energy.example", "tlsSecret": "grafana-tls"},
+        "persistence": {"enabled": True},
+        "alerts": {"forecastConsumption": {"threshold": 420.5}, "staleData": {"afterSeconds": 600}},
+    },
+    "simulator": {"enabled": False},
+}
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return ensure_kube_tools().helm
+
+
+def run_helm(helm: Path, *args: str) -> str:
+    result = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def platform_chart(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the charts with the umbrella's dependencies built (nothing written in-tree)."""
+    copy = tmp_path_factory.mktemp("charts") / "charts"
+    shutil.copytree(CHARTS, copy, ignore=shutil.ignore_patterns("charts", "__pycache__"))
+    run_helm(helm, "dependency", "build", str(copy / "energy-platform"))
+    return copy / "energy-platform"
+
+
+def render(helm: Path, chart: Path, values: dict[str, Any] | None = None,
+           tmp: Path | None = None) -> list[dict[str, Any]]:
+    args = ["template", "energy", str(chart), "--namespace", "energy"]
+    if values is not None:
+        assert tmp is not None
+        path = tmp / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        args += ["--values", str(path)]
+    return [d for d in yaml.safe_load_all(run_helm(helm, *args)) if d]
+
+
+@pytest.fixture(scope="module")
+def default_docs(helm: Path, platform_chart: Path) -> list[dict[str, Any]]:
+    return render(helm, platform_chart)
+
+
+@pytest.fixture(scope="module")
+def production_docs(helm: Path, platform_chart: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return render(helm, platform_chart, PRODUCTION_VALUES, tmp_path_factory.mktemp("prod"))
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_crd_in_operator_chart_is_identical_to_the_manifest() -> None:
+    if not CRD_MANIFEST.exists():
+        pytest.skip(f"{CRD_MANIFEST.relative_to(ROOT)} is not written yet (operator issue)")
+    assert CRD_IN_CHART.read_bytes() == CRD_MANIFEST.read_bytes(), (
+        f"copy {CRD_MANIFEST.relative_to(ROOT)} to {CRD_IN_CHART.relative_to(ROOT)}"
+    )
+
+
+@pytest.mark.parametrize("name", CHART_NAMES)
+def test_helm_lint_passes(helm: Path, platform_chart: Path, name: str) -> None:
+    chart = platform_chart.parent / name
+    out = run_helm(helm, "lint", "--strict", str(chart))
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+def test_umbrella_lint_passes_with_production_values(
+    helm: Path, platform_chart: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(PRODUCTION_VALUES))
+    run_helm(helm, "lint", "--strict", str(platform_chart), "--values", str(path))
+
+
+@pytest.mark.parametrize("name", CHART_NAMES[:-1])
+def test_each_chart_renders_alone_with_defaults(
+    helm: Path, platform_chart: Path, name: str
+) -> None:
+    docs = render(helm, platform_chart.parent / name)
+    assert docs
+
+
+def test_values_schema_rejects_bad_values(helm: Path, platform_chart: Path) -> None:
+    result = subprocess.run(
+        [str(helm), "template", "x", str(platform_chart), "--set", "kafka.replicaCount=0",
+         "--set", "grafana.alerts.staleData.for=soon"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "replicaCount" in result.stderr and "for" in result.stderr
+
+
+@pytest.mark.parametrize("docs_fixture", ["default_docs", "production_docs"])
+def test_workloads_run_as_non_root_with_resources_and_probes(
+    request: pytest.FixtureRequest, docs_fixture: str
+) -> None:
+    docs = request.getfixturevalue(docs_fixture)
+    specs = dict(pod_specs(docs))
+    assert specs
+    for name, spec in specs.items():
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, name
+        assert pod_sc.get("runAsUser", 0) != 0, name
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{name}/{container['name']}"
+            sc = container.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert sc.get("runAsUser", pod_sc["runAsUser"]) != 0, where
+            resources = container.get("resources", {})
+            assert resources.get("requests", {}).get("cpu"), where
+            assert resources.get("requests", {}).get("memory"), where
+            assert resources.get("limits", {}).get("memory"), where
+        for container in spec["containers"]:
+            where = f"{name}/{container['name']}"
+            assert "livenessProbe" in container, where
+            # The simulator has no endpoint to be ready on; every service has one.
+            if container["name"] != "simulator":
+                assert "readinessProbe" in container, where
+
+
+@pytest.mark.parametrize("docs_fixture", ["default_docs", "production_docs"])
+def test_no_secret_value_outside_its_secret(
+    request: pytest.FixtureRequest, docs_fixture: str
+) -> None:
+    docs = request.getfixturevalue(docs_fixture)
+    secrets = [d for d in docs if d["kind"] == "Secret"]
+    assert secrets
+    values = set()
+    for secret in secrets:
+        for key, encoded in secret.get("data", {}).items():
+            value = base64.b64decode(encoded).decode()
+            if key in {"admin-user", "client-username"}:
+                continue  # names, not secrets
+            values.add(value)
+            # Passwords in URLs: the password itself must not leak either.
+            values.update(re.findall(r"//[^:]+:([^@]+)@", value))
+    others = [d for d in docs if d["kind"] != "Secret"]
+    text = yaml.safe_dump_all(others)
+    for value in values:
+        assert len(value) >= 16
+        assert value not in text
+    # And no ConfigMap holds anything that looks like a credential assignment.
+    for cm in by_kind(docs, "ConfigMap").values():
+        for key, body in cm.get("data", {}).items():
+            assert not re.search(r"password\s*[=:]\s*['\"]?[A-Za-z0-9]{8,}", body, re.I), (
+                f"{cm['metadata']['name']}/{key}"
+            )
+
+
+def test_generated_passwords_differ_between_renders(helm: Path, platform_chart: Path) -> None:
+    """Generated (and kept by lookup across upgrades), never a constant in the chart."""
+    first, second = (
+        {d["metadata"]["name"]: d["data"] for d in render(helm, platform_chart)
+         if d["kind"] == "Secret"}
+        for _ in range(2)
+    )
+    assert first["energy-postgres"]["password"] != second["energy-postgres"]["password"]
+    assert first["energy-grafana-admin"]["admin-password"] != (
+        second["energy-grafana-admin"]["admin-password"]
+    )
+
+
+def test_kafka_statefulset(default_docs: list[dict[str, Any]]) -> None:
+    sts = by_kind(default_docs, "StatefulSet")["energy-kafka"]
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"].startswith("apache/kafka:4.")
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    headless = by_kind(default_docs, "Service")["energy-kafka-headless"]
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+    pdb = by_kind(default_docs, "PodDisruptionBudget")["energy-kafka"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    props = dict(
+        line.split("=", 1)
+        for line in by_kind(default_docs, "ConfigMap")["energy-kafka-config"]["data"][
+            "server.properties"
+        ].splitlines()
+        if "=" in line
+    )
+    assert props["controller.quorum.voters"] == ",".join(
+        f"{i + 1}@energy-kafka-{i}.energy-kafka-headless.energy.svc.cluster.local:9093"
+        for i in range(3)
+    )
+    assert props["num.partitions"] == "4"
+    assert props["default.replication.factor"] == "2"
+    assert props["min.insync.replicas"] == "1"
+    assert props["offsets.topic.replication.factor"] == "3"
+    assert props["transaction.state.log.min.isr"] == "2"
+    assert props["auto.create.topics.enable"] == "false"
+    cluster_id = by_kind(default_docs, "ConfigMap")["energy-kafka-cluster-id"]["data"]["cluster-id"]
+    assert re.fullmatch(r"[A-Za-z0-9]{21}[AQgw]", cluster_id)
+
+
+def test_kafka_production_values_secure_the_listeners(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    config = by_kind(production_docs, "ConfigMap")["energy-kafka-config"]
+    props = config["data"]["server.properties"]
+    assert "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL" in props
+    assert "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512" in props
+    sts = by_kind(production_docs, "StatefulSet")["energy-kafka"]
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["storageClassName"] == "fast-ssd"
+    assert claim["resources"]["requests"]["storage"] == "100Gi"
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in (
+        sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    )
+    example = by_kind(production_docs, "EnergyPipeline")["energy"]["spec"]["kafka"]
+    assert example["securityProtocol"] == "SASL_SSL"
+    assert example["sasl"]["credentialsSecret"] == {
+        "name": "energy-kafka-sasl", "usernameKey": "client-username",
+        "passwordKey": "client-password",
+    }
+    secret = by_kind(production_docs, "Secret")["energy-kafka-sasl"]
+    assert {"client-username", "client-password", "inter-broker-password"} <= set(secret["data"])
+
+
+def test_postgres(
+    default_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]]
+) -> None:
+    sts = by_kind(default_docs, "StatefulSet")["energy-postgres"]
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith("postgres:")
+    assert "pg_isready" in " ".join(container["readinessProbe"]["exec"]["command"])
+    secret = by_kind(production_docs, "Secret")["energy-postgres"]
+    # Kept by `helm uninstall` when the data outlives the release (persistence on).
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    url = base64.b64decode(secret["data"]["DATABASE_URL"]).decode()
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    assert url == f"postgresql://energy:{password}@energy-postgres.energy.svc:5432/energy"
+    example = by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]
+    assert example["database"]["urlSecret"] == {"name": "energy-postgres", "key": "DATABASE_URL"}
+
+
+def test_hivemq(default_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]]) -> None:
+    def env(docs: list[dict[str, Any]]) -> dict[str, str]:
+        sts = by_kind(docs, "StatefulSet")["energy-hivemq"]
+        container = sts["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert env(default_docs)["HIVEMQ_ALLOW_ALL_CLIENTS"] == "true"
+    assert env(production_docs)["HIVEMQ_ALLOW_ALL_CLIENTS"] == "false"
+    config = by_kind(default_docs, "ConfigMap")["energy-hivemq-config"]["data"]["config.xml"]
+    assert "<port>1883</port>" in config and "<mode>file</mode>" in config
+    svc = by_kind(default_docs, "Service")["energy-hivemq"]
+    assert svc["spec"]["ports"][0]["port"] == 1883
+
+
+def grafana_provisioning(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return yaml.safe_load(
+        by_kind(docs, "ConfigMap")["energy-grafana-provisioning"]["data"]["datasources.yaml"]
+    )
+
+
+@pytest.mark.parametrize("docs_fixture", ["default_docs", "production_docs"])
+def test_every_datasource_a_panel_uses_is_provisioned(
+    request: pytest.FixtureRequest, docs_fixture: str
+) -> None:
+    docs = request.getfixturevalue(docs_fixture)
+    provisioned = {d["uid"]: d["type"] for d in grafana_provisioning(docs)["datasources"]}
+    dashboards = by_kind(docs, "ConfigMap")["energy-grafana-dashboards"]["data"]
+    assert set(dashboards) == {"energy-overview.json", "pipeline-health.json"}
+    used = set()
+    for body in dashboards.values():
+        dashboard = json.loads(body)
+        for item in dashboard["panels"] + dashboard["templating"]["list"]:
+            refs = [item["datasource"]] + [t["datasource"] for t in item.get("targets", [])]
+            for ref in refs:
+                assert provisioned.get(ref["uid"]) == ref["type"], ref
+                used.add(ref["uid"])
+    rules = yaml.safe_load(
+        by_kind(docs, "ConfigMap")["energy-grafana-provisioning"]["data"]["alert-rules.yaml"]
+    )
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        for step in rule["data"]:
+            assert step["datasourceUid"] in set(provisioned) | {"__expr__"}
+    with_prometheus = docs_fixture == "production_docs"
+    assert ("energy-prometheus" in used) is with_prometheus
+
+
+def test_grafana_datasource_credentials_come_from_the_secret(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    source = grafana_provisioning(default_docs)["datasources"][0]
+    assert source["secureJsonData"]["password"] == "$ENERGY_DB_PASSWORD"
+    assert source["url"] == "energy-postgres:5432" and source["user"] == "grafana_reader"
+    deploy = by_kind(default_docs, "Deployment")["energy-grafana"]
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ENERGY_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "energy-postgres", "key": "reader-password",
+    }
+    assert env["GF_SECURITY_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "energy-grafana-admin"
+    )
+
+
+def test_alert_rules_carry_the_configured_levels(production_docs: list[dict[str, Any]]) -> None:
+    rules = yaml.safe_load(
+        by_kind(production_docs, "ConfigMap")["energy-grafana-provisioning"]["data"][
+            "alert-rules.yaml"
+        ]
+    )
+    levels = {
+        r["uid"]: {d["refId"]: d for d in r["data"]}[r["condition"]]["model"]["conditions"][0][
+            "evaluator"]["params"][0]
+        for g in rules["groups"] for r in g["rules"]
+    }
+    assert levels == {
+        "energy-stale-data": 600,
+        "energy-forecast-consumption-high": 420.5,
+        "energy-forecast-error-high": 30,
+    }
+
+
+def test_alert_placeholders_match_the_sql_test(default_docs: list[dict[str, Any]]) -> None:
+    """tests/integration/test_dashboards_sql.py fills the placeholders itself: same result."""
+    spec = importlib.util.spec_from_file_location(
+        "dashboards_sql", ROOT / "tests" / "integration" / "test_dashboards_sql.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    chart_default_alert_values = module.chart_default_alert_values
+    raw = (CHARTS / "grafana" / "alerting" / "rules.yaml").read_text()
+    for placeholder, value in chart_default_alert_values().items():
+        raw = raw.replace(placeholder, value)
+    rendered = by_kind(default_docs, "ConfigMap")["energy-grafana-provisioning"]["data"][
+        "alert-rules.yaml"
+    ]
+    assert yaml.safe_load(rendered) == yaml.safe_load(raw)
+
+
+def test_ingress(default_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]]) -> None:
+    default = by_kind(default_docs, "Ingress")["energy-grafana"]["spec"]
+    assert default["ingressClassName"] == "nginx"
+    assert "host" not in default["rules"][0]
+    prod = by_kind(production_docs, "Ingress")["energy-grafana"]["spec"]
+    assert prod["rules"][0]["host"] == "grafana.energy.example"
+    assert prod["tls"] == [{"hosts": ["grafana.energy.example"], "secretName": "grafana-tls"}]
+
+
+def test_operator(default_docs: list[dict[str, Any]]) -> None:
+    deploy = by_kind(default_docs, "Deployment")["energy-operator"]
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "ghcr.io/energy-pipeline/energy-pipeline:0.1.0"
+    assert container["args"] == ["operator"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HTTP_PORT"] == "8080"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert pod["serviceAccountName"] == "energy-operator"
+    binding = by_kind(default_docs, "ClusterRoleBinding")["energy-operator"]
+    assert binding["subjects"][0] == {
+        "kind": "ServiceAccount", "name": "energy-operator", "namespace": "energy",
+    }
