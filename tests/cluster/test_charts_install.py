@@ -1,0 +1,290 @@
+"""`helm install` of the energy-platform chart into a real Kubernetes API server.
+
+kwok plays the kubelets: pods are scheduled, get IPs and turn Running/Ready, but no
+container runs, so what a container would do at start is checked by running the chart's
+own script here: each Kafka pod's environment, resolved from the real pod and the real
+ConfigMaps, goes into charts/kafka/files/start.sh, which formats a data directory with the
+real Kafka StorageTool (the node id it writes is the node id the broker would have).
+
+Persistence is off: kwok has no storage provisioner, so a PVC would stay Pending. The
+templates with persistence on are checked by tests/unit/test_charts_render.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from energy_pipeline.localstack.install import ensure_kafka, require
+from energy_pipeline.localstack.kube import KubeControlPlane
+from kubernetes import client
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHARTS = ROOT / "charts"
+RELEASE = "energy"
+CRD = "energypipelines.energy.pipeline.dev"
+TEST_VALUES = {
+    "kafka": {"persistence": {"enabled": False}},
+    "hivemq": {"persistence": {"enabled": False}},
+    "postgres": {"persistence": {"enabled": False}},
+}
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def chart(kube: KubeControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    copy = tmp_path_factory.mktemp("charts") / "charts"
+    shutil.copytree(CHARTS, copy, ignore=shutil.ignore_patterns("charts", "__pycache__"))
+    kube.helm("dependency", "build", str(copy / "energy-platform"))
+    return copy / "energy-platform"
+
+
+@pytest.fixture(scope="module")
+def values_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("values") / "test-values.yaml"
+    path.write_text(yaml.safe_dump(TEST_VALUES))
+    return path
+
+
+class Release:
+    """One install of the umbrella chart in a namespace of its own; uninstalled at the end."""
+
+    def __init__(self, kube: KubeControlPlane, chart: Path, values: Path) -> None:
+        self.kube, self.chart, self.values = kube, chart, values
+        self.namespace = f"ep-{uuid.uuid4().hex[:8]}"
+        self.core = client.CoreV1Api(kube.api_client)
+        self.apps = client.AppsV1Api(kube.api_client)
+
+    def helm(self, *args: str, timeout: float = 400) -> str:
+        return self.kube.helm(*args, "--namespace", self.namespace, timeout=timeout).stdout
+
+    def install(self) -> str:
+        return self.helm("install", RELEASE, str(self.chart), "--create-namespace",
+                         "--values", str(self.values), "--wait", "--timeout", "300s")
+
+    def upgrade(self) -> str:
+        return self.helm("upgrade", RELEASE, str(self.chart), "--values", str(self.values),
+                         "--wait", "--timeout", "300s")
+
+    def secret(self, name: str) -> dict[str, str]:
+        data = self.core.read_namespaced_secret(name, self.namespace).data
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+@pytest.fixture(scope="module")
+def release(kube: KubeControlPlane, chart: Path, values_file: Path) -> Iterator[Release]:
+    rel = Release(kube, chart, values_file)
+    started = time.monotonic()
+    rel.notes = rel.install()  # type: ignore[attr-defined]
+    print(f"helm install --wait: {time.monotonic() - started:.1f}s")
+    yield rel
+    # Whatever the tests did, leave nothing behind (test_uninstall normally did it already).
+    kube.helm("uninstall", RELEASE, "--namespace", rel.namespace, "--wait", check=False)
+    kube.kubectl("delete", "namespace", rel.namespace, "--wait=false", check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests run in file order against one release: install, inspect, upgrade, uninstall.
+# ---------------------------------------------------------------------------------------------
+
+def test_install_brings_every_workload_to_its_ready_replicas(
+    release: Release, kube: KubeControlPlane
+) -> None:
+    ns = release.namespace
+    statefulsets = release.apps.list_namespaced_stateful_set(ns).items
+    deployments = release.apps.list_namespaced_deployment(ns).items
+    assert {s.metadata.name for s in statefulsets} == {
+        "energy-kafka", "energy-hivemq", "energy-postgres",
+    }
+    assert {d.metadata.name for d in deployments} == {
+        "energy-grafana", "energy-operator", "energy-simulator",
+    }
+    for workload in statefulsets + deployments:
+        assert workload.status.ready_replicas == workload.spec.replicas, workload.metadata.name
+    pods = release.core.list_namespaced_pod(ns).items
+    assert len(pods) == 3 + 1 + 1 + 1 + 1 + 1
+    for pod in pods:
+        assert pod.status.phase == "Running", pod.metadata.name
+        assert pod.spec.node_name in kube.node_names
+        ready = [c for c in pod.status.conditions if c.type == "Ready"]
+        assert ready and ready[0].status == "True", pod.metadata.name
+    # The soft anti-affinity spreads the three brokers over the three nodes.
+    kafka_nodes = {p.spec.node_name for p in pods if p.metadata.name.startswith("energy-kafka-")}
+    assert len(kafka_nodes) == 3
+
+
+def test_notes_print_the_grafana_url_and_next_commands(release: Release) -> None:
+    notes = release.notes.split("NOTES:", 1)[1]  # type: ignore[attr-defined]
+    assert "http://localhost:8080/" in notes
+    assert f"kubectl -n {release.namespace} get secret energy-grafana-admin" in notes
+    assert f"kubectl -n {release.namespace} wait energypipeline/energy" in notes
+
+
+def test_operator_crd_is_installed_and_the_example_pipeline_admitted(
+    release: Release, kube: KubeControlPlane
+) -> None:
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD}")
+    crd = json.loads(kube.kubectl("get", "crd", CRD, "-o", "json").stdout)
+    assert crd["spec"]["names"]["kind"] == "EnergyPipeline"
+    # Admitted through the CRD's OpenAPI schema and CEL rules by the real API server.
+    pipeline = json.loads(kube.kubectl(
+        "get", "energypipeline", "energy", "-n", release.namespace, "-o", "json"
+    ).stdout)
+    spec = pipeline["spec"]
+    assert spec["kafka"]["bootstrapServers"] == f"energy-kafka.{release.namespace}.svc:9092"
+    assert spec["mqtt"]["host"] == f"energy-hivemq.{release.namespace}.svc"
+    assert spec["database"]["urlSecret"] == {"name": "energy-postgres", "key": "DATABASE_URL"}
+    url = release.secret("energy-postgres")["DATABASE_URL"]
+    assert url.startswith("postgresql://energy:") and url.endswith(
+        f"@energy-postgres.{release.namespace}.svc:5432/energy"
+    )
+
+
+def _resolve_env(release: Release, pod: client.V1Pod) -> dict[str, str]:
+    """The container environment kubelet would build, from the real pod and objects."""
+    env: dict[str, str] = {}
+    labels = pod.metadata.labels or {}
+    for var in pod.spec.containers[0].env:
+        if var.value is not None:
+            env[var.name] = var.value
+            continue
+        source = var.value_from
+        if source.field_ref is not None:
+            path = source.field_ref.field_path
+            if path == "metadata.name":
+                env[var.name] = pod.metadata.name
+            elif path == "metadata.namespace":
+                env[var.name] = pod.metadata.namespace
+            elif path.startswith("metadata.labels['"):
+                env[var.name] = labels[path[len("metadata.labels['"):-2]]
+            else:
+                raise AssertionError(f"unexpected fieldRef {path}")
+        elif source.config_map_key_ref is not None:
+            ref = source.config_map_key_ref
+            cm = release.core.read_namespaced_config_map(ref.name, release.namespace)
+            env[var.name] = cm.data[ref.key]
+        elif source.secret_key_ref is not None:
+            ref = source.secret_key_ref
+            env[var.name] = release.secret(ref.name)[ref.key]
+    return env
+
+
+def test_kafka_pods_get_node_ids_1_to_3(release: Release, tmp_path: Path) -> None:
+    libs = ensure_kafka()
+    java = require("java")
+    config = release.core.read_namespaced_config_map("energy-kafka-config", release.namespace)
+    home = tmp_path / "kafka"
+    (home / "bin").mkdir(parents=True)
+    # The image's two scripts, reduced to what start.sh calls: the real StorageTool, and a
+    # broker start that only reports the config it was given.
+    (home / "bin" / "kafka-storage.sh").write_text(
+        f'#!/bin/sh\nexec "{java}" -cp "{libs}/*" kafka.tools.StorageTool "$@"\n'
+    )
+    (home / "bin" / "kafka-server-start.sh").write_text('#!/bin/sh\necho "start $1"\n')
+    for script in (home / "bin").iterdir():
+        script.chmod(0o755)
+    (tmp_path / "server.properties").write_text(config.data["server.properties"])
+    (tmp_path / "start.sh").write_text(config.data["start.sh"])
+
+    pods = release.core.list_namespaced_pod(
+        release.namespace, label_selector="app.kubernetes.io/name=kafka"
+    ).items
+    found: dict[str, dict[str, str]] = {}
+    for pod in sorted(pods, key=lambda p: p.metadata.name):
+        env = _resolve_env(release, pod)
+        work = tmp_path / pod.metadata.name
+        env.update({
+            "PATH": os.environ["PATH"],
+            "KAFKA_HOME": str(home),
+            "KAFKA_BASE_CONFIG": str(tmp_path / "server.properties"),
+            "KAFKA_RUNTIME_DIR": str(work / "run"),
+            "KAFKA_DATA_DIR": str(work / "data"),
+        })
+        # dash: POSIX sh, as strict as the image's busybox ash.
+        result = subprocess.run(["dash", str(tmp_path / "start.sh")], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert f"start {work / 'run' / 'server.properties'}" in result.stdout
+        meta = dict(
+            line.split("=", 1)
+            for line in (work / "data" / "meta.properties").read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+        found[pod.metadata.name] = meta
+        props = (work / "run" / "server.properties").read_text()
+        assert (
+            f"advertised.listeners=CLIENT://{pod.metadata.name}.energy-kafka-headless."
+            f"{release.namespace}.svc.cluster.local:9092"
+        ) in props
+    assert {name: meta["node.id"] for name, meta in found.items()} == {
+        "energy-kafka-0": "1", "energy-kafka-1": "2", "energy-kafka-2": "3",
+    }
+    cluster_ids = {meta["cluster.id"] for meta in found.values()}
+    stored = release.core.read_namespaced_config_map("energy-kafka-cluster-id", release.namespace)
+    assert cluster_ids == {stored.data["cluster-id"]}
+
+
+def test_upgrade_keeps_generated_passwords_and_cluster_id(release: Release) -> None:
+    before = {
+        "postgres": release.secret("energy-postgres"),
+        "grafana": release.secret("energy-grafana-admin"),
+        "kafka": release.core.read_namespaced_config_map(
+            "energy-kafka-cluster-id", release.namespace).data,
+    }
+    release.upgrade()
+    after = {
+        "postgres": release.secret("energy-postgres"),
+        "grafana": release.secret("energy-grafana-admin"),
+        "kafka": release.core.read_namespaced_config_map(
+            "energy-kafka-cluster-id", release.namespace).data,
+    }
+    assert after == before
+    history = json.loads(release.helm("history", RELEASE, "-o", "json"))
+    assert [h["revision"] for h in history] == [1, 2]
+    assert history[-1]["status"] == "deployed"
+
+
+def test_uninstall_cleans_up(release: Release, kube: KubeControlPlane) -> None:
+    ns = release.namespace
+    release.helm("uninstall", RELEASE, "--wait", "--timeout", "180s")
+    assert json.loads(release.helm("list", "-o", "json")) == []
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+
+    def leftovers() -> list[str]:
+        names = []
+        for kind in ("statefulsets", "deployments", "services", "configmaps", "secrets",
+                     "poddisruptionbudgets", "ingresses", "serviceaccounts",
+                     "energypipelines", "pods"):
+            out = kube.kubectl("get", kind, "-n", ns, "-o", "name", check=False).stdout.split()
+            names += [n for n in out if "kube-root-ca.crt" not in n and "/default" not in n]
+        return names
+
+    wait_for(lambda: not leftovers(), timeout=120, what="the release's objects to be gone")
+    cluster_scoped = kube.kubectl(
+        "get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name"
+    ).stdout.split()
+    assert cluster_scoped == []
+    # Helm never deletes CRDs (custom resources of other releases would go with them).
+    kube.kubectl("get", "crd", CRD)
