@@ -10,10 +10,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 from confluent_kafka.admin import AdminClient
-
 from energy_pipeline.contracts import all_kafka_topics
 from energy_pipeline.db.migrate import migrate
-from energy_pipeline.localstack import KafkaCluster, MosquittoBroker, PostgresServer
+from energy_pipeline.localstack import KafkaCluster, PostgresServer
+from energy_pipeline.localstack.hivemq import HiveMQBroker
 from energy_pipeline.localstack.postgres import dsn
 from energy_pipeline.localstack.workers import WorkerProcess, service_env
 from energy_pipeline.topics import TopicSpec, create_topic
@@ -43,9 +43,10 @@ def admin_sql(postgres: PostgresServer, statement: str) -> None:
 
 
 @pytest.fixture
-def own_mqtt_broker(tmp_path: Path, system_packages: None) -> Iterator[MosquittoBroker]:
-    """A broker per test: persistent sessions of one test never see another test's data."""
-    broker = MosquittoBroker(tmp_path / "mqtt")
+def own_mqtt_broker(tmp_path: Path, system_packages: None) -> Iterator[HiveMQBroker]:
+    """A HiveMQ broker per test, the product's broker: sessions of one test never see another
+    test's data, and shared subscriptions survive a broker restart (Mosquitto's do not)."""
+    broker = HiveMQBroker(tmp_path / "mqtt")
     broker.start()
     try:
         yield broker
@@ -70,8 +71,9 @@ class Pipeline:
     log_dir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
 
-    def start(self, name: str, command: list[str], wait_ready: bool = True,
-              **extra_env: str) -> WorkerProcess:
+    def start(
+        self, name: str, command: list[str], wait_ready: bool = True, **extra_env: str
+    ) -> WorkerProcess:
         worker = WorkerProcess(name, command, {**self.env, **extra_env}, self.log_dir)
         worker.start(wait_ready=wait_ready)
         self.workers.append(worker)
@@ -86,7 +88,7 @@ class Pipeline:
 def pipeline(
     kafka_cluster: KafkaCluster,
     database: str,
-    own_mqtt_broker: MosquittoBroker,
+    own_mqtt_broker: HiveMQBroker,
     topic_prefix: str,
     tmp_path: Path,
 ) -> Iterator[Pipeline]:

@@ -1,6 +1,6 @@
 """MQTT -> bridge -> Kafka -> ingest -> PostgreSQL: every reading stored exactly once.
 
-All against the real 3-broker Kafka, PostgreSQL and Mosquitto; workers run as the
+All against the real 3-broker Kafka, PostgreSQL and HiveMQ CE; workers run as the
 `energy-pipeline` processes the operator deploys.
 """
 
@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 import psycopg2
 import pytest
-
 from energy_pipeline.cli import build_parser
 from energy_pipeline.contracts import SENSOR_NAMES
-from energy_pipeline.localstack import KafkaCluster, MosquittoBroker, PostgresServer
+from energy_pipeline.localstack import KafkaCluster, PostgresServer
+from energy_pipeline.localstack.hivemq import HiveMQBroker
 from energy_pipeline.simulation.commands import config_from_args
 from energy_pipeline.simulation.signals import generate
 
@@ -26,11 +26,39 @@ pytestmark = pytest.mark.e2e
 
 Row = tuple[str, str, str, datetime, float]
 
-FULL = ["--sites", "4", "--devices", "4", "--interval", "5m", "--duration", "48h",
-        "--start", "2025-01-01T00:00:00Z", "--seed", "7", "--fault-rate", "0.001"]
+FULL = [
+    "--sites",
+    "4",
+    "--devices",
+    "4",
+    "--interval",
+    "5m",
+    "--duration",
+    "48h",
+    "--start",
+    "2025-01-01T00:00:00Z",
+    "--seed",
+    "7",
+    "--fault-rate",
+    "0.001",
+]
 # Fault scenarios: a smaller stream, paced so that the fault lands in the middle of it.
-SMALL = ["--sites", "2", "--devices", "4", "--interval", "5m", "--duration", "24h",
-         "--start", "2025-03-01T00:00:00Z", "--seed", "11", "--fault-rate", "0.001"]
+SMALL = [
+    "--sites",
+    "2",
+    "--devices",
+    "4",
+    "--interval",
+    "5m",
+    "--duration",
+    "24h",
+    "--start",
+    "2025-03-01T00:00:00Z",
+    "--seed",
+    "11",
+    "--fault-rate",
+    "0.001",
+]
 SMALL_RATE = 1200
 
 
@@ -90,7 +118,7 @@ def assert_hourly_features_match_readings(dsn: str) -> None:
         site, hour, *values, n_readings = row
         assert n_readings == sum(recomputed.get((site, hour, s), (0, 0))[1] for s in SENSOR_NAMES)
         for i, sensor in enumerate(SENSOR_NAMES):
-            total, n, avg = values[3 * i: 3 * i + 3]
+            total, n, avg = values[3 * i : 3 * i + 3]
             want_total, want_n = recomputed.get((site, hour, sensor), (0.0, 0))
             assert n == want_n, (site, hour, sensor)
             assert math.isclose(total, want_total, rel_tol=1e-9, abs_tol=1e-9), (site, hour, sensor)
@@ -107,7 +135,8 @@ def start_workers(pipeline: Pipeline, bridge_id: str = "bridge-a") -> None:
 
 def simulate(pipeline: Pipeline, sim_args: list[str], rate: float = 0) -> None:
     pipeline.start(
-        "simulate", ["simulate", *sim_args, "--rate", str(rate), "--client-id", "simulator"],
+        "simulate",
+        ["simulate", *sim_args, "--rate", str(rate), "--client-id", "simulator"],
         wait_ready=False,
     )
 
@@ -131,7 +160,9 @@ def test_four_sites_two_days_stored_exactly_once(pipeline: Pipeline) -> None:
         recent = cur.fetchall()
         cur.execute("SELECT max(hour) FROM hourly_features")
         latest = cur.fetchone()[0]
-        cur.execute('SELECT count(*), count("Temperature"), count("EnergyConsumption") FROM distributeddata')
+        cur.execute(
+            'SELECT count(*), count("Temperature"), count("EnergyConsumption") FROM distributeddata'
+        )
         distributed = cur.fetchone()
     assert len(recent) == 7
     hours = [row[0] for row in recent]
@@ -163,7 +194,7 @@ def _restart_postgres(pipeline: Pipeline, postgres: PostgresServer, **_: object)
     postgres.start()
 
 
-def _restart_mqtt_broker(pipeline: Pipeline, broker: MosquittoBroker, **_: object) -> None:
+def _restart_mqtt_broker(pipeline: Pipeline, broker: HiveMQBroker, **_: object) -> None:
     broker.restart()
 
 
@@ -176,7 +207,10 @@ Fault = Callable[..., None]
     ids=["kill-9-ingest", "kill-9-bridge", "restart-postgres", "restart-mqtt"],
 )
 def test_fault_mid_stream_loses_and_duplicates_nothing(
-    pipeline: Pipeline, postgres: PostgresServer, own_mqtt_broker: MosquittoBroker, fault: Fault,
+    pipeline: Pipeline,
+    postgres: PostgresServer,
+    own_mqtt_broker: HiveMQBroker,
+    fault: Fault,
 ) -> None:
     start_workers(pipeline)
     simulate(pipeline, SMALL, SMALL_RATE)

@@ -48,8 +48,14 @@ def _topics_create(args: argparse.Namespace) -> int:
     settings = load(TopicSettings)
     admin = AdminClient(settings.kafka_client_config())
     created = {spec.name: create_topic(admin, spec) for spec in topic_specs(settings)}
-    print(json.dumps({"created": [n for n, c in created.items() if c],
-                      "existing": [n for n, c in created.items() if not c]}))
+    print(
+        json.dumps(
+            {
+                "created": [n for n, c in created.items() if c],
+                "existing": [n for n, c in created.items() if not c],
+            }
+        )
+    )
     return 0
 
 

@@ -121,6 +121,9 @@ class Bridge:
         self.subscribed = threading.Event()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
+        # Packet ids are per connection: an acknowledgement for a message received on an
+        # earlier connection could acknowledge a different message on the current one.
+        self._connection = 0
         self.mqtt = new_client(
             self.client_id, settings.mqtt_username, settings.mqtt_password, manual_ack=True
         )
@@ -143,9 +146,15 @@ class Bridge:
                 self.partitions[topic] = len(info.partitions)
         return missing
 
-    def _produce(self, topic: str, key: str | None, value: bytes, partition: int | None,
-                 on_delivery: Callable[[KafkaError | None, Message], None],
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: str | None,
+        value: bytes,
+        partition: int | None,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         kwargs: dict[str, object] = {"key": key, "value": value, "on_delivery": on_delivery}
         if partition is not None:
             kwargs["partition"] = partition
@@ -160,7 +169,9 @@ class Bridge:
                 # backpressure: the broker holds further messages for us meanwhile.
                 self.producer.poll(0.05)
 
-    def _delivery(self, pending: PendingAck, topic: str) -> Callable[[KafkaError | None, Message], None]:
+    def _delivery(
+        self, pending: PendingAck, topic: str
+    ) -> Callable[[KafkaError | None, Message], None]:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 # With infinite retries only fatal errors get here; never acknowledge, and
@@ -174,38 +185,69 @@ class Bridge:
 
     # --- MQTT --------------------------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                    reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         if reason_code.is_failure:
             log.error("mqtt connect refused", extra={"reason": str(reason_code)})
             return
+        self._connection += 1
         # Subscribing again is harmless and repairs a session the broker lost.
         client.subscribe(self.settings.subscription, qos=1)
         self.connected.set()
-        log.info("mqtt connected", extra={"session_present": flags.session_present,
-                                          "subscription": self.settings.subscription})
+        log.info(
+            "mqtt connected",
+            extra={
+                "session_present": flags.session_present,
+                "subscription": self.settings.subscription,
+            },
+        )
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
-                      reason_codes: list[mqtt.ReasonCode], properties: object) -> None:
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[mqtt.ReasonCode],
+        properties: object,
+    ) -> None:
         failed = [str(rc) for rc in reason_codes if rc.is_failure]
         if failed:
             self.fail(f"subscription to {self.settings.subscription} refused: {failed}")
             return
         self.subscribed.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason_code: mqtt.ReasonCode, properties: object) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
         self.connected.clear()
         self.subscribed.clear()
         if not self.stopping.is_set():
             log.warning("mqtt disconnected; reconnecting", extra={"reason": str(reason_code)})
 
     def _ack_callback(self, mid: int, qos: int) -> Callable[[], None]:
+        connection = self._connection
+
         def ack() -> None:
-            self.mqtt.ack(mid, qos)
-            metrics.ACKED.inc()
             with self._inflight_lock:
                 self._inflight -= 1
+            if connection != self._connection:
+                # The broker redelivers this message on the new connection; it is sent to
+                # Kafka again there and the duplicate is absorbed by ingest.
+                metrics.ERRORS.labels("bridge", "stale_ack").inc()
+                return
+            self.mqtt.ack(mid, qos)
+            metrics.ACKED.inc()
 
         return ack
 
@@ -231,10 +273,18 @@ class Bridge:
                 self._delivery(pending, topic),
             )
 
-    def _dead_letter(self, msg: mqtt.MQTTMessage, rejection: Rejection, ack: Callable[[], None]) -> None:
+    def _dead_letter(
+        self, msg: mqtt.MQTTMessage, rejection: Rejection, ack: Callable[[], None]
+    ) -> None:
         metrics.REJECTED.labels("bridge", rejection.reason.value).inc()
-        log.info("rejected", extra={"reason": rejection.reason.value, "detail": rejection.detail,
-                                    "mqtt_topic": msg.topic[:200]})
+        log.info(
+            "rejected",
+            extra={
+                "reason": rejection.reason.value,
+                "detail": rejection.detail,
+                "mqtt_topic": msg.topic[:200],
+            },
+        )
         headers = [
             ("reason", rejection.reason.value.encode()),
             ("detail", rejection.detail.encode()[:1000]),
@@ -246,8 +296,14 @@ class Bridge:
         if len(payload) > self.limits.max_payload_bytes:
             headers.append(("truncated_from_bytes", str(len(payload)).encode()))
             payload = payload[: self.limits.max_payload_bytes]
-        self._produce(self.deadletter, None, payload, None,
-                      self._delivery(PendingAck(1, ack), self.deadletter), headers)
+        self._produce(
+            self.deadletter,
+            None,
+            payload,
+            None,
+            self._delivery(PendingAck(1, ack), self.deadletter),
+            headers,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -275,9 +331,13 @@ class Bridge:
             if self.stopping.wait(5):
                 return 0
         self.mqtt.connect_async(
-            self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30, clean_start=False,
-            properties=persistent_session(self.settings.mqtt_session_expiry_s,
-                                          self.settings.bridge_receive_maximum),
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            keepalive=30,
+            clean_start=False,
+            properties=persistent_session(
+                self.settings.mqtt_session_expiry_s, self.settings.bridge_receive_maximum
+            ),
         )
         self.mqtt.loop_start()
         last_metadata = time.monotonic()
@@ -308,8 +368,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: bridge.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: bridge.stopping.set())
     health = HealthServer(settings.http_port, bridge.heartbeat, bridge.ready).start()
-    log.info("bridge starting", extra={"client_id": bridge.client_id, "pid": os.getpid(),
-                                       "http_port": health.port})
+    log.info(
+        "bridge starting",
+        extra={"client_id": bridge.client_id, "pid": os.getpid(), "http_port": health.port},
+    )
     try:
         return bridge.run()
     finally:

@@ -76,6 +76,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "energy_pipeline.forecasting.commands",
     "energy_pipeline.forecasting.train",
     "energy_pipeline.inference.server",
+    "energy_operator.command",
 )
 
 

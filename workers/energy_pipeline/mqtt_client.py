@@ -23,7 +23,9 @@ def new_client(
     return client
 
 
-def persistent_session(expiry_seconds: int = 86_400, receive_maximum: int | None = None) -> Properties:
+def persistent_session(
+    expiry_seconds: int = 86_400, receive_maximum: int | None = None
+) -> Properties:
     """CONNECT properties of a session the broker keeps while we are away.
 
     Connect with clean_start=False every time, the first time too: Mosquitto persists to disk

@@ -52,7 +52,10 @@ class HealthServer:
                     self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     ok = server.heartbeat.alive()
-                    body = {"status": "ok" if ok else "stalled", "loop_age_s": server.heartbeat.age()}
+                    body = {
+                        "status": "ok" if ok else "stalled",
+                        "loop_age_s": server.heartbeat.age(),
+                    }
                     self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
                 elif path == "/readyz":
                     ok, detail = server.ready()
@@ -68,12 +71,14 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return  # probes every few seconds would drown the worker's own logs
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="health", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="health", daemon=True
+        )
 
     @property
     def port(self) -> int:

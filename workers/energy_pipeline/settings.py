@@ -99,7 +99,9 @@ def describe(cls: type) -> list[tuple[str, str, str]]:
 
 @dataclass(frozen=True, kw_only=True)
 class CommonSettings:
-    pipeline_name: str = env("PIPELINE_NAME", "local", doc="name of the EnergyPipeline, in every log line")
+    pipeline_name: str = env(
+        "PIPELINE_NAME", "local", doc="name of the EnergyPipeline, in every log line"
+    )
     log_level: str = env("LOG_LEVEL", "INFO", doc="DEBUG, INFO, WARNING or ERROR")
     http_port: int = env("HTTP_PORT", 8080, doc="port of /metrics, /healthz and /readyz", minimum=0)
 
@@ -125,11 +127,13 @@ class KafkaSettings:
             "security.protocol": self.kafka_security_protocol,
         }
         if self.kafka_sasl_username:
-            config.update({
-                "sasl.mechanism": self.kafka_sasl_mechanism,
-                "sasl.username": self.kafka_sasl_username,
-                "sasl.password": self.kafka_sasl_password,
-            })
+            config.update(
+                {
+                    "sasl.mechanism": self.kafka_sasl_mechanism,
+                    "sasl.username": self.kafka_sasl_username,
+                    "sasl.password": self.kafka_sasl_password,
+                }
+            )
         return config
 
 

@@ -102,7 +102,9 @@ def _value(sensor: str, raw: object, field: str = "value") -> float:
 
 def _check_time(ts: datetime, now: datetime, limits: Limits) -> datetime:
     if ts < limits.earliest:
-        raise Invalid(Reason.BAD_TIMESTAMP, f"timestamp {ts.isoformat()} is before {limits.earliest.date()}")
+        raise Invalid(
+            Reason.BAD_TIMESTAMP, f"timestamp {ts.isoformat()} is before {limits.earliest.date()}"
+        )
     if ts > now + limits.max_future:
         raise Invalid(
             Reason.FUTURE_TIMESTAMP,
@@ -136,7 +138,8 @@ def _topic_parts(topic: str) -> tuple[str, str, str]:
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != MQTT_TOPIC_ROOT:
         raise Invalid(
-            Reason.BAD_TOPIC, f"topic {topic[:120]!r} is not {MQTT_TOPIC_ROOT}/<site>/<sensor>/<device>"
+            Reason.BAD_TOPIC,
+            f"topic {topic[:120]!r} is not {MQTT_TOPIC_ROOT}/<site>/<sensor>/<device>",
         )
     _, site, sensor, device = parts
     for label, ident in (("site", site), ("device", device)):
@@ -147,7 +150,9 @@ def _topic_parts(topic: str) -> tuple[str, str, str]:
     return site, sensor, device
 
 
-def _combined(site: str, device: str, doc: dict[str, object], now: datetime, limits: Limits) -> list[Reading]:
+def _combined(
+    site: str, device: str, doc: dict[str, object], now: datetime, limits: Limits
+) -> list[Reading]:
     raw_ts = _field(doc, "Timestamp")
     if not isinstance(raw_ts, str):
         raise Invalid(Reason.WRONG_TYPE, "Timestamp must be a string like '01/01/2025 13:00'")
@@ -158,7 +163,8 @@ def _combined(site: str, device: str, doc: dict[str, object], now: datetime, lim
             ts = _iso_ts(raw_ts, now, limits)
         except Invalid as exc:
             raise Invalid(
-                Reason.BAD_TIMESTAMP, f"Timestamp {raw_ts[:40]!r} is neither MM/DD/YYYY HH:MM nor ISO 8601"
+                Reason.BAD_TIMESTAMP,
+                f"Timestamp {raw_ts[:40]!r} is neither MM/DD/YYYY HH:MM nor ISO 8601",
             ) from exc
     ts = _check_time(ts, now, limits)
     if "DeviceId" in doc and str(doc["DeviceId"]) != device:
@@ -166,7 +172,13 @@ def _combined(site: str, device: str, doc: dict[str, object], now: datetime, lim
             Reason.BAD_TOPIC, f"DeviceId {doc['DeviceId']!r} does not match topic device {device!r}"
         )
     return [
-        Reading(site, spec.name, device, ts, _value(spec.name, _field(doc, spec.combined_field), spec.combined_field))
+        Reading(
+            site,
+            spec.name,
+            device,
+            ts,
+            _value(spec.name, _field(doc, spec.combined_field), spec.combined_field),
+        )
         for spec in SENSOR_TYPES
     ]
 
@@ -178,7 +190,8 @@ def parse_mqtt(
     try:
         if len(payload) > limits.max_payload_bytes:
             raise Invalid(
-                Reason.OVERSIZED, f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}"
+                Reason.OVERSIZED,
+                f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}",
             )
         site, sensor, device = _topic_parts(topic)
         doc = _require_object(_load_json(payload))
@@ -199,7 +212,9 @@ def parse_kafka_value(
         if value is None:
             raise Invalid(Reason.MISSING_FIELD, "record has no value")
         if len(value) > limits.max_payload_bytes:
-            raise Invalid(Reason.OVERSIZED, f"record of {len(value)} bytes exceeds {limits.max_payload_bytes}")
+            raise Invalid(
+                Reason.OVERSIZED, f"record of {len(value)} bytes exceeds {limits.max_payload_bytes}"
+            )
         doc = _require_object(_load_json(value))
         schema = doc.get("schema")
         if schema != SCHEMA_VERSION:
@@ -214,11 +229,17 @@ def parse_kafka_value(
             raise Invalid(Reason.UNKNOWN_SENSOR, f"unknown sensor {strings['sensor'][:40]!r}")
         for name in ("site", "device"):
             if not _ID.match(strings[name]):
-                raise Invalid(Reason.WRONG_TYPE, f"{name} id {strings[name][:80]!r} must match {_ID.pattern}")
+                raise Invalid(
+                    Reason.WRONG_TYPE, f"{name} id {strings[name][:80]!r} must match {_ID.pattern}"
+                )
         ts = _iso_ts(_field(doc, "ts"), now, limits)
         return Reading(
-            strings["site"], strings["sensor"], strings["device"], ts,
-            _value(strings["sensor"], _field(doc, "value")), _seq(doc),
+            strings["site"],
+            strings["sensor"],
+            strings["device"],
+            ts,
+            _value(strings["sensor"], _field(doc, "value")),
+            _seq(doc),
         )
     except Invalid as exc:
         return exc.rejection

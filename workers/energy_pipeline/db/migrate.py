@@ -97,7 +97,9 @@ def _apply_pending(conn: psycopg2.extensions.connection) -> int:
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 (migration.version, migration.name, migration.checksum),
             )
-        log.info("applied migration", extra={"version": migration.version, "migration": migration.name})
+        log.info(
+            "applied migration", extra={"version": migration.version, "migration": migration.name}
+        )
         current = migration.version
     unknown = sorted(v for v in applied if v > latest_version())
     if unknown:

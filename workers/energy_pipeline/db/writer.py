@@ -27,7 +27,8 @@ _AGGREGATES = ",\n        ".join(
     for s in SENSOR_NAMES
 )
 _ADD_UP = ",\n        ".join(
-    f"sum_{s} = hourly_features.sum_{s} + EXCLUDED.sum_{s}, n_{s} = hourly_features.n_{s} + EXCLUDED.n_{s}"
+    f"sum_{s} = hourly_features.sum_{s} + EXCLUDED.sum_{s}, "
+    f"n_{s} = hourly_features.n_{s} + EXCLUDED.n_{s}"
     for s in SENSOR_NAMES
 )
 

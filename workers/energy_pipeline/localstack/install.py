@@ -20,6 +20,7 @@ from pathlib import Path
 from energy_pipeline.localstack.process import ServiceError
 
 KAFKA_VERSION = "4.1.1"
+HIVEMQ_VERSION = "2025.5"
 
 _APT_UPDATED = False
 
@@ -76,6 +77,9 @@ SYSTEM_DEPENDENCIES = (
     SystemDependency("initdb", "postgresql"),
     SystemDependency("mosquitto", "mosquitto"),
     SystemDependency("java", "openjdk-17-jre-headless"),
+    # javac and jar build the HiveMQ test broker's security extension.
+    SystemDependency("javac", "openjdk-17-jdk-headless"),
+    SystemDependency("jar", "openjdk-17-jdk-headless"),
     SystemDependency("mvn", "maven"),
 )
 
@@ -114,7 +118,9 @@ def ensure_system_packages(deps: tuple[SystemDependency, ...] = SYSTEM_DEPENDENC
     still_missing = missing_system_dependencies(deps)
     if still_missing:
         raise ServiceError(
-            "installed " + " ".join(packages) + " but still missing: "
+            "installed "
+            + " ".join(packages)
+            + " but still missing: "
             + ", ".join(dep.name for dep in still_missing)
         )
 
@@ -140,22 +146,26 @@ def kafka_libs_dir(version: str = KAFKA_VERSION) -> Path:
     return cache_dir() / f"kafka-{version}" / "libs"
 
 
-@functools.cache
-def ensure_kafka(version: str = KAFKA_VERSION) -> Path:
-    """The directory holding the Kafka broker's jars, resolved from Maven Central once."""
-    libs = kafka_libs_dir(version)
+def _maven_libs(
+    pom_name: str, version_property: str, version: str, libs: Path, marker: str
+) -> Path:
+    """Copy the runtime dependencies of a small pom into `libs`, once (stamp file)."""
     stamp = libs.parent / ".complete"
     if stamp.exists():
         return libs
     mvn = require("mvn")
     libs.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
-    pom = resources.files("energy_pipeline.localstack").joinpath("kafka-pom.xml")
+    pom = resources.files("energy_pipeline.localstack").joinpath(pom_name)
     with resources.as_file(pom) as pom_path:
         result = subprocess.run(
             [
-                mvn, "-q", "-B", "-f", str(pom_path),
-                f"-Dkafka.version={version}",
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom_path),
+                f"-D{version_property}={version}",
                 "dependency:copy-dependencies",
                 "-DincludeScope=runtime",
                 f"-DoutputDirectory={staging}",
@@ -163,10 +173,10 @@ def ensure_kafka(version: str = KAFKA_VERSION) -> Path:
             capture_output=True,
             text=True,
         )
-    if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+    if result.returncode != 0 or not any(staging.glob(marker)):
         shutil.rmtree(staging, ignore_errors=True)
         raise ServiceError(
-            f"could not resolve org.apache.kafka:kafka_2.13:{version} from Maven Central:\n"
+            f"could not resolve {pom_name} ({version_property}={version}) from Maven Central:\n"
             f"{(result.stdout + result.stderr)[-3000:]}"
         )
     shutil.rmtree(libs, ignore_errors=True)
@@ -175,9 +185,82 @@ def ensure_kafka(version: str = KAFKA_VERSION) -> Path:
     return libs
 
 
+@functools.cache
+def ensure_kafka(version: str = KAFKA_VERSION) -> Path:
+    """The directory holding the Kafka broker's jars, resolved from Maven Central once."""
+    return _maven_libs(
+        "kafka-pom.xml", "kafka.version", version, kafka_libs_dir(version), "kafka_2.13-*.jar"
+    )
+
+
+@dataclass(frozen=True)
+class HiveMQInstall:
+    libs: Path
+    extension: Path
+
+
+@functools.cache
+def ensure_hivemq(version: str = HIVEMQ_VERSION) -> HiveMQInstall:
+    """HiveMQ CE jars from Maven Central plus our allow-all security extension, built once.
+
+    The extension is compiled here from its source in this package (javac from the JDK);
+    HiveMQ CE accepts no client at all without a security extension.
+    """
+    root = cache_dir() / f"hivemq-{version}"
+    libs = _maven_libs(
+        "hivemq-pom.xml",
+        "hivemq.version",
+        version,
+        root / "libs",
+        "hivemq-community-edition-embedded-*.jar",
+    )
+    extension = root / "extensions" / "energy-pipeline-allow-all"
+    if (extension / "allow-all.jar").exists():
+        return HiveMQInstall(libs, extension)
+    javac, jar = require("javac"), require("jar")
+    sdk = next(libs.glob("hivemq-extension-sdk-*.jar"), None)
+    if sdk is None:
+        raise ServiceError(f"hivemq-extension-sdk jar missing from {libs}")
+    source = resources.files("energy_pipeline.localstack").joinpath("hivemq_allow_all")
+    with tempfile.TemporaryDirectory() as tmp, resources.as_file(source) as src:
+        classes = Path(tmp) / "classes"
+        services = classes / "META-INF" / "services"
+        services.mkdir(parents=True)
+        (services / "com.hivemq.extension.sdk.api.ExtensionMain").write_text(
+            "dev.energypipeline.allowall.AllowAllMain\n"
+        )
+        for cmd in (
+            [
+                javac,
+                "--release",
+                "11",
+                "-cp",
+                str(sdk),
+                "-d",
+                str(classes),
+                str(src / "AllowAllMain.java"),
+            ],
+            [jar, "cf", str(Path(tmp) / "allow-all.jar"), "-C", str(classes), "."],
+        ):
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise ServiceError(
+                    f"building the HiveMQ extension failed: {' '.join(cmd)}\n"
+                    f"{result.stderr[-2000:]}"
+                )
+        staging = Path(tempfile.mkdtemp(prefix="ext-", dir=root))
+        shutil.copy(Path(tmp) / "allow-all.jar", staging / "allow-all.jar")
+        shutil.copy(src / "hivemq-extension.xml", staging / "hivemq-extension.xml")
+    extension.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(extension, ignore_errors=True)
+    staging.rename(extension)
+    return HiveMQInstall(libs, extension)
+
+
 def install_all(kafka_version: str = KAFKA_VERSION) -> dict[str, str]:
     """Everything the local stack needs; returns where each piece was found."""
     ensure_system_packages()
     found = {dep.name: dep.locate() or "" for dep in SYSTEM_DEPENDENCIES}
     found["kafka"] = str(ensure_kafka(kafka_version))
+    found["hivemq"] = str(ensure_hivemq().libs.parent)
     return found

@@ -50,8 +50,9 @@ class WorkerProcess:
         )
         self.process.start()
         if wait_ready:
-            wait_until(self.healthy, timeout=timeout, what="waiting for /healthz",
-                       process=self.process)
+            wait_until(
+                self.healthy, timeout=timeout, what="waiting for /healthz", process=self.process
+            )
         return self
 
     def _get(self, path: str) -> tuple[int, bytes]:
@@ -90,16 +91,23 @@ class WorkerProcess:
     def wait(self, timeout: float) -> int:
         """Wait for the worker to exit by itself; its exit code."""
         assert self.process is not None
-        wait_until(lambda: not self.process.alive(), timeout=timeout,  # type: ignore[union-attr]
-                   what=f"waiting for {self.name} to finish")
+        wait_until(
+            lambda: not self.process.alive(),
+            timeout=timeout,  # type: ignore[union-attr]
+            what=f"waiting for {self.name} to finish",
+        )
         code = self.process.returncode()
         assert code is not None
         return code
 
     def wait_ready(self, timeout: float = 60) -> None:
         assert self.process is not None
-        wait_until(lambda: self.ready()[0], timeout=timeout, what="waiting for /readyz",
-                   process=self.process)
+        wait_until(
+            lambda: self.ready()[0],
+            timeout=timeout,
+            what="waiting for /readyz",
+            process=self.process,
+        )
 
     def kill(self) -> None:
         """kill -9: no chance to flush, acknowledge or commit anything."""
@@ -119,19 +127,22 @@ class WorkerProcess:
             raise self.process.failure("worker exited")
 
 
-def service_env(kafka_bootstrap: str, database_url: str, mqtt_host: str, mqtt_port: int,
-                **extra: str) -> dict[str, str]:
+def service_env(
+    kafka_bootstrap: str, database_url: str, mqtt_host: str, mqtt_port: int, **extra: str
+) -> dict[str, str]:
     """The environment variables the operator sets on every worker."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TZ"}}
-    env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "DATABASE_URL": database_url,
-        "MQTT_HOST": mqtt_host,
-        "MQTT_PORT": str(mqtt_port),
-        **extra,
-    })
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "DATABASE_URL": database_url,
+            "MQTT_HOST": mqtt_host,
+            "MQTT_PORT": str(mqtt_port),
+            **extra,
+        }
+    )
     return env
 
 

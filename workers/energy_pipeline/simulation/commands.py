@@ -42,8 +42,13 @@ def config_from_args(args: argparse.Namespace, now: datetime) -> SimulationConfi
         raise SystemExit("--duration is required unless --realtime (then it runs until stopped)")
     steps = int(span / interval) if span else sys.maxsize
     return SimulationConfig(
-        sites=args.sites, devices=args.devices, start=start, interval=interval, steps=steps,
-        seed=args.seed, fault_rate=args.fault_rate,
+        sites=args.sites,
+        devices=args.devices,
+        start=start,
+        interval=interval,
+        steps=steps,
+        seed=args.seed,
+        fault_rate=args.fault_rate,
     )
 
 
@@ -60,7 +65,7 @@ def paced(messages: Iterator[Message], rate: float, stop: threading.Event) -> It
         yield message
 
 
-def realtime(config: SimulationConfig, stop: threading.Event) -> Iterator:  # noqa: ANN202
+def realtime(config: SimulationConfig, stop: threading.Event) -> Iterator:
     """Readings with timestamps in the past go out at once; later ones when their time comes."""
     for reading in generate(config):
         while not stop.is_set():
@@ -83,12 +88,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args, datetime.now(UTC))
         readings = realtime(config, stop) if args.realtime else generate(config)
-        messages = combined_messages(readings) if args.format == "combined" else single_messages(readings)
-        description = {"sites": config.sites, "devices": config.devices, "start": config.start.isoformat(),
-                       "interval_s": config.interval.total_seconds(), "seed": config.seed}
+        messages = (
+            combined_messages(readings) if args.format == "combined" else single_messages(readings)
+        )
+        description = {
+            "sites": config.sites,
+            "devices": config.devices,
+            "start": config.start.isoformat(),
+            "interval_s": config.interval.total_seconds(),
+            "seed": config.seed,
+        }
     publisher = MqttPublisher(
-        settings.mqtt_host, settings.mqtt_port, args.client_id or f"simulator-{uuid.uuid4().hex[:8]}",
-        settings.mqtt_username, settings.mqtt_password,
+        settings.mqtt_host,
+        settings.mqtt_port,
+        args.client_id or f"simulator-{uuid.uuid4().hex[:8]}",
+        settings.mqtt_username,
+        settings.mqtt_password,
     )
     publisher.connect()
     log.info("simulating", extra=description)
@@ -103,8 +118,12 @@ def run(args: argparse.Namespace) -> int:
     confirmed = publisher.wait_confirmed(timeout=120)
     publisher.stats.seconds = time.monotonic() - started
     publisher.close()
-    summary = {"published": publisher.stats.published, "confirmed": publisher.stats.confirmed,
-               "seconds": round(publisher.stats.seconds, 3), "msg_per_s": round(publisher.stats.rate, 1)}
+    summary = {
+        "published": publisher.stats.published,
+        "confirmed": publisher.stats.confirmed,
+        "seconds": round(publisher.stats.seconds, 3),
+        "msg_per_s": round(publisher.stats.rate, 1),
+    }
     log.info("simulation finished", extra=summary)
     print(json.dumps(summary), flush=True)
     return 0 if confirmed else 1
@@ -122,11 +141,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--interval", default="5m", help="time between two readings of a device")
     p.add_argument("--start", default="now", help="ISO time, now, or now-7d (default now)")
     p.add_argument("--duration", default=None, help="simulated time span, e.g. 48h")
-    p.add_argument("--realtime", action="store_true", help="publish each reading when its time comes")
+    p.add_argument(
+        "--realtime", action="store_true", help="publish each reading when its time comes"
+    )
     p.add_argument("--rate", type=float, default=0, help="max messages per second (0: no limit)")
     p.add_argument("--count", type=int, default=0, help="stop after this many messages")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--fault-rate", type=float, default=0.001, help="probability of a faulty reading")
+    p.add_argument(
+        "--fault-rate", type=float, default=0.001, help="probability of a faulty reading"
+    )
     p.add_argument("--format", choices=["single", "combined"], default="single")
     p.add_argument("--replay", default=None, help="CSV file to publish instead of simulating")
     p.add_argument("--site", default="site-0", help="site id for --replay files without one")

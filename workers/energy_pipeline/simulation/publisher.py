@@ -6,10 +6,9 @@ import csv
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from itertools import groupby
 from pathlib import Path
 
@@ -38,11 +37,17 @@ def combined_messages(readings: Iterable[Reading]) -> Iterator[Message]:
         for r in same_time:
             record = records.setdefault(
                 (r.site, r.device),
-                {"Timestamp": ts.astimezone(UTC).strftime("%m/%d/%Y %H:%M"), "DeviceId": int(r.device)},
+                {
+                    "Timestamp": ts.astimezone(UTC).strftime("%m/%d/%Y %H:%M"),
+                    "DeviceId": int(r.device),
+                },
             )
             record[SENSORS[r.sensor].combined_field] = r.value
         for (site, device), record in records.items():
-            yield mqtt_topic(site, COMBINED, device), json.dumps(record, separators=(",", ":")).encode()
+            yield (
+                mqtt_topic(site, COMBINED, device),
+                json.dumps(record, separators=(",", ":")).encode(),
+            )
 
 
 def replay_messages(path: Path, site: str) -> Iterator[Message]:
@@ -52,7 +57,10 @@ def replay_messages(path: Path, site: str) -> Iterator[Message]:
         header = set(rows.fieldnames or [])
         if {"Timestamp", "DeviceId"} <= header:
             for row in rows:
-                record: dict[str, object] = {"Timestamp": row["Timestamp"], "DeviceId": int(row["DeviceId"])}
+                record: dict[str, object] = {
+                    "Timestamp": row["Timestamp"],
+                    "DeviceId": int(row["DeviceId"]),
+                }
                 for spec in SENSOR_TYPES:
                     if row.get(spec.combined_field) not in (None, ""):
                         record[spec.combined_field] = float(row[spec.combined_field])
@@ -88,7 +96,12 @@ class MqttPublisher:
     """
 
     def __init__(
-        self, host: str, port: int, client_id: str, username: str = "", password: str = "",
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        username: str = "",
+        password: str = "",
         window: int = 1000,
     ) -> None:
         self.host = host
@@ -106,7 +119,14 @@ class MqttPublisher:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: object,
+        properties: object,
+    ) -> None:
         # After a reconnect paho resends every unacknowledged message at once; more than the
         # broker's Receive Maximum and the broker drops the connection again, forever. So
         # never have more unacknowledged messages than the broker accepts.
@@ -115,21 +135,43 @@ class MqttPublisher:
             self._limit = max(1, min(self._window, receive_maximum))
         self._connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object, properties: object) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: object,
+        properties: object,
+    ) -> None:
         self._connected.clear()
         log.warning("mqtt disconnected; will reconnect", extra={"reason": str(reason_code)})
 
-    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: object, properties: object) -> None:
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_code: object,
+        properties: object,
+    ) -> None:
         with self._cond:
             self.stats.confirmed += 1
             self._outstanding -= 1
             self._cond.notify_all()
 
     def connect(self, timeout: float = 30) -> None:
-        self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=persistent_session(3600))
+        self.client.connect(
+            self.host,
+            self.port,
+            keepalive=30,
+            clean_start=False,
+            properties=persistent_session(3600),
+        )
         self.client.loop_start()
         if not self._connected.wait(timeout):
-            raise ConnectionError(f"no CONNACK from MQTT broker {self.host}:{self.port} within {timeout}s")
+            raise ConnectionError(
+                f"no CONNACK from MQTT broker {self.host}:{self.port} within {timeout}s"
+            )
 
     def publish(self, topic: str, payload: bytes) -> None:
         # Publishing from this thread while paho's thread reconnects and resends corrupts

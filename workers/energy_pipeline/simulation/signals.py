@@ -84,7 +84,9 @@ class SiteProfile:
         steps = 1 if self.last_hour is None else hour_index - self.last_hour
         for _ in range(max(steps, 1)):
             self.anomaly = 0.95 * self.anomaly + float(self.rng.normal(0, 0.6))
-            self.cloud = min(1.0, max(0.0, 0.9 * self.cloud + 0.1 * 0.35 + float(self.rng.normal(0, 0.08))))
+            self.cloud = min(
+                1.0, max(0.0, 0.9 * self.cloud + 0.1 * 0.35 + float(self.rng.normal(0, 0.08)))
+            )
         self.last_hour = hour_index
 
 
@@ -101,7 +103,9 @@ def solar_elevation_sine(latitude: float, ts: datetime) -> float:
     declination = math.radians(23.44) * math.sin(2 * math.pi * (284 + day) / 365)
     hour_angle = math.radians(15 * (ts.hour + ts.minute / 60 - 12))
     lat = math.radians(latitude)
-    return math.sin(lat) * math.sin(declination) + math.cos(lat) * math.cos(declination) * math.cos(hour_angle)
+    return math.sin(lat) * math.sin(declination) + math.cos(lat) * math.cos(declination) * math.cos(
+        hour_angle
+    )
 
 
 def occupancy(ts: datetime) -> float:
@@ -171,7 +175,9 @@ def generate(config: SimulationConfig) -> Iterator[Reading]:
                 for d in range(config.devices):
                     key = (si, sensor, d)
                     rng = device_rngs[key]
-                    scale = _NOISE_SD[sensor] * (abs(base) if sensor in {"energyconsumption", "renewableenergy"} else 1.0)
+                    scale = _NOISE_SD[sensor] * (
+                        abs(base) if sensor in {"energyconsumption", "renewableenergy"} else 1.0
+                    )
                     value = base + float(rng.normal(0, scale))
                     if config.fault_rate and rng.random() < config.fault_rate:
                         value = last.get(key, value) if rng.random() < 0.5 else value * 3

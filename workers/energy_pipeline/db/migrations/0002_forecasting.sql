@@ -11,6 +11,9 @@
 CREATE TABLE forecast_watermarks (
     site_id      text        NOT NULL,
     stream       text        NOT NULL,
+    -- The oldest reading seen with forecasting on: a new site owes forecasts from here,
+    -- not for history that was in the database before.
+    first_ts     timestamptz NOT NULL,
     max_ts       timestamptz NOT NULL,
     -- Wall-clock time max_ts last moved: a stream silent for long (a dead device) stops
     -- holding its site back.

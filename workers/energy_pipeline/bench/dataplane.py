@@ -1,0 +1,426 @@
+"""Data-plane benchmark: bridge and ingest throughput beside the machine's raw limits, and
+end-to-end latency at a fixed rate. Everything runs for real on this machine.
+
+    python -m energy_pipeline.bench.dataplane --out bench/results.json
+
+Measured in one run, so the ratios compare like with like:
+- raw producer: librdkafka alone producing the bridge's records (idempotent, acks=all);
+- bridge: a backlog of QoS 1 messages queued in HiveMQ, drained into Kafka by one bridge
+  process; msg/s and msg per CPU-second of the bridge process;
+- raw COPY: a bare COPY of the same rows into a table with the same primary key;
+- ingest: one ingest process draining the Kafka backlog into PostgreSQL (readings and
+  hourly_features), rows/s;
+- per-message INSERT: the original report's approach, one INSERT and commit per reading;
+- latency: readings published at a fixed rate with their publish time as timestamp; latency
+  is `ingested_at - ts` (ingested_at is set inside the writing transaction, just before commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg2
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from energy_pipeline.bridge import BridgeSettings, producer_config
+from energy_pipeline.contracts import (
+    Reading,
+    all_kafka_topics,
+    format_ts,
+    kafka_key,
+    kafka_topic,
+    mqtt_topic,
+    partition_for,
+)
+from energy_pipeline.db.migrate import migrate
+from energy_pipeline.localstack import KafkaCluster, PostgresServer
+from energy_pipeline.localstack.hivemq import HiveMQBroker
+from energy_pipeline.localstack.postgres import dsn as make_dsn
+from energy_pipeline.localstack.workers import WorkerProcess, service_env
+from energy_pipeline.settings import load
+from energy_pipeline.simulation.publisher import MqttPublisher
+from energy_pipeline.simulation.signals import SimulationConfig, generate
+from energy_pipeline.topics import TopicSpec, create_topic
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def readings(count: int, start: datetime) -> list[Reading]:
+    steps = max(1, count // 80)
+    config = SimulationConfig(
+        sites=4, devices=4, start=start, interval=timedelta(seconds=10), steps=steps + 1, seed=1
+    )
+    out = []
+    for reading in generate(config):
+        out.append(reading)
+        if len(out) == count:
+            break
+    return out
+
+
+def topic_end_total(admin: AdminClient, bootstrap: str, topics: list[str]) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
+    total = 0
+    try:
+        metadata = admin.list_topics(timeout=10)
+        for topic in topics:
+            for pid in metadata.topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout=10)
+                total += high - low
+    finally:
+        consumer.close()
+    return total
+
+
+def wait_for(check: Iterator[bool] | object, timeout: float, interval: float = 0.2) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():  # type: ignore[operator]
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise TimeoutError(f"not done after {timeout}s")
+
+
+def raw_producer(bootstrap: str, prefix: str, rows: list[Reading]) -> dict[str, float]:
+    settings = load(
+        BridgeSettings, {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC_PREFIX": prefix}
+    )
+    producer = Producer(producer_config(settings))
+    started = time.monotonic()
+    cpu0 = time.process_time()
+    for r in rows:
+        while True:
+            try:
+                producer.produce(
+                    kafka_topic(prefix, r.sensor),
+                    key=kafka_key(r.site, r.device),
+                    value=r.to_kafka_value(),
+                    partition=partition_for(r.device, 4),
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(120)
+    seconds = time.monotonic() - started
+    return {
+        "messages": len(rows),
+        "seconds": seconds,
+        "msg_per_s": len(rows) / seconds,
+        "msg_per_cpu_s": len(rows) / max(1e-9, time.process_time() - cpu0),
+    }
+
+
+def bench_bridge(
+    env: dict[str, str],
+    broker: HiveMQBroker,
+    admin: AdminClient,
+    bootstrap: str,
+    prefix: str,
+    rows: list[Reading],
+    logs: Path,
+) -> dict[str, float]:
+    bridge_env = {**env, "KAFKA_TOPIC_PREFIX": prefix, "MQTT_CLIENT_ID": "bench-bridge"}
+    # First start creates the persistent shared subscription; then the backlog queues for it.
+    bridge = WorkerProcess("bench-bridge", ["bridge"], bridge_env, logs).start()
+    bridge.wait_ready()
+    assert bridge.stop() == 0
+    publisher = MqttPublisher(broker.host, broker.port, "bench-publisher")
+    publisher.connect()
+    for r in rows:
+        publisher.publish(mqtt_topic(r.site, r.sensor, r.device), r.to_mqtt_payload())
+    assert publisher.wait_confirmed(300)
+    publisher.close()
+    sensor_topics = [t for t in all_kafka_topics(prefix) if not t.endswith("deadletter")]
+    bridge = WorkerProcess("bench-bridge-2", ["bridge"], bridge_env, logs).start()
+    assert bridge.process is not None and bridge.process.pid is not None
+    cpu0 = cpu_seconds(bridge.process.pid)
+    started = time.monotonic()
+    bridge.wait_ready()
+    wait_for(lambda: topic_end_total(admin, bootstrap, sensor_topics) >= len(rows), 600, 0.5)
+    seconds = time.monotonic() - started
+    cpu = cpu_seconds(bridge.process.pid) - cpu0
+    bridge.stop()
+    return {
+        "messages": len(rows),
+        "seconds": seconds,
+        "msg_per_s": len(rows) / seconds,
+        "cpu_seconds": cpu,
+        "msg_per_cpu_s": len(rows) / cpu,
+    }
+
+
+def raw_copy(dsn: str, rows: list[Reading]) -> dict[str, float]:
+    buffer = "".join(
+        f"{r.site}\t{r.sensor}\t{r.device}\t{format_ts(r.ts)}\t{r.value!r}\n" for r in rows
+    )
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE raw_copy (LIKE readings INCLUDING ALL)")
+    started = time.monotonic()
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.copy_expert(
+            "COPY raw_copy (site_id, sensor, device_id, ts, value) FROM STDIN", io.StringIO(buffer)
+        )
+    seconds = time.monotonic() - started
+    return {"rows": len(rows), "seconds": seconds, "rows_per_s": len(rows) / seconds}
+
+
+def per_message_insert(dsn: str, rows: list[Reading]) -> dict[str, float]:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE per_message (LIKE readings INCLUDING ALL)")
+    conn = psycopg2.connect(dsn)
+    started = time.monotonic()
+    with conn.cursor() as cur:
+        for r in rows:
+            cur.execute(
+                "INSERT INTO per_message (site_id, sensor, device_id, ts, value)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (r.site, r.sensor, r.device, r.ts, r.value),
+            )
+            conn.commit()
+    seconds = time.monotonic() - started
+    conn.close()
+    return {"rows": len(rows), "seconds": seconds, "rows_per_s": len(rows) / seconds}
+
+
+def count_rows(dsn: str) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM readings")
+        return int(cur.fetchone()[0])
+
+
+def bench_ingest(
+    env: dict[str, str], dsn: str, prefix: str, total: int, logs: Path
+) -> dict[str, float]:
+    ingest = WorkerProcess(
+        "bench-ingest",
+        ["ingest"],
+        {
+            **env,
+            "KAFKA_TOPIC_PREFIX": prefix,
+            "DATABASE_URL": dsn,
+            "KAFKA_CONSUMER_GROUP": f"bench-{prefix}",
+        },
+        logs,
+    )
+    started = time.monotonic()
+    ingest.start()
+    assert ingest.process is not None and ingest.process.pid is not None
+    wait_for(lambda: count_rows(dsn) >= total, 600, 0.5)
+    seconds = time.monotonic() - started
+    cpu = cpu_seconds(ingest.process.pid)
+    ingest.stop()
+    return {
+        "rows": total,
+        "seconds": seconds,
+        "rows_per_s": total / seconds,
+        "ingest_cpu_seconds": cpu,
+    }
+
+
+def latency(
+    env: dict[str, str],
+    broker: HiveMQBroker,
+    dsn: str,
+    prefix: str,
+    rate: float,
+    seconds: float,
+    logs: Path,
+) -> dict[str, float]:
+    workers = [
+        WorkerProcess(
+            "lat-bridge",
+            ["bridge"],
+            {
+                **env,
+                "KAFKA_TOPIC_PREFIX": prefix,
+                "MQTT_CLIENT_ID": "lat-bridge",
+                "BRIDGE_LINGER_MS": "5",
+            },
+            logs,
+        ).start(),
+        WorkerProcess(
+            "lat-ingest",
+            ["ingest"],
+            {
+                **env,
+                "KAFKA_TOPIC_PREFIX": prefix,
+                "DATABASE_URL": dsn,
+                "INGEST_BATCH_MAX_WAIT_MS": "50",
+                "KAFKA_CONSUMER_GROUP": f"lat-{prefix}",
+            },
+            logs,
+        ).start(),
+    ]
+    workers[0].wait_ready()
+    publisher = MqttPublisher(broker.host, broker.port, "lat-publisher")
+    publisher.connect()
+    total = int(rate * seconds)
+    started = time.monotonic()
+    for i in range(total):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        site, sensor, device = (
+            f"lat-{i % 4}",
+            ("temperature", "humidity")[i // 4 % 2],
+            str(i // 8 % 4),
+        )
+        body = {
+            "ts": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "value": 20.0,
+            "seq": i,
+        }
+        publisher.publish(mqtt_topic(site, sensor, device), json.dumps(body).encode())
+    achieved = total / (time.monotonic() - started)
+    publisher.wait_confirmed(60)
+    publisher.close()
+    wait_for(lambda: count_rows(dsn) >= total, 120, 0.5)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM ingested_at - ts) * 1000 FROM readings")
+        lat = sorted(float(v) for (v,) in cur.fetchall())
+    for w in workers:
+        w.stop()
+    return {
+        "messages": total,
+        "target_rate": rate,
+        "achieved_rate": achieved,
+        "p50_ms": statistics.quantiles(lat, n=100)[49],
+        "p99_ms": statistics.quantiles(lat, n=100)[98],
+        "max_ms": lat[-1],
+    }
+
+
+def new_database(pg: PostgresServer) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(pg.admin_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    url = make_dsn(pg.port, pg.password, name)
+    migrate(url)
+    return url
+
+
+def markdown(results: dict) -> str:
+    b, rp, ing, cp, pm, lat = (
+        results[k]
+        for k in ("bridge", "raw_producer", "ingest", "raw_copy", "per_message_insert", "latency")
+    )
+    return (
+        "\n".join(
+            [
+                "| measure | result | reference (same run) | ratio |",
+                "|---|---|---|---|",
+                f"| bridge, QoS 1 backlog drained into Kafka | {b['msg_per_s']:,.0f} msg/s "
+                f"({b['msg_per_cpu_s']:,.0f} msg per bridge CPU-second) "
+                f"| librdkafka producing alone: "
+                f"{rp['msg_per_s']:,.0f} msg/s | {b['msg_per_s'] / rp['msg_per_s']:.2f} |",
+                f"| ingest, Kafka backlog into readings + hourly_features "
+                f"| {ing['rows_per_s']:,.0f} rows/s "
+                f"| bare COPY of the same rows: {cp['rows_per_s']:,.0f} rows/s "
+                f"| {ing['rows_per_s'] / cp['rows_per_s']:.2f} |",
+                f"| ingest vs the original report's approach | {ing['rows_per_s']:,.0f} rows/s | "
+                f"one INSERT + commit per reading: {pm['rows_per_s']:,.0f} rows/s | "
+                f"{ing['rows_per_s'] / pm['rows_per_s']:.1f}x |",
+                f"| end-to-end latency at {lat['target_rate']:,.0f} msg/s "
+                f"(achieved {lat['achieved_rate']:,.0f}) "
+                f"| p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms "
+                f"| max {lat['max_ms']:.0f} ms | |",
+            ]
+        )
+        + "\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--latency-rate", type=float, default=2000)
+    parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--out", default="bench/results.json")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = Path(f"/tmp/energy-bench-{uuid.uuid4().hex[:6]}")
+    kafka = KafkaCluster(base / "kafka")
+    pg = PostgresServer(base / "postgres")  # durable settings: fsync on, as in production
+    broker = HiveMQBroker(base / "hivemq")
+    results: dict[str, object] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_avg_at_start": os.getloadavg(),
+        },
+        "command": f"python -m energy_pipeline.bench.dataplane --messages {args.messages}",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        pg.start()
+        broker.start()
+        kafka.start()
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+        env = service_env(
+            kafka.bootstrap_servers, pg.dsn, broker.host, broker.port, PIPELINE_NAME="bench"
+        )
+        logs = base / "logs"
+        rows = readings(args.messages, datetime(2025, 1, 1, tzinfo=UTC))
+        prefixes = {name: f"bench{name}{uuid.uuid4().hex[:4]}" for name in ("raw", "bridge", "lat")}
+        for prefix in prefixes.values():
+            for topic in all_kafka_topics(prefix):
+                create_topic(admin, TopicSpec(topic, 4, 2))
+        print("raw producer ...", flush=True)
+        results["raw_producer"] = raw_producer(kafka.bootstrap_servers, prefixes["raw"], rows)
+        print("bridge ...", flush=True)
+        results["bridge"] = bench_bridge(
+            env, broker, admin, kafka.bootstrap_servers, prefixes["bridge"], rows, logs
+        )
+        print("raw COPY ...", flush=True)
+        results["raw_copy"] = raw_copy(new_database(pg), rows)
+        print("ingest ...", flush=True)
+        results["ingest"] = bench_ingest(env, new_database(pg), prefixes["raw"], len(rows), logs)
+        print("per-message INSERT ...", flush=True)
+        results["per_message_insert"] = per_message_insert(new_database(pg), rows[:5000])
+        print("latency ...", flush=True)
+        results["latency"] = latency(
+            env,
+            broker,
+            new_database(pg),
+            prefixes["lat"],
+            args.latency_rate,
+            args.latency_seconds,
+            logs,
+        )
+    finally:
+        kafka.cleanup()
+        broker.cleanup()
+        pg.cleanup()
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
