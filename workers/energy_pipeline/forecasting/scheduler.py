@@ -12,7 +12,9 @@ stream rules because ingest workers consume different partitions at different sp
 Closing. Hour H of a site closes when its watermark reaches H + 1 h + FORECAST_LATENESS_S.
 In one transaction (serialised across ingest workers by an advisory lock), every newly
 closed hour that has data goes into `forecast_backlog` as origin H + 1 h and the site's
-`closed_through` moves on. A site seen for the first time owes at most its last week.
+`closed_through` moves on. A site seen for the first time owes forecasts from the oldest
+reading ingest saw for it (history already in the database when forecasting was turned
+on is not owed).
 
 Draining. Each worker claims due backlog rows (`FOR UPDATE SKIP LOCKED`, newest first, so
 after an outage the current forecast comes first), reads each one's feature window (the
@@ -74,7 +76,6 @@ WATERMARK = Gauge(
 )
 
 HOUR = timedelta(hours=1)
-FIRST_CATCHUP = timedelta(hours=MAX_HORIZON)
 # Closing order across ingest workers; any constant shared by all of them.
 _CLOSE_LOCK = 0x66637374  # "fcst"
 # Failures that say nothing about the request: pause, retry the same rows later.
@@ -141,24 +142,28 @@ def last_closed_hour(watermark: datetime, lateness_s: float) -> datetime:
     return floor_hour(watermark - timedelta(seconds=lateness_s) - HOUR)
 
 
-def stream_marks(readings: Iterable[Reading]) -> dict[tuple[str, str], datetime]:
-    """Newest timestamp per (site, sensor/device stream) in a batch."""
-    marks: dict[tuple[str, str], datetime] = {}
+Marks = dict[tuple[str, str], tuple[datetime, datetime]]
+
+
+def stream_marks(readings: Iterable[Reading]) -> Marks:
+    """(Oldest, newest) timestamp per (site, sensor/device stream) in a batch."""
+    marks: Marks = {}
     for r in readings:
         key = (r.site, f"{r.sensor}/{r.device}")
         current = marks.get(key)
-        if current is None or r.ts > current:
-            marks[key] = r.ts
+        if current is None:
+            marks[key] = (r.ts, r.ts)
+        elif r.ts < current[0] or r.ts > current[1]:
+            marks[key] = (min(current[0], r.ts), max(current[1], r.ts))
     return marks
 
 
-def merge_marks(
-    into: dict[tuple[str, str], datetime], marks: dict[tuple[str, str], datetime]
-) -> None:
-    for key, ts in marks.items():
+def merge_marks(into: Marks, marks: Marks) -> None:
+    for key, (first, last) in marks.items():
         current = into.get(key)
-        if current is None or ts > current:
-            into[key] = ts
+        into[key] = (first, last) if current is None else (
+            min(current[0], first), max(current[1], last)
+        )
 
 
 def row_backoff_s(attempts: int) -> float:
@@ -173,15 +178,15 @@ def service_backoff_s(failures: int) -> float:
 # -- SQL -------------------------------------------------------------------------------
 
 _UPSERT_MARKS = """
-INSERT INTO forecast_watermarks AS w (site_id, stream, max_ts) VALUES %s
+INSERT INTO forecast_watermarks AS w (site_id, stream, first_ts, max_ts) VALUES %s
 ON CONFLICT (site_id, stream) DO UPDATE SET max_ts = EXCLUDED.max_ts, advanced_at = now()
 WHERE EXCLUDED.max_ts > w.max_ts
 """
 
 _SITE_WATERMARKS = """
-SELECT m.site_id, m.watermark, s.closed_through, s.watermark
+SELECT m.site_id, m.watermark, m.first_ts, s.closed_through, s.watermark
 FROM (
-    SELECT site_id, coalesce(
+    SELECT site_id, min(first_ts) AS first_ts, coalesce(
         min(max_ts) FILTER (WHERE advanced_at > now() - %(idle)s * interval '1 second'),
         max(max_ts)) AS watermark
     FROM forecast_watermarks GROUP BY site_id
@@ -283,7 +288,7 @@ class ForecastScheduler:
         self.poll_s = poll_s
         self.close_every_s = close_every_s
         self.horizons = list(range(1, settings.forecast_horizons + 1))
-        self._pending: dict[tuple[str, str], datetime] = {}
+        self._pending: Marks = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -384,7 +389,9 @@ class ForecastScheduler:
             conn = self._connection()
             with conn, conn.cursor() as cur:
                 # Sorted: workers touching the same rows lock them in the same order.
-                rows = sorted((site, stream, ts) for (site, stream), ts in pending.items())
+                rows = sorted(
+                    (site, stream, first, last) for (site, stream), (first, last) in pending.items()
+                )
                 psycopg2.extras.execute_values(cur, _UPSERT_MARKS, rows)
         except Exception:
             with self._lock:
@@ -400,16 +407,16 @@ class ForecastScheduler:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CLOSE_LOCK,))
             cur.execute(_SITE_WATERMARKS, {"idle": self.settings.forecast_stream_idle_s})
-            for site, watermark, closed_through, last_watermark in cur.fetchall():
+            for site, watermark, first_ts, closed_through, last_watermark in cur.fetchall():
                 WATERMARK.labels(site).set(watermark.timestamp())
                 through = last_closed_hour(watermark, lateness)
-                after = closed_through if closed_through is not None else through - FIRST_CATCHUP
+                # New site: owed from its oldest reading seen, not for older history.
+                after = floor_hour(first_ts) - HOUR if closed_through is None else closed_through
                 if through > after:
                     cur.execute(_ENQUEUE, {"site": site, "after": after, "through": through})
                     enqueued += cur.rowcount
-                moved = closed_through is None or through > closed_through
-                if moved or watermark != last_watermark:
-                    cur.execute(_UPSERT_SITE, (site, watermark, through))
+                if through > after or closed_through is None or watermark != last_watermark:
+                    cur.execute(_UPSERT_SITE, (site, watermark, max(through, after)))
         if enqueued:
             CLOSED.inc(enqueued)
             log.debug("hours closed", extra={"enqueued": enqueued})

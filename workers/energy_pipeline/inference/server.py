@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -307,6 +308,11 @@ class InferenceServer:
 def run(args: argparse.Namespace) -> int:
     settings = load(InferenceSettings)
     configure_logging("inference", settings.pipeline_name, settings.log_level)
+    # The feature code silences numpy's all-NaN warnings (short windows are expected) with
+    # warnings.catch_warnings(), which is not thread-safe; with concurrent RPCs they leak
+    # to stderr. Silence them process-wide instead.
+    warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
+    warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
     server = InferenceServer(settings)
     signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: server.stopping.set())

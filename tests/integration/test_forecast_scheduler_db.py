@@ -1,0 +1,190 @@
+"""The forecast scheduler against a real PostgreSQL and a real inference process.
+
+Driven step by step (no thread, no Kafka): watermarks from observed readings, closing,
+the persisted backlog while inference is down, catching up when it is back, idle streams,
+and two workers draining one backlog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg2
+import pytest
+from energy_pipeline.contracts import Reading
+from energy_pipeline.db.migrate import migrate
+from energy_pipeline.forecasting.hourly_db import read_window, write_hourly_frame
+from energy_pipeline.forecasting.models import load_model
+from energy_pipeline.forecasting.scheduler import ForecastScheduler, ForecastSettings
+from energy_pipeline.forecasting.synthetic import synthetic_building
+from energy_pipeline.forecasting.train import TrainSettings, train_site
+from energy_pipeline.forecasting.window import forecast_window
+from energy_pipeline.localstack import PostgresServer
+from energy_pipeline.localstack.postgres import dsn
+from energy_pipeline.localstack.process import free_port
+from energy_pipeline.localstack.workers import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2025, 1, 6, tzinfo=UTC)
+FAST = json.dumps({"num_boost_round": 30, "early_stopping_rounds": 5, "max_rows": 8000})
+
+
+def hour(n: int) -> datetime:
+    return START + timedelta(hours=n)
+
+
+@pytest.fixture
+def db(postgres: PostgresServer) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(postgres.admin_dsn)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        url = dsn(postgres.port, postgres.password, name)
+        migrate(url)
+        with psycopg2.connect(url) as conn:
+            write_hourly_frame(conn, "site-a", synthetic_building(24 * 30, seed=9))
+        conn.close()
+        settings = TrainSettings(database_url=url, train_backtest_days=5, train_model_params=FAST)
+        conn = psycopg2.connect(url)
+        try:
+            assert train_site(conn, "site-a", settings) is not None
+        finally:
+            conn.close()
+        yield url
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
+def readings(stream_device: str, hours: range) -> list[Reading]:
+    return [
+        Reading("site-a", "energyconsumption", stream_device, hour(h) + timedelta(minutes=m), 1.0)
+        for h in hours
+        for m in (0, 30)
+    ]
+
+
+def query(url: str, sql: str, *args: object) -> list[tuple]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        rows = cur.fetchall() if cur.description else []
+    conn.close()
+    return rows
+
+
+def backlog(url: str) -> int:
+    return int(query(url, "SELECT count(*) FROM forecast_backlog")[0][0])
+
+
+def origins(url: str) -> dict[datetime, int]:
+    rows = query(url, "SELECT issued_at, count(*) FROM forecasts GROUP BY 1")
+    return {issued.astimezone(UTC): n for issued, n in rows}
+
+
+def drain_all(url: str, *schedulers: ForecastScheduler, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while backlog(url) and time.monotonic() < deadline:
+        for scheduler in schedulers:
+            scheduler.step()
+        time.sleep(0.05)
+    assert backlog(url) == 0, query(url, "SELECT * FROM forecast_backlog LIMIT 3")
+
+
+def test_backlog_persists_while_inference_is_down_and_drains_when_it_returns(
+    db: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = ForecastSettings(
+        inference_target=f"127.0.0.1:{port}", forecast_horizons=24, forecast_stream_idle_s=300
+    )
+    first = ForecastScheduler(settings, db, close_every_s=0)
+    second = ForecastScheduler(settings, db, close_every_s=0)
+
+    # Device 0 is at hour 100, device 1 only at hour 50: the site waits for device 1.
+    first.observe(readings("0", range(0, 101)))
+    first.observe(readings("1", range(0, 51)))
+    first.step()
+    # The watermark is 50:30; hour H closes once H + 1 h + 120 s <= 50:30: hours 0..49.
+    closed = [hour(h) for h in range(0, 50)]
+    [(closed_through, watermark)] = query(
+        db, "SELECT closed_through, watermark FROM forecast_sites WHERE site_id = 'site-a'"
+    )
+    assert watermark == hour(50) + timedelta(minutes=30)
+    assert closed_through == closed[-1]
+    assert backlog(db) == len(closed)
+
+    # Nobody is listening on the port: the service-wide failure leaves everything owed.
+    result = first.drain()
+    assert result.claimed > 0 and result.service_errors == result.claimed and result.stored == 0
+    assert backlog(db) == len(closed) and origins(db) == {}
+    assert first.update_backlog_gauge() == len(closed)
+
+    # Inference comes up: everything owed is forecast, once, for every closed hour.
+    env = {
+        **{k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}},
+        "DATABASE_URL": db, "GRPC_PORT": str(port), "MODEL_REFRESH_S": "0.5",
+    }
+    worker = WorkerProcess("inference", ["inference"], env, tmp_path / "logs").start()
+    try:
+        worker.wait_ready(30)
+        drain_all(db, first)
+        stored = origins(db)
+        assert stored == {h + timedelta(hours=1): 24 for h in closed}
+
+        # A replay of old readings changes nothing.
+        first.observe(readings("1", range(0, 10)))
+        first.step()
+        assert backlog(db) == 0 and origins(db) == stored
+
+        # Device 1 goes silent: once idle it no longer holds the site back, and two
+        # workers drain the new hours between them without doing any twice.
+        query(
+            db,
+            """UPDATE forecast_watermarks SET advanced_at = now() - interval '1 hour'
+               WHERE stream = 'energyconsumption/1' RETURNING 1""",
+        )
+        first.close_hours()
+        newly = [hour(h) for h in range(50, 100)]
+        assert query(db, "SELECT closed_through FROM forecast_sites") == [(newly[-1],)]
+        drain_all(db, first, second)
+        assert origins(db) == {h + timedelta(hours=1): 24 for h in closed + newly}
+        requests = worker.metric("energy_inference_requests_total", {"code": "OK"})
+        assert requests == len(closed + newly)
+
+        # What was stored is what the registry's model says offline for the same window:
+        # early origins (short window: the documented fallback) and later ones (the model).
+        [(version, artifact, mae)] = query(
+            db, "SELECT version, artifact, (metrics->>'mae')::float FROM models WHERE promoted"
+        )
+        model = load_model(artifact)
+        for origin in (hour(20), hour(100)):
+            conn = psycopg2.connect(db)
+            try:
+                window = read_window(conn, "site-a", origin, 336)
+            finally:
+                conn.close()
+            offline = forecast_window(model, window, range(1, 25))
+            rows = query(
+                db,
+                """SELECT horizon, p50, model_version FROM forecasts
+                   WHERE site_id = 'site-a' AND issued_at = %s ORDER BY horizon""",
+                origin,
+            )
+            assert {r[2] for r in rows} == {version}
+            for (horizon, p50, _), point in zip(rows, offline.points, strict=True):
+                assert horizon == point.horizon
+                assert abs(p50 - point.p50) <= 1e-9 * max(1.0, abs(p50)) < mae
+    finally:
+        worker.stop()
+        first.client.close()
+        second.client.close()
