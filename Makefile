@@ -11,13 +11,15 @@ BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps lint test unit integration cluster e2e stack clean
+.PHONY: help venv deps lint test unit integration cluster e2e stack bench up down clean
 
 help:
 	@echo "make test         install what is missing, then run every test (unit, integration, cluster, e2e)"
 	@echo "make unit|integration|cluster|e2e   one kind of test only"
 	@echo "make lint         ruff"
 	@echo "make stack        real Kafka (3 nodes), PostgreSQL and MQTT on 127.0.0.1 until Ctrl-C"
+	@echo "make bench        benchmarks of this machine, written to bench/"
+	@echo "make up / down    the platform on a kind cluster (needs docker, kind, kubectl, helm)"
 	@echo "make clean        remove the venv (caches in ~/.cache/energy-pipeline are kept)"
 
 $(VENV_STAMP): pyproject.toml
@@ -48,6 +50,19 @@ integration cluster e2e: deps
 
 stack: deps
 	$(BIN)/energy-pipeline stack up
+
+# Speed and quality figures of this machine; not timed tests. Writes bench/.
+bench: deps
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m energy_pipeline.bench.dataplane --out bench/results.json
+	$(BIN)/python -m energy_pipeline.forecasting.bench --out bench/forecast.json
+
+# kind cluster + ingress-nginx + image + energy-platform chart; needs docker, kind, kubectl, helm.
+up:
+	deploy/up.sh
+
+down:
+	deploy/down.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
