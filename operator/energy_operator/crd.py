@@ -1,0 +1,800 @@
+"""The EnergyPipeline CRD, built from one annotated schema.
+
+Every spec field that reaches a worker carries its environment variable here (`Env`), so the
+CRD's documentation, its defaults, the ConfigMap keys and the containers' environment all
+come from this one table and cannot drift apart. The CRD YAML in `manifests/crd/` is
+generated from it (`python -m energy_operator.crd --write`) and a unit test keeps the file in
+step; the chart copies that file, never this module.
+
+Pure data and functions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GROUP = "energy.pipeline.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "EnergyPipeline"
+PLURAL = "energypipelines"
+SINGULAR = "energypipeline"
+# `ep` is the agreed short name, but kubectl resolves it to the built-in Endpoints first;
+# `epipe` always reaches EnergyPipelines.
+SHORT_NAMES = ("ep", "epipe")
+CATEGORIES = ("all",)
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+DEFAULT_IMAGE = "ghcr.io/energy-pipeline/energy-pipeline:0.1.0"
+# Child names append at most "-inference" (10 characters); a CronJob's name may have at most
+# 52 (its Jobs add 11), so 40 leaves room and keeps every derived name a valid DNS label.
+MAX_NAME_LENGTH = 40
+
+WORKERS = ("bridge", "ingest", "inference", "train")
+
+# Numeric fields of energy_pipeline.forecasting.models.DefaultParams (a unit test keeps this
+# list equal to them; importing the model here would pull LightGBM into the operator).
+MODEL_PARAMETERS = (
+    "num_boost_round", "early_stopping_rounds", "learning_rate", "num_leaves",
+    "min_data_in_leaf", "feature_fraction", "bagging_fraction", "lambda_l2", "max_rows",
+    "holdout_hours", "min_train_hours", "min_window_hours", "num_threads", "seed",
+)
+
+# Internal marker on schema nodes; stripped from the published CRD.
+_ENV = "x-energy-env"
+
+
+@dataclass(frozen=True)
+class Env:
+    """The environment variable a spec field becomes, and which workers read it."""
+
+    name: str
+    workers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One spec field bound to an environment variable (a row of the README's reference)."""
+
+    path: tuple[str, ...]
+    env: str
+    workers: tuple[str, ...]
+    schema: Mapping[str, Any]
+
+    @property
+    def field(self) -> str:
+        return "spec." + ".".join(self.path)
+
+    @property
+    def default(self) -> Any:
+        return self.schema.get("default")
+
+    def render(self, value: Any) -> str:
+        """The value as the workers' settings parser reads it (see energy_pipeline.settings)."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        if isinstance(value, dict):
+            return json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return str(value)
+
+
+@dataclass(frozen=True)
+class SecretSetting:
+    """An environment variable taken from a Secret the spec references (never inline)."""
+
+    env: str
+    workers: tuple[str, ...]
+    ref: tuple[str, ...]  # path of the secret reference in the spec
+    key_field: str  # field of that reference naming the key
+
+    @property
+    def field(self) -> str:
+        return "spec." + ".".join(self.ref)
+
+
+SECRET_SETTINGS = (
+    SecretSetting("MQTT_USERNAME", ("bridge",), ("mqtt", "credentialsSecret"), "usernameKey"),
+    SecretSetting("MQTT_PASSWORD", ("bridge",), ("mqtt", "credentialsSecret"), "passwordKey"),
+    SecretSetting("KAFKA_SASL_USERNAME", ("bridge", "ingest"),
+                  ("kafka", "sasl", "credentialsSecret"), "usernameKey"),
+    SecretSetting("KAFKA_SASL_PASSWORD", ("bridge", "ingest"),
+                  ("kafka", "sasl", "credentialsSecret"), "passwordKey"),
+    SecretSetting("DATABASE_URL", ("ingest", "inference", "train"),
+                  ("database", "urlSecret"), "key"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema helpers: small constructors so the tree below reads like documentation.
+# ---------------------------------------------------------------------------------------------
+
+def _node(kind: str, doc: str, env: Env | None, **schema: Any) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": kind, "description": doc, **schema}
+    if env is not None:
+        node[_ENV] = env
+        node["description"] = f"{doc} Sets {env.name} ({', '.join(env.workers)})."
+    return node
+
+
+def integer(doc: str, *, env: Env | None = None, **schema: Any) -> dict[str, Any]:
+    return _node("integer", doc, env, **schema)
+
+
+def number(doc: str, *, env: Env | None = None, **schema: Any) -> dict[str, Any]:
+    return _node("number", doc, env, **schema)
+
+
+def string(doc: str, *, env: Env | None = None, **schema: Any) -> dict[str, Any]:
+    return _node("string", doc, env, **schema)
+
+
+def boolean(doc: str, *, env: Env | None = None, **schema: Any) -> dict[str, Any]:
+    return _node("boolean", doc, env, **schema)
+
+
+def obj(
+    doc: str,
+    properties: Mapping[str, Any],
+    *,
+    required: tuple[str, ...] = (),
+    rules: tuple[Mapping[str, str], ...] = (),
+    **schema: Any,
+) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "object", "description": doc, "properties": dict(properties)}
+    if required:
+        node["required"] = list(required)
+    if rules:
+        node["x-kubernetes-validations"] = [dict(r) for r in rules]
+    node.update(schema)
+    return node
+
+
+def rule(expression: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    out = {"rule": expression, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+# Five cron fields, or one of the macros CronJobs accept.
+CRON = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"
+
+
+def secret_ref(doc: str, keys: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+    """A reference to a Secret: its name and, per credential, the key holding it."""
+    props: dict[str, Any] = {
+        "name": string(
+            "Name of the Secret, in the EnergyPipeline's namespace.",
+            minLength=1, maxLength=253, pattern=DNS_SUBDOMAIN,
+        )
+    }
+    for field_name, (default, what) in keys.items():
+        props[field_name] = string(
+            f"Key in the Secret that holds {what}.", default=default,
+            minLength=1, maxLength=253, pattern=SECRET_KEY,
+        )
+    return obj(doc, props, required=("name",))
+
+
+_QUANTITY = {
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "x-kubernetes-int-or-string": True,
+    "maxLength": 32,
+    # The API server's own quantity syntax (as in the built-in ResourceRequirements schema).
+    "pattern": (
+        r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+        r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    ),
+}
+
+
+def resources(doc: str, requests: Mapping[str, str], limits: Mapping[str, str]) -> dict[str, Any]:
+    def quantities(what: str) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "description": f"{what}, for example cpu: 100m, memory: 256Mi.",
+            "additionalProperties": dict(_QUANTITY),
+            # Bounds the cost of the CEL rule below (the API server rejects unbounded maps).
+            "maxProperties": 8,
+        }
+
+    return obj(
+        f"{doc} Kubernetes resource requests and limits of each container.",
+        {"requests": quantities("Minimum resources"), "limits": quantities("Maximum resources")},
+        default={"requests": dict(requests), "limits": dict(limits)},
+        rules=tuple(
+            rule(
+                f"!has(self.requests) || !has(self.limits) || !('{r}' in self.requests) || "
+                f"!('{r}' in self.limits) || !isQuantity(string(self.requests['{r}'])) || "
+                f"!isQuantity(string(self.limits['{r}'])) || "
+                f"quantity(string(self.requests['{r}'])).compareTo("
+                f"quantity(string(self.limits['{r}']))) <= 0",
+                f"requests.{r} must not exceed limits.{r}",
+            )
+            # Named resources only: a rule over all keys costs too much for the API server.
+            for r in ("cpu", "memory")
+        ),
+    )
+
+
+def replicas(doc: str, default: int) -> dict[str, Any]:
+    return integer(doc, default=default, minimum=0, maximum=100)
+
+
+def image_override(doc: str) -> dict[str, Any]:
+    return string(
+        f"{doc} Empty: spec.image.", default="", maxLength=512, pattern=r"^\S*$",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The spec
+# ---------------------------------------------------------------------------------------------
+
+# Which workers read a setting.
+B, IN, F, T = ("bridge",), ("ingest",), ("inference",), ("train",)
+BI = ("bridge", "ingest")
+
+
+def spec_schema() -> dict[str, Any]:
+    mqtt = obj(
+        "The MQTT broker the bridge subscribes to (HiveMQ, or any MQTT 5 broker).",
+        {
+            "host": string(
+                "Broker host name or address, as the bridge pods reach it.",
+                env=Env("MQTT_HOST", B), minLength=1, maxLength=253,
+            ),
+            "port": integer(
+                "Broker port.", env=Env("MQTT_PORT", B), default=1883, minimum=1, maximum=65535,
+            ),
+            "topicFilter": string(
+                "MQTT topic filter to bridge; readings are published to "
+                "energy/<site>/<sensor>/<device>.",
+                env=Env("MQTT_TOPIC_FILTER", B), default="energy/#", minLength=1, maxLength=1024,
+            ),
+            "sharedGroup": string(
+                "Shared-subscription group, so that the bridge replicas share the stream "
+                "($share/<group>/<filter>). Empty: a plain subscription (every replica gets "
+                "every message).",
+                env=Env("MQTT_SHARED_GROUP", B), default="bridge", maxLength=128,
+                pattern=r"^[^/+#]*$",
+            ),
+            "sessionExpirySeconds": integer(
+                "How long the broker keeps a disconnected bridge's session and its "
+                "unacknowledged messages.",
+                env=Env("MQTT_SESSION_EXPIRY_S", B), default=86400, minimum=0,
+            ),
+            "credentialsSecret": secret_ref(
+                "Secret with the MQTT user name and password (sets MQTT_USERNAME and "
+                "MQTT_PASSWORD of the bridge). Absent: anonymous.",
+                {"usernameKey": ("username", "the user name"),
+                 "passwordKey": ("password", "the password")},
+            ),
+        },
+        required=("host",),
+    )
+
+    kafka = obj(
+        "The Kafka cluster, and the topics the operator creates in it.",
+        {
+            "bootstrapServers": string(
+                "Comma-separated host:port list of Kafka brokers, as the pods (and the "
+                "operator) reach them.",
+                env=Env("KAFKA_BOOTSTRAP_SERVERS", BI), minLength=1, maxLength=2048,
+            ),
+            "topicPrefix": string(
+                "Topics are <prefix>.<sensor> (temperature, humidity, squarefootage, "
+                "renewableenergy, energyconsumption) and <prefix>.deadletter.",
+                env=Env("KAFKA_TOPIC_PREFIX", BI), default="energy", minLength=1, maxLength=200,
+                pattern=r"^[a-zA-Z0-9_-][a-zA-Z0-9._-]*$",
+            ),
+            "partitions": integer(
+                "Partitions per topic (KAFKA_PARTITIONS in the ConfigMap). The operator grows "
+                "existing topics when this grows; Kafka cannot remove partitions, so a value "
+                "below the topics' current count is refused and reported as Degraded.",
+                default=4, minimum=1, maximum=1000,
+            ),
+            "replicationFactor": integer(
+                "Replicas per partition of newly created topics (KAFKA_REPLICATION_FACTOR in "
+                "the ConfigMap). Existing topics keep theirs; a difference is reported as "
+                "Degraded.",
+                default=2, minimum=1, maximum=10,
+            ),
+            "minInSyncReplicas": integer(
+                "min.insync.replicas of newly created topics.",
+                default=1, minimum=1, maximum=10,
+            ),
+            "brokers": integer(
+                "Number of brokers, when known; replicationFactor is then checked against it "
+                "at admission. The operator also checks the live broker count.",
+                minimum=1, maximum=1000,
+            ),
+            "securityProtocol": string(
+                "Protocol towards the brokers.",
+                env=Env("KAFKA_SECURITY_PROTOCOL", BI), default="PLAINTEXT",
+                enum=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+            ),
+            "sasl": obj(
+                "SASL authentication (requires securityProtocol SASL_PLAINTEXT or SASL_SSL).",
+                {
+                    "mechanism": string(
+                        "SASL mechanism.", env=Env("KAFKA_SASL_MECHANISM", BI),
+                        default="SCRAM-SHA-512",
+                        enum=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+                    ),
+                    "credentialsSecret": secret_ref(
+                        "Secret with the SASL user name and password (sets "
+                        "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD).",
+                        {"usernameKey": ("username", "the user name"),
+                         "passwordKey": ("password", "the password")},
+                    ),
+                },
+                required=("credentialsSecret",),
+            ),
+            "consumerGroup": string(
+                "Consumer group of the ingest workers.",
+                env=Env("KAFKA_CONSUMER_GROUP", IN), default="ingest", minLength=1, maxLength=249,
+            ),
+            "deleteTopicsOnDelete": boolean(
+                "Delete the topics (and their data) when the EnergyPipeline is deleted. The "
+                "operator then holds a finalizer on the resource until the topics are gone. "
+                "Default: topics and data survive the resource.",
+                default=False,
+            ),
+        },
+        required=("bootstrapServers",),
+        rules=(
+            rule("!has(self.brokers) || self.replicationFactor <= self.brokers",
+                 "replicationFactor must not exceed brokers", ".replicationFactor"),
+            rule("self.minInSyncReplicas <= self.replicationFactor",
+                 "minInSyncReplicas must not exceed replicationFactor", ".minInSyncReplicas"),
+            rule("!has(self.sasl) || self.securityProtocol.startsWith('SASL_')",
+                 "sasl needs securityProtocol SASL_PLAINTEXT or SASL_SSL", ".securityProtocol"),
+        ),
+    )
+
+    database = obj(
+        "The PostgreSQL database. The operator applies the schema migrations itself.",
+        {
+            "urlSecret": secret_ref(
+                "Secret holding the connection URL postgresql://user:password@host:5432/db "
+                "(sets DATABASE_URL of ingest, inference and train; the operator uses it "
+                "for migrations).",
+                {"key": ("url", "the URL")},
+            ),
+        },
+        required=("urlSecret",),
+    )
+
+    bridge = obj(
+        "The bridge workers: MQTT shared subscription to Kafka.",
+        {
+            "replicas": replicas("Bridge pods.", 2),
+            "resources": resources("Bridge pods.", {"cpu": "100m", "memory": "128Mi"},
+                                   {"memory": "256Mi"}),
+            "receiveMaximum": integer(
+                "Unacknowledged MQTT messages in flight per bridge.",
+                env=Env("BRIDGE_RECEIVE_MAXIMUM", B), default=2000, minimum=1, maximum=65535,
+            ),
+            "lingerMs": integer(
+                "Kafka producer batching delay.",
+                env=Env("BRIDGE_LINGER_MS", B), default=20, minimum=0, maximum=10000,
+            ),
+        },
+        default={},
+    )
+
+    ingestion = obj(
+        "Ingestion: the bridge (MQTT to Kafka) and the ingest workers (Kafka to PostgreSQL).",
+        {
+            "replicas": replicas(
+                "Ingest pods; at most spec.kafka.partitions (more would sit idle).", 2,
+            ),
+            "image": image_override("Image of the bridge and ingest containers."),
+            "resources": resources("Ingest pods.", {"cpu": "200m", "memory": "256Mi"},
+                                   {"memory": "512Mi"}),
+            "batchSize": integer(
+                "Most records written per database transaction.",
+                env=Env("INGEST_BATCH_SIZE", IN), default=5000, minimum=1, maximum=100000,
+            ),
+            "batchMaxWaitMs": integer(
+                "Longest wait to fill a batch.",
+                env=Env("INGEST_BATCH_MAX_WAIT_MS", IN), default=250, minimum=1, maximum=60000,
+            ),
+            "sessionTimeoutMs": integer(
+                "A silent ingest worker's partitions move to the others after this.",
+                env=Env("KAFKA_SESSION_TIMEOUT_MS", IN), default=45000, minimum=1000,
+                maximum=3600000,
+            ),
+            "dbRetryMaxSeconds": number(
+                "Longest pause between database retries.",
+                env=Env("DB_RETRY_MAX_S", IN), default=10.0, minimum=0.1, maximum=3600,
+            ),
+            "maxPayloadBytes": integer(
+                "Larger messages are rejected to the dead-letter topic.",
+                env=Env("MAX_PAYLOAD_BYTES", BI), default=4096, minimum=64, maximum=1048576,
+            ),
+            "maxFutureSeconds": integer(
+                "Readings further ahead of the clock are rejected.",
+                env=Env("MAX_FUTURE_S", BI), default=300, minimum=0,
+            ),
+            "bridge": bridge,
+        },
+        default={},
+    )
+
+    inference = obj(
+        "The inference workers: LightGBM forecasts over gRPC, behind a headless Service.",
+        {
+            "replicas": replicas("Inference pods.", 2),
+            "image": image_override("Image of the inference container."),
+            "resources": resources("Inference pods.", {"cpu": "200m", "memory": "512Mi"},
+                                   {"memory": "1Gi"}),
+            "modelRefreshSeconds": integer(
+                "How often the model registry is checked for a newly promoted model.",
+                env=Env("MODEL_REFRESH_S", F), default=30, minimum=1, maximum=86400,
+            ),
+            "grpcMaxWorkers": integer(
+                "Threads handling Forecast calls in each inference pod.",
+                env=Env("GRPC_MAX_WORKERS", F), default=4, minimum=1, maximum=64,
+            ),
+        },
+        default={},
+    )
+
+    forecast = obj(
+        "Forecasts: what ingest asks inference for, and how the model is retrained.",
+        {
+            "enabled": boolean(
+                "Ask the inference service for forecasts as hours close (INFERENCE_TARGET of "
+                "ingest is the headless Service; false leaves it empty, which turns forecasting "
+                "off).",
+                default=True,
+            ),
+            "horizons": integer(
+                "Hours ahead forecast when a site's hour closes: every hour 1..horizons "
+                "(168 = the next 7 days, hourly).",
+                env=Env("FORECAST_HORIZONS", IN), default=168, minimum=1, maximum=168,
+            ),
+            "historyHours": integer(
+                "Hours of hourly features sent with each forecast request.",
+                env=Env("FORECAST_HISTORY_HOURS", IN), default=336, minimum=24, maximum=8760,
+            ),
+            "latenessSeconds": integer(
+                "How long after an hour ends it is considered closed (late readings allowed).",
+                env=Env("FORECAST_LATENESS_S", IN), default=120, minimum=0, maximum=86400,
+            ),
+            "deadlineMs": integer(
+                "Deadline of one Forecast call.",
+                env=Env("FORECAST_DEADLINE_MS", IN), default=2000, minimum=10, maximum=600000,
+            ),
+            "streamIdleSeconds": integer(
+                "A device stream silent this long stops holding its site's hour open.",
+                env=Env("FORECAST_STREAM_IDLE_S", IN), default=300, minimum=1, maximum=86400,
+            ),
+            "retrainSchedule": string(
+                "Cron schedule of the training CronJob (five fields, or @daily and the like).",
+                default="0 3 * * *", pattern=CRON, maxLength=128,
+            ),
+            "trainHistoryDays": integer(
+                "Days of hourly features a training run learns from.",
+                env=Env("TRAIN_HISTORY_DAYS", T), default=90, minimum=1, maximum=3650,
+            ),
+            "backtestDays": integer(
+                "Latest days held out to backtest a new model; it is promoted only if it is "
+                "not worse than the current one.",
+                env=Env("TRAIN_BACKTEST_DAYS", T), default=14, minimum=1, maximum=365,
+            ),
+            "modelParameters": {
+                "type": "object",
+                "description": (
+                    "Numeric hyper-parameters overriding the default model's, for example "
+                    "learning_rate: 0.05, num_leaves: 15. Sets TRAIN_MODEL_PARAMS (train) as JSON."
+                ),
+                "additionalProperties": {"type": "number"},
+                "maxProperties": len(MODEL_PARAMETERS),
+                "default": {},
+                "x-kubernetes-validations": [rule(
+                    "self.all(k, k in " + json.dumps(list(MODEL_PARAMETERS)).replace('"', "'")
+                    + ")",
+                    "unknown model parameter; known: " + ", ".join(MODEL_PARAMETERS),
+                )],
+                _ENV: Env("TRAIN_MODEL_PARAMS", T),
+            },
+            "trainingResources": resources(
+                "Training Job pods.", {"cpu": "500m", "memory": "1Gi"}, {"memory": "2Gi"},
+            ),
+        },
+        default={},
+    )
+
+    return obj(
+        "Desired state of one energy pipeline: MQTT -> bridge -> Kafka -> ingest -> "
+        "PostgreSQL, with LightGBM forecasts served over gRPC.",
+        {
+            "paused": boolean(
+                "Leave every child (Deployments, CronJob, ConfigMap, topics, schema) untouched; "
+                "status still reports what it observes. Set back to false to resume.",
+                default=False,
+            ),
+            "image": string(
+                "Container image of every worker (command energy-pipeline <worker>).",
+                default=DEFAULT_IMAGE, minLength=1, maxLength=512, pattern=r"^\S+$",
+            ),
+            "imagePullPolicy": string(
+                "Image pull policy of every container.", default="IfNotPresent",
+                enum=["Always", "IfNotPresent", "Never"],
+            ),
+            "imagePullSecrets": {
+                "type": "array",
+                "description": "Secrets for pulling the image from a private registry.",
+                "maxItems": 16,
+                "items": obj(
+                    "A Secret of type kubernetes.io/dockerconfigjson.",
+                    {"name": string("Secret name.", minLength=1, maxLength=253,
+                                    pattern=DNS_SUBDOMAIN)},
+                    required=("name",),
+                ),
+            },
+            "logLevel": string(
+                "Log level of every worker.", env=Env("LOG_LEVEL", WORKERS), default="INFO",
+                enum=["DEBUG", "INFO", "WARNING", "ERROR"],
+            ),
+            "mqtt": mqtt,
+            "kafka": kafka,
+            "database": database,
+            "ingestion": ingestion,
+            "inference": inference,
+            "forecast": forecast,
+        },
+        required=("mqtt", "kafka", "database"),
+        rules=(
+            rule("self.ingestion.replicas <= self.kafka.partitions",
+                 "ingestion.replicas must not exceed kafka.partitions: a partition is read by "
+                 "one ingest worker, extra workers would sit idle", ".ingestion.replicas"),
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The status
+# ---------------------------------------------------------------------------------------------
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+
+
+def status_schema() -> dict[str, Any]:
+    workload = obj(
+        "Replica counts of one Deployment.",
+        {
+            "desired": integer("Replicas asked for."),
+            "ready": integer("Pods passing their readiness probe."),
+            "updated": integer("Pods running the current template."),
+        },
+    )
+    condition = obj(
+        "One aspect of the pipeline's state.",
+        {
+            "type": string("Ready, Progressing or Degraded."),
+            "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": string("CamelCase reason, for tools."),
+            "message": string("What it means and what to do, for people."),
+            "lastTransitionTime": string("When status last changed.", format="date-time"),
+            "observedGeneration": integer("metadata.generation this condition describes."),
+        },
+        required=("type", "status"),
+    )
+    return obj(
+        "Observed state, written by the operator.",
+        {
+            "observedGeneration": integer(
+                "The metadata.generation the operator last reconciled."),
+            "conditions": {
+                "type": "array",
+                "description": "Ready, Progressing and Degraded, each with reason and message.",
+                "items": condition,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "paused": boolean("True while spec.paused holds the operator off."),
+            "ingestion": string("Ready/desired pods of bridge plus ingest, e.g. 4/4."),
+            "inference": string("Ready/desired inference pods, e.g. 2/2."),
+            "workloads": obj(
+                "Replica counts per Deployment.",
+                {"bridge": workload, "ingest": workload, "inference": workload},
+            ),
+            "topics": obj(
+                "The Kafka topics as last observed.",
+                {
+                    "names": {"type": "array", "description": "Topic names.",
+                              "items": {"type": "string"}},
+                    "partitions": integer("Smallest partition count among the topics."),
+                    "replicationFactor": integer("Smallest replication factor among them."),
+                    "state": string("Ready, Pending, Degraded or Unknown."),
+                },
+            ),
+            "schemaVersion": integer("Database schema version in place."),
+            "lastForecastTime": string("When the newest forecast was issued.", format="date-time"),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The CRD
+# ---------------------------------------------------------------------------------------------
+
+PRINTER_COLUMNS = (
+    {"name": "Ready", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+     "description": "All children exist and their pods are ready"},
+    {"name": "Reason", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Ready")].reason', "priority": 1,
+     "description": "Why Ready has its status"},
+    {"name": "Ingestion", "type": "string", "jsonPath": ".status.ingestion",
+     "description": "Ready/desired bridge plus ingest pods"},
+    {"name": "Inference", "type": "string", "jsonPath": ".status.inference",
+     "description": "Ready/desired inference pods"},
+    {"name": "Last forecast", "type": "date", "jsonPath": ".status.lastForecastTime",
+     "description": "When the newest forecast was issued"},
+    {"name": "Paused", "type": "boolean", "jsonPath": ".spec.paused", "priority": 1,
+     "description": "The operator leaves the children untouched"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+)
+
+
+def _strip(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v) for k, v in node.items() if k != _ENV}
+    if isinstance(node, list):
+        return [_strip(v) for v in node]
+    return node
+
+
+def crd_manifest() -> dict[str, Any]:
+    root = {
+        "type": "object",
+        "description": (
+            "An energy pipeline: IoT building sensors over MQTT, through Kafka into "
+            "PostgreSQL, with hourly LightGBM forecasts. The operator creates and keeps its "
+            "Deployments, Service, CronJob, ConfigMap, PodDisruptionBudgets, ServiceAccount, "
+            "Kafka topics and database schema."
+        ),
+        "properties": {
+            "apiVersion": {"type": "string", "description": "API version of this object."},
+            "kind": {"type": "string", "description": "EnergyPipeline."},
+            "metadata": {"type": "object"},
+            "spec": spec_schema(),
+            "status": status_schema(),
+        },
+        "required": ["spec"],
+        "x-kubernetes-validations": [
+            rule(f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && "
+                 "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                 f"metadata.name must be a DNS label of at most {MAX_NAME_LENGTH} characters "
+                 "starting with a letter: child names (Service <name>-inference, CronJob "
+                 "<name>-train) are derived from it"),
+        ],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "energy-operator",
+                       "app.kubernetes.io/part-of": "energy-pipeline"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": list(CATEGORIES),
+            },
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [dict(c) for c in PRINTER_COLUMNS],
+                "schema": {"openAPIV3Schema": _strip(root)},
+            }],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Views of the annotated schema
+# ---------------------------------------------------------------------------------------------
+
+def _walk(
+    node: Mapping[str, Any], path: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], Mapping[str, Any]]]:
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from _walk(child, (*path, name))
+
+
+def settings() -> list[Setting]:
+    """Every spec field that becomes an environment variable, in schema order."""
+    out = []
+    for path, node in _walk(spec_schema(), ()):
+        env = node.get(_ENV)
+        if env is not None:
+            out.append(Setting(path, env.name, env.workers, _strip(node)))
+    return out
+
+
+def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """`spec` with the CRD's defaults filled in, as the API server would store it.
+
+    The API server already defaults what it stores; this makes rendering total for specs
+    written before a field existed and for unit tests with minimal specs.
+    """
+    return _default(spec_schema(), copy.deepcopy(dict(spec)))
+
+
+def _default(node: Mapping[str, Any], value: Any) -> Any:
+    if not isinstance(value, dict) or node.get("type") != "object":
+        return value
+    for name, child in node.get("properties", {}).items():
+        if name not in value and "default" in child:
+            value[name] = copy.deepcopy(child["default"])
+        if name in value:
+            value[name] = _default(child, value[name])
+    return value
+
+
+def get_path(spec: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = spec
+    for part in path:
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def to_yaml(manifest: Mapping[str, Any]) -> str:
+    header = (
+        "# Generated by `python -m energy_operator.crd --write`"
+        " from operator/energy_operator/crd.py.\n"
+        "# Do not edit by hand; charts/energy-operator/crds/ holds an identical copy.\n"
+    )
+    return header + yaml.safe_dump(dict(manifest), sort_keys=False, width=100)
+
+
+def default_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "manifests" / "crd" / f"{CRD_NAME}.yaml"
+
+
+def main(argv: list[str] | None = None, write: Callable[[str], None] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="print or write the EnergyPipeline CRD")
+    parser.add_argument("--write", action="store_true", help=f"write {default_path()}")
+    args = parser.parse_args(argv)
+    text = to_yaml(crd_manifest())
+    if args.write:
+        default_path().parent.mkdir(parents=True, exist_ok=True)
+        default_path().write_text(text)
+    else:
+        (write or sys.stdout.write)(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

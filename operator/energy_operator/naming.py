@@ -1,0 +1,76 @@
+"""Names and labels of an EnergyPipeline's children (a fixed contract: charts, dashboards and
+people look them up by these names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FIELD_MANAGER = "energy-operator"
+MANAGED_BY = "energy-operator"
+PART_OF = "energy-pipeline"
+APP_NAME = "energy-pipeline"
+
+# Pod template annotation: a digest of the configuration a worker reads, so a change rolls it.
+CONFIG_HASH_ANNOTATION = "energy.pipeline.dev/config-hash"
+# kopf's finalizer, present only while spec.kafka.deleteTopicsOnDelete is true.
+FINALIZER = "energy.pipeline.dev/delete-topics"
+# kopf's bookkeeping annotations (last handled spec, handler progress) use this prefix.
+ANNOTATION_PREFIX = "energy.pipeline.dev"
+
+HTTP_PORT = 8080
+GRPC_PORT = 50051
+CLUSTER_DOMAIN = "cluster.local"
+
+DEPLOYMENT_WORKERS = ("bridge", "ingest", "inference")
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    pipeline: str
+
+    def deployment(self, worker: str) -> str:
+        return f"{self.pipeline}-{worker}"
+
+    def pdb(self, worker: str) -> str:
+        return f"{self.pipeline}-{worker}"
+
+    @property
+    def config(self) -> str:
+        return f"{self.pipeline}-config"
+
+    @property
+    def inference_service(self) -> str:
+        return f"{self.pipeline}-inference"
+
+    @property
+    def train(self) -> str:
+        return f"{self.pipeline}-train"
+
+    @property
+    def service_account(self) -> str:
+        return f"{self.pipeline}-workers"
+
+
+def selector_labels(pipeline: str, component: str) -> dict[str, str]:
+    """Immutable once a Deployment exists: only what identifies the pods."""
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/instance": pipeline,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def labels(pipeline: str, component: str) -> dict[str, str]:
+    return {
+        **selector_labels(pipeline, component),
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def instance_selector(pipeline: str) -> str:
+    """Label selector of every child of one pipeline."""
+    return (
+        f"app.kubernetes.io/instance={pipeline},"
+        f"app.kubernetes.io/managed-by={MANAGED_BY}"
+    )

@@ -1,0 +1,472 @@
+"""One reconcile of one EnergyPipeline: level-based and idempotent.
+
+Called for create, update and resume events and periodically for drift, always with only
+the object's name: the current object is read first, so every trigger converges on the same
+state whatever it saw. External trouble (Kafka or PostgreSQL down, a Secret missing) is
+never raised to kopf: it becomes a Degraded condition with an actionable message, and the
+next periodic pass tries again.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from energy_pipeline.db.migrate import MigrationError, latest_version, migrate, schema_version
+from energy_pipeline.topics import (
+    TopicSpec,
+    broker_count,
+    create_topic,
+    delete_topics,
+    describe_problems,
+    describe_topics,
+    grow_partitions,
+    plan_topic,
+)
+
+from energy_operator import crd, render
+from energy_operator.kube import Kube, KubeError
+from energy_operator.naming import DEPLOYMENT_WORKERS, ChildNames, instance_selector
+from energy_operator.status import (
+    Observed,
+    Problem,
+    TopicsObserved,
+    Workload,
+    build_status,
+    status_patch,
+    workload_from_deployment,
+)
+
+log = logging.getLogger("energy_operator.reconcile")
+
+KAFKA_TIMEOUT = 8.0
+DB_CONNECT_TIMEOUT = 5
+
+Adopt = Callable[[list[dict[str, Any]], Mapping[str, Any]], None]
+
+
+@dataclass
+class Event:
+    reason: str
+    message: str
+    type: str = "Normal"
+
+
+@dataclass
+class Outcome:
+    """What one reconcile found and did; `status` is what it wrote (or would have)."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    skipped: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Kafka and PostgreSQL clients
+# ---------------------------------------------------------------------------------------------
+
+class AdminClients:
+    """One Kafka AdminClient per distinct client configuration, least recently used dropped.
+
+    A client keeps connections and metadata; building one per pass would reconnect every time.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._clients: collections.OrderedDict[str, AdminClient] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, config: Mapping[str, str]) -> AdminClient:
+        key = repr(sorted(config.items()))
+        with self._lock:
+            if key in self._clients:
+                self._clients.move_to_end(key)
+                return self._clients[key]
+            client = AdminClient(dict(config), logger=logging.getLogger("librdkafka"))
+            self._clients[key] = client
+            while len(self._clients) > self._size:
+                self._clients.popitem(last=False)
+            return client
+
+
+ADMIN_CLIENTS = AdminClients()
+
+
+def _secret(kube: Kube, namespace: str, ref: Mapping[str, Any] | None, key_field: str,
+            field_name: str, problems: list[Problem]) -> str | None:
+    if not ref:
+        return None
+    key = ref[key_field]
+    try:
+        value = kube.secret_value(namespace, ref["name"], key)
+    except KubeError as exc:
+        problems.append(Problem("SecretUnreadable", f"cannot read Secret {ref['name']} "
+                                f"({field_name}): {exc.message}"))
+        return None
+    if value is None:
+        problems.append(Problem(
+            "SecretMissing",
+            f"Secret {namespace}/{ref['name']} with key {key!r} ({field_name}) not found; "
+            f"create it, e.g. kubectl create secret generic {ref['name']} --from-literal={key}=...",
+        ))
+    return value
+
+
+def kafka_config(kube: Kube, namespace: str, spec: Mapping[str, Any],
+                 problems: list[Problem]) -> dict[str, str] | None:
+    """The operator's own Kafka client settings: the same the workers get."""
+    kafka = spec["kafka"]
+    config = {
+        "bootstrap.servers": kafka["bootstrapServers"],
+        "security.protocol": kafka["securityProtocol"],
+        "socket.connection.setup.timeout.ms": "5000",
+    }
+    sasl = kafka.get("sasl")
+    if sasl:
+        ref = sasl["credentialsSecret"]
+        field_name = "spec.kafka.sasl.credentialsSecret"
+        user = _secret(kube, namespace, ref, "usernameKey", field_name, problems)
+        password = _secret(kube, namespace, ref, "passwordKey", field_name, problems)
+        if user is None or password is None:
+            return None
+        config.update({"sasl.mechanism": sasl["mechanism"], "sasl.username": user,
+                       "sasl.password": password})
+    return config
+
+
+def with_timeout(url: str) -> str:
+    """A bounded connect, so an unreachable database costs one pass seconds, not minutes."""
+    return psycopg2.extensions.make_dsn(url, connect_timeout=DB_CONNECT_TIMEOUT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
+                   adopt: Adopt, restoring: bool) -> tuple[list[Event], list[Problem], list[str]]:
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    children = render.render_children(name, namespace, spec)
+    adopt(children, body)
+    existing: dict[tuple[str, str], str] = {}
+    selector = instance_selector(name)
+    for api_version, kind in sorted({(c["apiVersion"], c["kind"]) for c in children}):
+        for item in kube.list(api_version, kind, namespace, selector):
+            existing[(kind, item["metadata"]["name"])] = _version(item)
+    created, restored, updated, problems = [], [], [], []
+    for child in children:
+        key = (child["kind"], child["metadata"]["name"])
+        try:
+            applied = kube.apply(child)
+        except KubeError as exc:
+            problems.append(Problem("ApplyFailed", f"{key[0]} {key[1]}: {exc.message}"))
+            continue
+        label = f"{key[0]} {key[1]}"
+        if key not in existing:
+            (restored if restoring else created).append(label)
+        elif _version(applied) != existing[key]:
+            updated.append(label)
+    events = []
+    changes = []
+    if created:
+        events.append(Event("Created", "created " + ", ".join(created)))
+        changes.append("created " + ", ".join(created))
+    if restored:
+        events.append(Event("Restored", "recreated missing " + ", ".join(restored), "Warning"))
+        changes.append("recreated " + ", ".join(restored))
+    if updated:
+        events.append(Event("Updated", "updated " + ", ".join(updated)))
+        changes.append("updated " + ", ".join(updated))
+    return events, problems, changes
+
+
+def _version(obj: Mapping[str, Any]) -> str:
+    """What changes when the spec does: the generation where the kind has one.
+
+    A status update (a PodDisruptionBudget counting pods) is not a change the operator made.
+    """
+    meta = obj["metadata"]
+    return f"g{meta['generation']}" if "generation" in meta else str(meta["resourceVersion"])
+
+
+def topic_specs(spec: Mapping[str, Any]) -> list[TopicSpec]:
+    kafka = spec["kafka"]
+    config = {"min.insync.replicas": str(kafka["minInSyncReplicas"])}
+    return [
+        TopicSpec(name, kafka["partitions"], kafka["replicationFactor"], config)
+        for name in render.topic_names(spec)
+    ]
+
+
+def reconcile_topics(admin: AdminClient | None, spec: Mapping[str, Any], change: bool,
+                     problems: list[Problem]) -> tuple[TopicsObserved, list[Event], list[str]]:
+    specs = topic_specs(spec)
+    names = tuple(s.name for s in specs)
+    bootstrap = spec["kafka"]["bootstrapServers"]
+    if admin is None:
+        return TopicsObserved(names, "Unknown"), [], []
+    events: list[Event] = []
+    changes: list[str] = []
+    try:
+        current = describe_topics(admin, list(names), timeout=KAFKA_TIMEOUT)
+        plans = [plan_topic(s, current.get(s.name)) for s in specs]
+        if change:
+            to_create = [p for p in plans if p.action == "create"]
+            brokers = broker_count(admin, KAFKA_TIMEOUT) if to_create else 0
+            rf = spec["kafka"]["replicationFactor"]
+            if to_create and rf > brokers:
+                problems.append(Problem(
+                    "ReplicationFactorTooHigh",
+                    f"spec.kafka.replicationFactor is {rf} but the cluster at {bootstrap} has "
+                    f"{brokers} broker(s); lower it or add brokers",
+                ))
+                to_create = []
+            for plan in to_create:
+                create_topic(admin, plan.spec, timeout=30)
+            if to_create:
+                created = ", ".join(p.spec.name for p in to_create)
+                events.append(Event(
+                    "TopicsCreated",
+                    f"created {created} ({specs[0].partitions} partitions, replication factor "
+                    f"{specs[0].replication_factor})",
+                ))
+                changes.append(f"created topics {created}")
+            grown = [p for p in plans if p.action == "grow"]
+            for plan in grown:
+                grow_partitions(admin, plan.spec.name, plan.spec.partitions, timeout=30)
+            if grown:
+                detail = ", ".join(f"{p.spec.name} {p.current.partitions}->{p.spec.partitions}"
+                                   for p in grown if p.current)
+                events.append(Event("PartitionsIncreased", f"grew {detail}"))
+                changes.append(f"grew partitions of {detail}")
+            if to_create or grown:
+                current = describe_topics(admin, list(names), timeout=KAFKA_TIMEOUT)
+                plans = [plan_topic(s, current.get(s.name)) for s in specs]
+    except (KafkaException, TimeoutError, RuntimeError) as exc:
+        problems.append(Problem(
+            "KafkaUnreachable",
+            f"Kafka at {bootstrap} (spec.kafka.bootstrapServers): {exc}; check the address "
+            "and that the brokers are up",
+        ))
+        return TopicsObserved(names, "Unknown"), events, changes
+    shrink = [p for p in plans if p.action == "shrink_refused" and p.current]
+    if shrink:
+        most = max(p.current.partitions for p in shrink if p.current)
+        problems.append(Problem(
+            "PartitionShrinkRefused",
+            describe_problems(shrink)[0] + f"; set spec.kafka.partitions to at least {most}",
+            blocking=False,
+        ))
+    differs = [p for p in plans if p.action == "replication_differs"]
+    if differs:
+        problems.append(Problem("ReplicationFactorDiffers", describe_problems(differs)[0],
+                                blocking=False))
+    missing = [p.spec.name for p in plans if p.current is None]
+    existing = [p.current for p in plans if p.current is not None]
+    state = "Pending" if missing else ("Degraded" if shrink or differs else "Ready")
+    return (
+        TopicsObserved(
+            names, state,
+            partitions=min((t.partitions for t in existing), default=None),
+            replication_factor=min((t.replication_factor for t in existing), default=None),
+        ),
+        events,
+        changes,
+    )
+
+
+def reconcile_schema(url: str | None, change: bool, problems: list[Problem]
+                     ) -> tuple[int | None, datetime | None, list[Event], list[str]]:
+    """Migrate when behind; returns (schema version, newest forecast time, events, changes)."""
+    if url is None:
+        return None, None, [], []
+    dsn = with_timeout(url)
+    events: list[Event] = []
+    changes: list[str] = []
+    try:
+        version = schema_version(dsn)
+        latest = latest_version()
+        if change and version < latest:
+            new = migrate(dsn)
+            events.append(Event("Migrated", f"database schema migrated from version {version} "
+                                f"to {new}"))
+            changes.append(f"migrated schema {version}->{new}")
+            version = new
+        elif version > latest:
+            problems.append(Problem(
+                "SchemaNewer",
+                f"database schema version {version} is newer than this release knows "
+                f"({latest}); use the image of a matching release",
+            ))
+        last = last_forecast(dsn) if version >= 1 else None
+    except MigrationError as exc:
+        problems.append(Problem("MigrationFailed", f"database migration failed: {exc}"))
+        return None, None, events, changes
+    except psycopg2.Error as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        problems.append(Problem(
+            "DatabaseUnreachable",
+            f"PostgreSQL (spec.database.urlSecret): {first_line}; check the URL in the Secret "
+            "and that the server is up",
+        ))
+        return None, None, events, changes
+    return version, last, events, changes
+
+
+def last_forecast(dsn: str) -> datetime | None:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT max(issued_at) FROM forecasts")
+            value = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return value.astimezone(UTC) if value is not None else None
+
+
+def observe_workloads(kube: Kube, name: str, namespace: str,
+                      spec: Mapping[str, Any]) -> dict[str, Workload]:
+    desired = render.desired_replicas(spec)
+    names = ChildNames(name)
+    found = {
+        d["metadata"]["name"]: d
+        for d in kube.list("apps/v1", "Deployment", namespace, instance_selector(name))
+    }
+    return {
+        w: workload_from_deployment(found.get(names.deployment(w)), desired[w])
+        for w in DEPLOYMENT_WORKERS
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole pass
+# ---------------------------------------------------------------------------------------------
+
+_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+_locks_guard = threading.Lock()
+
+
+def _lock_for(key: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks[key]
+
+
+def reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
+              now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Outcome:
+    """Bring one EnergyPipeline's children, topics and schema to its spec; write its status.
+
+    Serialised per object: an event handler and the periodic pass never overlap on it.
+    """
+    with _lock_for(f"{namespace}/{name}"):
+        return _reconcile(kube, namespace, name, adopt, now)
+
+
+def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
+               now: Callable[[], datetime]) -> Outcome:
+    body = kube.get(crd.API_VERSION, crd.KIND, namespace, name)
+    if body is None:
+        return Outcome(skipped="deleted")
+    if body["metadata"].get("deletionTimestamp"):
+        # Being deleted: recreating children now would only feed the garbage collector.
+        return Outcome(skipped="deleting")
+    spec = crd.with_defaults(body.get("spec") or {})
+    previous = body.get("status") or {}
+    paused = bool(spec["paused"])
+    change = not paused
+    problems: list[Problem] = []
+    events: list[Event] = []
+    changes: list[str] = []
+
+    db_url = _secret(kube, namespace, spec["database"]["urlSecret"], "key",
+                     "spec.database.urlSecret", problems)
+    kafka = kafka_config(kube, namespace, spec, problems)
+
+    if change:
+        restoring = "observedGeneration" in previous
+        ev, pr, ch = apply_children(kube, body, spec, adopt, restoring)
+        events += ev
+        problems += pr
+        changes += ch
+
+    admin = ADMIN_CLIENTS.get(kafka) if kafka is not None else None
+    topics, ev, ch = reconcile_topics(admin, spec, change, problems)
+    events += ev
+    changes += ch
+
+    version, forecast_time, ev, ch = reconcile_schema(db_url, change, problems)
+    events += ev
+    changes += ch
+
+    observed = Observed(
+        generation=int(body["metadata"].get("generation", 0)),
+        paused=paused,
+        workloads=observe_workloads(kube, name, namespace, spec),
+        topics=topics,
+        schema_version=version,
+        schema_latest=latest_version(),
+        last_forecast=forecast_time,
+        problems=problems,
+        changes=changes,
+    )
+    status = build_status(observed, name, previous, now())
+
+    # Warn once per new problem, not on every pass while it lasts.
+    for problem in problems:
+        if not _already_reported(problem, previous):
+            events.append(Event(problem.reason, problem.message, "Warning"))
+    if paused and not previous.get("paused"):
+        events.append(Event("Paused", "spec.paused is true: children are left untouched"))
+    if not paused and previous.get("paused"):
+        events.append(Event("Resumed", "spec.paused is false: reconciling again"))
+
+    if status != previous:
+        try:
+            kube.merge_patch(crd.API_VERSION, crd.KIND, namespace, name,
+                             {"status": status_patch(status, previous)}, subresource="status")
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+    for event in events:
+        try:
+            kube.post_event(body, event.reason, event.message, event.type)
+        except KubeError as exc:
+            log.warning("could not post event", extra={"reason": event.reason,
+                                                       "error": exc.message})
+    if changes or problems:
+        log.info("reconciled", extra={"pipeline": f"{namespace}/{name}", "changes": changes,
+                                      "problems": [p.reason for p in problems]})
+    return Outcome(status=status, events=events)
+
+
+def _already_reported(problem: Problem, previous: Mapping[str, Any]) -> bool:
+    """The last status's Degraded condition names the first problem and lists every message."""
+    for condition in previous.get("conditions", []):
+        if condition.get("type") == "Degraded" and condition.get("status") == "True":
+            return (problem.reason == condition.get("reason")
+                    or problem.message in condition.get("message", ""))
+    return False
+
+
+def delete_pipeline_topics(kube: Kube, body: Mapping[str, Any]) -> list[str]:
+    """The finalizer's work: delete the topics (only when spec.kafka.deleteTopicsOnDelete)."""
+    meta = body["metadata"]
+    spec = crd.with_defaults(body.get("spec") or {})
+    problems: list[Problem] = []
+    config = kafka_config(kube, meta["namespace"], spec, problems)
+    if config is None:
+        raise RuntimeError("; ".join(p.message for p in problems))
+    deleted = delete_topics(ADMIN_CLIENTS.get(config), render.topic_names(spec), timeout=30)
+    if deleted:
+        kube.post_event(dict(body), "TopicsDeleted", "deleted " + ", ".join(deleted) +
+                        " (spec.kafka.deleteTopicsOnDelete)")
+    return deleted

@@ -1,0 +1,349 @@
+"""Desired children of an EnergyPipeline, as plain manifests.
+
+Pure functions: a defaulted spec in, dicts out. The handlers adopt them (owner references),
+apply them with server-side apply, and never build objects themselves, so everything a
+cluster will see is unit-tested here.
+
+Environment: every non-secret setting is a key of the `<name>-config` ConfigMap (the key is
+the environment variable's name); each container lists exactly the keys its worker reads
+(configMapKeyRef) plus the credentials it needs (secretKeyRef). The pod template carries a
+digest of those values, so a change in what a worker reads rolls that worker and no other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from energy_pipeline.contracts import all_kafka_topics
+
+from energy_operator import crd
+from energy_operator.naming import (
+    CLUSTER_DOMAIN,
+    CONFIG_HASH_ANNOTATION,
+    DEPLOYMENT_WORKERS,
+    GRPC_PORT,
+    HTTP_PORT,
+    ChildNames,
+    labels,
+    selector_labels,
+)
+
+# A numeric user, so the kubelet can verify runAsNonRoot whatever user the image names.
+RUN_AS_USER = 10001
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A ConfigMap key not copied from a spec field: computed from the pipeline's identity."""
+
+    env: str
+    workers: tuple[str, ...]
+    doc: str
+
+
+DERIVED_SETTINGS = (
+    Derived("PIPELINE_NAME", crd.WORKERS, "metadata.name of the EnergyPipeline"),
+    Derived("HTTP_PORT", crd.WORKERS, f"/metrics, /healthz and /readyz ({HTTP_PORT})"),
+    Derived("GRPC_PORT", ("inference",), f"gRPC port of the Forecaster service ({GRPC_PORT})"),
+    Derived("INFERENCE_TARGET", ("ingest",),
+            "gRPC target of the headless inference Service, dns:///<name>-inference...:50051"),
+    Derived("KAFKA_PARTITIONS", (), "spec.kafka.partitions (for `energy-pipeline topics create`)"),
+    Derived("KAFKA_REPLICATION_FACTOR", (), "spec.kafka.replicationFactor (idem)"),
+)
+# The bridge's persistent MQTT session is named after its pod (what it defaults to anyway).
+FIELD_REF_SETTINGS = {"bridge": {"MQTT_CLIENT_ID": "metadata.name"}}
+
+
+def inference_target(name: str, namespace: str) -> str:
+    """Every inference pod's address via DNS, for gRPC's client-side round robin."""
+    host = f"{ChildNames(name).inference_service}.{namespace}.svc.{CLUSTER_DOMAIN}"
+    return f"dns:///{host}:{GRPC_PORT}"
+
+
+def config_data(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, str]:
+    """The ConfigMap: every non-secret setting, keyed by its environment variable."""
+    data: dict[str, str] = {}
+    for setting in crd.settings():
+        value = crd.get_path(spec, setting.path)
+        if value is not None:
+            data[setting.env] = setting.render(value)
+    kafka = spec["kafka"]
+    data.update({
+        "PIPELINE_NAME": name,
+        "HTTP_PORT": str(HTTP_PORT),
+        "GRPC_PORT": str(GRPC_PORT),
+        "INFERENCE_TARGET": (
+            inference_target(name, namespace) if spec["forecast"]["enabled"] else ""
+        ),
+        "KAFKA_PARTITIONS": str(kafka["partitions"]),
+        "KAFKA_REPLICATION_FACTOR": str(kafka["replicationFactor"]),
+    })
+    return dict(sorted(data.items()))
+
+
+def config_keys(worker: str, data: Mapping[str, str]) -> list[str]:
+    """The ConfigMap keys `worker` reads, in a stable order."""
+    wanted = {s.env for s in crd.settings() if worker in s.workers}
+    wanted |= {d.env for d in DERIVED_SETTINGS if worker in d.workers}
+    return sorted(k for k in data if k in wanted)
+
+
+def secret_env(worker: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for setting in crd.SECRET_SETTINGS:
+        ref = crd.get_path(spec, setting.ref)
+        if worker not in setting.workers or not ref:
+            continue
+        out.append({
+            "name": setting.env,
+            "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref[setting.key_field]}},
+        })
+    return out
+
+
+def container_env(name: str, worker: str, spec: Mapping[str, Any],
+                  data: Mapping[str, str]) -> list[dict[str, Any]]:
+    config = ChildNames(name).config
+    env: list[dict[str, Any]] = [
+        {"name": key, "valueFrom": {"configMapKeyRef": {"name": config, "key": key}}}
+        for key in config_keys(worker, data)
+    ]
+    env += secret_env(worker, spec)
+    for var, path in FIELD_REF_SETTINGS.get(worker, {}).items():
+        env.append({"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+    return sorted(env, key=lambda e: e["name"])
+
+
+def config_hash(worker: str, env: list[dict[str, Any]], data: Mapping[str, str]) -> str:
+    """Digest of what `worker` reads: its ConfigMap values and which secrets it references.
+
+    Secret values are not hashed (the operator would need to read every Secret); pointing at
+    another Secret or key does change the digest.
+    """
+    values = {key: data[key] for key in config_keys(worker, data)}
+    doc = json.dumps({"config": values, "env": env}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def _image(spec: Mapping[str, Any], worker: str) -> str:
+    section = {"bridge": "ingestion", "ingest": "ingestion", "inference": "inference"}.get(worker)
+    override = spec.get(section, {}).get("image") if section else ""
+    return override or spec["image"]
+
+
+def _resources(spec: Mapping[str, Any], worker: str) -> dict[str, Any]:
+    source = {
+        "bridge": spec["ingestion"]["bridge"],
+        "ingest": spec["ingestion"],
+        "inference": spec["inference"],
+    }.get(worker)
+    found = source.get("resources") if source else spec["forecast"].get("trainingResources")
+    return json.loads(json.dumps(found or {}))
+
+
+def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def container(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
+              data: Mapping[str, str]) -> dict[str, Any]:
+    ports = [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
+    if worker == "inference":
+        ports.append({"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
+    out: dict[str, Any] = {
+        "name": worker,
+        "image": _image(spec, worker),
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": ["energy-pipeline", worker],
+        "env": container_env(name, worker, spec, data),
+        "ports": ports,
+        "resources": _resources(spec, worker),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if worker != "train":
+        # Startup allows a minute (inference loads its model first); then liveness is strict.
+        out["startupProbe"] = _http_probe("/healthz", 2, 30)
+        out["livenessProbe"] = _http_probe("/healthz", 10, 3)
+        out["readinessProbe"] = _http_probe("/readyz", 5, 2)
+    return out
+
+
+def pod_spec(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
+             data: Mapping[str, str]) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "serviceAccountName": ChildNames(name).service_account,
+        # Workers never call the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container(name, namespace, worker, spec, data)],
+        # The root filesystem is read-only; libraries still want a scratch directory.
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+    }
+    if spec.get("imagePullSecrets"):
+        pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
+    return pod
+
+
+def deployment_replicas(spec: Mapping[str, Any], worker: str) -> int:
+    return int({
+        "bridge": spec["ingestion"]["bridge"]["replicas"],
+        "ingest": spec["ingestion"]["replicas"],
+        "inference": spec["inference"]["replicas"],
+    }[worker])
+
+
+def deployment(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
+               data: Mapping[str, str]) -> dict[str, Any]:
+    pod = pod_spec(name, namespace, worker, spec, data)
+    selector = selector_labels(name, worker)
+    pod["topologySpreadConstraints"] = [{
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": dict(selector)},
+    }]
+    # Graceful stop: the bridge acknowledges in-flight MQTT messages, ingest commits its batch.
+    pod["terminationGracePeriodSeconds"] = 60
+    env = pod["containers"][0]["env"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": ChildNames(name).deployment(worker), "namespace": namespace,
+                     "labels": labels(name, worker)},
+        "spec": {
+            "replicas": deployment_replicas(spec, worker),
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": dict(selector)},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": labels(name, worker),
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash(worker, env, data)},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def inference_service(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": ChildNames(name).inference_service, "namespace": namespace,
+                     "labels": labels(name, "inference")},
+        "spec": {
+            # Headless: DNS returns every ready pod, and gRPC clients balance over them
+            # (a ClusterIP would pin each long-lived HTTP/2 connection to one pod).
+            "clusterIP": "None",
+            "selector": selector_labels(name, "inference"),
+            "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc",
+                       "protocol": "TCP", "appProtocol": "grpc"}],
+        },
+    }
+
+
+def train_cronjob(name: str, namespace: str, spec: Mapping[str, Any],
+                  data: Mapping[str, str]) -> dict[str, Any]:
+    pod = pod_spec(name, namespace, "train", spec, data)
+    pod["restartPolicy"] = "Never"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": ChildNames(name).train, "namespace": namespace,
+                     "labels": labels(name, "train")},
+        "spec": {
+            "schedule": spec["forecast"]["retrainSchedule"],
+            # Two trainings at once would race to promote a model.
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": labels(name, "train")},
+                "spec": {
+                    "backoffLimit": 2,
+                    "activeDeadlineSeconds": 6 * 3600,
+                    "ttlSecondsAfterFinished": 7 * 86400,
+                    "template": {"metadata": {"labels": labels(name, "train")}, "spec": pod},
+                },
+            },
+        },
+    }
+
+
+def pod_disruption_budget(name: str, namespace: str, worker: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": ChildNames(name).pdb(worker), "namespace": namespace,
+                     "labels": labels(name, worker)},
+        # One pod at a time: drains proceed, and the stream never loses all its consumers.
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(name, worker)}},
+    }
+
+
+def config_map(name: str, namespace: str, data: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": ChildNames(name).config, "namespace": namespace,
+                     "labels": labels(name, "config")},
+        "data": dict(data),
+    }
+
+
+def service_account(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": ChildNames(name).service_account, "namespace": namespace,
+                     "labels": labels(name, "workers")},
+        "automountServiceAccountToken": False,
+    }
+
+
+def render_children(name: str, namespace: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every child of one EnergyPipeline, in the order they are applied.
+
+    `spec` may be partial: CRD defaults are filled in first.
+    """
+    spec = crd.with_defaults(spec)
+    data = config_data(name, namespace, spec)
+    children = [service_account(name, namespace), config_map(name, namespace, data)]
+    children += [deployment(name, namespace, w, spec, data) for w in DEPLOYMENT_WORKERS]
+    children.append(inference_service(name, namespace))
+    children.append(train_cronjob(name, namespace, spec, data))
+    children += [pod_disruption_budget(name, namespace, w) for w in DEPLOYMENT_WORKERS]
+    return children
+
+
+def topic_names(spec: Mapping[str, Any]) -> list[str]:
+    return all_kafka_topics(crd.with_defaults(spec)["kafka"]["topicPrefix"])
+
+
+def desired_replicas(spec: Mapping[str, Any]) -> dict[str, int]:
+    spec = crd.with_defaults(spec)
+    return {w: deployment_replicas(spec, w) for w in DEPLOYMENT_WORKERS}

@@ -1,0 +1,264 @@
+"""Rendering of an EnergyPipeline's children: pure functions, no cluster."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from energy_operator import crd, render
+from energy_operator.naming import CONFIG_HASH_ANNOTATION, GRPC_PORT, HTTP_PORT
+
+pytestmark = pytest.mark.unit
+
+SPEC: dict[str, Any] = {
+    "mqtt": {"host": "hivemq.energy.svc", "credentialsSecret": {"name": "mqtt-cred"}},
+    "kafka": {"bootstrapServers": "kafka:9092", "topicPrefix": "site1"},
+    "database": {"urlSecret": {"name": "pg", "key": "DATABASE_URL"}},
+}
+
+
+def children(spec: dict[str, Any] | None = None, name: str = "demo") -> dict[tuple[str, str], Any]:
+    return {(c["kind"], c["metadata"]["name"]): c
+            for c in render.render_children(name, "energy", spec or SPEC)}
+
+
+def container(objs: dict[tuple[str, str], Any], worker: str) -> dict[str, Any]:
+    if worker == "train":
+        pod = objs[("CronJob", "demo-train")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    else:
+        pod = objs[("Deployment", f"demo-{worker}")]["spec"]["template"]["spec"]
+    (only,) = pod["containers"]
+    return only
+
+
+def env_names(c: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in c["env"]}
+
+
+def with_changes(**sections: Any) -> dict[str, Any]:
+    """SPEC with top-level values replaced, or sections (dicts) merged one level deep."""
+    spec = copy.deepcopy(SPEC)
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            spec.setdefault(key, {}).update(value)
+        else:
+            spec[key] = value
+    return spec
+
+
+def test_children_and_their_names() -> None:
+    assert sorted(children()) == sorted([
+        ("ServiceAccount", "demo-workers"),
+        ("ConfigMap", "demo-config"),
+        ("Deployment", "demo-bridge"),
+        ("Deployment", "demo-ingest"),
+        ("Deployment", "demo-inference"),
+        ("Service", "demo-inference"),
+        ("CronJob", "demo-train"),
+        ("PodDisruptionBudget", "demo-bridge"),
+        ("PodDisruptionBudget", "demo-ingest"),
+        ("PodDisruptionBudget", "demo-inference"),
+    ])
+    for obj in children().values():
+        assert obj["metadata"]["namespace"] == "energy"
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "demo"
+        assert labels["app.kubernetes.io/managed-by"] == "energy-operator"
+
+
+def test_config_map_holds_every_non_secret_setting_by_env_name() -> None:
+    data = children()[("ConfigMap", "demo-config")]["data"]
+    assert data["MQTT_HOST"] == "hivemq.energy.svc"
+    assert data["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert data["KAFKA_TOPIC_PREFIX"] == "site1"
+    assert data["KAFKA_PARTITIONS"] == "4" and data["KAFKA_REPLICATION_FACTOR"] == "2"
+    assert data["PIPELINE_NAME"] == "demo"
+    assert data["HTTP_PORT"] == str(HTTP_PORT) and data["GRPC_PORT"] == str(GRPC_PORT)
+    assert data["INFERENCE_TARGET"] == (
+        f"dns:///demo-inference.energy.svc.cluster.local:{GRPC_PORT}"
+    )
+    assert data["FORECAST_HORIZONS"] == "168"
+    assert data["TRAIN_MODEL_PARAMS"] == "{}"
+    # SASL is not configured: its mechanism is left to the workers' default.
+    assert "KAFKA_SASL_MECHANISM" not in data
+    # Credentials never land in a ConfigMap.
+    assert not {"DATABASE_URL", "MQTT_PASSWORD", "MQTT_USERNAME",
+                "KAFKA_SASL_PASSWORD"} & set(data)
+    assert all(isinstance(v, str) for v in data.values())
+
+
+def test_forecasting_off_leaves_the_inference_target_empty() -> None:
+    data = render.config_data("demo", "energy",
+                              crd.with_defaults(with_changes(forecast={"enabled": False})))
+    assert data["INFERENCE_TARGET"] == ""
+
+
+def test_each_worker_reads_exactly_its_settings() -> None:
+    objs = children()
+    bridge, ingest = container(objs, "bridge"), container(objs, "ingest")
+    inference, train = container(objs, "inference"), container(objs, "train")
+    common = {"PIPELINE_NAME", "LOG_LEVEL", "HTTP_PORT"}
+    assert env_names(bridge) == common | {
+        "MQTT_HOST", "MQTT_PORT", "MQTT_TOPIC_FILTER", "MQTT_SHARED_GROUP",
+        "MQTT_SESSION_EXPIRY_S", "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_CLIENT_ID",
+        "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PREFIX", "KAFKA_SECURITY_PROTOCOL",
+        "BRIDGE_RECEIVE_MAXIMUM", "BRIDGE_LINGER_MS", "MAX_PAYLOAD_BYTES", "MAX_FUTURE_S",
+    }
+    assert env_names(ingest) == common | {
+        "DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PREFIX",
+        "KAFKA_SECURITY_PROTOCOL", "KAFKA_CONSUMER_GROUP", "KAFKA_SESSION_TIMEOUT_MS",
+        "INGEST_BATCH_SIZE", "INGEST_BATCH_MAX_WAIT_MS", "DB_RETRY_MAX_S", "MAX_PAYLOAD_BYTES",
+        "MAX_FUTURE_S", "INFERENCE_TARGET", "FORECAST_HORIZONS", "FORECAST_LATENESS_S",
+        "FORECAST_HISTORY_HOURS", "FORECAST_DEADLINE_MS", "FORECAST_STREAM_IDLE_S",
+    }
+    assert env_names(inference) == common | {
+        "DATABASE_URL", "GRPC_PORT", "MODEL_REFRESH_S", "GRPC_MAX_WORKERS"}
+    assert env_names(train) == common | {
+        "DATABASE_URL", "TRAIN_HISTORY_DAYS", "TRAIN_BACKTEST_DAYS", "TRAIN_MODEL_PARAMS"}
+
+
+def test_credentials_come_from_the_referenced_secrets() -> None:
+    objs = children(with_changes(kafka={
+        "securityProtocol": "SASL_SSL",
+        "sasl": {"credentialsSecret": {"name": "kafka-user", "usernameKey": "u",
+                                       "passwordKey": "p"}},
+    }))
+    env = {e["name"]: e for e in container(objs, "ingest")["env"]}
+    assert env["DATABASE_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "pg", "key": "DATABASE_URL"}}
+    assert env["KAFKA_SASL_USERNAME"]["valueFrom"] == {
+        "secretKeyRef": {"name": "kafka-user", "key": "u"}}
+    assert env["KAFKA_SASL_PASSWORD"]["valueFrom"] == {
+        "secretKeyRef": {"name": "kafka-user", "key": "p"}}
+    assert env["KAFKA_SASL_MECHANISM"]["valueFrom"]["configMapKeyRef"]["name"] == "demo-config"
+    bridge = {e["name"]: e for e in container(objs, "bridge")["env"]}
+    assert bridge["MQTT_PASSWORD"]["valueFrom"] == {
+        "secretKeyRef": {"name": "mqtt-cred", "key": "password"}}
+    assert bridge["MQTT_CLIENT_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    for e in container(objs, "bridge")["env"] + container(objs, "ingest")["env"]:
+        assert "value" not in e, f"{e['name']} must come from the ConfigMap or a Secret"
+
+
+def test_without_mqtt_credentials_the_bridge_connects_anonymously() -> None:
+    spec = with_changes()
+    del spec["mqtt"]["credentialsSecret"]
+    assert not {"MQTT_USERNAME", "MQTT_PASSWORD"} & env_names(container(children(spec), "bridge"))
+
+
+def test_deployments_follow_the_spec() -> None:
+    objs = children(with_changes(
+        image="registry.example/energy:1.2.3",
+        ingestion={"replicas": 3, "bridge": {"replicas": 1}},
+        inference={"replicas": 4, "image": "registry.example/infer:9"},
+    ))
+    assert objs[("Deployment", "demo-ingest")]["spec"]["replicas"] == 3
+    assert objs[("Deployment", "demo-bridge")]["spec"]["replicas"] == 1
+    assert objs[("Deployment", "demo-inference")]["spec"]["replicas"] == 4
+    assert container(objs, "ingest")["image"] == "registry.example/energy:1.2.3"
+    assert container(objs, "bridge")["image"] == "registry.example/energy:1.2.3"
+    assert container(objs, "inference")["image"] == "registry.example/infer:9"
+    assert container(objs, "train")["image"] == "registry.example/energy:1.2.3"
+    for worker in ("bridge", "ingest", "inference", "train"):
+        assert container(objs, worker)["command"] == ["energy-pipeline", worker]
+
+
+def test_default_image_and_resources() -> None:
+    objs = children()
+    assert container(objs, "ingest")["image"] == crd.DEFAULT_IMAGE
+    assert container(objs, "ingest")["resources"] == {
+        "requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    assert container(objs, "bridge")["resources"]["requests"]["cpu"] == "100m"
+    assert container(objs, "train")["resources"]["limits"]["memory"] == "2Gi"
+
+
+def test_probes_and_ports_on_the_health_endpoints() -> None:
+    objs = children()
+    for worker in ("bridge", "ingest", "inference"):
+        c = container(objs, worker)
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"} in c["ports"]
+    assert {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"} in container(
+        objs, "inference")["ports"]
+    assert "livenessProbe" not in container(objs, "train")
+
+
+def test_pods_run_as_non_root_without_api_access() -> None:
+    objs = children()
+    for key in (("Deployment", "demo-bridge"), ("Deployment", "demo-ingest"),
+                ("Deployment", "demo-inference")):
+        pod = objs[key]["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["serviceAccountName"] == "demo-workers"
+        sc = pod["containers"][0]["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert objs[("ServiceAccount", "demo-workers")]["automountServiceAccountToken"] is False
+
+
+def test_selectors_match_pod_labels() -> None:
+    objs = children()
+    for worker in ("bridge", "ingest", "inference"):
+        deployment = objs[("Deployment", f"demo-{worker}")]["spec"]
+        selector = deployment["selector"]["matchLabels"]
+        assert selector.items() <= deployment["template"]["metadata"]["labels"].items()
+        assert objs[("PodDisruptionBudget", f"demo-{worker}")]["spec"] == {
+            "maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    service = objs[("Service", "demo-inference")]["spec"]
+    assert service["selector"] == objs[("Deployment", "demo-inference")]["spec"]["selector"][
+        "matchLabels"]
+
+
+def test_inference_service_is_headless_grpc() -> None:
+    service = children()[("Service", "demo-inference")]["spec"]
+    assert service["clusterIP"] == "None"
+    assert service["ports"] == [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc",
+                                 "protocol": "TCP", "appProtocol": "grpc"}]
+
+
+def test_training_cronjob() -> None:
+    cron = children(with_changes(forecast={"retrainSchedule": "@daily"}))[
+        ("CronJob", "demo-train")]["spec"]
+    assert cron["schedule"] == "@daily"
+    assert cron["concurrencyPolicy"] == "Forbid"
+    assert cron["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def _hashes(spec: dict[str, Any]) -> dict[str, str]:
+    objs = children(spec)
+    return {w: objs[("Deployment", f"demo-{w}")]["spec"]["template"]["metadata"]["annotations"][
+        CONFIG_HASH_ANNOTATION] for w in ("bridge", "ingest", "inference")}
+
+
+def test_config_hash_rolls_exactly_the_workers_whose_settings_changed() -> None:
+    before = _hashes(SPEC)
+    assert _hashes(copy.deepcopy(SPEC)) == before  # deterministic
+    horizons = _hashes(with_changes(forecast={"horizons": 24}))
+    assert horizons["ingest"] != before["ingest"]
+    assert horizons["bridge"] == before["bridge"]
+    assert horizons["inference"] == before["inference"]
+    kafka = _hashes(with_changes(kafka={"bootstrapServers": "other:9092"}))
+    assert kafka["bridge"] != before["bridge"] and kafka["ingest"] != before["ingest"]
+    assert kafka["inference"] == before["inference"]
+    secret = _hashes(with_changes(database={"urlSecret": {"name": "pg2", "key": "url"}}))
+    assert secret["inference"] != before["inference"] and secret["bridge"] == before["bridge"]
+    # Replicas are not configuration: scaling never restarts pods.
+    assert _hashes(with_changes(ingestion={"replicas": 1})) == before
+
+
+def test_image_pull_secrets() -> None:
+    objs = children(with_changes(imagePullSecrets=[{"name": "regcred"}]))
+    pod = objs[("Deployment", "demo-ingest")]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_topic_names_and_desired_replicas() -> None:
+    assert render.topic_names(SPEC) == [
+        "site1.temperature", "site1.humidity", "site1.squarefootage", "site1.renewableenergy",
+        "site1.energyconsumption", "site1.deadletter"]
+    assert render.desired_replicas(SPEC) == {"bridge": 2, "ingest": 2, "inference": 2}
