@@ -11,9 +11,10 @@ BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps lint test unit integration cluster e2e stack bench up down clean
+.PHONY: help venv deps lint test unit integration cluster e2e stack demo bench up down clean
 
 help:
+	@echo "make demo         the whole pipeline on this machine, live view, demo-out/forecast.png (DURATION=120)"
 	@echo "make test         install what is missing, then run every test (unit, integration, cluster, e2e)"
 	@echo "make unit|integration|cluster|e2e   one kind of test only"
 	@echo "make lint         ruff"
@@ -50,6 +51,11 @@ integration cluster e2e: deps
 
 stack: deps
 	$(BIN)/energy-pipeline stack up
+
+# The whole pipeline on this machine; DURATION=<seconds> stops it by itself, FAST=1 for CI.
+demo: deps
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[demo]'
+	$(BIN)/energy-pipeline demo $(if $(DURATION),--duration $(DURATION)) $(if $(FAST),--fast)
 
 # Speed and quality figures of this machine; not timed tests. Writes bench/.
 bench: deps

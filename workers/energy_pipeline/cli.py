@@ -73,6 +73,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "energy_pipeline.simulation.commands",
     "energy_pipeline.bridge",
     "energy_pipeline.ingest",
+    "energy_pipeline.demo",
     "energy_pipeline.forecasting.commands",
     "energy_pipeline.forecasting.train",
     "energy_pipeline.inference.server",

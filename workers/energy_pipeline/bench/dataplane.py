@@ -291,7 +291,7 @@ def latency(
     achieved = total / (time.monotonic() - started)
     publisher.wait_confirmed(60)
     publisher.close()
-    wait_for(lambda: count_rows(dsn) >= total, 120, 0.5)
+    wait_for(lambda: count_rows(dsn) >= total, 600, 0.5)
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT extract(epoch FROM ingested_at - ts) * 1000 FROM readings")
         lat = sorted(float(v) for (v,) in cur.fetchall())

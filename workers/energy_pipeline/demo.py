@@ -1,0 +1,362 @@
+"""`energy-pipeline demo`: the whole pipeline on one machine, no Kubernetes, no Docker.
+
+Starts a 3-node Kafka cluster, PostgreSQL and HiveMQ CE as local processes, then runs the
+very commands the operator deploys, with the same environment variables: topics, migrate,
+bridge, two ingest workers, inference, a simulator that backfills history and then goes
+live, and training once the history is in. Shows a live view and writes a forecast plot.
+Ctrl-C (or --duration) stops everything; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg2
+
+from energy_pipeline.localstack import KafkaCluster, PostgresServer
+from energy_pipeline.localstack.hivemq import HiveMQBroker
+from energy_pipeline.localstack.install import install_all
+from energy_pipeline.localstack.process import free_port
+from energy_pipeline.localstack.workers import WorkerProcess, energy_pipeline_argv, service_env
+
+log = logging.getLogger("energy_pipeline.demo")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    sites: int
+    devices: int
+    interval: str
+    history: str
+    ingest_workers: int = 2
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DemoPlan:
+        if args.fast:
+            # Enough history for the default model (two weeks of hours), small enough to
+            # stream in well under a minute on two cores.
+            return cls(sites=args.sites, devices=args.devices, interval="30m", history="16d")
+        return cls(sites=args.sites, devices=args.devices, interval="5m", history=args.history)
+
+    def simulate_command(self) -> list[str]:
+        return [
+            "simulate",
+            "--realtime",
+            "--start",
+            f"now-{self.history}",
+            "--interval",
+            self.interval,
+            "--sites",
+            str(self.sites),
+            "--devices",
+            str(self.devices),
+            "--client-id",
+            "demo-simulator",
+        ]
+
+
+@dataclass
+class Rates:
+    """Per-second rates from successive counter readings."""
+
+    last: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def rate(self, name: str, value: float) -> float:
+        now = time.monotonic()
+        previous = self.last.get(name)
+        self.last[name] = (now, value)
+        if previous is None or now <= previous[0]:
+            return 0.0
+        return max(0.0, (value - previous[1]) / (now - previous[0]))
+
+
+def database_summary(dsn: str) -> dict[str, object]:
+    with psycopg2.connect(dsn, connect_timeout=3) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*), count(DISTINCT (site_id, sensor, device_id)), max(ts) FROM readings"
+        )
+        rows, streams, latest = cur.fetchone()
+        cur.execute("SELECT count(*), max(issued_at) FROM forecasts")
+        forecasts, issued = cur.fetchone()
+        cur.execute(
+            "SELECT version FROM models WHERE promoted ORDER BY promoted_at DESC NULLS LAST LIMIT 1"
+        )
+        model = cur.fetchone()
+        cur.execute(
+            """SELECT f.target_time, f.p50, f.p10, f.p90, h.avg_energyconsumption
+               FROM forecasts f JOIN hourly_features h
+                 ON h.site_id = f.site_id AND h.hour = f.target_time
+               WHERE f.horizon = 1
+               ORDER BY f.target_time DESC LIMIT 1"""
+        )
+        last_pair = cur.fetchone()
+    return {
+        "rows": rows,
+        "streams": streams,
+        "latest_reading": latest,
+        "forecasts": forecasts,
+        "latest_issue": issued,
+        "model": model[0] if model else None,
+        "last_pair": last_pair,
+    }
+
+
+def render_view(stage_rates: dict[str, float], lag: float, db: dict[str, object]) -> str:
+    pair = db["last_pair"]
+    pair_text = (
+        f"{pair[0]:%Y-%m-%d %H:%M} forecast {pair[1]:.1f} kWh [{pair[2]:.1f}, {pair[3]:.1f}]"
+        f" actual {pair[4]:.1f} kWh"
+        if pair
+        else "(none yet)"
+    )
+    latest = db["latest_reading"]
+    stored = f"{stage_rates.get('written', 0):9.0f} rows/s  total {db['rows']:,}"
+    if latest:
+        stored += f" in {db['streams']} streams, latest {latest:%Y-%m-%d %H:%M}"
+    model = db["model"] or "(training pending)"
+    return "\n".join(
+        [
+            "energy-pipeline demo   (Ctrl-C stops everything)",
+            "",
+            f"  MQTT -> bridge      {stage_rates.get('bridge', 0):9.0f} msg/s",
+            f"  bridge -> Kafka     {stage_rates.get('produced', 0):9.0f} readings/s",
+            f"  Kafka -> ingest     {stage_rates.get('ingest', 0):9.0f} msg/s"
+            f"   consumer lag {lag:,.0f}",
+            f"  stored              {stored}",
+            f"  forecasts           {db['forecasts']:,} points, model {model}",
+            f"  latest 1 h ahead    {pair_text}",
+        ]
+    )
+
+
+def write_plot(dsn: str, path: Path, site: str = "site-0") -> bool:
+    """Consumption (hourly) over the last days and the latest forecast with its P10-P90 band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            """SELECT hour, avg_energyconsumption FROM hourly_features
+               WHERE site_id = %s AND avg_energyconsumption IS NOT NULL
+               ORDER BY hour DESC LIMIT 24 * 7""",
+            (site,),
+        )
+        actual = sorted(cur.fetchall())
+        cur.execute(
+            """SELECT target_time, p10, p50, p90 FROM forecasts
+               WHERE site_id = %s AND issued_at = (SELECT max(issued_at) FROM forecasts
+                                                   WHERE site_id = %s)
+               ORDER BY target_time""",
+            (site, site),
+        )
+        forecast = cur.fetchall()
+    if not actual:
+        return False
+    fig, ax = plt.subplots(figsize=(11, 4.5), dpi=100)
+    ax.plot(
+        [a[0] for a in actual],
+        [a[1] for a in actual],
+        color="#1f4e79",
+        lw=1.4,
+        label="consumption (hourly mean, kWh)",
+    )
+    if forecast:
+        times = [f[0] for f in forecast]
+        ax.fill_between(
+            times,
+            [f[1] for f in forecast],
+            [f[3] for f in forecast],
+            color="#f4a261",
+            alpha=0.35,
+            label="forecast P10-P90",
+        )
+        ax.plot(times, [f[2] for f in forecast], color="#e76f51", lw=1.6, label="forecast P50")
+    ax.set_title(f"{site}: energy consumption and forecast")
+    ax.set_ylabel("kWh per reading interval")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path.stat().st_size > 0
+
+
+def run_command(command: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(
+        energy_pipeline_argv(command), env=env, capture_output=True, text=True, timeout=600
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"energy-pipeline {' '.join(command)} failed:\n{result.stdout[-2000:]}"
+            f"{result.stderr[-2000:]}"
+        )
+    return result.stdout
+
+
+def backfill_done(dsn: str, history_end: datetime, sites: int) -> bool:
+    with psycopg2.connect(dsn, connect_timeout=3) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(DISTINCT site_id) FROM hourly_features WHERE hour >= %s",
+            (history_end - timedelta(hours=2),),
+        )
+        return int(cur.fetchone()[0]) >= sites
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = DemoPlan.from_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    interactive = sys.stdout.isatty() and not args.no_view
+    base = Path(args.data_dir) if args.data_dir else Path(f"/tmp/energy-demo-{os.getpid()}")
+    base.mkdir(parents=True, exist_ok=True)
+    print("installing what is missing (cached in ~/.cache/energy-pipeline) ...", flush=True)
+    install_all()
+    kafka = KafkaCluster(base / "kafka")
+    postgres = PostgresServer(base / "postgres")
+    broker = HiveMQBroker(base / "hivemq")
+    workers: list[WorkerProcess] = []
+    started = time.monotonic()
+    try:
+        print("starting PostgreSQL, HiveMQ CE and a 3-node Kafka cluster ...", flush=True)
+        postgres.start()
+        broker.start()
+        kafka.start()
+        grpc_port = free_port()
+        env = service_env(
+            kafka.bootstrap_servers,
+            postgres.dsn,
+            broker.host,
+            broker.port,
+            PIPELINE_NAME="demo",
+            GRPC_PORT=str(grpc_port),
+            INFERENCE_TARGET=f"127.0.0.1:{grpc_port}",
+            MODEL_REFRESH_S="5",
+            TRAIN_HISTORY_DAYS="60",
+            TRAIN_BACKTEST_DAYS="3",
+        )
+        print(
+            json.dumps(
+                {
+                    "kafka": kafka.bootstrap_servers,
+                    "database": postgres.dsn,
+                    "mqtt": broker.url,
+                    "logs": str(base / "logs"),
+                }
+            ),
+            flush=True,
+        )
+        run_command(["topics", "create"], env)
+        run_command(["migrate"], env)
+        logs = base / "logs"
+        workers.append(
+            WorkerProcess(
+                "bridge", ["bridge"], {**env, "MQTT_CLIENT_ID": "demo-bridge"}, logs
+            ).start()
+        )
+        workers[0].wait_ready()
+        for i in range(plan.ingest_workers):
+            workers.append(WorkerProcess(f"ingest-{i}", ["ingest"], env, logs).start())
+        workers.append(WorkerProcess("inference", ["inference"], env, logs).start())
+        history_end = datetime.now(UTC)
+        workers.append(
+            WorkerProcess("simulate", plan.simulate_command(), env, logs).start(wait_ready=False)
+        )
+        trained = False
+        rates = Rates()
+        deadline = started + args.duration if args.duration else None
+        while not stop.is_set():
+            if deadline and time.monotonic() >= deadline:
+                break
+            for worker in workers:
+                if not worker.alive():
+                    raise RuntimeError(f"{worker.name} exited:\n{worker.process.log_tail()}")  # type: ignore[union-attr]
+            if not trained and backfill_done(postgres.dsn, history_end, plan.sites):
+                print("history is in: training models ...", flush=True)
+                run_command(["train"], env)
+                trained = True
+            stage = {
+                "bridge": rates.rate("bridge", workers[0].metric("energy_messages_received_total")),
+                "produced": rates.rate(
+                    "produced", workers[0].metric("energy_readings_produced_total")
+                ),
+                "ingest": rates.rate(
+                    "ingest",
+                    sum(
+                        w.metric("energy_messages_received_total")
+                        for w in workers[1 : 1 + plan.ingest_workers]
+                    ),
+                ),
+                "written": rates.rate(
+                    "written",
+                    sum(
+                        w.metric("energy_readings_written_total")
+                        for w in workers[1 : 1 + plan.ingest_workers]
+                    ),
+                ),
+            }
+            lag = sum(w.metric("energy_consumer_lag") for w in workers[1 : 1 + plan.ingest_workers])
+            view = render_view(stage, lag, database_summary(postgres.dsn))
+            if interactive:
+                print("\033[2J\033[H" + view, flush=True)
+            else:
+                print(view.replace("\n", " | "), flush=True)
+            stop.wait(2.0)
+        summary = database_summary(postgres.dsn)
+        plotted = write_plot(postgres.dsn, out / "forecast.png")
+        result = {
+            "rows": summary["rows"],
+            "streams": summary["streams"],
+            "forecasts": summary["forecasts"],
+            "model": summary["model"],
+            "plot": str(out / "forecast.png") if plotted else None,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(json.dumps(result, default=str), flush=True)
+        return 0
+    finally:
+        print("stopping ...", flush=True)
+        for worker in reversed(workers):
+            with contextlib.suppress(Exception):
+                worker.stop(timeout=30)
+        kafka.cleanup()
+        broker.cleanup()
+        postgres.cleanup()
+        if not args.data_dir:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser(
+        "demo",
+        help="the whole pipeline on this machine: real Kafka, PostgreSQL, HiveMQ, all workers",
+    )
+    p.add_argument("--duration", type=float, default=0, help="seconds to run (0: until Ctrl-C)")
+    p.add_argument("--fast", action="store_true", help="less history, coarser interval (CI)")
+    p.add_argument("--sites", type=int, default=2)
+    p.add_argument("--devices", type=int, default=4)
+    p.add_argument("--history", default="21d", help="history the simulator backfills first")
+    p.add_argument("--out", default="demo-out", help="where forecast.png and summary.json go")
+    p.add_argument("--data-dir", default=None, help="keep service data here (default: temp)")
+    p.add_argument("--no-view", action="store_true", help="plain log lines instead of a live view")
+    p.set_defaults(func=run)
