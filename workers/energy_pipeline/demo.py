@@ -48,7 +48,7 @@ class DemoPlan:
         if args.fast:
             # Enough history for the default model (two weeks of hours), small enough to
             # stream in well under a minute on two cores.
-            return cls(sites=args.sites, devices=args.devices, interval="30m", history="16d")
+            return cls(sites=args.sites, devices=args.devices, interval="1h", history="15d")
         return cls(sites=args.sites, devices=args.devices, interval="5m", history=args.history)
 
     def simulate_command(self) -> list[str]:
