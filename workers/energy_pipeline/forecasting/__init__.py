@@ -13,4 +13,9 @@ Modules, one job each:
     daily      the 7-day view (hourly forecasts summed per day)
     commands   `energy-pipeline backtest`
     bench      the developer benchmark on the Taylor series
+    hourly_db  hourly_features in and out (a site's closed hours, a feature window)
+    registry   the `models` table: versions, the promotion rule
+    train      `energy-pipeline train`: backtest on the latest days, register, promote
+    scheduler  inside ingest: watermarks, closed hours, the forecast backlog, gRPC calls
+    bench_serving  the developer benchmark of `train` and of one inference process
 """
