@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import Counter
 
 from energy_pipeline import metrics
 from energy_pipeline.contracts import (
@@ -124,6 +125,8 @@ class Bridge:
         # Packet ids are per connection: an acknowledgement for a message received on an
         # earlier connection could acknowledge a different message on the current one.
         self._connection = 0
+        self._produced: dict[str, Counter] = {}
+        self._received = metrics.RECEIVED.labels("bridge")
         self.mqtt = new_client(
             self.client_id, settings.mqtt_username, settings.mqtt_password, manual_ack=True
         )
@@ -169,16 +172,25 @@ class Bridge:
                 # backpressure: the broker holds further messages for us meanwhile.
                 self.producer.poll(0.05)
 
+    def _produced_counter(self, topic: str) -> Counter:
+        # labels() costs a dict lookup and a lock per call; this runs once per reading.
+        counter = self._produced.get(topic)
+        if counter is None:
+            counter = self._produced[topic] = metrics.PRODUCED.labels(topic)
+        return counter
+
     def _delivery(
         self, pending: PendingAck, topic: str
     ) -> Callable[[KafkaError | None, Message], None]:
+        produced = self._produced_counter(topic)
+
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 # With infinite retries only fatal errors get here; never acknowledge, and
                 # stop so that a restart makes the broker redeliver.
                 self.fail(f"Kafka delivery to {topic} failed: {err}")
                 return
-            metrics.PRODUCED.labels(topic).inc()
+            produced.inc()
             pending.delivered()
 
         return on_delivery
@@ -254,7 +266,7 @@ class Bridge:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if self.stopping.is_set():
             return  # not acknowledged: the broker redelivers it after we are back
-        metrics.RECEIVED.labels("bridge").inc()
+        self._received.inc()
         with self._inflight_lock:
             self._inflight += 1
         ack = self._ack_callback(msg.mid, msg.qos)
