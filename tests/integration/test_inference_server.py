@@ -162,11 +162,17 @@ def test_serves_health_reflection_forecasts_and_hot_swaps(
             client.forecast(bad, 5)
         assert error.value.code() == code, error.value.details()
 
-    # Deadlines: a request that cannot finish in time is answered DEADLINE_EXCEEDED.
-    for _ in range(20):
-        with pytest.raises(grpc.RpcError) as late:
-            client.forecast(request, 0.002)
-        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Deadlines: a request that cannot finish in time is answered DEADLINE_EXCEEDED (a
+    # forecast takes a few ms, so with 1-4 ms budgets many calls, not all, run out).
+    outcomes = []
+    for budget_ms in [1, 2, 3, 4] * 10:
+        try:
+            client.forecast(request, budget_ms / 1000)
+            outcomes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code())
+    assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert grpc.StatusCode.DEADLINE_EXCEEDED in outcomes
     wait_until(
         lambda: worker.metric(
             "energy_inference_requests_total", {"method": "Forecast", "code": "DEADLINE_EXCEEDED"}

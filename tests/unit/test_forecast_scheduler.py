@@ -76,16 +76,16 @@ def test_watermarks_are_per_site_and_stream_and_only_move_forward() -> None:
         return T0 + timedelta(minutes=minutes)
 
     assert marks == {
-        ("a", "temperature/0"): (at(5), at(65)),
-        ("a", "temperature/1"): (at(30), at(30)),
-        ("a", "humidity/0"): (at(10), at(10)),
-        ("b", "temperature/0"): (at(99), at(99)),
+        ("a", "temperature", "0"): (at(5), at(65)),
+        ("a", "temperature", "1"): (at(30), at(30)),
+        ("a", "humidity", "0"): (at(10), at(10)),
+        ("b", "temperature", "0"): (at(99), at(99)),
     }
     # A replayed (older) batch never moves a watermark back; it only extends the start.
     merge_marks(marks, stream_marks([reading("a", "temperature", "0", 1)]))
-    assert marks[("a", "temperature/0")] == (at(1), at(65))
+    assert marks[("a", "temperature", "0")] == (at(1), at(65))
     merge_marks(marks, stream_marks([reading("a", "temperature", "1", 31)]))
-    assert marks[("a", "temperature/1")] == (at(30), at(31))
+    assert marks[("a", "temperature", "1")] == (at(30), at(31))
 
 
 def test_backoffs_grow_and_are_capped() -> None:

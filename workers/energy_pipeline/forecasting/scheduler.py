@@ -142,14 +142,18 @@ def last_closed_hour(watermark: datetime, lateness_s: float) -> datetime:
     return floor_hour(watermark - timedelta(seconds=lateness_s) - HOUR)
 
 
-Marks = dict[tuple[str, str], tuple[datetime, datetime]]
+# (site, sensor, device) -> (oldest, newest) reading timestamp.
+Marks = dict[tuple[str, str, str], tuple[datetime, datetime]]
 
 
 def stream_marks(readings: Iterable[Reading]) -> Marks:
-    """(Oldest, newest) timestamp per (site, sensor/device stream) in a batch."""
+    """(Oldest, newest) timestamp per stream (site, sensor, device) in a batch.
+
+    Runs on ingest's thread for every batch, so it does no more than a dict update.
+    """
     marks: Marks = {}
     for r in readings:
-        key = (r.site, f"{r.sensor}/{r.device}")
+        key = (r.site, r.sensor, r.device)
         current = marks.get(key)
         if current is None:
             marks[key] = (r.ts, r.ts)
@@ -390,7 +394,8 @@ class ForecastScheduler:
             with conn, conn.cursor() as cur:
                 # Sorted: workers touching the same rows lock them in the same order.
                 rows = sorted(
-                    (site, stream, first, last) for (site, stream), (first, last) in pending.items()
+                    (site, f"{sensor}/{device}", first, last)
+                    for (site, sensor, device), (first, last) in pending.items()
                 )
                 psycopg2.extras.execute_values(cur, _UPSERT_MARKS, rows)
         except Exception:

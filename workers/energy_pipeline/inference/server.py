@@ -303,6 +303,7 @@ class InferenceServer:
         # NOT_SERVING first, so balancers stop sending while in-flight requests finish.
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        log.info("stopped")
 
 
 def run(args: argparse.Namespace) -> int:
