@@ -77,6 +77,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "energy_pipeline.forecasting.commands",
     "energy_pipeline.forecasting.train",
     "energy_pipeline.inference.server",
+    "energy_pipeline.api.server",
     "energy_operator.command",
 )
 

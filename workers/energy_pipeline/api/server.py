@@ -1,0 +1,86 @@
+"""`energy-pipeline api`: serve the read API until SIGTERM, then drain and stop.
+
+API_PORT serves /api/v1/... (plus health and metrics); HTTP_PORT serves only /healthz,
+/readyz and /metrics, as on every worker, so probes and scrape configs are uniform. When
+the two are equal, one listener serves everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from aiohttp import web
+
+from energy_pipeline.api.app import ApiState, create_app, create_ops_app
+from energy_pipeline.api.pool import ConnectionPool
+from energy_pipeline.api.settings import ApiSettings
+from energy_pipeline.logs import configure_logging
+from energy_pipeline.settings import load
+
+log = logging.getLogger("energy_pipeline.api")
+HOST = "0.0.0.0"
+# In-flight requests get this long to finish after SIGTERM (Kubernetes waits 30 s by
+# default before SIGKILL); each is bounded by API_STATEMENT_TIMEOUT_MS anyway.
+SHUTDOWN_TIMEOUT_S = 15.0
+
+
+async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
+    pool = ConnectionPool(
+        settings.database_url, settings.api_db_pool_size, settings.api_statement_timeout_ms,
+        application_name=f"energy-api-{settings.pipeline_name}"[:63],
+    )
+    state = ApiState(settings, pool)
+    runners = [web.AppRunner(create_app(state), access_log=None,
+                             shutdown_timeout=SHUTDOWN_TIMEOUT_S)]
+    if settings.http_port != settings.api_port or settings.http_port == 0:
+        runners.append(web.AppRunner(create_ops_app(state), access_log=None,
+                                     shutdown_timeout=SHUTDOWN_TIMEOUT_S))
+    try:
+        for runner, port in zip(runners, (settings.api_port, settings.http_port), strict=False):
+            await runner.setup()
+            await web.TCPSite(runner, HOST, port).start()
+        log.info("api listening", extra={
+            "pid": os.getpid(),
+            "api": [list(a)[:2] for a in runners[0].addresses],
+            "ops": [list(a)[:2] for a in runners[-1].addresses],
+            "pool_size": settings.api_db_pool_size,
+            "statement_timeout_ms": settings.api_statement_timeout_ms,
+        })
+        await stop.wait()
+        log.info("api stopping")
+        # Requests still arriving during cleanup's grace period see 503 on /readyz. Routing
+        # away before SIGTERM is the Deployment's job (a preStop sleep), not this process's.
+        state.draining = True
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        pool.close()
+    log.info("api stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load(ApiSettings)
+    configure_logging("api", settings.pipeline_name, settings.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser(
+        "api", help="read API over HTTP: sites, readings, hourly features, forecasts"
+    )
+    p.set_defaults(func=run)
