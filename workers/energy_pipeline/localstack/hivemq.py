@@ -9,12 +9,13 @@ restart reach no bridge.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from energy_pipeline.localstack.install import ensure_hivemq, require
-from energy_pipeline.localstack.mqtt import mqtt_connack
-from energy_pipeline.localstack.process import ManagedProcess, free_port, wait_until
+from energy_pipeline.localstack.mqtt import MqttBrokerProcess
+from energy_pipeline.localstack.process import ManagedProcess
 
 JVM_OPTS = (
     "-Xms128m",
@@ -59,17 +60,10 @@ def render_config_xml(port: int, max_queue: int = 1_000_000) -> str:
 
 
 @dataclass
-class HiveMQBroker:
-    base_dir: Path
-    port: int = field(default_factory=free_port)
-    start_timeout: float = 90.0
-    process: ManagedProcess | None = field(default=None, init=False)
-
-    host = "127.0.0.1"
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+class HiveMQBroker(MqttBrokerProcess):
+    start_timeout: ClassVar[float] = 90.0
+    # HiveMQ's shutdown hooks close its persistence cleanly; give them time.
+    stop_timeout: ClassVar[float] = 60.0
 
     @property
     def home(self) -> Path:
@@ -84,36 +78,14 @@ class HiveMQBroker:
         extension = self.home / "extensions" / install.extension.name
         if not extension.exists():
             shutil.copytree(install.extension, extension)
-        self.process = ManagedProcess(
-            name="hivemq",
-            argv=[
-                java,
-                *JVM_OPTS,
-                f"-Dhivemq.home={self.home}",
-                "-cp",
-                f"{install.libs}/*",
-                "com.hivemq.HiveMQServer",
-            ],
-            log_path=self.base_dir / "hivemq.log",
+        argv = [
+            java,
+            *JVM_OPTS,
+            f"-Dhivemq.home={self.home}",
+            "-cp",
+            f"{install.libs}/*",
+            "com.hivemq.HiveMQServer",
+        ]
+        self._launch(
+            ManagedProcess(name="hivemq", argv=argv, log_path=self.base_dir / "hivemq.log")
         )
-        self.process.start()
-        wait_until(
-            lambda: mqtt_connack(self.host, self.port),
-            timeout=self.start_timeout,
-            what="waiting for an MQTT CONNACK",
-            process=self.process,
-            interval=0.5,
-        )
-
-    def stop(self) -> None:
-        # SIGTERM runs HiveMQ's shutdown hooks, which close its persistence cleanly.
-        if self.process is not None:
-            self.process.stop(timeout=60)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.base_dir, ignore_errors=True)

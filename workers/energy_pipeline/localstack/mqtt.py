@@ -8,6 +8,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from energy_pipeline.localstack.install import require
 from energy_pipeline.localstack.process import (
@@ -73,42 +74,40 @@ def mqtt_connack(host: str, port: int, timeout: float = 3.0) -> bool:
 
 
 @dataclass
-class MosquittoBroker:
+class MqttBrokerProcess:
+    """What every local MQTT broker shares: a loopback port kept across restarts (clients
+    reconnect to the same address), one managed process, readiness on an MQTT CONNACK."""
+
     base_dir: Path
     port: int = field(default_factory=free_port)
-    start_timeout: float = 30.0
     process: ManagedProcess | None = field(default=None, init=False)
 
-    host = "127.0.0.1"
+    host: ClassVar[str] = "127.0.0.1"
+    start_timeout: ClassVar[float] = 30.0
+    stop_timeout: ClassVar[float] = 15.0
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
     def start(self) -> None:
-        mosquitto = require("mosquitto")
-        persistence = self.base_dir / "persistence"
-        persistence.mkdir(parents=True, exist_ok=True)
-        conf = self.base_dir / "mosquitto.conf"
-        log_path = self.base_dir / "mosquitto.log"
-        conf.write_text(render_mosquitto_conf(self.port, persistence, os.geteuid() == 0, log_path))
-        self.process = ManagedProcess(
-            name="mosquitto",
-            argv=[mosquitto, "-c", str(conf)],
-            log_path=log_path,
-        )
-        self.process.start()
+        raise NotImplementedError
+
+    def _launch(self, process: ManagedProcess) -> None:
+        self.process = process
+        process.start()
         wait_until(
             lambda: mqtt_connack(self.host, self.port),
             timeout=self.start_timeout,
             what="waiting for an MQTT CONNACK",
-            process=self.process,
+            process=process,
+            interval=0.3,
         )
 
     def stop(self) -> None:
-        # SIGTERM makes Mosquitto write its persistence file before it exits.
+        # SIGTERM lets the broker write its persistence before it exits.
         if self.process is not None:
-            self.process.stop(timeout=15)
+            self.process.stop(timeout=self.stop_timeout)
 
     def restart(self) -> None:
         self.stop()
@@ -117,3 +116,17 @@ class MosquittoBroker:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+@dataclass
+class MosquittoBroker(MqttBrokerProcess):
+    def start(self) -> None:
+        mosquitto = require("mosquitto")
+        persistence = self.base_dir / "persistence"
+        persistence.mkdir(parents=True, exist_ok=True)
+        conf = self.base_dir / "mosquitto.conf"
+        log_path = self.base_dir / "mosquitto.log"
+        conf.write_text(render_mosquitto_conf(self.port, persistence, os.geteuid() == 0, log_path))
+        self._launch(
+            ManagedProcess(name="mosquitto", argv=[mosquitto, "-c", str(conf)], log_path=log_path)
+        )
