@@ -1,12 +1,12 @@
 """Simulator -> MQTT -> bridge -> Kafka -> ingest -> PostgreSQL -> train -> inference -> forecasts.
 
 One scenario, all real processes: data arrives while inference is down (ingestion goes on,
-forecasts are owed), `train` registers a model, two inference processes serve it
-round-robin and the backlog drains; then one inference process is killed, the other
-serves alone, is killed too while data flows, and a restarted process catches up. At the
-end every closed hour of every site has its forecast, each equal (within the backtest's
-error band; in fact exactly) to what the registered model predicts offline for the same
-window.
+forecasts are owed); inference processes start without a model (alive, NOT_SERVING, no
+calls); `train` registers a model, both processes serve it round-robin and the backlog
+drains; then one process is killed, the other serves alone and is killed too while data
+flows, and a restarted process catches up. At the end every closed hour of every site has
+its forecast, each equal (within the backtest's error band; in fact exactly) to what the
+registered model predicts offline for the same window.
 """
 
 from __future__ import annotations
@@ -125,6 +125,15 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
     assert forecast_origins(dsn) == {}
     phase("phase 1 hours owed")
 
+    # Inference processes without a model are alive but NOT_SERVING, and get no calls.
+    servers = [
+        pipeline.start(f"inference-{i}", ["inference"], GRPC_PORT=str(port), MODEL_REFRESH_S="1")
+        for i, port in enumerate(ports)
+    ]
+    time.sleep(3)
+    assert backlog(dsn) == len(expected) and forecast_origins(dsn) == {}
+    assert all(s.metric("energy_inference_requests_total") == 0 for s in servers)
+
     # `train` registers and promotes a model per site from the stored hourly features.
     trainer = pipeline.start(
         "train", ["train"], wait_ready=False, TRAIN_BACKTEST_DAYS="3",
@@ -139,11 +148,7 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
     assert all(m["mae"] > 0 and m["backtest_origins"] >= 1 for _, m in models.values())
     phase("trained")
 
-    # Two inference processes serve it; ingest balances over both and catches up.
-    servers = [
-        pipeline.start(f"inference-{i}", ["inference"], GRPC_PORT=str(port), MODEL_REFRESH_S="1")
-        for i, port in enumerate(ports)
-    ]
+    # Both load it and turn SERVING; ingest balances over both and catches up.
     for server in servers:
         server.wait_ready(60)
     phase("inference up")
@@ -158,7 +163,7 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
     servers[0].kill()
     before = len(forecast_origins(dsn))
     phase2 = simulation(PHASE1_HOURS, PHASE2_HOURS)
-    simulator = pipeline.start("simulate-2", ["simulate", *phase2, "--rate", "150",
+    simulator = pipeline.start("simulate-2", ["simulate", *phase2, "--rate", "100",
                                               "--client-id", "sim-2"], wait_ready=False)
     wait_for(lambda: len(forecast_origins(dsn)) > before, "forecasts from the survivor")
     servers[1].kill()

@@ -27,6 +27,7 @@ from energy_pipeline.localstack.postgres import dsn
 from energy_pipeline.localstack.process import free_port, wait_until
 from energy_pipeline.localstack.workers import WorkerProcess
 from energy_pipeline.proto import forecaster_pb2 as pb
+from energy_pipeline.proto.forecaster_pb2_grpc import ForecasterStub
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -82,6 +83,8 @@ def inference(db: str, tmp_path: Path) -> Iterator[tuple[WorkerProcess, int]]:
         "GRPC_PORT": str(port),
         "MODEL_REFRESH_S": "0.5",
         "PIPELINE_NAME": "test",
+        # One RPC thread: proves the clients' health Watch streams do not occupy threads.
+        "GRPC_MAX_WORKERS": "1",
     }
     worker = WorkerProcess("inference", ["inference"], env, tmp_path / "logs").start()
     try:
@@ -108,27 +111,39 @@ def test_serves_health_reflection_forecasts_and_hot_swaps(
 ) -> None:
     worker, port = inference
     client = ForecasterClient(f"127.0.0.1:{port}")
+    # Probes and tools use a plain channel: the client's skips endpoints that are unhealthy.
+    direct = grpc.insecure_channel(f"127.0.0.1:{port}")
     rows = window(db)
     request = forecast_request("site-a", rows, HORIZONS, ORIGIN)
 
-    # No promoted model yet: alive, but neither ready nor SERVING, and Forecast says why.
+    # No promoted model yet: alive, but neither ready nor SERVING. Clients check health,
+    # so they do not even send; asked directly, the server says why.
     assert worker.healthy()
     assert worker.ready() == (False, "no promoted model yet")
-    assert health_status(client.channel) == health_pb2.HealthCheckResponse.NOT_SERVING
-    with pytest.raises(grpc.RpcError) as missing:
+    assert health_status(direct) == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.RpcError) as unhealthy:
         client.forecast(request, 5)
+    assert unhealthy.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as missing:
+        ForecasterStub(direct).Forecast(request, timeout=5)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no promoted model" in (missing.value.details() or "")
+    # More clients, each holding a health Watch stream open on the server.
+    watchers = [ForecasterClient(f"127.0.0.1:{port}") for _ in range(3)]
 
     first = train(db)
     wait_until(
-        lambda: health_status(client.channel) == health_pb2.HealthCheckResponse.SERVING,
+        lambda: health_status(direct) == health_pb2.HealthCheckResponse.SERVING,
         timeout=30, what="SERVING after promotion", process=worker.process,
     )
-    assert health_status(client.channel, "") == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(direct, "") == health_pb2.HealthCheckResponse.SERVING
     assert worker.ready()[0]
 
+    for watcher in watchers:  # every client, not just the first, gets served
+        assert watcher.forecast(request, 5).model_version == first
+
     # Reflection describes the service, so grpcurl-like tools need no .proto file.
-    reflection = ProtoReflectionDescriptorDatabase(client.channel)
+    reflection = ProtoReflectionDescriptorDatabase(direct)
     assert {"energy.v1.Forecaster", "grpc.health.v1.Health"} <= set(reflection.get_services())
 
     # The served forecast is the registry's model applied to the same window, exactly.
@@ -211,7 +226,9 @@ def test_serves_health_reflection_forecasts_and_hot_swaps(
     ) >= len(seen)
     assert worker.metric("energy_inference_request_seconds_count", {"method": "Forecast"}) > 0
 
-    client.close()
+    for other in (*watchers, client):
+        other.close()
+    direct.close()
     started = time.monotonic()
     assert worker.stop(timeout=30) == 0
     assert time.monotonic() - started < 15

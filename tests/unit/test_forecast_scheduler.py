@@ -143,6 +143,7 @@ def test_inference_targets() -> None:
 
 def test_client_balances_round_robin_and_retries_unavailable() -> None:
     assert SERVICE_CONFIG["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert SERVICE_CONFIG["healthCheckConfig"] == {"serviceName": "energy.v1.Forecaster"}
     [method] = SERVICE_CONFIG["methodConfig"]
     assert method["name"] == [{"service": "energy.v1.Forecaster"}]
     assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]

@@ -8,6 +8,8 @@ INFERENCE_TARGET forms:
 - a comma list `10.0.0.1:50051,10.0.0.2:50051` (or host names, resolved once at start),
   turned into a static `ipv4:`/`ipv6:` address list.
 
+Only endpoints that report SERVING on grpc.health.v1 receive calls (client-side health
+checking), so replicas that are starting without a model or shutting down are skipped.
 Every call carries a deadline. UNAVAILABLE calls are retried by gRPC itself (service
 config retry policy), which with round_robin lands on the next endpoint, so one dead pod
 costs a retry, not a failure. Reconnect backoff is capped at a few seconds so that
@@ -33,6 +35,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Forecaster"].full_name
 
 SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
+    # Client-side health checking: round_robin uses only endpoints whose grpc.health.v1
+    # status is SERVING, so a pod that has no model yet, or is draining, gets no calls.
+    "healthCheckConfig": {"serviceName": SERVICE_NAME},
     "methodConfig": [
         {
             "name": [{"service": SERVICE_NAME}],

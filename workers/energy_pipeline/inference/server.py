@@ -213,8 +213,10 @@ class InferenceServer:
                 ("grpc.max_connection_age_ms", 300_000),
                 ("grpc.max_connection_age_grace_ms", 30_000),
             ],
-            # Beyond this, fail fast (RESOURCE_EXHAUSTED) rather than queue past deadlines.
-            maximum_concurrent_rpcs=16 * settings.grpc_max_workers,
+            # No maximum_concurrent_rpcs: every client keeps a health Watch stream open per
+            # connection, which would count against it. Overload is shed instead by the
+            # deadline check: a request that waited in the queue past its deadline is
+            # answered DEADLINE_EXCEEDED without being computed.
         )
         pb_grpc.add_ForecasterServicer_to_server(ForecasterService(self.store), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
