@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -112,9 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tune_gc() -> None:
+    """Workers allocate a few short-lived objects per message but no reference cycles that
+    matter; the cyclic collector instead kept rescanning the large heap of imported libraries
+    (18 % of the bridge's CPU in a py-spy profile). Freeze what exists now and collect less
+    often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(component=args.command)
+    tune_gc()
     return int(args.func(args))
 
 
