@@ -69,7 +69,7 @@ class HiveMQBroker(MqttBrokerProcess):
     def home(self) -> Path:
         return self.base_dir / "home"
 
-    def start(self) -> None:
+    def _start_process(self) -> None:
         install = ensure_hivemq()
         java = require("java")
         for sub in ("conf", "data", "log", "extensions"):

@@ -13,6 +13,7 @@ from typing import ClassVar
 from energy_pipeline.localstack.install import require
 from energy_pipeline.localstack.process import (
     ManagedProcess,
+    ServiceError,
     free_port,
     wait_until,
 )
@@ -73,6 +74,10 @@ def mqtt_connack(host: str, port: int, timeout: float = 3.0) -> bool:
         client.disconnect()
 
 
+def _port_taken(failure: str) -> bool:
+    return "already in use" in failure or "BindException" in failure
+
+
 @dataclass
 class MqttBrokerProcess:
     """What every local MQTT broker shares: a loopback port kept across restarts (clients
@@ -81,6 +86,7 @@ class MqttBrokerProcess:
     base_dir: Path
     port: int = field(default_factory=free_port)
     process: ManagedProcess | None = field(default=None, init=False)
+    _started_once: bool = field(default=False, init=False, repr=False)
 
     host: ClassVar[str] = "127.0.0.1"
     start_timeout: ClassVar[float] = 30.0
@@ -91,6 +97,19 @@ class MqttBrokerProcess:
         return f"mqtt://{self.host}:{self.port}"
 
     def start(self) -> None:
+        try:
+            self._start_process()
+        except ServiceError as exc:
+            # free_port() can only promise a port was free a moment ago; another process may
+            # have taken it since. A first start may move; a restart keeps its port, since
+            # clients reconnect to the old address.
+            if self._started_once or not _port_taken(str(exc)):
+                raise
+            self.port = free_port()
+            self._start_process()
+        self._started_once = True
+
+    def _start_process(self) -> None:
         raise NotImplementedError
 
     def _launch(self, process: ManagedProcess) -> None:
@@ -120,7 +139,7 @@ class MqttBrokerProcess:
 
 @dataclass
 class MosquittoBroker(MqttBrokerProcess):
-    def start(self) -> None:
+    def _start_process(self) -> None:
         mosquitto = require("mosquitto")
         persistence = self.base_dir / "persistence"
         persistence.mkdir(parents=True, exist_ok=True)
