@@ -62,6 +62,7 @@ bench: deps
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python -m energy_pipeline.bench.dataplane --out bench/results.json
 	$(BIN)/python -m energy_pipeline.forecasting.bench --out bench/forecast.json
+	$(BIN)/python -m energy_pipeline.forecasting.bench_serving --out bench/serving.json
 
 # kind cluster + ingress-nginx + image + energy-platform chart; needs docker, kind, kubectl, helm.
 up:

@@ -114,3 +114,21 @@ def test_persistent_session_misses_nothing_across_disconnect_and_broker_restart(
     # QoS 1 is at-least-once: a redelivery is allowed, a loss is not, and order holds.
     deduplicated = list(dict.fromkeys(got))
     assert deduplicated == expected
+
+
+def test_a_broker_whose_port_was_taken_meanwhile_starts_on_another(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        broker = MosquittoBroker(tmp_path / "mqtt", port=taken)
+        try:
+            broker.start()
+            assert broker.port != taken
+            moved = broker.port
+            broker.restart()
+            assert broker.port == moved  # clients reconnect to the same address
+        finally:
+            broker.cleanup()

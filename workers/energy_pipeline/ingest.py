@@ -8,6 +8,7 @@ anywhere replays at most the batch, and the idempotent write absorbs the replay.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -50,8 +51,10 @@ class IngestSettings(CommonSettings, KafkaSettings, ValidationSettings, Forecast
         "INGEST_BATCH_MAX_WAIT_MS", 250, doc="longest wait to fill a batch", minimum=1
     )
     kafka_session_timeout_ms: int = env(
-        "KAFKA_SESSION_TIMEOUT_MS", 45_000,
-        doc="a silent consumer's partitions move to the others after this", minimum=1000,
+        "KAFKA_SESSION_TIMEOUT_MS",
+        45_000,
+        doc="a silent consumer's partitions move to the others after this",
+        minimum=1000,
     )
     db_retry_max_s: float = env(
         "DB_RETRY_MAX_S", 10.0, doc="longest pause between database retries", minimum=0.1
@@ -105,21 +108,26 @@ def split_batch(messages: Sequence[Message], now: datetime, settings: IngestSett
 
 
 class Ingest:
-    def __init__(self, settings: IngestSettings,
-                 on_written: Callable[[WriteResult], None] | None = None,
-                 forecasts: ForecastScheduler | None = None) -> None:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        on_written: Callable[[WriteResult], None] | None = None,
+        forecasts: ForecastScheduler | None = None,
+    ) -> None:
         self.settings = settings
         # Told about every committed batch; forecasts closed hours on its own thread.
         self.forecasts = forecasts
         self.topics = [kafka_topic(settings.kafka_topic_prefix, s) for s in SENSOR_NAMES]
         self.deadletter = deadletter_topic(settings.kafka_topic_prefix)
         self.consumer = Consumer(consumer_config(settings), logger=logging.getLogger("librdkafka"))
-        self.producer = Producer({
-            **settings.kafka_client_config(),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-        })
+        self.producer = Producer(
+            {
+                **settings.kafka_client_config(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+            }
+        )
         self.on_written = on_written
         self.heartbeat = Heartbeat(stale_after=120)
         self.stopping = threading.Event()
@@ -135,7 +143,10 @@ class Ingest:
                 self.settings.database_url,
                 application_name=f"ingest-{self.settings.pipeline_name}",
                 connect_timeout=5,
-                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
             )
         return self.conn
 
@@ -152,13 +163,13 @@ class Ingest:
             except psycopg2.Error as exc:
                 self.db_error = str(exc).strip()[:300]
                 metrics.ERRORS.labels("ingest", type(exc).__name__).inc()
-                log.warning("database write failed; retrying",
-                            extra={"error": str(exc).strip()[:300], "retry_in_s": delay})
+                log.warning(
+                    "database write failed; retrying",
+                    extra={"error": str(exc).strip()[:300], "retry_in_s": delay},
+                )
                 if self.conn is not None and not self.conn.closed:
-                    try:
+                    with contextlib.suppress(psycopg2.Error):
                         self.conn.close()
-                    except psycopg2.Error:
-                        pass
                 self.conn = None
                 self.heartbeat.beat()  # retrying is progress, not a hang
                 if self.stopping.wait(delay):
@@ -170,9 +181,16 @@ class Ingest:
     def dead_letter(self, rejected: Sequence[tuple[Message, Rejection]]) -> None:
         for msg, rejection in rejected:
             metrics.REJECTED.labels("ingest", rejection.reason.value).inc()
-            log.info("rejected", extra={"reason": rejection.reason.value, "detail": rejection.detail,
-                                        "topic": msg.topic(), "partition": msg.partition(),
-                                        "offset": msg.offset()})
+            log.info(
+                "rejected",
+                extra={
+                    "reason": rejection.reason.value,
+                    "detail": rejection.detail,
+                    "topic": msg.topic(),
+                    "partition": msg.partition(),
+                    "offset": msg.offset(),
+                },
+            )
             self.producer.produce(
                 self.deadletter,
                 key=msg.key(),
@@ -209,7 +227,9 @@ class Ingest:
             for tp in positions:
                 _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 if tp.offset >= 0 and high >= 0:
-                    metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+                    metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                        max(0, high - tp.offset)
+                    )
         except KafkaException as exc:
             log.debug("lag not available", extra={"error": str(exc)})
 
@@ -275,16 +295,23 @@ def run(args: argparse.Namespace) -> int:
     forecasts = None
     if settings.inference_target:
         forecasts = ForecastScheduler(
-            settings, settings.database_url,
+            settings,
+            settings.database_url,
             application_name=f"ingest-forecasts-{settings.pipeline_name}",
         )
     ingest = Ingest(settings, forecasts=forecasts)
     signal.signal(signal.SIGTERM, lambda *_: ingest.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: ingest.stopping.set())
     health = HealthServer(settings.http_port, ingest.heartbeat, ingest.ready).start()
-    log.info("ingest starting", extra={"pid": os.getpid(), "group": settings.kafka_consumer_group,
-                                       "http_port": health.port,
-                                       "inference_target": settings.inference_target or None})
+    log.info(
+        "ingest starting",
+        extra={
+            "pid": os.getpid(),
+            "group": settings.kafka_consumer_group,
+            "http_port": health.port,
+            "inference_target": settings.inference_target or None,
+        },
+    )
     if forecasts is not None:
         forecasts.start()
     try:
