@@ -82,6 +82,9 @@ class Setting:
         """The value as the workers' settings parser reads it (see energy_pipeline.settings)."""
         if isinstance(value, bool):
             return "true" if value else "false"
+        if isinstance(value, float) and value.is_integer():
+            # JSON has one number type: the API server returns 10.0 as 10; so do we.
+            return str(int(value))
         if isinstance(value, list):
             return ",".join(str(v) for v in value)
         if isinstance(value, dict):

@@ -166,13 +166,24 @@ class LeaderElector:
     def release(self) -> None:
         """Hand the Lease over at once instead of letting a follower wait for it to expire."""
         self.released = True
-        try:
-            lease = self.kube.get(API_VERSION, "Lease", self.namespace, self.name)
-            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+        # A renewal already in flight may bump the resourceVersion under us: read and retry.
+        for _ in range(5):
+            try:
+                lease = self.kube.get(API_VERSION, "Lease", self.namespace, self.name)
+                if lease is None or (lease.get("spec") or {}).get("holderIdentity") != (
+                    self.identity
+                ):
+                    return
+                lease["spec"]["holderIdentity"] = ""
+                lease["spec"]["leaseDurationSeconds"] = 1
+                self.kube.replace(lease)
+                log.info("released leadership", extra={"lease": f"{self.namespace}/{self.name}"})
                 return
-            lease["spec"]["holderIdentity"] = ""
-            lease["spec"]["leaseDurationSeconds"] = 1
-            self.kube.replace(lease)
-            log.info("released leadership", extra={"lease": f"{self.namespace}/{self.name}"})
-        except (KubeError, OSError) as exc:
-            log.warning("could not release the lease", extra={"error": str(exc)})
+            except KubeError as exc:
+                if exc.status != 409:
+                    log.warning("could not release the lease", extra={"error": str(exc)})
+                    return
+            except OSError as exc:
+                log.warning("could not release the lease", extra={"error": str(exc)})
+                return
+            time.sleep(0.2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,11 @@ class Runtime:
     on_cleanup: list[Callable[[], None]] = field(default_factory=list)
     due: dict[tuple[str, str], float] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Stopping: no new passes; cleanup waits for running ones before the Lease is handed
+    # over, so a former leader never writes after a new one started.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    running: int = 0
+    idle: threading.Condition = field(default_factory=threading.Condition)
 
     def ensure(self) -> None:
         if self.settings is None:
@@ -64,6 +70,10 @@ class Runtime:
 
     def reconcile(self, namespace: str, name: str, trigger: str) -> Outcome:
         assert self.kube is not None and self.settings is not None
+        with self.idle:
+            if self.stopping.is_set():
+                return Outcome(skipped="stopping")
+            self.running += 1
         started = time.monotonic()
         try:
             outcome = reconcile(self.kube, namespace, name, _adopt)
@@ -71,12 +81,22 @@ class Runtime:
             RECONCILES.labels(trigger, "error").inc()
             self.due[(namespace, name)] = time.monotonic() + SETTLE_S
             raise
+        finally:
+            with self.idle:
+                self.running -= 1
+                self.idle.notify_all()
         RECONCILE_SECONDS.observe(time.monotonic() - started)
         RECONCILES.labels(trigger, "ok").inc()
         settling = outcome.skipped is None and is_settling(outcome.status)
         delay = SETTLE_S if settling else self.settings.reconcile_interval_s
         self.due[(namespace, name)] = time.monotonic() + delay
         return outcome
+
+    def drain(self, timeout: float) -> None:
+        """Refuse new passes and wait (bounded) for the running ones to finish."""
+        with self.idle:
+            self.stopping.set()
+            self.idle.wait_for(lambda: self.running == 0, timeout=timeout)
 
 
 RUNTIME = Runtime()
@@ -114,6 +134,7 @@ async def cleanup(**_: Any) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, RUNTIME.drain, 20.0)
     for fn in RUNTIME.on_cleanup:
         await loop.run_in_executor(None, fn)
 

@@ -48,7 +48,7 @@ from energy_operator.status import (
 
 log = logging.getLogger("energy_operator.reconcile")
 
-KAFKA_TIMEOUT = 8.0
+KAFKA_TIMEOUT = 5.0
 DB_CONNECT_TIMEOUT = 5
 
 Adopt = Callable[[list[dict[str, Any]], Mapping[str, Any]], None]
@@ -429,6 +429,13 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
     if not paused and previous.get("paused"):
         events.append(Event("Resumed", "spec.paused is false: reconciling again"))
 
+    # Events first: whoever sees the new status can also find what led to it.
+    for event in events:
+        try:
+            kube.post_event(body, event.reason, event.message, event.type)
+        except KubeError as exc:
+            log.warning("could not post event", extra={"reason": event.reason,
+                                                       "error": exc.message})
     if status != previous:
         try:
             kube.merge_patch(crd.API_VERSION, crd.KIND, namespace, name,
@@ -436,12 +443,6 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
         except KubeError as exc:
             if exc.status != 404:
                 raise
-    for event in events:
-        try:
-            kube.post_event(body, event.reason, event.message, event.type)
-        except KubeError as exc:
-            log.warning("could not post event", extra={"reason": event.reason,
-                                                       "error": exc.message})
     if changes or problems:
         log.info("reconciled", extra={"pipeline": f"{namespace}/{name}", "changes": changes,
                                       "problems": [p.reason for p in problems]})

@@ -51,3 +51,32 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]
         yield plane
     finally:
         plane.stop()
+
+
+# -- EnergyPipeline operator (tests/cluster/test_operator*.py) --------------------------------
+
+
+@pytest.fixture(scope="session")
+def energy_crd(kube: KubeControlPlane) -> str:
+    """The CRD and the operator's RBAC from manifests/, applied as a user would."""
+    from pathlib import Path
+
+    manifests = Path(__file__).resolve().parents[2] / "manifests"
+    kube.kubectl("create", "namespace", "energy-system", check=False)
+    kube.kubectl("apply", "-f", str(manifests / "crd"), "-f", str(manifests / "rbac.yaml"))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                 "crd/energypipelines.energy.pipeline.dev")
+    return "energypipelines.energy.pipeline.dev"
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(
+    kube: KubeControlPlane, energy_crd: str, tmp_path_factory: pytest.TempPathFactory
+):
+    """A kubeconfig of ServiceAccount energy-system/energy-operator: the RBAC under test."""
+    from energy_operator.kube import Kube
+    from energy_operator.localrun import service_account_kubeconfig, service_account_token
+
+    token = service_account_token(Kube(kube.api_client), "energy-system", "energy-operator")
+    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+    return service_account_kubeconfig(kube.kubeconfig, token, path)
