@@ -630,6 +630,9 @@ def status_schema() -> dict[str, Any]:
                 },
             ),
             "schemaVersion": integer("Database schema version in place."),
+            "promotedModels": integer(
+                "Promoted forecasting models in the registry; inference pods turn ready once "
+                "there is one."),
             "lastForecastTime": string("When the newest forecast was issued.", format="date-time"),
         },
     )

@@ -97,6 +97,11 @@ class AdminClients:
                 self._clients.popitem(last=False)
             return client
 
+    def discard(self, config: Mapping[str, str]) -> None:
+        """Forget a client that cannot reach its cluster: it would keep reconnecting forever."""
+        with self._lock:
+            self._clients.pop(repr(sorted(config.items())), None)
+
 
 ADMIN_CLIENTS = AdminClients()
 
@@ -285,11 +290,18 @@ def reconcile_topics(admin: AdminClient | None, spec: Mapping[str, Any], change:
     )
 
 
+@dataclass
+class DatabaseFacts:
+    schema_version: int | None = None
+    last_forecast: datetime | None = None
+    promoted_models: int | None = None
+
+
 def reconcile_schema(url: str | None, change: bool, problems: list[Problem]
-                     ) -> tuple[int | None, datetime | None, list[Event], list[str]]:
-    """Migrate when behind; returns (schema version, newest forecast time, events, changes)."""
+                     ) -> tuple[DatabaseFacts, list[Event], list[str]]:
+    """Migrate when behind; returns what the status reports of the database."""
     if url is None:
-        return None, None, [], []
+        return DatabaseFacts(), [], []
     dsn = with_timeout(url)
     events: list[Event] = []
     changes: list[str] = []
@@ -308,10 +320,11 @@ def reconcile_schema(url: str | None, change: bool, problems: list[Problem]
                 f"database schema version {version} is newer than this release knows "
                 f"({latest}); use the image of a matching release",
             ))
-        last = last_forecast(dsn) if version >= 1 else None
+        facts = registry_facts(dsn) if version >= 1 else DatabaseFacts()
+        facts.schema_version = version
     except MigrationError as exc:
         problems.append(Problem("MigrationFailed", f"database migration failed: {exc}"))
-        return None, None, events, changes
+        return DatabaseFacts(), events, changes
     except psycopg2.Error as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         problems.append(Problem(
@@ -319,19 +332,22 @@ def reconcile_schema(url: str | None, change: bool, problems: list[Problem]
             f"PostgreSQL (spec.database.urlSecret): {first_line}; check the URL in the Secret "
             "and that the server is up",
         ))
-        return None, None, events, changes
-    return version, last, events, changes
+        return DatabaseFacts(), events, changes
+    return facts, events, changes
 
 
-def last_forecast(dsn: str) -> datetime | None:
+def registry_facts(dsn: str) -> DatabaseFacts:
+    """The newest forecast and how many models are promoted (inference serves only those)."""
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT max(issued_at) FROM forecasts")
-            value = cur.fetchone()[0]
+            last = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM models WHERE promoted")
+            promoted = int(cur.fetchone()[0])
     finally:
         conn.close()
-    return value.astimezone(UTC) if value is not None else None
+    return DatabaseFacts(None, last.astimezone(UTC) if last is not None else None, promoted)
 
 
 def observe_workloads(kube: Kube, name: str, namespace: str,
@@ -402,8 +418,12 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
     topics, ev, ch = reconcile_topics(admin, spec, change, problems)
     events += ev
     changes += ch
+    if admin is not None and kafka is not None:
+        admin.poll(0)  # hands librdkafka's queued log lines to the `librdkafka` logger
+        if topics.state == "Unknown":
+            ADMIN_CLIENTS.discard(kafka)
 
-    version, forecast_time, ev, ch = reconcile_schema(db_url, change, problems)
+    facts, ev, ch = reconcile_schema(db_url, change, problems)
     events += ev
     changes += ch
 
@@ -412,9 +432,10 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
         paused=paused,
         workloads=observe_workloads(kube, name, namespace, spec),
         topics=topics,
-        schema_version=version,
+        schema_version=facts.schema_version,
         schema_latest=latest_version(),
-        last_forecast=forecast_time,
+        last_forecast=facts.last_forecast,
+        promoted_models=facts.promoted_models,
         problems=problems,
         changes=changes,
     )

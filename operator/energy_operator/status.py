@@ -52,14 +52,13 @@ def workload_from_deployment(deployment: Mapping[str, Any] | None, desired: int)
     generation = int(deployment.get("metadata", {}).get("generation", 0))
     ready = int(status.get("readyReplicas", 0))
     updated = int(status.get("updatedReplicas", 0))
-    available = int(status.get("availableReplicas", 0))
     total = int(status.get("replicas", 0))
+    # The current template is on every pod and no old pod is left (readiness is separate).
     rolled_out = (
         int(status.get("observedGeneration", 0)) >= generation
         and spec_replicas == desired
         and updated == desired
         and total == desired
-        and available >= desired
     )
     return Workload(desired, ready, updated, exists=True, rolled_out=rolled_out)
 
@@ -89,6 +88,8 @@ class Observed:
     schema_version: int | None
     schema_latest: int
     last_forecast: datetime | None = None
+    # None: unknown (database unreachable); 0: inference has nothing to serve yet.
+    promoted_models: int | None = None
     problems: Sequence[Problem] = ()
     # Human-readable changes this reconcile made ("Deployment demo-ingest updated").
     changes: Sequence[str] = field(default_factory=tuple)
@@ -117,6 +118,11 @@ def _ready(observed: Observed, pipeline: str) -> tuple[str, str, str]:
         hint = " (set spec.paused to false to restore)" if observed.paused else ""
         return "False", "WorkloadMissing", f"Deployment {names} does not exist{hint}"
     waiting = [n for n, w in observed.workloads.items() if not w.is_ready]
+    # Inference turns ready once a model is promoted, and the first training needs data; until
+    # then ingestion works (forecasts are owed and caught up later), so the pipeline is ready.
+    first_model = "inference" in waiting and observed.promoted_models == 0
+    if first_model:
+        waiting.remove("inference")
     if waiting:
         detail = ", ".join(
             f"{pipeline}-{n} {observed.workloads[n].ready}/{observed.workloads[n].desired} ready"
@@ -135,9 +141,15 @@ def _ready(observed: Observed, pipeline: str) -> tuple[str, str, str]:
     if observed.paused:
         return ("True", "Paused",
                 "ready when last observed; spec.paused is true, so children are left untouched")
-    return ("True", "Ready",
-            f"{_workload_summary(observed.workloads)}; {len(observed.topics.names)} topics with "
-            f"{observed.topics.partitions} partitions; schema version {observed.schema_version}")
+    message = (f"{_workload_summary(observed.workloads)}; {len(observed.topics.names)} topics "
+               f"with {observed.topics.partitions} partitions; schema version "
+               f"{observed.schema_version}")
+    if first_model:
+        message += (
+            f"; inference waits for its first model, trained by CronJob {pipeline}-train "
+            f"(now: kubectl create job --from=cronjob/{pipeline}-train {pipeline}-train-first)"
+        )
+    return "True", "Ready", message
 
 
 def _progressing(observed: Observed, pipeline: str) -> tuple[str, str, str]:
@@ -208,6 +220,10 @@ def build_status(
         status["schemaVersion"] = observed.schema_version
     elif "schemaVersion" in previous:
         status["schemaVersion"] = previous["schemaVersion"]  # unknown now: keep the last seen
+    if observed.promoted_models is not None:
+        status["promotedModels"] = observed.promoted_models
+    elif "promotedModels" in previous:
+        status["promotedModels"] = previous["promotedModels"]
     if observed.last_forecast is not None:
         status["lastForecastTime"] = observed.last_forecast.strftime("%Y-%m-%dT%H:%M:%SZ")
     elif "lastForecastTime" in previous:

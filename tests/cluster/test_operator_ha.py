@@ -12,9 +12,13 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka.admin import AdminClient
 from energy_operator.kube import Kube
 from energy_operator.localrun import OperatorProcess
+from energy_pipeline.contracts import all_kafka_topics
+from energy_pipeline.localstack import KafkaCluster
 from energy_pipeline.localstack.kube import KubeControlPlane
+from energy_pipeline.topics import delete_topics
 
 pytestmark = pytest.mark.cluster
 
@@ -61,7 +65,7 @@ def lease(client: Kube) -> dict[str, Any]:
 
 
 def test_two_replicas_one_leader_and_failover(
-    kube: KubeControlPlane, replicas: list[OperatorProcess]
+    kube: KubeControlPlane, replicas: list[OperatorProcess], kafka_cluster: KafkaCluster
 ) -> None:
     client = Kube(kube.api_client)
     first, second = replicas
@@ -77,12 +81,13 @@ def test_two_replicas_one_leader_and_failover(
     client.request("POST", "/api/v1/namespaces",
                    body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     try:
-        # Kafka and PostgreSQL are not needed to see who reconciles: the children appear
-        # whatever the (reported) trouble with them.
+        # PostgreSQL is not needed to see who reconciles: the children appear whatever the
+        # (reported) trouble with it.
         body = {"apiVersion": "energy.pipeline.dev/v1alpha1", "kind": "EnergyPipeline",
                 "metadata": {"name": "ha", "namespace": namespace},
                 "spec": {"mqtt": {"host": "127.0.0.1"},
-                         "kafka": {"bootstrapServers": "127.0.0.1:1"},
+                         "kafka": {"bootstrapServers": kafka_cluster.bootstrap_servers,
+                                   "topicPrefix": namespace},
                          "database": {"urlSecret": {"name": "none"}}}}
         kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
         wait_for(lambda: client.get("apps/v1", "Deployment", namespace, "ha-ingest"), 30,
@@ -109,3 +114,5 @@ def test_two_replicas_one_leader_and_failover(
         first.wait_role("leader", 5)
     finally:
         client.request("DELETE", f"/api/v1/namespaces/{namespace}")
+        delete_topics(AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers}),
+                      all_kafka_topics(namespace))

@@ -139,3 +139,17 @@ def test_settling_means_look_again_soon() -> None:
     assert not is_settling(ready)
     rolling = {**READY, "bridge": Workload(2, 1, 1, rolled_out=False)}
     assert is_settling(build_status(observed(workloads=rolling), "d", None, T0))
+
+
+def test_inference_waiting_for_its_first_model_does_not_block_ready() -> None:
+    waiting = {**READY, "inference": Workload(2, 0, 2)}
+    status = build_status(observed(workloads=waiting, promoted_models=0), "demo", None, T0)
+    c = conditions(status)
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("True", "Ready")
+    assert "kubectl create job --from=cronjob/demo-train" in c["Ready"]["message"]
+    assert status["inference"] == "0/2" and status["promotedModels"] == 0
+    # With a model promoted (or unknown), unready inference pods are a problem again.
+    for promoted in (1, None):
+        c = conditions(build_status(observed(workloads=waiting, promoted_models=promoted),
+                                    "demo", None, T0))
+        assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "WorkloadsNotReady")
