@@ -105,10 +105,15 @@ class Reading:
 
 
 def format_ts(ts: datetime) -> str:
-    """ISO 8601 in UTC with a Z, milliseconds only when present."""
+    """ISO 8601 in UTC with a Z; sub-second digits only as many as the value needs."""
     ts = ts.astimezone(UTC)
-    text = ts.isoformat(timespec="milliseconds" if ts.microsecond else "seconds")
-    return text.replace("+00:00", "Z")
+    if not ts.microsecond:
+        spec = "seconds"
+    elif ts.microsecond % 1000:
+        spec = "microseconds"
+    else:
+        spec = "milliseconds"
+    return ts.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 def is_finite_number(value: object) -> bool:

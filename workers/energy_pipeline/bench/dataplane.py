@@ -277,11 +277,8 @@ def latency(
         delay = started + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        site, sensor, device = (
-            f"lat-{i % 4}",
-            ("temperature", "humidity")[i // 4 % 2],
-            str(i // 8 % 4),
-        )
+        # A device id per message: every reading has its own key, none is a duplicate.
+        site, sensor, device = f"lat-{i % 4}", ("temperature", "humidity")[i // 4 % 2], str(i)
         body = {
             "ts": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "value": 20.0,
@@ -389,18 +386,27 @@ def main() -> int:
         for prefix in prefixes.values():
             for topic in all_kafka_topics(prefix):
                 create_topic(admin, TopicSpec(topic, 4, 2))
+
+        def save() -> None:
+            out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
         print("raw producer ...", flush=True)
         results["raw_producer"] = raw_producer(kafka.bootstrap_servers, prefixes["raw"], rows)
+        save()
         print("bridge ...", flush=True)
         results["bridge"] = bench_bridge(
             env, broker, admin, kafka.bootstrap_servers, prefixes["bridge"], rows, logs
         )
+        save()
         print("raw COPY ...", flush=True)
         results["raw_copy"] = raw_copy(new_database(pg), rows)
+        save()
         print("ingest ...", flush=True)
         results["ingest"] = bench_ingest(env, new_database(pg), prefixes["raw"], len(rows), logs)
+        save()
         print("per-message INSERT ...", flush=True)
         results["per_message_insert"] = per_message_insert(new_database(pg), rows[:5000])
+        save()
         print("latency ...", flush=True)
         results["latency"] = latency(
             env,
