@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg2
 import pytest
+from energy_pipeline.db.migrate import migrate
 from energy_pipeline.localstack import KafkaCluster, MosquittoBroker, PostgresServer
 from energy_pipeline.localstack.install import ensure_kafka, ensure_system_packages
+from energy_pipeline.localstack.postgres import dsn
 
 MARKER_ORDER = ("unit", "integration", "cluster", "e2e")
 
@@ -66,6 +70,30 @@ def postgres(services_dir: Path, system_packages: None) -> Iterator[PostgresServ
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, migrated database per test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin_sql(postgres, f'CREATE DATABASE "{name}"')
+    url = dsn(postgres.port, postgres.password, name)
+    migrate(url)
+    try:
+        yield url
+    finally:
+        # A fresh connection: the test may have restarted the server.
+        admin_sql(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def admin_sql(postgres: PostgresServer, statement: str) -> None:
+    conn = psycopg2.connect(postgres.admin_dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="session")

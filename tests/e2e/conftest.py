@@ -7,39 +7,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg2
 import pytest
 from confluent_kafka.admin import AdminClient
 from energy_pipeline.contracts import all_kafka_topics
-from energy_pipeline.db.migrate import migrate
-from energy_pipeline.localstack import KafkaCluster, PostgresServer
+from energy_pipeline.localstack import KafkaCluster
 from energy_pipeline.localstack.hivemq import HiveMQBroker
-from energy_pipeline.localstack.postgres import dsn
 from energy_pipeline.localstack.workers import WorkerProcess, service_env
 from energy_pipeline.topics import TopicSpec, create_topic
-
-
-@pytest.fixture
-def database(postgres: PostgresServer) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin_sql(postgres, f'CREATE DATABASE "{name}"')
-    url = dsn(postgres.port, postgres.password, name)
-    migrate(url)
-    try:
-        yield url
-    finally:
-        # A fresh connection: the test may have restarted the server.
-        admin_sql(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def admin_sql(postgres: PostgresServer, statement: str) -> None:
-    conn = psycopg2.connect(postgres.admin_dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 @pytest.fixture

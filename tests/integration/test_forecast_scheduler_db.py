@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,15 +17,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 from energy_pipeline.contracts import Reading
-from energy_pipeline.db.migrate import migrate
 from energy_pipeline.forecasting.hourly_db import read_window, write_hourly_frame
 from energy_pipeline.forecasting.models import load_model
 from energy_pipeline.forecasting.scheduler import ForecastScheduler, ForecastSettings
 from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import TrainSettings, train_site
 from energy_pipeline.forecasting.window import forecast_window
-from energy_pipeline.localstack import PostgresServer
-from energy_pipeline.localstack.postgres import dsn
 from energy_pipeline.localstack.process import free_port
 from energy_pipeline.localstack.workers import WorkerProcess
 
@@ -41,29 +37,18 @@ def hour(n: int) -> datetime:
 
 
 @pytest.fixture
-def db(postgres: PostgresServer) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(postgres.admin_dsn)
-    admin.autocommit = True
+def db(database: str) -> Iterator[str]:
+    url = database
+    with psycopg2.connect(url) as conn:
+        write_hourly_frame(conn, "site-a", synthetic_building(24 * 30, seed=9))
+    conn.close()
+    settings = TrainSettings(database_url=url, train_backtest_days=5, train_model_params=FAST)
+    conn = psycopg2.connect(url)
     try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        url = dsn(postgres.port, postgres.password, name)
-        migrate(url)
-        with psycopg2.connect(url) as conn:
-            write_hourly_frame(conn, "site-a", synthetic_building(24 * 30, seed=9))
-        conn.close()
-        settings = TrainSettings(database_url=url, train_backtest_days=5, train_model_params=FAST)
-        conn = psycopg2.connect(url)
-        try:
-            assert train_site(conn, "site-a", settings) is not None
-        finally:
-            conn.close()
-        yield url
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        assert train_site(conn, "site-a", settings) is not None
     finally:
-        admin.close()
+        conn.close()
+    yield url
 
 
 def readings(stream_device: str, hours: range) -> list[Reading]:

@@ -6,7 +6,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,15 +14,12 @@ import grpc
 import numpy as np
 import psycopg2
 import pytest
-from energy_pipeline.db.migrate import migrate
 from energy_pipeline.forecasting.hourly_db import read_window, write_hourly_frame
 from energy_pipeline.forecasting.models import load_model
 from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import TrainSettings, train_site
 from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.client import ForecasterClient, forecast_request
-from energy_pipeline.localstack import PostgresServer
-from energy_pipeline.localstack.postgres import dsn
 from energy_pipeline.localstack.process import free_port, wait_until
 from energy_pipeline.localstack.workers import WorkerProcess
 from energy_pipeline.proto import forecaster_pb2 as pb
@@ -41,23 +37,12 @@ HORIZONS = list(range(1, 169))
 
 
 @pytest.fixture
-def db(postgres: PostgresServer) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(postgres.admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        url = dsn(postgres.port, postgres.password, name)
-        migrate(url)
-        with psycopg2.connect(url) as conn:
-            write_hourly_frame(conn, "site-a", synthetic_building(24 * 35, seed=5))
-        conn.close()
-        yield url
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
+def db(database: str) -> Iterator[str]:
+    url = database
+    with psycopg2.connect(url) as conn:
+        write_hourly_frame(conn, "site-a", synthetic_building(24 * 35, seed=5))
+    conn.close()
+    yield url
 
 
 def train(url: str, **params: object) -> str:

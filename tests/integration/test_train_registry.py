@@ -5,17 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 
 import psycopg2
 import pytest
-from energy_pipeline.db.migrate import migrate
 from energy_pipeline.forecasting.hourly_db import write_hourly_frame
 from energy_pipeline.forecasting.models import load_model
 from energy_pipeline.forecasting.synthetic import synthetic_building
-from energy_pipeline.localstack import PostgresServer
-from energy_pipeline.localstack.postgres import dsn
 from energy_pipeline.localstack.workers import energy_pipeline_argv
 
 pytestmark = pytest.mark.integration
@@ -25,20 +20,8 @@ FAST_PARAMS = json.dumps({"num_boost_round": 30, "early_stopping_rounds": 5, "ma
 
 
 @pytest.fixture
-def db(postgres: PostgresServer) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(postgres.admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        url = dsn(postgres.port, postgres.password, name)
-        migrate(url)
-        yield url
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
+def db(database: str) -> str:
+    return database
 
 
 def seed(url: str, site: str, hours: int, seed: int) -> None:
