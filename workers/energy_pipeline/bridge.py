@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, Message, Producer
-from prometheus_client import Counter
 
 from energy_pipeline import metrics
 from energy_pipeline.contracts import (
@@ -89,24 +89,34 @@ def producer_config(settings: BridgeSettings) -> dict[str, object]:
 
 
 class PendingAck:
-    """Acknowledges an MQTT message once all `parts` Kafka deliveries of it succeeded."""
+    """An MQTT message waiting for Kafka to confirm the `left` records made from it."""
 
-    __slots__ = ("_ack", "_left", "_lock")
+    __slots__ = ("connection", "left", "mid", "qos")
 
-    def __init__(self, parts: int, ack: Callable[[], None]) -> None:
-        self._left = parts
-        self._ack = ack
-        self._lock = threading.Lock()
+    def __init__(self, left: int, mid: int, qos: int, connection: int) -> None:
+        self.left = left
+        self.mid = mid
+        self.qos = qos
+        self.connection = connection
 
-    def delivered(self) -> None:
-        with self._lock:
-            self._left -= 1
-            done = self._left == 0
-        if done:
-            self._ack()
+
+def _write_later(client: mqtt.Client, userdata: object, sock: object) -> None:
+    """Registered so that paho queues packets instead of writing each at once.
+
+    The bridge's loop writes them all after every round, in one send() (`BufferedSocket`).
+    """
 
 
 class Bridge:
+    """One thread runs everything: MQTT reads, Kafka produce and delivery reports, PUBACKs.
+
+    paho's network thread would contend with the producer for the GIL on every message and
+    wake itself through a socket pair for every acknowledgement; driving paho's public
+    loop_read/loop_write/loop_misc from the bridge's own loop avoids both.
+    """
+
+    READ_BUDGET = 1000  # MQTT packets read per round before serving Kafka deliveries
+
     def __init__(self, settings: BridgeSettings) -> None:
         self.settings = settings
         self.prefix = settings.kafka_topic_prefix
@@ -121,19 +131,29 @@ class Bridge:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._inflight = 0
-        self._inflight_lock = threading.Lock()
         # Packet ids are per connection: an acknowledgement for a message received on an
         # earlier connection could acknowledge a different message on the current one.
         self._connection = 0
-        self._produced: dict[str, Counter] = {}
-        self._received = metrics.RECEIVED.labels("bridge")
+        self._next_connect = 0.0
+        self._connect_delay = 1.0
+        # Counted in plain ints and handed to Prometheus once per round: a labelled
+        # counter's inc() takes a lock, several times per message otherwise.
+        self._received = 0
+        self._acked = 0
+        self._stale_acks = 0
+        self._produced: dict[str, int] = {}
         self.mqtt = new_client(
-            self.client_id, settings.mqtt_username, settings.mqtt_password, manual_ack=True
+            self.client_id,
+            settings.mqtt_username,
+            settings.mqtt_password,
+            manual_ack=True,
+            buffered=True,
         )
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = self._on_disconnect
         self.mqtt.on_message = self._on_message
         self.mqtt.on_subscribe = self._on_subscribe
+        self.mqtt.on_socket_register_write = _write_later
 
     # --- Kafka -------------------------------------------------------------------------
 
@@ -155,45 +175,48 @@ class Bridge:
         key: str | None,
         value: bytes,
         partition: int | None,
-        on_delivery: Callable[[KafkaError | None, Message], None],
+        pending: PendingAck,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        kwargs: dict[str, object] = {"key": key, "value": value, "on_delivery": on_delivery}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = headers
+        on_delivery = partial(self._on_delivery, pending)
         while True:
             try:
-                self.producer.produce(topic, **kwargs)
+                if headers:
+                    self.producer.produce(
+                        topic, value, key, on_delivery=on_delivery, headers=headers
+                    )
+                elif partition is None:
+                    self.producer.produce(topic, value, key, on_delivery=on_delivery)
+                else:
+                    self.producer.produce(
+                        topic, value, key, partition=partition, on_delivery=on_delivery
+                    )
                 return
             except BufferError:
                 # The local queue is full: Kafka is slow or away. Waiting here is the
                 # backpressure: the broker holds further messages for us meanwhile.
                 self.producer.poll(0.05)
+                self._write_mqtt()
 
-    def _produced_counter(self, topic: str) -> Counter:
-        # labels() costs a dict lookup and a lock per call; this runs once per reading.
-        counter = self._produced.get(topic)
-        if counter is None:
-            counter = self._produced[topic] = metrics.PRODUCED.labels(topic)
-        return counter
-
-    def _delivery(
-        self, pending: PendingAck, topic: str
-    ) -> Callable[[KafkaError | None, Message], None]:
-        produced = self._produced_counter(topic)
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                # With infinite retries only fatal errors get here; never acknowledge, and
-                # stop so that a restart makes the broker redeliver.
-                self.fail(f"Kafka delivery to {topic} failed: {err}")
-                return
-            produced.inc()
-            pending.delivered()
-
-        return on_delivery
+    def _on_delivery(self, pending: PendingAck, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            # With infinite retries only fatal errors get here; never acknowledge, and stop
+            # so that a restart makes the broker redeliver.
+            self.fail(f"Kafka delivery to {msg.topic()} failed: {err}")
+            return
+        topic = msg.topic()
+        self._produced[topic] = self._produced.get(topic, 0) + 1
+        pending.left -= 1
+        if pending.left:
+            return
+        self._inflight -= 1
+        if pending.connection != self._connection:
+            # The broker redelivers this message on the new connection; it is sent to Kafka
+            # again there and the duplicate is absorbed by ingest.
+            self._stale_acks += 1
+            return
+        self.mqtt.ack(pending.mid, pending.qos)
+        self._acked += 1
 
     # --- MQTT --------------------------------------------------------------------------
 
@@ -209,6 +232,7 @@ class Bridge:
             log.error("mqtt connect refused", extra={"reason": str(reason_code)})
             return
         self._connection += 1
+        self._connect_delay = 1.0
         # Subscribing again is harmless and repairs a session the broker lost.
         client.subscribe(self.settings.subscription, qos=1)
         self.connected.set()
@@ -247,46 +271,29 @@ class Bridge:
         if not self.stopping.is_set():
             log.warning("mqtt disconnected; reconnecting", extra={"reason": str(reason_code)})
 
-    def _ack_callback(self, mid: int, qos: int) -> Callable[[], None]:
-        connection = self._connection
-
-        def ack() -> None:
-            with self._inflight_lock:
-                self._inflight -= 1
-            if connection != self._connection:
-                # The broker redelivers this message on the new connection; it is sent to
-                # Kafka again there and the duplicate is absorbed by ingest.
-                metrics.ERRORS.labels("bridge", "stale_ack").inc()
-                return
-            self.mqtt.ack(mid, qos)
-            metrics.ACKED.inc()
-
-        return ack
-
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if self.stopping.is_set():
             return  # not acknowledged: the broker redelivers it after we are back
-        self._received.inc()
-        with self._inflight_lock:
-            self._inflight += 1
-        ack = self._ack_callback(msg.mid, msg.qos)
+        self._received += 1
+        self._inflight += 1
         result = parse_mqtt(msg.topic, msg.payload, datetime.now(UTC), self.limits)
         if isinstance(result, Rejection):
-            self._dead_letter(msg, result, ack)
+            self._dead_letter(msg, result, PendingAck(1, msg.mid, msg.qos, self._connection))
             return
-        pending = PendingAck(len(result), ack)
+        pending = PendingAck(len(result), msg.mid, msg.qos, self._connection)
+        partitions = self.partitions
         for reading in result:
             topic = kafka_topic(self.prefix, reading.sensor)
             self._produce(
                 topic,
                 kafka_key(reading.site, reading.device),
                 reading.to_kafka_value(),
-                partition_for(reading.device, self.partitions.get(topic, 0)),
-                self._delivery(pending, topic),
+                partition_for(reading.device, partitions.get(topic, 0)),
+                pending,
             )
 
     def _dead_letter(
-        self, msg: mqtt.MQTTMessage, rejection: Rejection, ack: Callable[[], None]
+        self, msg: mqtt.MQTTMessage, rejection: Rejection, pending: PendingAck
     ) -> None:
         metrics.REJECTED.labels("bridge", rejection.reason.value).inc()
         log.info(
@@ -308,14 +315,69 @@ class Bridge:
         if len(payload) > self.limits.max_payload_bytes:
             headers.append(("truncated_from_bytes", str(len(payload)).encode()))
             payload = payload[: self.limits.max_payload_bytes]
-        self._produce(
-            self.deadletter,
-            None,
-            payload,
-            None,
-            self._delivery(PendingAck(1, ack), self.deadletter),
-            headers,
-        )
+        self._produce(self.deadletter, None, payload, None, pending, headers)
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def _write_mqtt(self) -> bool:
+        """Write queued packets; False if the socket is full and must be selected for writing."""
+        if self.mqtt.want_write():
+            self.mqtt.loop_write()
+        sock = self.mqtt.socket()
+        return sock is None or sock.flush()
+
+    def _reconnect_when_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_connect:
+            return
+        self._next_connect = now + self._connect_delay
+        self._connect_delay = min(self._connect_delay * 2, 10.0)
+        try:
+            self.mqtt.reconnect()
+        except OSError as exc:
+            log.warning(
+                "mqtt connect failed; retrying",
+                extra={"error": str(exc), "retry_in_s": self._next_connect - now},
+            )
+
+    def round(self, idle_wait: float = 0.1) -> None:
+        """Read what MQTT has, produce it, serve Kafka's confirmations, write the PUBACKs."""
+        sock = self.mqtt.socket()
+        if sock is None:
+            if not self.stopping.is_set():
+                self._reconnect_when_due()
+            self.producer.poll(0.05)
+            return
+        flushed = self._write_mqtt()
+        if sock.pending():
+            wait = 0.0
+        elif self._inflight:
+            wait = 0.002  # confirmations are due; librdkafka has no descriptor to select on
+        else:
+            wait = idle_wait
+        readable, _, _ = select.select([sock], [] if flushed else [sock], [], wait)
+        if readable or sock.pending():
+            for _ in range(self.READ_BUDGET):
+                if self.mqtt.loop_read() != mqtt.MQTT_ERR_SUCCESS or not sock.pending():
+                    break
+        self.producer.poll(0)
+        self._write_mqtt()
+
+    def publish_metrics(self) -> None:
+        if self._received:
+            metrics.RECEIVED.labels("bridge").inc(self._received)
+            self._received = 0
+        if self._acked:
+            metrics.ACKED.inc(self._acked)
+            self._acked = 0
+        if self._stale_acks:
+            metrics.ERRORS.labels("bridge", "stale_ack").inc(self._stale_acks)
+            self._stale_acks = 0
+        for topic, count in self._produced.items():
+            if count:
+                metrics.PRODUCED.labels(topic).inc(count)
+                self._produced[topic] = 0
+        metrics.INFLIGHT.set(self._inflight)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -351,24 +413,32 @@ class Bridge:
                 self.settings.mqtt_session_expiry_s, self.settings.bridge_receive_maximum
             ),
         )
-        self.mqtt.loop_start()
-        last_metadata = time.monotonic()
+        last_metadata = last_housekeeping = time.monotonic()
         while not self.stopping.is_set():
-            self.producer.poll(0.1)
-            self.heartbeat.beat()
-            with self._inflight_lock:
-                metrics.INFLIGHT.set(self._inflight)
-            if time.monotonic() - last_metadata > 60:
+            self.round()
+            now = time.monotonic()
+            if now - last_housekeeping > 0.5:
+                last_housekeeping = now
+                self.heartbeat.beat()
+                self.publish_metrics()
+                self.mqtt.loop_misc()  # keepalive pings, broker silence
+            if now - last_metadata > 60:
                 self.load_partitions()  # notice partitions the operator added
-                last_metadata = time.monotonic()
+                last_metadata = now
         return self.shutdown()
 
     def shutdown(self) -> int:
         log.info("stopping: flushing Kafka and acknowledging what it confirmed")
-        left = self.producer.flush(30)
-        time.sleep(0.2)  # let the network thread write the last PUBACKs before DISCONNECT
+        deadline = time.monotonic() + 30
+        while self._inflight and len(self.producer) and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+            self._write_mqtt()
+        left = self.producer.flush(max(0.0, deadline - time.monotonic()))
+        self._write_mqtt()
+        # DISCONNECT goes out after the PUBACKs (one socket, in order); paho then closes it.
         self.mqtt.disconnect()
-        self.mqtt.loop_stop()
+        self._write_mqtt()
+        self.publish_metrics()
         log.info("stopped", extra={"undelivered": left})
         return 1 if self.fatal else 0
 

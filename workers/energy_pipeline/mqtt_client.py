@@ -2,15 +2,117 @@
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 
+class BufferedSocket:
+    """The client's TCP socket with a read-ahead buffer and coalesced writes.
+
+    paho-mqtt reads every packet with at least three recv() calls (command byte, length
+    bytes, body) and writes every packet, each 4-byte PUBACK included, with its own send().
+    At tens of thousands of messages per second those system calls cost more than the
+    messages: here one recv() takes up to 256 KiB and the writes of a loop iteration leave in
+    one send() when the owner calls flush(). paho checks `pending()` (as for TLS sockets), so
+    buffered bytes are processed without waiting for the socket to become readable.
+    """
+
+    READ_SIZE = 256 * 1024
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._in = b""
+        self._in_pos = 0
+        self._out = bytearray()
+        self._error: OSError | None = None
+
+    def recv(self, size: int) -> bytes:
+        if self._in_pos >= len(self._in):
+            if self._error is not None:
+                raise self._error
+            data = self._sock.recv(self.READ_SIZE)  # BlockingIOError when nothing is there
+            if len(data) <= size:
+                return data
+            self._in = data
+            self._in_pos = 0
+        chunk = self._in[self._in_pos : self._in_pos + size]
+        self._in_pos += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._in) - self._in_pos
+
+    def send(self, data: bytes | bytearray) -> int:
+        if self._error is not None:
+            raise self._error
+        self._out += data
+        return len(data)
+
+    def unflushed(self) -> int:
+        return len(self._out)
+
+    def flush(self) -> bool:
+        """Write what was sent; False if the socket would block (select it for writing)."""
+        while self._out:
+            try:
+                written = self._sock.send(self._out)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                # Reported to paho by the next recv(), which then handles the lost connection.
+                self._error = exc
+                self._out.clear()
+                return True
+            del self._out[:written]
+        return True
+
+    def close(self) -> None:
+        # paho closes the socket right after "sending" DISCONNECT: that must reach the broker.
+        try:
+            if self._out and self._error is None:
+                self._sock.settimeout(2)
+                self._sock.sendall(self._out)
+        except OSError:
+            pass
+        finally:
+            self._out.clear()
+            self._sock.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class BufferedClient(mqtt.Client):
+    """A paho client whose socket is a `BufferedSocket`, for an owner-driven event loop.
+
+    Use with loop_read()/loop_write()/loop_misc() from one thread, calling
+    `socket().flush()` after each round; not with loop_start()/loop_forever(), whose select()
+    does not know about unflushed writes. `_create_socket` is paho's own factory (pinned
+    paho-mqtt 2.2.0); plain TCP only, which is what the bridge uses.
+    """
+
+    def _create_socket(self) -> Any:
+        return BufferedSocket(super()._create_socket())
+
+
 def new_client(
-    client_id: str, username: str = "", password: str = "", manual_ack: bool = False
+    client_id: str,
+    username: str = "",
+    password: str = "",
+    manual_ack: bool = False,
+    buffered: bool = False,
 ) -> mqtt.Client:
-    client = mqtt.Client(
+    client = (BufferedClient if buffered else mqtt.Client)(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,
