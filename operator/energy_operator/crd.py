@@ -39,7 +39,7 @@ DEFAULT_IMAGE = "ghcr.io/energy-pipeline/energy-pipeline:0.1.0"
 # 52 (its Jobs add 11), so 40 leaves room and keeps every derived name a valid DNS label.
 MAX_NAME_LENGTH = 40
 
-WORKERS = ("bridge", "ingest", "inference", "train")
+WORKERS = ("bridge", "ingest", "inference", "train", "api")
 
 # Numeric fields of energy_pipeline.forecasting.models.DefaultParams (a unit test keeps this
 # list equal to them; importing the model here would pull LightGBM into the operator).
@@ -100,10 +100,21 @@ class SecretSetting:
     workers: tuple[str, ...]
     ref: tuple[str, ...]  # path of the secret reference in the spec
     key_field: str  # field of that reference naming the key
+    # (worker, path): a reference of the same shape that, when the spec sets it, this worker
+    # reads instead of `ref` (the read API's own, read-only, database URL).
+    overrides: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def field(self) -> str:
         return "spec." + ".".join(self.ref)
+
+    def ref_for(self, worker: str, spec: Mapping[str, Any]) -> Any:
+        """The secret reference `worker` reads in `spec` (None when the spec has none)."""
+        for who, path in self.overrides:
+            override = get_path(spec, path) if who == worker else None
+            if override:
+                return override
+        return get_path(spec, self.ref)
 
 
 SECRET_SETTINGS = (
@@ -113,8 +124,9 @@ SECRET_SETTINGS = (
                   ("kafka", "sasl", "credentialsSecret"), "usernameKey"),
     SecretSetting("KAFKA_SASL_PASSWORD", ("bridge", "ingest"),
                   ("kafka", "sasl", "credentialsSecret"), "passwordKey"),
-    SecretSetting("DATABASE_URL", ("ingest", "inference", "train"),
-                  ("database", "urlSecret"), "key"),
+    SecretSetting("DATABASE_URL", ("ingest", "inference", "train", "api"),
+                  ("database", "urlSecret"), "key",
+                  overrides=(("api", ("api", "databaseUrlSecret")),)),
 )
 
 
@@ -248,7 +260,7 @@ def image_override(doc: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 # Which workers read a setting.
-B, IN, F, T = ("bridge",), ("ingest",), ("inference",), ("train",)
+B, IN, F, T, A = ("bridge",), ("ingest",), ("inference",), ("train",), ("api",)
 BI = ("bridge", "ingest")
 
 
@@ -374,8 +386,8 @@ def spec_schema() -> dict[str, Any]:
         {
             "urlSecret": secret_ref(
                 "Secret holding the connection URL postgresql://user:password@host:5432/db "
-                "(sets DATABASE_URL of ingest, inference and train; the operator uses it "
-                "for migrations).",
+                "(sets DATABASE_URL of ingest, inference and train, and of the read API unless "
+                "api.databaseUrlSecret is set; the operator uses it for migrations).",
                 {"key": ("url", "the URL")},
             ),
         },
@@ -456,6 +468,54 @@ def spec_schema() -> dict[str, Any]:
             ),
         },
         default={},
+    )
+
+    api = obj(
+        "The read API (energy-pipeline api): readings, hourly features and forecasts from "
+        "PostgreSQL as JSON or CSV under /api/v1, behind the Service <name>-api (ports api "
+        "8000 and http 8080).",
+        {
+            "enabled": boolean(
+                "Deploy the read API: Deployment, Service and PodDisruptionBudget <name>-api. "
+                "Setting it back to false deletes them.",
+                default=False,
+            ),
+            "replicas": replicas("API pods.", 1),
+            "image": image_override("Image of the API container."),
+            "resources": resources("API pods.", {"cpu": "100m", "memory": "128Mi"},
+                                   {"memory": "256Mi"}),
+            "databaseUrlSecret": secret_ref(
+                "Secret holding the API's own connection URL, ideally of a read-only role "
+                "(the postgres chart's READER_DATABASE_URL). Absent: spec.database.urlSecret. "
+                "Sets DATABASE_URL (api).",
+                {"key": ("url", "the URL")},
+            ),
+            "defaultPageSize": integer(
+                "Rows per page when a request gives no limit.",
+                env=Env("API_DEFAULT_PAGE_SIZE", A), default=1000, minimum=1, maximum=100000,
+            ),
+            "maxPageSize": integer(
+                "Largest limit a request may ask for (larger ones get a 400).",
+                env=Env("API_MAX_PAGE_SIZE", A), default=10000, minimum=1, maximum=100000,
+            ),
+            "statementTimeoutMs": integer(
+                "Longest a request may spend in the database; longer ones are cancelled "
+                "(503).",
+                env=Env("API_STATEMENT_TIMEOUT_MS", A), default=5000, minimum=10,
+                maximum=600000,
+            ),
+            "dbPoolSize": integer(
+                "Database connections (and query threads) per API pod.",
+                env=Env("API_DB_POOL_SIZE", A), default=4, minimum=1, maximum=64,
+            ),
+        },
+        default={},
+        rules=(
+            # has(): the API server also checks the rule against the section's default, {}.
+            rule("!has(self.defaultPageSize) || !has(self.maxPageSize) || "
+                 "self.defaultPageSize <= self.maxPageSize",
+                 "defaultPageSize must not exceed maxPageSize", ".defaultPageSize"),
+        ),
     )
 
     forecast = obj(
@@ -562,6 +622,7 @@ def spec_schema() -> dict[str, Any]:
             "ingestion": ingestion,
             "inference": inference,
             "forecast": forecast,
+            "api": api,
         },
         required=("mqtt", "kafka", "database"),
         rules=(
@@ -615,9 +676,12 @@ def status_schema() -> dict[str, Any]:
             "paused": boolean("True while spec.paused holds the operator off."),
             "ingestion": string("Ready/desired pods of bridge plus ingest, e.g. 4/4."),
             "inference": string("Ready/desired inference pods, e.g. 2/2."),
+            "api": string("Ready/desired read API pods, e.g. 1/1; absent while spec.api.enabled "
+                          "is false."),
             "workloads": obj(
                 "Replica counts per Deployment.",
-                {"bridge": workload, "ingest": workload, "inference": workload},
+                {"bridge": workload, "ingest": workload, "inference": workload,
+                 "api": workload},
             ),
             "topics": obj(
                 "The Kafka topics as last observed.",
@@ -655,6 +719,8 @@ PRINTER_COLUMNS = (
      "description": "Ready/desired inference pods"},
     {"name": "Last forecast", "type": "date", "jsonPath": ".status.lastForecastTime",
      "description": "When the newest forecast was issued"},
+    {"name": "API", "type": "string", "jsonPath": ".status.api", "priority": 1,
+     "description": "Ready/desired read API pods (when spec.api.enabled)"},
     {"name": "Paused", "type": "boolean", "jsonPath": ".spec.paused", "priority": 1,
      "description": "The operator leaves the children untouched"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -675,7 +741,7 @@ def crd_manifest() -> dict[str, Any]:
         "description": (
             "An energy pipeline: IoT building sensors over MQTT, through Kafka into "
             "PostgreSQL, with hourly LightGBM forecasts. The operator creates and keeps its "
-            "Deployments, Service, CronJob, ConfigMap, PodDisruptionBudgets, ServiceAccount, "
+            "Deployments, Services, CronJob, ConfigMap, PodDisruptionBudgets, ServiceAccount, "
             "Kafka topics and database schema."
         ),
         "properties": {

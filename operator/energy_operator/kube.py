@@ -146,6 +146,25 @@ class Kube:
             body=dict(patch), content_type="application/merge-patch+json",
         )
 
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
+               uid: str | None = None) -> bool:
+        """Delete in the background (dependents go through the garbage collector).
+
+        With `uid`, only that very object (a precondition): never one recreated meanwhile.
+        False if it was already gone.
+        """
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions",
+                                "propagationPolicy": "Background"}
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self.request("DELETE", resource_path(api_version, kind, namespace, name), body=body)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))

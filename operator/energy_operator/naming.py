@@ -19,9 +19,13 @@ ANNOTATION_PREFIX = "energy.pipeline.dev"
 
 HTTP_PORT = 8080
 GRPC_PORT = 50051
+API_PORT = 8000
 CLUSTER_DOMAIN = "cluster.local"
 
+# Always deployed.
 DEPLOYMENT_WORKERS = ("bridge", "ingest", "inference")
+# Deployed only while their spec section says `enabled: true` (the read API: spec.api).
+OPTIONAL_WORKERS = ("api",)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class ChildNames:
     @property
     def inference_service(self) -> str:
         return f"{self.pipeline}-inference"
+
+    @property
+    def api_service(self) -> str:
+        return f"{self.pipeline}-api"
 
     @property
     def train(self) -> str:

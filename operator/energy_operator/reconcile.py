@@ -35,7 +35,7 @@ from energy_pipeline.topics import (
 
 from energy_operator import crd, render
 from energy_operator.kube import Kube, KubeError
-from energy_operator.naming import DEPLOYMENT_WORKERS, ChildNames, instance_selector
+from energy_operator.naming import OPTIONAL_WORKERS, ChildNames, instance_selector
 from energy_operator.status import (
     Observed,
     Problem,
@@ -158,17 +158,29 @@ def with_timeout(url: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
-                   adopt: Adopt, restoring: bool) -> tuple[list[Event], list[Problem], list[str]]:
+                   adopt: Adopt, restoring: bool, fresh: frozenset[str] = frozenset()
+                   ) -> tuple[list[Event], list[Problem], list[str]]:
+    """Apply every rendered child; delete owned children the spec no longer asks for.
+
+    A missing child is reported as restored (someone deleted it) when `restoring`, unless its
+    component is in `fresh`: an optional part (spec.api) enabled since the last pass.
+    """
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     children = render.render_children(name, namespace, spec)
     adopt(children, body)
     existing: dict[tuple[str, str], str] = {}
+    # Children of the kinds that come and go with the spec, controlled by this very object.
+    prunable: dict[tuple[str, str], tuple[str, str]] = {}
     selector = instance_selector(name)
-    for api_version, kind in sorted({(c["apiVersion"], c["kind"]) for c in children}):
+    kinds = {(c["apiVersion"], c["kind"]) for c in children} | set(render.PRUNABLE_KINDS)
+    for api_version, kind in sorted(kinds):
         for item in kube.list(api_version, kind, namespace, selector):
-            existing[(kind, item["metadata"]["name"])] = _version(item)
-    created, restored, updated, problems = [], [], [], []
+            key = (kind, item["metadata"]["name"])
+            existing[key] = _version(item)
+            if (api_version, kind) in render.PRUNABLE_KINDS and _controlled_by(item, meta):
+                prunable[key] = (api_version, item["metadata"]["uid"])
+    created, restored, updated, deleted, problems = [], [], [], [], []
     for child in children:
         key = (child["kind"], child["metadata"]["name"])
         try:
@@ -177,10 +189,22 @@ def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
             problems.append(Problem("ApplyFailed", f"{key[0]} {key[1]}: {exc.message}"))
             continue
         label = f"{key[0]} {key[1]}"
+        component = child["metadata"]["labels"].get("app.kubernetes.io/component")
         if key not in existing:
-            (restored if restoring else created).append(label)
+            (restored if restoring and component not in fresh else created).append(label)
         elif _version(applied) != existing[key]:
             updated.append(label)
+    desired = {(c["kind"], c["metadata"]["name"]) for c in children}
+    for key in sorted(set(prunable) - desired):
+        api_version, uid = prunable[key]
+        try:
+            if kube.delete(api_version, key[0], namespace, key[1], uid=uid):
+                deleted.append(f"{key[0]} {key[1]}")
+        except KubeError as exc:
+            # The data still flows; what is left over only costs resources.
+            problems.append(Problem("DeleteFailed", f"{key[0]} {key[1]} is no longer in the "
+                                    f"spec but could not be deleted: {exc.message}",
+                                    blocking=False))
     events = []
     changes = []
     if created:
@@ -192,7 +216,19 @@ def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
     if updated:
         events.append(Event("Updated", "updated " + ", ".join(updated)))
         changes.append("updated " + ", ".join(updated))
+    if deleted:
+        events.append(Event("Deleted", "deleted " + ", ".join(deleted)
+                            + " (no longer asked for by the spec)"))
+        changes.append("deleted " + ", ".join(deleted))
     return events, problems, changes
+
+
+def _controlled_by(obj: Mapping[str, Any], owner_meta: Mapping[str, Any]) -> bool:
+    """Whether `owner_meta`'s object is the controller of `obj` (what kopf.adopt sets)."""
+    return any(
+        ref.get("controller") and ref.get("uid") == owner_meta["uid"]
+        for ref in obj["metadata"].get("ownerReferences") or ()
+    )
 
 
 def _version(obj: Mapping[str, Any]) -> str:
@@ -352,6 +388,7 @@ def registry_facts(dsn: str) -> DatabaseFacts:
 
 def observe_workloads(kube: Kube, name: str, namespace: str,
                       spec: Mapping[str, Any]) -> dict[str, Workload]:
+    """Every Deployment the spec asks for (the read API only while spec.api.enabled)."""
     desired = render.desired_replicas(spec)
     names = ChildNames(name)
     found = {
@@ -359,8 +396,8 @@ def observe_workloads(kube: Kube, name: str, namespace: str,
         for d in kube.list("apps/v1", "Deployment", namespace, instance_selector(name))
     }
     return {
-        w: workload_from_deployment(found.get(names.deployment(w)), desired[w])
-        for w in DEPLOYMENT_WORKERS
+        w: workload_from_deployment(found.get(names.deployment(w)), replicas)
+        for w, replicas in desired.items()
     }
 
 
@@ -409,7 +446,11 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
 
     if change:
         restoring = "observedGeneration" in previous
-        ev, pr, ch = apply_children(kube, body, spec, adopt, restoring)
+        # Optional workers the last status did not report were just enabled: created, not
+        # restored.
+        fresh = frozenset(w for w in OPTIONAL_WORKERS
+                          if w not in (previous.get("workloads") or {}))
+        ev, pr, ch = apply_children(kube, body, spec, adopt, restoring, fresh)
         events += ev
         problems += pr
         changes += ch

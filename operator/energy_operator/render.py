@@ -22,11 +22,13 @@ from energy_pipeline.contracts import all_kafka_topics
 
 from energy_operator import crd
 from energy_operator.naming import (
+    API_PORT,
     CLUSTER_DOMAIN,
     CONFIG_HASH_ANNOTATION,
     DEPLOYMENT_WORKERS,
     GRPC_PORT,
     HTTP_PORT,
+    OPTIONAL_WORKERS,
     ChildNames,
     labels,
     selector_labels,
@@ -34,6 +36,11 @@ from energy_operator.naming import (
 
 # A numeric user, so the kubelet can verify runAsNonRoot whatever user the image names.
 RUN_AS_USER = 10001
+# The read API: after SIGTERM it finishes requests in flight for up to 15 s
+# (energy_pipeline.api.server.SHUTDOWN_TIMEOUT_S). Before that, the preStop sleep gives the
+# endpoints controller and the proxies time to stop routing new requests to a stopping pod.
+API_PRESTOP_SLEEP_S = 5
+API_TERMINATION_GRACE_S = 30
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ DERIVED_SETTINGS = (
     Derived("PIPELINE_NAME", crd.WORKERS, "metadata.name of the EnergyPipeline"),
     Derived("HTTP_PORT", crd.WORKERS, f"/metrics, /healthz and /readyz ({HTTP_PORT})"),
     Derived("GRPC_PORT", ("inference",), f"gRPC port of the Forecaster service ({GRPC_PORT})"),
+    Derived("API_PORT", ("api",), f"port of the read API, /api/v1/... ({API_PORT})"),
     Derived("INFERENCE_TARGET", ("ingest",),
             "gRPC target of the headless inference Service, dns:///<name>-inference...:50051"),
     Derived("KAFKA_PARTITIONS", (), "spec.kafka.partitions (for `energy-pipeline topics create`)"),
@@ -76,6 +84,7 @@ def config_data(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str,
         "PIPELINE_NAME": name,
         "HTTP_PORT": str(HTTP_PORT),
         "GRPC_PORT": str(GRPC_PORT),
+        "API_PORT": str(API_PORT),
         "INFERENCE_TARGET": (
             inference_target(name, namespace) if spec["forecast"]["enabled"] else ""
         ),
@@ -95,7 +104,7 @@ def config_keys(worker: str, data: Mapping[str, str]) -> list[str]:
 def secret_env(worker: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for setting in crd.SECRET_SETTINGS:
-        ref = crd.get_path(spec, setting.ref)
+        ref = setting.ref_for(worker, spec)
         if worker not in setting.workers or not ref:
             continue
         out.append({
@@ -130,7 +139,8 @@ def config_hash(worker: str, env: list[dict[str, Any]], data: Mapping[str, str])
 
 
 def _image(spec: Mapping[str, Any], worker: str) -> str:
-    section = {"bridge": "ingestion", "ingest": "ingestion", "inference": "inference"}.get(worker)
+    section = {"bridge": "ingestion", "ingest": "ingestion", "inference": "inference",
+               "api": "api"}.get(worker)
     override = spec.get(section, {}).get("image") if section else ""
     return override or spec["image"]
 
@@ -140,6 +150,7 @@ def _resources(spec: Mapping[str, Any], worker: str) -> dict[str, Any]:
         "bridge": spec["ingestion"]["bridge"],
         "ingest": spec["ingestion"],
         "inference": spec["inference"],
+        "api": spec["api"],
     }.get(worker)
     found = source.get("resources") if source else spec["forecast"].get("trainingResources")
     return json.loads(json.dumps(found or {}))
@@ -159,6 +170,8 @@ def container(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
     ports = [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     if worker == "inference":
         ports.append({"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
+    if worker == "api":
+        ports.append({"name": "api", "containerPort": API_PORT, "protocol": "TCP"})
     out: dict[str, Any] = {
         "name": worker,
         "image": _image(spec, worker),
@@ -180,6 +193,9 @@ def container(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
         out["startupProbe"] = _http_probe("/healthz", 2, 30)
         out["livenessProbe"] = _http_probe("/healthz", 10, 3)
         out["readinessProbe"] = _http_probe("/readyz", 5, 2)
+    if worker == "api":
+        out["lifecycle"] = {
+            "preStop": {"exec": {"command": ["sleep", str(API_PRESTOP_SLEEP_S)]}}}
     return out
 
 
@@ -210,7 +226,13 @@ def deployment_replicas(spec: Mapping[str, Any], worker: str) -> int:
         "bridge": spec["ingestion"]["bridge"]["replicas"],
         "ingest": spec["ingestion"]["replicas"],
         "inference": spec["inference"]["replicas"],
+        "api": spec["api"]["replicas"],
     }[worker])
+
+
+def deployment_workers(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The workers with a Deployment under this (defaulted) spec: optional ones when enabled."""
+    return DEPLOYMENT_WORKERS + tuple(w for w in OPTIONAL_WORKERS if spec[w]["enabled"])
 
 
 def deployment(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
@@ -223,8 +245,9 @@ def deployment(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
         "whenUnsatisfiable": "ScheduleAnyway",
         "labelSelector": {"matchLabels": dict(selector)},
     }]
-    # Graceful stop: the bridge acknowledges in-flight MQTT messages, ingest commits its batch.
-    pod["terminationGracePeriodSeconds"] = 60
+    # Graceful stop: the bridge acknowledges in-flight MQTT messages, ingest commits its batch;
+    # the API sleeps in preStop, then drains its requests.
+    pod["terminationGracePeriodSeconds"] = API_TERMINATION_GRACE_S if worker == "api" else 60
     env = pod["containers"][0]["env"]
     return {
         "apiVersion": "apps/v1",
@@ -261,6 +284,26 @@ def inference_service(name: str, namespace: str) -> dict[str, Any]:
             "selector": selector_labels(name, "inference"),
             "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc",
                        "protocol": "TCP", "appProtocol": "grpc"}],
+        },
+    }
+
+
+def api_service(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": ChildNames(name).api_service, "namespace": namespace,
+                     "labels": labels(name, "api")},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(name, "api"),
+            # api: /api/v1/... (what an Ingress routes to); http: /metrics and the probes.
+            "ports": [
+                {"name": "api", "port": API_PORT, "targetPort": "api", "protocol": "TCP",
+                 "appProtocol": "http"},
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP",
+                 "appProtocol": "http"},
+            ],
         },
     }
 
@@ -332,12 +375,21 @@ def render_children(name: str, namespace: str, spec: Mapping[str, Any]) -> list[
     """
     spec = crd.with_defaults(spec)
     data = config_data(name, namespace, spec)
+    workers = deployment_workers(spec)
     children = [service_account(name, namespace), config_map(name, namespace, data)]
-    children += [deployment(name, namespace, w, spec, data) for w in DEPLOYMENT_WORKERS]
+    children += [deployment(name, namespace, w, spec, data) for w in workers]
     children.append(inference_service(name, namespace))
+    if "api" in workers:
+        children.append(api_service(name, namespace))
     children.append(train_cronjob(name, namespace, spec, data))
-    children += [pod_disruption_budget(name, namespace, w) for w in DEPLOYMENT_WORKERS]
+    children += [pod_disruption_budget(name, namespace, w) for w in workers]
     return children
+
+
+# Kinds of children that exist only while an optional part of the spec is enabled. A child of
+# these kinds that this pipeline owns but no longer renders is deleted by the reconciler.
+PRUNABLE_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"),
+                  ("policy/v1", "PodDisruptionBudget"))
 
 
 def topic_names(spec: Mapping[str, Any]) -> list[str]:
@@ -345,5 +397,6 @@ def topic_names(spec: Mapping[str, Any]) -> list[str]:
 
 
 def desired_replicas(spec: Mapping[str, Any]) -> dict[str, int]:
+    """Replicas of every Deployment this spec asks for (the optional ones when enabled)."""
     spec = crd.with_defaults(spec)
-    return {w: deployment_replicas(spec, w) for w in DEPLOYMENT_WORKERS}
+    return {w: deployment_replicas(spec, w) for w in deployment_workers(spec)}

@@ -216,6 +216,8 @@ def build_status(
         "workloads": {n: w.as_status() for n, w in observed.workloads.items()},
         "topics": observed.topics.as_status(),
     }
+    if "api" in observed.workloads:  # only while spec.api.enabled
+        status["api"] = _ratio(observed.workloads, ("api",))
     if observed.schema_version is not None:
         status["schemaVersion"] = observed.schema_version
     elif "schemaVersion" in previous:
@@ -232,11 +234,14 @@ def build_status(
 
 
 def status_patch(new: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A merge patch turning `previous` into `new` (keys gone from `new` are removed)."""
+    """A merge patch turning `previous` into `new` (keys gone from `new` are removed, also
+    in nested objects such as `workloads`; lists are replaced whole)."""
     patch: dict[str, Any] = dict(new)
-    for key in previous or {}:
+    for key, old in (previous or {}).items():
         if key not in new:
             patch[key] = None
+        elif isinstance(old, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = status_patch(new[key], old)
     return patch
 
 

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,6 +116,8 @@ class Pipeline:
     name: str = "demo"
     mqtt: tuple[str, int] = ("127.0.0.1", 1883)
     created: list[str] = field(default_factory=list)
+    # PostgreSQL roles a test created; dropped after the database.
+    roles: list[str] = field(default_factory=list)
 
     def spec(self, **sections: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {
@@ -182,9 +185,12 @@ class Pipeline:
         assert found is not None, f"{self.name}-{worker} missing"
         return dict(found)
 
-    def event_reasons(self) -> list[str]:
+    def events(self) -> list[dict[str, Any]]:
         events = self.client.list("v1", "Event", self.namespace)
-        return [e["reason"] for e in events if e["involvedObject"]["kind"] == KIND]
+        return [e for e in events if e["involvedObject"]["kind"] == KIND]
+
+    def event_reasons(self) -> list[str]:
+        return [e["reason"] for e in self.events()]
 
     def wait_event(self, reason: str, timeout: float = 10) -> None:
         wait_for(lambda: reason in self.event_reasons(), timeout, f"event {reason}")
@@ -234,6 +240,8 @@ def pipeline(
         delete_topics(AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers}),
                       render.topic_names(result.spec()))
         admin_sql(postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        for role in result.roles:
+            admin_sql(postgres, f'DROP ROLE IF EXISTS "{role}"')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +327,7 @@ def resolve_env(client: Kube, namespace: str, container: dict[str, Any],
 
 
 def test_rendered_workers_run_locally_with_the_rendered_environment(
-    pipeline: Pipeline, mqtt_broker: MosquittoBroker, tmp_path: Path
+    pipeline: Pipeline, mqtt_broker: MosquittoBroker, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     """The contract test: each rendered container's command, with exactly its environment
     (as the kubelet resolves it from the ConfigMap and Secrets), against the local stack.
@@ -329,18 +337,25 @@ def test_rendered_workers_run_locally_with_the_rendered_environment(
     """
     pipeline.mqtt = (mqtt_broker.host, mqtt_broker.port)
     pipeline.apply(pipeline.spec())
+    pipeline.wait_ready()  # the operator migrated the schema: a read-only role can be granted
+    reader_url = read_only_role(pipeline, postgres)
+    pipeline.client.create({"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": "pg-reader", "namespace": pipeline.namespace},
+                            "stringData": {"url": reader_url}})
+    pipeline.patch({"api": {"enabled": True, "databaseUrlSecret": {"name": "pg-reader"}}})
     pipeline.wait_ready()
     containers = {
         worker: pipeline.deployment(worker)["spec"]["template"]["spec"]["containers"][0]
-        for worker in ("bridge", "ingest", "inference")
+        for worker in ("bridge", "ingest", "inference", "api")
     }
     cron = pipeline.client.get("batch/v1", "CronJob", pipeline.namespace, f"{pipeline.name}-train")
     containers["train"] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
 
-    grpc_port = free_port()
+    grpc_port, api_port = free_port(), free_port()
     plumbing = {
         "inference": {"GRPC_PORT": str(grpc_port)},
         "ingest": {"INFERENCE_TARGET": f"dns:///127.0.0.1:{grpc_port}"},
+        "api": {"API_PORT": str(api_port)},
     }
     basics = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TZ"}}
     envs: dict[str, dict[str, str]] = {}
@@ -350,11 +365,12 @@ def test_rendered_workers_run_locally_with_the_rendered_environment(
         assert set(plumbing.get(worker, {})) <= set(env)  # replaced, never added
         envs[worker] = {**basics, **env, **plumbing.get(worker, {})}
     assert envs["ingest"]["DATABASE_URL"] == pipeline.database_url
+    assert envs["api"]["DATABASE_URL"] == reader_url
     assert envs["bridge"]["MQTT_PORT"] == str(mqtt_broker.port)
 
     workers: list[WorkerProcess] = []
     try:
-        for worker in ("inference", "ingest", "bridge"):
+        for worker in ("api", "inference", "ingest", "bridge"):
             process = WorkerProcess(worker, [*containers[worker]["command"][1:]], envs[worker],
                                     tmp_path / "logs")
             workers.append(process.start(timeout=90))
@@ -376,6 +392,12 @@ def test_rendered_workers_run_locally_with_the_rendered_environment(
 
         wait_for(lambda: stored() >= expected, 90, f"{expected} readings in PostgreSQL")
         assert stored() == expected
+        # The read API, as the read-only role, serves what ingest stored.
+        workers[0].wait_ready(30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/api/v1/sites",
+                                    timeout=10) as response:
+            sites = json.loads(response.read())
+        assert [s["site"] for s in sites["data"]] == ["site-0"], sites
         for process in workers:
             process.require_alive()
             assert process.healthy()
@@ -387,9 +409,29 @@ def test_rendered_workers_run_locally_with_the_rendered_environment(
     train = WorkerProcess("train", ["train"], envs["train"], tmp_path / "logs")
     train.start(wait_ready=False)
     assert train.wait(180) == 0, train.process.log_tail() if train.process else ""
-    for worker in ("bridge", "ingest", "inference"):
+    for worker in ("bridge", "ingest", "inference", "api"):
         # Every worker accepted its environment: no settings error in its log.
         assert "invalid settings" not in (tmp_path / "logs" / f"{worker}.log").read_text()
+
+
+def read_only_role(pipeline: Pipeline, postgres: PostgresServer) -> str:
+    """A role like the postgres chart's reader (SELECT only, read-only transactions); its URL."""
+    role = f"reader_{pipeline.prefix}"
+    password = uuid.uuid4().hex
+    admin_sql(postgres, f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    pipeline.roles.append(role)
+    database = pipeline.database_url.rsplit("/", 1)[1].split("?")[0]
+    conn = psycopg2.connect(pipeline.database_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"')
+            cur.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+            cur.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+            cur.execute(f'ALTER ROLE "{role}" SET default_transaction_read_only = on')
+    finally:
+        conn.close()
+    return dsn(postgres.port, password, database, user=role)
 
 
 def test_changes_update_the_right_child_and_roll_pods_on_config_changes(
@@ -440,6 +482,73 @@ def test_changes_update_the_right_child_and_roll_pods_on_config_changes(
     assert cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
         "image"] == "registry.example/energy-pipeline:9.9.9"
     pipeline.wait_event("Updated")
+
+
+API_CHILDREN = {("Deployment", "demo-api"), ("Service", "demo-api"),
+                ("PodDisruptionBudget", "demo-api")}
+
+
+def test_the_read_api_comes_and_goes_with_spec_api_enabled(pipeline: Pipeline) -> None:
+    pipeline.apply(pipeline.spec())
+    body = pipeline.wait_ready()
+    assert not API_CHILDREN & set(pipeline.children())
+    assert "api" not in body["status"] and "api" not in body["status"]["workloads"]
+    hashes = {w: pipeline.deployment(w)["spec"]["template"]["metadata"]["annotations"][
+        "energy.pipeline.dev/config-hash"] for w in ("bridge", "ingest", "inference")}
+
+    pipeline.patch({"api": {"enabled": True, "maxPageSize": 5000}})
+    body = pipeline.wait_ready()
+    children = pipeline.children()
+    assert set(children) >= API_CHILDREN
+    for key in API_CHILDREN:
+        (owner,) = children[key]["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == (
+            KIND, body["metadata"]["uid"], True)
+    pod = children[("Deployment", "demo-api")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["energy-pipeline", "api"]
+    assert {(p["name"], p["containerPort"]) for p in container["ports"]} == {
+        ("api", 8000), ("http", 8080)}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http",
+                                                     "scheme": "HTTP"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http",
+                                                      "scheme": "HTTP"}
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert pod["terminationGracePeriodSeconds"] >= 20
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    env = resolve_env(pipeline.client, pipeline.namespace, container, "api-0")
+    assert env["DATABASE_URL"] == pipeline.database_url  # no api.databaseUrlSecret: the workers'
+    assert (env["API_PORT"], env["API_MAX_PAGE_SIZE"], env["API_DEFAULT_PAGE_SIZE"]) == (
+        "8000", "5000", "1000")
+    service = children[("Service", "demo-api")]["spec"]
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["ports"]} == {
+        ("api", 8000, "api"), ("http", 8080, "http")}
+    assert service["selector"]["app.kubernetes.io/component"] == "api"
+    assert body["status"]["api"] == "1/1"
+    assert body["status"]["workloads"]["api"]["desired"] == 1
+    assert "api 1/1" in pipeline.condition("Ready", body)["message"]
+    # Newly enabled is "created", not "restored"; the other workers did not roll.
+    created = [e["message"] for e in pipeline.events() if e["reason"] == "Created"]
+    assert any("Deployment demo-api" in m for m in created), created
+    assert not [e for e in pipeline.events() if e["reason"] == "Restored"]
+    for worker, digest in hashes.items():
+        assert pipeline.deployment(worker)["spec"]["template"]["metadata"]["annotations"][
+            "energy.pipeline.dev/config-hash"] == digest
+
+    # Drift: a deleted API Service comes back.
+    pipeline.client.delete("v1", "Service", pipeline.namespace, "demo-api")
+    wait_for(lambda: ("Service", "demo-api") in pipeline.children(), 6 * INTERVAL,
+             "the API Service to be restored")
+
+    pipeline.patch({"api": {"enabled": False}})
+    wait_for(lambda: not API_CHILDREN & set(pipeline.children()), 6 * INTERVAL,
+             "the API's Deployment, Service and PodDisruptionBudget to be deleted")
+    body = pipeline.wait_ready()
+    assert "api" not in body["status"] and "api" not in body["status"]["workloads"]
+    assert "api 1/1" not in pipeline.condition("Ready", body)["message"]
+    pipeline.wait_event("Deleted")
+    assert {("Deployment", "demo-ingest"), ("Service", "demo-inference")} <= set(
+        pipeline.children())
 
 
 def test_operator_restart_changes_nothing(pipeline: Pipeline, operator: OperatorProcess) -> None:

@@ -85,6 +85,16 @@ INVALID = [
     ("unknown-model-parameter", merged(forecast__modelParameters={"learnin_rate": 0.1}),
      "spec.forecast.modelParameters"),
     ("negative-replicas", merged(inference__replicas=-1), "spec.inference.replicas"),
+    ("api-page-default-above-max", merged(api__defaultPageSize=5000, api__maxPageSize=100),
+     "spec.api.defaultPageSize"),
+    ("api-too-many-replicas", merged(api__replicas=101), "spec.api.replicas"),
+    ("api-enabled-not-boolean", merged(api__enabled="yes"), "spec.api.enabled"),
+    ("api-pool-empty", merged(api__dbPoolSize=0), "spec.api.dbPoolSize"),
+    ("api-timeout-too-long", merged(api__statementTimeoutMs=600001),
+     "spec.api.statementTimeoutMs"),
+    ("api-page-too-large", merged(api__maxPageSize=100001), "spec.api.maxPageSize"),
+    ("api-secret-without-name", merged(api__databaseUrlSecret={"key": "url"}),
+     "spec.api.databaseUrlSecret.name"),
     ("1-starts-with-digit", VALID, "metadata.name"),
 ]
 
@@ -122,6 +132,8 @@ def test_valid_spec_is_stored_with_defaults(kube: KubeControlPlane, namespace: s
     assert spec["forecast"]["horizons"] == 168
     assert spec["image"] == "ghcr.io/energy-pipeline/energy-pipeline:0.1.0"
     assert spec["paused"] is False
+    assert spec["api"]["enabled"] is False and spec["api"]["replicas"] == 1
+    assert spec["api"]["maxPageSize"] == 10000 and "databaseUrlSecret" not in spec["api"]
 
 
 def test_examples_are_accepted(kube: KubeControlPlane, namespace: str) -> None:
@@ -156,7 +168,8 @@ def test_kubectl_explain_documents_the_fields(kube: KubeControlPlane, energy_crd
     assert "MQTT_HOST" in host
     recursive = kube.kubectl("explain", "energypipelines.spec", "--recursive").stdout
     for field in ("bootstrapServers", "deleteTopicsOnDelete", "urlSecret", "horizons",
-                  "retrainSchedule", "modelParameters", "receiveMaximum", "paused"):
+                  "retrainSchedule", "modelParameters", "receiveMaximum", "paused",
+                  "databaseUrlSecret", "defaultPageSize"):
         assert field in recursive
     status = kube.kubectl("explain", "energypipelines.status.conditions").stdout
     assert "Ready, Progressing and Degraded" in status

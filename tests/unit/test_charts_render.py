@@ -448,3 +448,105 @@ def test_operator_chart_grants_at_least_the_manifest_rbac(
     for kind, grants in wanted.items():
         chart = set().union(*(_grants(d["rules"]) for d in by_kind(default_docs, kind).values()))
         assert grants <= chart, f"{kind}: missing {sorted(grants - chart)}"
+
+
+# ---- the read API: the example pipeline's spec.api and the Ingress to its Service ----------
+
+API_VALUES = {"example": {"api": {"enabled": True}}, "api": {"ingress": {"enabled": True}}}
+
+
+@pytest.fixture(scope="module")
+def api_docs(helm: Path, platform_chart: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return render(helm, platform_chart, API_VALUES, tmp_path_factory.mktemp("api"))
+
+
+def test_api_is_off_by_default(default_docs: list[dict[str, Any]]) -> None:
+    assert "energy-api" not in by_kind(default_docs, "Ingress")
+    assert "api" not in by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]
+
+
+def test_example_api_connects_as_the_read_only_role(api_docs: list[dict[str, Any]]) -> None:
+    from energy_operator import crd
+
+    spec = by_kind(api_docs, "EnergyPipeline")["energy"]["spec"]
+    assert spec["api"] == {
+        "enabled": True, "replicas": 1,
+        "databaseUrlSecret": {"name": "energy-postgres", "key": "READER_DATABASE_URL"},
+    }
+    assert set(spec["api"]) <= set(crd.spec_schema()["properties"]["api"]["properties"])
+    secret = by_kind(api_docs, "Secret")["energy-postgres"]["data"]
+    reader = base64.b64decode(secret["reader-password"]).decode()
+    assert base64.b64decode(secret["READER_DATABASE_URL"]).decode() == (
+        f"postgresql://grafana_reader:{reader}@energy-postgres.energy.svc:5432/energy"
+    )
+
+
+def test_api_ingress_routes_the_prefix_to_the_operator_created_service(
+    api_docs: list[dict[str, Any]],
+) -> None:
+    ingress = by_kind(api_docs, "Ingress")["energy-api"]
+    assert not ingress["metadata"].get("annotations")  # no rewrite: the API serves /api/v1
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx" and "tls" not in spec
+    (rule,) = spec["rules"]
+    assert "host" not in rule
+    assert rule["http"]["paths"] == [{
+        "path": "/api/v1", "pathType": "Prefix",
+        # The name the operator gives the Service of spec.api: <pipeline>-api, port `api`.
+        "backend": {"service": {"name": "energy-api", "port": {"name": "api"}}},
+    }]
+    # Grafana keeps its own Ingress at /.
+    assert by_kind(api_docs, "Ingress")["energy-grafana"]["spec"]["rules"][0]["http"][
+        "paths"][0]["path"] == "/"
+
+
+def test_api_ingress_operator_naming_agrees() -> None:
+    from energy_operator import render as operator_render
+
+    service = operator_render.api_service("energy", "energy")
+    assert service["metadata"]["name"] == "energy-api"
+    assert "api" in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_api_ingress_for_another_pipeline_with_host_and_tls(
+    helm: Path, platform_chart: Path, tmp_path: Path
+) -> None:
+    values = {"example": {"enabled": False}, "simulator": {"enabled": False},
+              "api": {"ingress": {"enabled": True, "pipeline": "campus", "host": "api.example",
+                                  "tlsSecret": "api-tls", "path": "/api/v1",
+                                  "annotations": {"a.example/b": "c"}}}}
+    docs = render(helm, platform_chart, values, tmp_path)
+    spec = by_kind(docs, "Ingress")["energy-api"]["spec"]
+    assert spec["rules"][0]["host"] == "api.example"
+    assert spec["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "campus-api"
+    assert spec["tls"] == [{"hosts": ["api.example"], "secretName": "api-tls"}]
+    path = tmp_path / "lint.yaml"
+    path.write_text(yaml.safe_dump(values))
+    run_helm(helm, "lint", "--strict", str(platform_chart), "--values", str(path))
+
+
+def test_api_values_lint_strict(helm: Path, platform_chart: Path, tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(API_VALUES))
+    out = run_helm(helm, "lint", "--strict", str(platform_chart), "--values", str(path))
+    assert "0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    # The Ingress would point at a Service nobody creates.
+    ({"api": {"ingress": {"enabled": True}}}, "example.api.enabled"),
+    ({**API_VALUES, "api": {"ingress": {"enabled": True, "path": "api"}}}, "path"),
+    ({"example": {"api": {"enabled": True, "replicas": -1}}}, "replicas"),
+])
+def test_bad_api_values_are_refused(
+    helm: Path, platform_chart: Path, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = subprocess.run(
+        [str(helm), "template", "x", str(platform_chart), "--values", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr

@@ -22,6 +22,7 @@ SPEC = {
     "kafka": {"bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL",
               "sasl": {"credentialsSecret": {"name": "kafka"}}},
     "database": {"urlSecret": {"name": "db"}},
+    "api": {"enabled": True},
 }
 
 
@@ -52,14 +53,14 @@ def rendered_env(worker: str) -> set[str]:
     return {e["name"] for e in pod["containers"][0]["env"]}
 
 
-@pytest.mark.parametrize("worker", ["bridge", "ingest", "inference", "train"])
+@pytest.mark.parametrize("worker", ["bridge", "ingest", "inference", "train", "api"])
 def test_every_rendered_variable_is_a_setting_of_the_worker(worker: str) -> None:
     known = settings_of(worker)
     unknown = rendered_env(worker) - set(known)
     assert not unknown, f"{worker} does not read {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("worker", ["bridge", "ingest", "inference", "train"])
+@pytest.mark.parametrize("worker", ["bridge", "ingest", "inference", "train", "api"])
 def test_every_required_setting_is_rendered(worker: str) -> None:
     required = {name for name, default in settings_of(worker).items()
                 if default == "(required)"}

@@ -106,6 +106,36 @@ def test_cel_rules_name_the_field_they_check() -> None:
     assert kafka_rules == {".replicationFactor", ".minInSyncReplicas", ".securityProtocol"}
 
 
+def test_api_section_defaults_off_with_bounds_and_a_page_size_rule() -> None:
+    api = crd.spec_schema()["properties"]["api"]
+    props = api["properties"]
+    assert api["default"] == {} and props["enabled"]["default"] is False
+    assert props["replicas"]["default"] == 1
+    assert (props["replicas"]["minimum"], props["replicas"]["maximum"]) == (0, 100)
+    assert "databaseUrlSecret" not in crd.with_defaults(
+        {"mqtt": {"host": "h"}, "kafka": {"bootstrapServers": "b"},
+         "database": {"urlSecret": {"name": "db"}}})["api"]
+    (page_rule,) = api["x-kubernetes-validations"]
+    assert page_rule["fieldPath"] == ".defaultPageSize"
+    assert page_rule["rule"].endswith("self.defaultPageSize <= self.maxPageSize")
+    by_env = {s.env: s for s in crd.settings()}
+    for env, field in (("API_DEFAULT_PAGE_SIZE", "defaultPageSize"),
+                       ("API_MAX_PAGE_SIZE", "maxPageSize"),
+                       ("API_STATEMENT_TIMEOUT_MS", "statementTimeoutMs"),
+                       ("API_DB_POOL_SIZE", "dbPoolSize")):
+        assert by_env[env].path == ("api", field) and by_env[env].workers == ("api",)
+
+
+def test_api_defaults_agree_with_the_api_settings() -> None:
+    from energy_pipeline.api.settings import ApiSettings
+
+    fields = {f.metadata["env"]: f.default for f in dataclasses.fields(ApiSettings)
+              if "env" in f.metadata}
+    for setting in crd.settings():
+        if setting.workers == ("api",):
+            assert setting.default == fields[setting.env], setting.env
+
+
 def test_with_defaults_fills_nested_sections() -> None:
     spec = crd.with_defaults({"mqtt": {"host": "h"}, "kafka": {"bootstrapServers": "b:9092"},
                               "database": {"urlSecret": {"name": "db"}}})

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from energy_operator import crd, render
-from energy_operator.naming import CONFIG_HASH_ANNOTATION, GRPC_PORT, HTTP_PORT
+from energy_operator.naming import API_PORT, CONFIG_HASH_ANNOTATION, GRPC_PORT, HTTP_PORT
 
 pytestmark = pytest.mark.unit
 
@@ -262,3 +262,123 @@ def test_topic_names_and_desired_replicas() -> None:
         "site1.temperature", "site1.humidity", "site1.squarefootage", "site1.renewableenergy",
         "site1.energyconsumption", "site1.deadletter"]
     assert render.desired_replicas(SPEC) == {"bridge": 2, "ingest": 2, "inference": 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# The read API (spec.api)
+# ---------------------------------------------------------------------------------------------
+
+API_CHILDREN = {("Deployment", "demo-api"), ("Service", "demo-api"),
+                ("PodDisruptionBudget", "demo-api")}
+
+
+def test_api_children_exist_only_when_enabled() -> None:
+    assert not API_CHILDREN & set(children())
+    assert not API_CHILDREN & set(children(with_changes(api={"enabled": False})))
+    enabled = children(with_changes(api={"enabled": True}))
+    assert set(enabled) >= API_CHILDREN
+    assert set(enabled) - API_CHILDREN == set(children())
+    # What comes and goes with the spec is of a kind the reconciler prunes.
+    kinds = {(o["apiVersion"], o["kind"]) for k, o in enabled.items() if k in API_CHILDREN}
+    assert kinds <= set(render.PRUNABLE_KINDS)
+    assert render.desired_replicas(with_changes(api={"enabled": True, "replicas": 3})) == {
+        "bridge": 2, "ingest": 2, "inference": 2, "api": 3}
+
+
+def test_api_deployment() -> None:
+    objs = children(with_changes(api={"enabled": True, "replicas": 2}))
+    deployment = objs[("Deployment", "demo-api")]
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    c = container(objs, "api")
+    assert c["command"] == ["energy-pipeline", "api"]
+    assert c["image"] == crd.DEFAULT_IMAGE
+    assert c["ports"] == [
+        {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+        {"name": "api", "containerPort": API_PORT, "protocol": "TCP"},
+    ]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Routed away first (preStop), then SIGTERM: the server drains for up to 15 s.
+    assert c["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+    assert pod["terminationGracePeriodSeconds"] >= 5 + 15
+    assert c["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
+                              "limits": {"memory": "256Mi"}}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert env_names(c) == {"PIPELINE_NAME", "LOG_LEVEL", "HTTP_PORT", "DATABASE_URL",
+                            "API_PORT", "API_DEFAULT_PAGE_SIZE", "API_MAX_PAGE_SIZE",
+                            "API_STATEMENT_TIMEOUT_MS", "API_DB_POOL_SIZE"}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "api"
+    assert objs[("PodDisruptionBudget", "demo-api")]["spec"] == {
+        "maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    # The other workers stay exactly as they are without the API.
+    without = children()
+    for worker in ("bridge", "ingest", "inference"):
+        key = ("Deployment", f"demo-{worker}")
+        assert objs[key] == without[key]
+
+
+def test_api_settings_come_from_the_config_map() -> None:
+    spec = with_changes(api={"enabled": True, "defaultPageSize": 50, "maxPageSize": 500,
+                             "statementTimeoutMs": 2500, "dbPoolSize": 8,
+                             "image": "registry.example/api:2"})
+    objs = children(spec)
+    data = objs[("ConfigMap", "demo-config")]["data"]
+    assert (data["API_PORT"], data["API_DEFAULT_PAGE_SIZE"], data["API_MAX_PAGE_SIZE"]) == (
+        str(API_PORT), "50", "500")
+    assert (data["API_STATEMENT_TIMEOUT_MS"], data["API_DB_POOL_SIZE"]) == ("2500", "8")
+    c = container(objs, "api")
+    assert c["image"] == "registry.example/api:2"
+    for e in c["env"]:
+        if e["name"] != "DATABASE_URL":
+            assert e["valueFrom"]["configMapKeyRef"] == {"name": "demo-config", "key": e["name"]}
+
+
+def test_api_database_url_prefers_its_own_secret() -> None:
+    def url_ref(spec: dict[str, Any]) -> dict[str, Any]:
+        env = {e["name"]: e for e in container(children(spec), "api")["env"]}
+        return env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+
+    # Without one: the workers' Secret.
+    assert url_ref(with_changes(api={"enabled": True})) == {"name": "pg", "key": "DATABASE_URL"}
+    own = with_changes(api={"enabled": True, "databaseUrlSecret": {"name": "energy-postgres",
+                                                                  "key": "READER_DATABASE_URL"}})
+    assert url_ref(own) == {"name": "energy-postgres", "key": "READER_DATABASE_URL"}
+    # Only the API reads it; the workers keep theirs.
+    env = {e["name"]: e for e in container(children(own), "ingest")["env"]}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "pg", "key": "DATABASE_URL"}
+    # The key defaults like every Secret reference.
+    assert url_ref(with_changes(api={"enabled": True, "databaseUrlSecret": {"name": "ro"}})) == {
+        "name": "ro", "key": "url"}
+
+
+def test_api_service_targets_the_named_ports() -> None:
+    objs = children(with_changes(api={"enabled": True}))
+    service = objs[("Service", "demo-api")]["spec"]
+    assert service["type"] == "ClusterIP"
+    assert service["selector"] == objs[("Deployment", "demo-api")]["spec"]["selector"][
+        "matchLabels"]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["ports"]] == [
+        ("api", API_PORT, "api"), ("http", HTTP_PORT, "http")]
+
+
+def test_api_settings_roll_only_the_api() -> None:
+    def hashes(spec: dict[str, Any]) -> dict[str, str]:
+        objs = children(spec)
+        return {k[1]: o["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+                for k, o in objs.items() if k[0] == "Deployment"}
+
+    before = hashes(with_changes(api={"enabled": True}))
+    after = hashes(with_changes(api={"enabled": True, "maxPageSize": 20000}))
+    assert after["demo-api"] != before["demo-api"]
+    assert {k: v for k, v in after.items() if k != "demo-api"} == {
+        k: v for k, v in before.items() if k != "demo-api"}
+    # Enabling the API changes nothing for the other workers either.
+    assert {k: v for k, v in before.items() if k != "demo-api"} == hashes(SPEC)
+    assert hashes(with_changes(api={"enabled": True, "replicas": 3})) == before

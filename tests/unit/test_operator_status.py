@@ -132,6 +132,9 @@ def test_workload_from_deployment_follows_rollout_status() -> None:
 
 def test_status_patch_removes_keys_that_went_away() -> None:
     assert status_patch({"a": 1}, {"a": 0, "b": 2}) == {"a": 1, "b": None}
+    # Also inside objects: a merge patch would otherwise keep workloads.api forever.
+    assert status_patch({"w": {"x": 1}, "l": [1]}, {"w": {"x": 1, "api": 2}, "l": [1, 2]}) == {
+        "w": {"x": 1, "api": None}, "l": [1]}
 
 
 def test_settling_means_look_again_soon() -> None:
@@ -153,3 +156,36 @@ def test_inference_waiting_for_its_first_model_does_not_block_ready() -> None:
         c = conditions(build_status(observed(workloads=waiting, promoted_models=promoted),
                                     "demo", None, T0))
         assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "WorkloadsNotReady")
+
+
+def test_the_api_is_reported_only_while_enabled() -> None:
+    without = build_status(observed(), "demo", None, T0)
+    assert "api" not in without and "api" not in without["workloads"]
+    with_api = {**READY, "api": Workload(1, 1, 1)}
+    status = build_status(observed(workloads=with_api), "demo", without, T0)
+    assert status["api"] == "1/1"
+    assert status["workloads"]["api"] == {"desired": 1, "ready": 1, "updated": 1}
+    assert status["ingestion"] == "4/4" and status["inference"] == "2/2"
+    c = conditions(status)
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("True", "Ready")
+    assert "api 1/1" in c["Ready"]["message"]
+    # Switched off again: the keys go, also from the stored status.
+    off = build_status(observed(), "demo", status, T0)
+    assert "api" not in off
+    patch = status_patch(off, status)
+    assert patch["api"] is None and patch["workloads"]["api"] is None
+
+
+def test_an_unready_or_missing_api_blocks_ready() -> None:
+    waiting = {**READY, "api": Workload(2, 1, 2)}
+    c = conditions(build_status(observed(workloads=waiting), "demo", None, T0))
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "WorkloadsNotReady")
+    assert "demo-api 1/2 ready" in c["Ready"]["message"]
+    missing = {**READY, "api": Workload(1, 0, 0, exists=False, rolled_out=False)}
+    c = conditions(build_status(observed(workloads=missing), "demo", None, T0))
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "WorkloadMissing")
+    assert "demo-api" in c["Ready"]["message"]
+    rolling = {**READY, "api": Workload(1, 1, 0, rolled_out=False)}
+    c = conditions(build_status(observed(workloads=rolling), "demo", None, T0))
+    assert (c["Progressing"]["status"], c["Progressing"]["reason"]) == ("True", "RollingOut")
+    assert "demo-api" in c["Progressing"]["message"]
