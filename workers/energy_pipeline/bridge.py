@@ -62,8 +62,10 @@ class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSett
     bridge_receive_maximum: int = env(
         "BRIDGE_RECEIVE_MAXIMUM", 2000, doc="unacknowledged MQTT messages in flight", minimum=1
     )
+    # Short: HiveMQ sends a connection its next messages only once all (at most 50) in
+    # flight are acknowledged, so every millisecond waiting to batch is a millisecond idle.
     bridge_linger_ms: int = env(
-        "BRIDGE_LINGER_MS", 20, doc="Kafka producer batching delay", minimum=0
+        "BRIDGE_LINGER_MS", 5, doc="Kafka producer batching delay", minimum=0
     )
 
     @property
