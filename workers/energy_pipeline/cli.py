@@ -67,23 +67,27 @@ def _stack_up(args: argparse.Namespace) -> int:
     return 0
 
 
-# Modules that add their own subcommands: each has `register(commands)` taking the
-# argparse sub-parsers object and setting `func` on the parsers it adds.
-COMMAND_MODULES: tuple[str, ...] = (
-    "energy_pipeline.admin_commands",
-    "energy_pipeline.simulation.commands",
-    "energy_pipeline.bridge",
-    "energy_pipeline.ingest",
-    "energy_pipeline.demo",
-    "energy_pipeline.forecasting.commands",
-    "energy_pipeline.forecasting.train",
-    "energy_pipeline.inference.server",
-    "energy_pipeline.api.server",
-    "energy_operator.command",
-)
+# Which module adds each subcommand: it has `register(commands)` taking the argparse
+# sub-parsers object and setting `func` on the parsers it adds. A worker imports only its
+# own module: the bridge has no use for LightGBM, SciPy or the Kubernetes client, which
+# cost start-up time and memory in every pod.
+COMMAND_MODULES: dict[str, str] = {
+    "migrate": "energy_pipeline.admin_commands",
+    "topics": "energy_pipeline.admin_commands",
+    "simulate": "energy_pipeline.simulation.commands",
+    "bridge": "energy_pipeline.bridge",
+    "ingest": "energy_pipeline.ingest",
+    "demo": "energy_pipeline.demo",
+    "backtest": "energy_pipeline.forecasting.commands",
+    "train": "energy_pipeline.forecasting.train",
+    "inference": "energy_pipeline.inference.server",
+    "api": "energy_pipeline.api.server",
+    "operator": "energy_operator.command",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with a known `command`, only the module that adds it is imported."""
     parser = argparse.ArgumentParser(prog="energy-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -108,7 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     kube_up.add_argument("--data-dir", default=None, help="default: a new temp dir")
     kube_up.set_defaults(func=_kube_up)
 
-    for module_name in COMMAND_MODULES:
+    if command in COMMAND_MODULES:
+        modules = [COMMAND_MODULES[command]]
+    elif command in ("stack", "kube"):
+        modules = []
+    else:  # --help, a typo: the full list of commands
+        modules = list(dict.fromkeys(COMMAND_MODULES.values()))
+    for module_name in modules:
         importlib.import_module(module_name).register(commands)
     return parser
 
@@ -124,7 +134,9 @@ def tune_gc() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     configure_logging(component=args.command)
     tune_gc()
     return int(args.func(args))
