@@ -99,3 +99,11 @@ def test_close_writes_what_is_left(pair: tuple[BufferedSocket, socket.socket]) -
 def test_new_client_builds_the_buffered_client_only_when_asked() -> None:
     assert isinstance(new_client("a", buffered=True), BufferedClient)
     assert not isinstance(new_client("b"), BufferedClient)
+
+
+def test_puback_is_the_packet_paho_writes(pair: tuple[BufferedSocket, socket.socket]) -> None:
+    buffered, peer = pair
+    buffered.send_puback(0x1234)
+    buffered.flush()
+    peer.settimeout(5)
+    assert peer.recv(10) == b"\x40\x02\x12\x34"

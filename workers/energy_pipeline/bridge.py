@@ -31,7 +31,7 @@ from energy_pipeline.contracts import (
     partition_for,
 )
 from energy_pipeline.logs import configure_logging
-from energy_pipeline.mqtt_client import new_client, persistent_session
+from energy_pipeline.mqtt_client import BufferedSocket, new_client, persistent_session
 from energy_pipeline.observability import HealthServer, Heartbeat
 from energy_pipeline.settings import (
     CommonSettings,
@@ -93,13 +93,15 @@ def producer_config(settings: BridgeSettings) -> dict[str, object]:
 class PendingAck:
     """An MQTT message waiting for Kafka to confirm the `left` records made from it."""
 
-    __slots__ = ("connection", "left", "mid", "qos")
+    __slots__ = ("left", "mid", "qos", "sock")
 
-    def __init__(self, left: int, mid: int, qos: int, connection: int) -> None:
+    def __init__(self, left: int, mid: int, qos: int, sock: BufferedSocket) -> None:
         self.left = left
         self.mid = mid
         self.qos = qos
-        self.connection = connection
+        # The connection it arrived on: packet ids are per connection, so an acknowledgement
+        # sent on a later one could acknowledge a different message.
+        self.sock = sock
 
 
 def _write_later(client: mqtt.Client, userdata: object, sock: object) -> None:
@@ -133,9 +135,6 @@ class Bridge:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._inflight = 0
-        # Packet ids are per connection: an acknowledgement for a message received on an
-        # earlier connection could acknowledge a different message on the current one.
-        self._connection = 0
         self._next_connect = 0.0
         self._connect_delay = 1.0
         # Counted in plain ints and handed to Prometheus once per round: a labelled
@@ -143,6 +142,7 @@ class Bridge:
         self._received = 0
         self._acked = 0
         self._stale_acks = 0
+        self._now = datetime.now(UTC)
         self._produced: dict[str, int] = {}
         self.mqtt = new_client(
             self.client_id,
@@ -212,12 +212,16 @@ class Bridge:
         if pending.left:
             return
         self._inflight -= 1
-        if pending.connection != self._connection:
+        if pending.sock is not self.mqtt.socket():
             # The broker redelivers this message on the new connection; it is sent to Kafka
             # again there and the duplicate is absorbed by ingest.
             self._stale_acks += 1
             return
-        self.mqtt.ack(pending.mid, pending.qos)
+        if pending.qos == 1:
+            # The very bytes paho's ack() would queue, without its per-packet bookkeeping.
+            pending.sock.send_puback(pending.mid)
+        else:
+            self.mqtt.ack(pending.mid, pending.qos)
         self._acked += 1
 
     # --- MQTT --------------------------------------------------------------------------
@@ -233,7 +237,6 @@ class Bridge:
         if reason_code.is_failure:
             log.error("mqtt connect refused", extra={"reason": str(reason_code)})
             return
-        self._connection += 1
         self._connect_delay = 1.0
         # Subscribing again is harmless and repairs a session the broker lost.
         client.subscribe(self.settings.subscription, qos=1)
@@ -278,11 +281,12 @@ class Bridge:
             return  # not acknowledged: the broker redelivers it after we are back
         self._received += 1
         self._inflight += 1
-        result = parse_mqtt(msg.topic, msg.payload, datetime.now(UTC), self.limits)
+        sock = self.mqtt.socket()
+        result = parse_mqtt(msg.topic, msg.payload, self._now, self.limits)
         if isinstance(result, Rejection):
-            self._dead_letter(msg, result, PendingAck(1, msg.mid, msg.qos, self._connection))
+            self._dead_letter(msg, result, PendingAck(1, msg.mid, msg.qos, sock))
             return
-        pending = PendingAck(len(result), msg.mid, msg.qos, self._connection)
+        pending = PendingAck(len(result), msg.mid, msg.qos, sock)
         partitions = self.partitions
         for reading in result:
             topic = kafka_topic(self.prefix, reading.sensor)
@@ -358,6 +362,8 @@ class Bridge:
         else:
             wait = idle_wait
         readable, _, _ = select.select([sock], [] if flushed else [sock], [], wait)
+        # One clock reading per round for the timestamp checks (seconds of tolerance).
+        self._now = datetime.now(UTC)
         if readable or sock.pending():
             for _ in range(self.READ_BUDGET):
                 if self.mqtt.loop_read() != mqtt.MQTT_ERR_SUCCESS or not sock.pending():

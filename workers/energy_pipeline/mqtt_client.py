@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+# PUBACK: fixed header 0x40, remaining length 2, packet id; as paho-mqtt writes it.
+_PUBACK = struct.Struct("!BBH")
+_PUBACK_HEADER = 0x40
 
 
 class BufferedSocket:
@@ -51,6 +56,11 @@ class BufferedSocket:
             raise self._error
         self._out += data
         return len(data)
+
+    def send_puback(self, mid: int) -> None:
+        """Queue the 4-byte MQTT PUBACK (success, no properties) for packet id `mid`."""
+        if self._error is None:
+            self._out += _PUBACK.pack(_PUBACK_HEADER, 2, mid)
 
     def unflushed(self) -> int:
         return len(self._out)
