@@ -70,7 +70,7 @@ def partition_for(device: str, partitions: int) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reading:
     site: str
     sensor: str
@@ -84,7 +84,7 @@ class Reading:
         return (self.site, self.sensor, self.device, self.ts)
 
     def to_kafka_value(self) -> bytes:
-        return json.dumps(
+        return _compact_json(
             {
                 "schema": SCHEMA_VERSION,
                 "site": self.site,
@@ -93,27 +93,52 @@ class Reading:
                 "ts": format_ts(self.ts),
                 "value": self.value,
                 "seq": self.seq,
-            },
-            separators=(",", ":"),
+            }
         ).encode()
 
     def to_mqtt_payload(self) -> bytes:
         body: dict[str, object] = {"ts": format_ts(self.ts), "value": self.value}
         if self.seq is not None:
             body["seq"] = self.seq
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _compact_json(body).encode()
+
+
+# json.dumps(..., separators=(",", ":")) builds this encoder on every call.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+_new_object = object.__new__
+_SETTERS = tuple(Reading.__dict__[name].__set__ for name in Reading.__slots__)
+
+
+def new_reading(
+    site: str, sensor: str, device: str, ts: datetime, value: float, seq: int | None = None
+) -> Reading:
+    """The same as Reading(...), at about half the cost: the parsers make one per message and
+    the frozen dataclass's __init__ sets every field through object.__setattr__."""
+    reading = _new_object(Reading)
+    set_site, set_sensor, set_device, set_ts, set_value, set_seq = _SETTERS
+    set_site(reading, site)
+    set_sensor(reading, sensor)
+    set_device(reading, device)
+    set_ts(reading, ts)
+    set_value(reading, value)
+    set_seq(reading, seq)
+    return reading
 
 
 def format_ts(ts: datetime) -> str:
     """ISO 8601 in UTC with a Z; sub-second digits only as many as the value needs."""
-    ts = ts.astimezone(UTC)
-    if not ts.microsecond:
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    microsecond = ts.microsecond
+    if not microsecond:
         spec = "seconds"
-    elif ts.microsecond % 1000:
+    elif microsecond % 1000:
         spec = "microseconds"
     else:
         spec = "milliseconds"
-    return ts.isoformat(timespec=spec).replace("+00:00", "Z")
+    # In UTC, isoformat ends with "+00:00".
+    return ts.isoformat(timespec=spec)[:-6] + "Z"
 
 
 def is_finite_number(value: object) -> bool:

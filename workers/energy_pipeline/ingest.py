@@ -2,7 +2,13 @@
 
 Per batch: validate, send rejects to the dead-letter topic (confirmed), write the readings
 and their hourly sums in one transaction, commit it, then commit the Kafka offsets. A crash
-anywhere replays at most the batch, and the idempotent write absorbs the replay.
+anywhere replays at most the uncommitted batches, and the idempotent write absorbs the replay.
+
+Pipelined: a writer thread writes batch N while the main thread consumes and validates batch
+N+1 (psycopg2 releases the GIL while PostgreSQL works). Kafka calls stay on the main thread;
+offsets are committed batch by batch in order, each only after its database transaction.
+Before partitions are given up in a rebalance, and before stopping, every batch in flight is
+finished and its offsets committed.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from energy_pipeline import metrics
 from energy_pipeline.contracts import SENSOR_NAMES, Reading, deadletter_topic, kafka_topic
-from energy_pipeline.db.writer import WriteResult, write_readings
+from energy_pipeline.db.writer import PreparedBatch, WriteResult, prepare, write_prepared
 from energy_pipeline.forecasting.scheduler import ForecastScheduler, ForecastSettings
 from energy_pipeline.logs import configure_logging
 from energy_pipeline.observability import HealthServer, Heartbeat
@@ -75,7 +83,17 @@ def consumer_config(settings: IngestSettings) -> dict[str, object]:
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 100,
+        "on_commit": _on_commit,
     }
+
+
+def _on_commit(err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+    # Asynchronous commits report here (from consume()). A failed one is made good by the
+    # next commit, or replayed by the partitions' next owner and absorbed by the idempotent
+    # write.
+    if err is not None:
+        metrics.ERRORS.labels("ingest", "commit").inc()
+        log.warning("offset commit failed", extra={"error": str(err)})
 
 
 def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
@@ -94,20 +112,36 @@ class Batch:
     rejected: list[tuple[Message, Rejection]]
 
 
+@dataclass
+class InFlight:
+    """A batch handed to the writer thread; its offsets are committed when it is done."""
+
+    batch: Batch
+    started: float
+    # None: nothing to write (every record was rejected).
+    write: Future[WriteResult | None] | None
+
+
 def split_batch(messages: Sequence[Message], now: datetime, settings: IngestSettings) -> Batch:
     limits = settings.limits()
     readings: list[Reading] = []
     rejected: list[tuple[Message, Rejection]] = []
+    keep = readings.append
+    parse = parse_kafka_value
     for msg in messages:
-        result = parse_kafka_value(msg.value(), now, limits)
-        if isinstance(result, Rejection):
+        result = parse(msg.value(), now, limits)
+        if type(result) is Rejection:
             rejected.append((msg, result))
         else:
-            readings.append(result)
+            keep(result)
     return Batch(list(messages), readings, rejected)
 
 
 class Ingest:
+    # Batches handed to the writer thread at most: one being written, one waiting, so the
+    # database never waits for the main thread to commit offsets or validate the next batch.
+    MAX_IN_FLIGHT = 2
+
     def __init__(
         self,
         settings: IngestSettings,
@@ -134,8 +168,11 @@ class Ingest:
         self.conn: psycopg2.extensions.connection | None = None
         self.db_error: str | None = None
         self._last_lag = 0.0
+        # The database connection is the writer thread's alone.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        self._in_flight: deque[InFlight] = deque()
 
-    # --- database ----------------------------------------------------------------------
+    # --- database (on the writer thread) ------------------------------------------------
 
     def _connection(self) -> psycopg2.extensions.connection:
         if self.conn is None or self.conn.closed:
@@ -150,14 +187,14 @@ class Ingest:
             )
         return self.conn
 
-    def write_with_retry(self, readings: Sequence[Reading]) -> WriteResult | None:
+    def write_with_retry(self, batch: PreparedBatch) -> WriteResult | None:
         """Write until it succeeds; None only if asked to stop before it did."""
         delay = 0.2
         while True:
             try:
                 conn = self._connection()
                 with conn:
-                    result = write_readings(conn, readings)
+                    result = write_prepared(conn, batch)
                 self.db_error = None
                 return result
             except psycopg2.Error as exc:
@@ -178,39 +215,69 @@ class Ingest:
 
     # --- Kafka -------------------------------------------------------------------------
 
-    def dead_letter(self, rejected: Sequence[tuple[Message, Rejection]]) -> None:
-        for msg, rejection in rejected:
+    def dead_letter(self, rejected: Sequence[tuple[Message, Rejection]]) -> bool:
+        """Rejects into the dead-letter topic; True once Kafka confirmed every one of them,
+        False if asked to stop before."""
+        for _msg, rejection in rejected:
             metrics.REJECTED.labels("ingest", rejection.reason.value).inc()
-            log.info(
-                "rejected",
-                extra={
-                    "reason": rejection.reason.value,
-                    "detail": rejection.detail,
-                    "topic": msg.topic(),
-                    "partition": msg.partition(),
-                    "offset": msg.offset(),
-                },
-            )
-            self.producer.produce(
-                self.deadletter,
-                key=msg.key(),
-                value=msg.value(),
-                headers=[
-                    ("reason", rejection.reason.value.encode()),
-                    ("detail", rejection.detail.encode()[:1000]),
-                    ("source", b"kafka"),
-                    ("source_topic", msg.topic().encode()),
-                    ("source_partition", str(msg.partition()).encode()),
-                    ("source_offset", str(msg.offset()).encode()),
-                ],
-            )
-        # Rejects must be safely in the dead-letter topic before their offsets are committed.
-        while self.producer.flush(5) > 0 and not self.stopping.is_set():
-            log.warning("dead-letter topic not reachable yet; retrying")
+        pending = list(rejected)
+        while pending:
+            failed: list[tuple[Message, Rejection]] = []
+            for msg, rejection in pending:
+                self._produce_dead_letter(msg, rejection, failed)
+            # Rejects must be safely in the dead-letter topic before their offsets are
+            # committed: wait for every delivery, and send again what failed.
+            while self.producer.flush(5) > 0:
+                if self.stopping.is_set():
+                    return False
+                log.warning("dead-letter topic not reachable yet; retrying")
+            if failed and self.stopping.wait(1):
+                return False
+            pending = failed
+        return True
 
-    def commit(self, messages: Sequence[Message]) -> None:
+    def _produce_dead_letter(
+        self, msg: Message, rejection: Rejection, failed: list[tuple[Message, Rejection]]
+    ) -> None:
+        def delivered(err: KafkaError | None, _record: Message) -> None:
+            if err is not None:
+                metrics.ERRORS.labels("ingest", "deadletter").inc()
+                log.warning("dead-letter delivery failed; sending again", extra={"error": str(err)})
+                failed.append((msg, rejection))
+
+        log.info(
+            "rejected",
+            extra={
+                "reason": rejection.reason.value,
+                "detail": rejection.detail,
+                "topic": msg.topic(),
+                "partition": msg.partition(),
+                "offset": msg.offset(),
+            },
+        )
+        while True:
+            try:
+                self.producer.produce(
+                    self.deadletter,
+                    key=msg.key(),
+                    value=msg.value(),
+                    headers=[
+                        ("reason", rejection.reason.value.encode()),
+                        ("detail", rejection.detail.encode()[:1000]),
+                        ("source", b"kafka"),
+                        ("source_topic", msg.topic().encode()),
+                        ("source_partition", str(msg.partition()).encode()),
+                        ("source_offset", str(msg.offset()).encode()),
+                    ],
+                    on_delivery=delivered,
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def commit(self, messages: Sequence[Message], asynchronous: bool = False) -> None:
         try:
-            self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
+            self.consumer.commit(offsets=next_offsets(messages), asynchronous=asynchronous)
         except KafkaException as exc:
             # Typically a rebalance took the partitions: their new owner replays from the last
             # committed offset and the idempotent write absorbs the replay.
@@ -233,31 +300,70 @@ class Ingest:
         except KafkaException as exc:
             log.debug("lag not available", extra={"error": str(exc)})
 
-    # --- main loop ---------------------------------------------------------------------
+    # --- the pipeline ------------------------------------------------------------------
 
-    def process(self, messages: Sequence[Message]) -> bool:
-        """One batch end to end; False if stopped before the database took it."""
-        started = time.monotonic()
-        batch = split_batch(messages, datetime.now(UTC), self.settings)
-        if batch.rejected:
-            self.dead_letter(batch.rejected)
+    def submit(self, batch: Batch, started: float) -> None:
+        """Hand a validated batch to the writer thread (it writes batches in order)."""
+        write = None
         if batch.readings:
-            result = self.write_with_retry(batch.readings)
+            # COPY text and hourly sums made here: the writer thread only waits on PostgreSQL.
+            write = self._writer.submit(self.write_with_retry, prepare(batch.readings))
+        self._in_flight.append(InFlight(batch, started, write))
+
+    def finish_oldest(self, asynchronous: bool = False) -> bool:
+        """Wait for the oldest batch in flight to be in the database, then commit its offsets
+        (without waiting for Kafka to confirm if `asynchronous`: commits go out in order).
+
+        False if stopped before the database took it: nothing after it is committed then.
+        """
+        done = self._in_flight.popleft()
+        if done.write is not None:
+            result = done.write.result()  # a bug on the writer thread surfaces here
             if result is None:
+                self._in_flight.clear()
                 return False
             metrics.WRITTEN.inc(result.inserted)
             metrics.DUPLICATES.inc(result.duplicates)
             if self.on_written is not None:
                 self.on_written(result)
             if self.forecasts is not None:
-                self.forecasts.observe(batch.readings)
-        self.commit(batch.messages)
-        metrics.BATCH_SECONDS.labels("ingest").observe(time.monotonic() - started)
+                self.forecasts.observe(done.batch.readings)
+        self.commit(done.batch.messages, asynchronous)
+        metrics.BATCH_SECONDS.labels("ingest").observe(time.monotonic() - done.started)
         return True
 
+    def finish_all(self, asynchronous: bool = False) -> bool:
+        """Every batch in flight into the database and its offsets committed, in order."""
+        while self._in_flight:
+            if not self.finish_oldest(asynchronous):
+                return False
+        return True
+
+    def process(self, messages: Sequence[Message]) -> bool:
+        """Validate a batch and hand it to the writer; False if stopped before the database
+        took it (or an earlier batch)."""
+        started = time.monotonic()
+        batch = split_batch(messages, datetime.now(UTC), self.settings)
+        if batch.rejected and not self.dead_letter(batch.rejected):
+            self.finish_all()
+            return False
+        self.submit(batch, started)
+        while len(self._in_flight) > self.MAX_IN_FLIGHT - 1:
+            if not self.finish_oldest(asynchronous=True):
+                return False
+        return True
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Runs inside consume(): everything consumed so far is in flight. Finish it and commit
+        # (and wait for Kafka to confirm) while the partitions are still ours, so their next
+        # owner starts right after it.
+        log.info("partitions revoked", extra={"partitions": len(partitions)})
+        self.finish_all()
+
     def run(self) -> int:
-        self.consumer.subscribe(self.topics)
+        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke)
         wait_s = self.settings.ingest_batch_max_wait_ms / 1000
+        received = metrics.RECEIVED.labels("ingest")
         try:
             while not self.stopping.is_set():
                 self.heartbeat.beat()
@@ -271,12 +377,20 @@ class Ingest:
                         metrics.ERRORS.labels("ingest", "consume").inc()
                         log.warning("consume error", extra={"error": str(err)})
                 if messages:
-                    metrics.RECEIVED.labels("ingest").inc(len(messages))
+                    received.inc(len(messages))
                     if not self.process(messages):
                         break
+                elif self._in_flight and not self.finish_all(asynchronous=True):
+                    # (Quiet topics: what is in flight is finished rather than left waiting.)
+                    break
                 self.update_lag()
+            # Stopping: what is being written is finished and committed (confirmed).
+            self.finish_all()
         finally:
             log.info("stopping: leaving the consumer group")
+            self.stopping.set()  # a writer still retrying gives up
+            self._writer.shutdown(wait=True, cancel_futures=True)
+            self._in_flight.clear()
             self.consumer.close()
             self.producer.flush(10)
             if self.conn is not None:

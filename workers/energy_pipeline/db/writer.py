@@ -1,8 +1,15 @@
 """The ingest write path: a batch of readings into `readings` and `hourly_features`.
 
-One statement per batch: COPY into a temporary staging table, then insert what is new into
-`readings` (ON CONFLICT DO NOTHING) and add exactly those new rows to the hourly sums. A
-redelivered reading is neither stored twice nor counted twice, so the write is idempotent.
+Idempotent: a redelivered reading is neither stored twice nor counted twice. Two paths, one
+result:
+
+- fast (the usual case, no reading of the batch is stored yet): inside a savepoint, COPY the
+  batch straight into `readings`, then add the batch's per-(site, hour) sums, computed here,
+  to `hourly_features` in one upsert. The primary key makes the COPY fail on any reading
+  that is already stored or that the batch holds twice.
+- exact (after such a failure: redelivery after a crash or a rebalance): roll back to the
+  savepoint, COPY into a temporary staging table, insert what is new into `readings`
+  (ON CONFLICT DO NOTHING) and add exactly those new rows to the hourly sums.
 """
 
 from __future__ import annotations
@@ -10,9 +17,13 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from energy_pipeline.contracts import SENSOR_NAMES, Reading, format_ts
+import psycopg2.errors
+
+from energy_pipeline.contracts import SENSOR_NAMES, Reading
+
+_COLUMNS = "site_id, sensor, device_id, ts, value"
 
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staging_readings (
@@ -34,8 +45,8 @@ _ADD_UP = ",\n        ".join(
 
 _MERGE = f"""
 WITH new_rows AS (
-    INSERT INTO readings (site_id, sensor, device_id, ts, value)
-    SELECT site_id, sensor, device_id, ts, value FROM staging_readings
+    INSERT INTO readings ({_COLUMNS})
+    SELECT {_COLUMNS} FROM staging_readings
     ON CONFLICT DO NOTHING
     RETURNING site_id, sensor, ts, value
 ), per_hour AS (
@@ -54,15 +65,30 @@ WITH new_rows AS (
     RETURNING 1
 )
 -- Data-modifying CTEs always run to completion, whether or not this SELECT reads them.
-SELECT site_id, hour, n FROM per_hour
+SELECT site_id, hour, n FROM per_hour ORDER BY site_id, hour
 """
+
+# The fast path's sums: one row per (site, hour), locked in (site, hour) order as above.
+_ADD_HOURS = f"""
+INSERT INTO hourly_features (site_id, hour, {_SUM_COLUMNS})
+SELECT site_id, hour, {_SUM_COLUMNS}
+FROM (VALUES {{rows}}) AS v (site_id, hour, {_SUM_COLUMNS})
+ORDER BY site_id, hour
+ON CONFLICT (site_id, hour) DO UPDATE SET
+    {_ADD_UP},
+    updated_at = now()
+"""
+_HOUR_ROW = (
+    "(%s, %s::timestamptz, " + ", ".join(["%s::float8, %s::bigint"] * len(SENSOR_NAMES)) + ")"
+)
+_SENSOR_INDEX = {s: i for i, s in enumerate(SENSOR_NAMES)}
 
 
 @dataclass(frozen=True)
 class WriteResult:
     received: int
     inserted: int
-    # (site, hour) pairs that gained readings, with how many each.
+    # (site, hour) pairs that gained readings, with how many each, in (site, hour) order.
     hours: tuple[tuple[str, datetime, int], ...]
 
     @property
@@ -70,24 +96,101 @@ class WriteResult:
         return self.received - self.inserted
 
 
-def _copy_buffer(readings: Sequence[Reading]) -> io.StringIO:
+def _ts_text(ts: datetime) -> str:
+    """The timestamp for COPY, in UTC with an explicit offset."""
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)  # as format_ts does (a naive value counts as local time)
+    return ts.isoformat()
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch ready for the database: what prepare() can do without it."""
+
+    received: int
+    # The readings in COPY text format.
+    copy_data: bytes
+    # The fast path's hourly upsert: its parameters, and its (site, hour, n) in order.
+    hour_params: tuple[object, ...]
+    hours: tuple[tuple[str, datetime, int], ...]
+
+
+def prepare(readings: Sequence[Reading]) -> PreparedBatch:
+    """COPY text and per-(site, hour) sums of a batch, in one pass over it."""
     # Ids are validated against [A-Za-z0-9_.-], so no COPY escaping is needed.
-    return io.StringIO(
-        "".join(
-            f"{r.site}\t{r.sensor}\t{r.device}\t{format_ts(r.ts)}\t{r.value!r}\n" for r in readings
-        )
+    lines = []
+    append = lines.append
+    sensor_index = _SENSOR_INDEX
+    # (site, "YYYY-MM-DDTHH" in UTC) -> per sensor: [sum, count]
+    sums: dict[tuple[str, str], list[list[float]]] = {}
+    for r in readings:
+        ts = r.ts
+        text = ts.isoformat() if ts.tzinfo is UTC else _ts_text(ts)
+        value = r.value
+        append(f"{r.site}\t{r.sensor}\t{r.device}\t{text}\t{value!r}\n")
+        key = (r.site, text[:13])
+        per_sensor = sums.get(key)
+        if per_sensor is None:
+            per_sensor = sums[key] = [[0.0, 0] for _ in SENSOR_NAMES]
+        cell = per_sensor[sensor_index[r.sensor]]
+        cell[0] += value
+        cell[1] += 1
+    params: list[object] = []
+    hours = []
+    for site, hour_text in sorted(sums):
+        hour = datetime.fromisoformat(hour_text + ":00:00+00:00")
+        per_sensor = sums[(site, hour_text)]
+        params += (site, hour)
+        for total, n in per_sensor:
+            params += (total, n)
+        hours.append((site, hour, sum(int(n) for _, n in per_sensor)))
+    return PreparedBatch(len(readings), "".join(lines).encode(), tuple(params), tuple(hours))
+
+
+def _copy(cur, table: str, batch: PreparedBatch) -> None:  # noqa: ANN001
+    cur.copy_expert(f"COPY {table} ({_COLUMNS}) FROM STDIN", io.BytesIO(batch.copy_data), 1 << 20)
+
+
+def _write_fast(cur, batch: PreparedBatch) -> WriteResult | None:  # noqa: ANN001
+    """COPY straight into `readings`; None (rolled back) if any reading is already there."""
+    cur.execute("SAVEPOINT ingest_fast")
+    try:
+        _copy(cur, "readings", batch)
+    except psycopg2.errors.UniqueViolation:
+        cur.execute("ROLLBACK TO SAVEPOINT ingest_fast")
+        return None
+    cur.execute("RELEASE SAVEPOINT ingest_fast")
+    cur.execute(
+        _ADD_HOURS.format(rows=", ".join([_HOUR_ROW] * len(batch.hours))), batch.hour_params
     )
+    return WriteResult(batch.received, batch.received, batch.hours)
 
 
-def write_readings(conn, readings: Sequence[Reading]) -> WriteResult:  # noqa: ANN001
-    """Write one batch in the caller's transaction; the caller commits."""
+def _write_exact(cur, batch: PreparedBatch) -> WriteResult:  # noqa: ANN001
+    """Stores and counts only the readings that are new."""
+    cur.execute(_STAGING)
+    _copy(cur, "staging_readings", batch)
+    cur.execute(_MERGE)
+    hours = tuple((site, hour, int(n)) for site, hour, n in cur.fetchall())
+    cur.execute("TRUNCATE staging_readings")
+    return WriteResult(batch.received, sum(n for _, _, n in hours), hours)
+
+
+def write_prepared(conn, batch: PreparedBatch, fast: bool = True) -> WriteResult:  # noqa: ANN001
+    """Write one prepared batch in the caller's transaction; the caller commits.
+
+    `fast=False` goes straight to the exact path (for a batch known to hold duplicates).
+    """
+    if not batch.received:
+        return WriteResult(0, 0, ())
     with conn.cursor() as cur:
-        cur.execute(_STAGING)
-        cur.copy_expert(
-            "COPY staging_readings (site_id, sensor, device_id, ts, value) FROM STDIN",
-            _copy_buffer(readings),
-        )
-        cur.execute(_MERGE)
-        hours = tuple((site, hour, int(n)) for site, hour, n in cur.fetchall())
-        cur.execute("TRUNCATE staging_readings")
-    return WriteResult(len(readings), sum(n for _, _, n in hours), hours)
+        if fast:
+            result = _write_fast(cur, batch)
+            if result is not None:
+                return result
+        return _write_exact(cur, batch)
+
+
+def write_readings(conn, readings: Sequence[Reading], fast: bool = True) -> WriteResult:  # noqa: ANN001
+    """Write one batch in the caller's transaction; the caller commits."""
+    return write_prepared(conn, prepare(readings), fast)
