@@ -35,6 +35,40 @@ from energy_pipeline.localstack.workers import WorkerProcess, energy_pipeline_ar
 log = logging.getLogger("energy_pipeline.demo")
 
 
+# Intervals the demo simulates at, finest first, with readings per hour.
+INTERVALS: tuple[tuple[str, int], ...] = (("5m", 12), ("15m", 4), ("1h", 1))
+# Planning figures for a run with --duration: seconds before the simulator starts (services,
+# topics, migrations, workers), seconds to train, and the backfill rate HiveMQ CE delivers
+# to the bridge's shared subscription on a busy 2-core machine (about 1k msg/s when quiet).
+STARTUP_S = 35.0
+TRAIN_S = 20.0
+BACKFILL_MSG_PER_S = 250.0
+SENSOR_TYPES = 5
+
+
+def history_hours(history: str) -> float:
+    """'15d', '36h' -> hours."""
+    units = {"d": 24.0, "h": 1.0}
+    if not history or history[-1] not in units:
+        raise ValueError(f"history {history!r}: expected e.g. 15d or 360h")
+    return float(history[:-1]) * units[history[-1]]
+
+
+def choose_interval(streams: int, hours: float, duration_s: float) -> str:
+    """The finest interval whose backfill leaves time to train and forecast in `duration_s`.
+
+    Without a duration: 15 minutes, history in within a couple of minutes. With one, the
+    run must end with forecasts stored, so a short run simulates hourly readings.
+    """
+    if not duration_s:
+        return "15m"
+    budget = (duration_s - STARTUP_S - TRAIN_S) * BACKFILL_MSG_PER_S
+    for interval, per_hour in INTERVALS:
+        if streams * hours * per_hour <= budget:
+            return interval
+    return INTERVALS[-1][0]
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     sites: int
@@ -43,13 +77,24 @@ class DemoPlan:
     history: str
     ingest_workers: int = 2
 
+    @property
+    def streams(self) -> int:
+        return self.sites * SENSOR_TYPES * self.devices
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoPlan:
         if args.fast:
             # Enough history for the default model (two weeks of hours), small enough to
             # stream in well under a minute on two cores.
             return cls(sites=args.sites, devices=args.devices, interval="1h", history="15d")
-        return cls(sites=args.sites, devices=args.devices, interval="5m", history=args.history)
+        return cls(
+            sites=args.sites,
+            devices=args.devices,
+            interval=choose_interval(
+                args.sites * SENSOR_TYPES * args.devices, history_hours(args.history), args.duration
+            ),
+            history=args.history,
+        )
 
     def simulate_command(self) -> list[str]:
         return [
@@ -221,6 +266,11 @@ def backfill_done(dsn: str, history_end: datetime, sites: int) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     plan = DemoPlan.from_args(args)
+    print(
+        f"plan: {plan.sites} sites x {SENSOR_TYPES} sensors x {plan.devices} devices, "
+        f"{plan.history} of history at one reading per {plan.interval}, then live",
+        flush=True,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
@@ -355,7 +405,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--fast", action="store_true", help="less history, coarser interval (CI)")
     p.add_argument("--sites", type=int, default=2)
     p.add_argument("--devices", type=int, default=4)
-    p.add_argument("--history", default="21d", help="history the simulator backfills first")
+    p.add_argument(
+        "--history", default="15d", help="history the simulator backfills first (15d, 360h)"
+    )
     p.add_argument("--out", default="demo-out", help="where forecast.png and summary.json go")
     p.add_argument("--data-dir", default=None, help="keep service data here (default: temp)")
     p.add_argument("--no-view", action="store_true", help="plain log lines instead of a live view")
