@@ -179,10 +179,12 @@ def test_hours_are_utc_hours_whatever_the_offset(conn: Connection) -> None:
         Reading("s", "temperature", "0", datetime(2025, 1, 1, 10, 45, tzinfo=india), 1.0),
         Reading("s", "temperature", "1", datetime(2025, 1, 1, 5, 59, 59, 999999, tzinfo=UTC), 2.0),
         Reading("s", "humidity", "0", datetime(2025, 1, 1, 11, 30, tzinfo=india), 3.0),
+        # The same instant as the first, with another offset.
+        Reading("s", "humidity", "1", datetime(2025, 1, 1, 5, 15, tzinfo=UTC), 4.0),
     ]
     result = write(conn, readings)
     assert list(result.hours) == [
-        ("s", datetime(2025, 1, 1, 5, tzinfo=UTC), 2),
+        ("s", datetime(2025, 1, 1, 5, tzinfo=UTC), 3),
         ("s", datetime(2025, 1, 1, 6, tzinfo=UTC), 1),
     ]
     stored_ts = sorted(row[3] for row in stored(conn))

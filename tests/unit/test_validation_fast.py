@@ -31,6 +31,7 @@ from energy_pipeline.validation import (
     _mqtt_fast,
     parse_kafka_value,
     parse_kafka_value_checked,
+    parse_kafka_values,
     parse_mqtt,
     parse_mqtt_checked,
 )
@@ -164,6 +165,20 @@ def test_kafka_fast_path_agrees_with_the_checked_parser(seed: int) -> None:
             accepted += 1
             assert exact(fast) == exact(checked), value
     assert accepted > 1000  # the short path does carry the common case
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_batch_parser_agrees_with_the_checked_parser(seed: int) -> None:
+    corpus = kafka_corpus(seed + 10, readings=200, per_reading=10)
+    # Repeated timestamps share a datetime in a batch: repeat records, in another order too.
+    corpus += random.Random(seed).sample(corpus, len(corpus) // 2)
+    corpus += [None, bytearray(corpus[0])]  # type: ignore[list-item]
+    expected = [exact(parse_kafka_value_checked(v, NOW, LIMITS)) for v in corpus]
+    assert [exact(r) for r in parse_kafka_values(corpus, NOW, LIMITS)] == expected
+    assert parse_kafka_values([], NOW, LIMITS) == []
+    tight = Limits(max_payload_bytes=100, max_future=timedelta(0))
+    expected = [exact(parse_kafka_value_checked(v, NOW, tight)) for v in corpus]
+    assert [exact(r) for r in parse_kafka_values(corpus, NOW, tight)] == expected
 
 
 @pytest.mark.parametrize("seed", range(4))

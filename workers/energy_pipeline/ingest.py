@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -43,7 +44,7 @@ from energy_pipeline.settings import (
     env,
     load,
 )
-from energy_pipeline.validation import Rejection, parse_kafka_value
+from energy_pipeline.validation import Rejection, parse_kafka_values
 
 log = logging.getLogger("energy_pipeline.ingest")
 
@@ -83,17 +84,7 @@ def consumer_config(settings: IngestSettings) -> dict[str, object]:
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 100,
-        "on_commit": _on_commit,
     }
-
-
-def _on_commit(err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
-    # Asynchronous commits report here (from consume()). A failed one is made good by the
-    # next commit, or replayed by the partitions' next owner and absorbed by the idempotent
-    # write.
-    if err is not None:
-        metrics.ERRORS.labels("ingest", "commit").inc()
-        log.warning("offset commit failed", extra={"error": str(err)})
 
 
 def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
@@ -123,13 +114,11 @@ class InFlight:
 
 
 def split_batch(messages: Sequence[Message], now: datetime, settings: IngestSettings) -> Batch:
-    limits = settings.limits()
+    results = parse_kafka_values([msg.value() for msg in messages], now, settings.limits())
     readings: list[Reading] = []
     rejected: list[tuple[Message, Rejection]] = []
     keep = readings.append
-    parse = parse_kafka_value
-    for msg in messages:
-        result = parse(msg.value(), now, limits)
+    for msg, result in zip(messages, results, strict=True):
         if type(result) is Rejection:
             rejected.append((msg, result))
         else:
@@ -153,7 +142,10 @@ class Ingest:
         self.forecasts = forecasts
         self.topics = [kafka_topic(settings.kafka_topic_prefix, s) for s in SENSOR_NAMES]
         self.deadletter = deadletter_topic(settings.kafka_topic_prefix)
-        self.consumer = Consumer(consumer_config(settings), logger=logging.getLogger("librdkafka"))
+        self.consumer = Consumer(
+            {**consumer_config(settings), "on_commit": self._on_commit},
+            logger=logging.getLogger("librdkafka"),
+        )
         self.producer = Producer(
             {
                 **settings.kafka_client_config(),
@@ -171,6 +163,11 @@ class Ingest:
         # The database connection is the writer thread's alone.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
         self._in_flight: deque[InFlight] = deque()
+        # Per owned partition, the offset after the last batch in the database: committed
+        # again if a commit failed (typically during a rebalance), so the committed offset
+        # does not stay behind until the partition's next message.
+        self._finished: dict[tuple[str, int], int] = {}
+        self._commit_again_at: float | None = None
 
     # --- database (on the writer thread) ------------------------------------------------
 
@@ -276,13 +273,42 @@ class Ingest:
                 self.producer.poll(0.1)
 
     def commit(self, messages: Sequence[Message], asynchronous: bool = False) -> None:
+        """Commit the offsets after `messages` (which are in the database)."""
+        offsets = next_offsets(messages)
+        for tp in offsets:
+            self._finished[(tp.topic, tp.partition)] = tp.offset
+        self._commit(offsets, asynchronous)
+
+    def commit_finished(
+        self, partitions: Sequence[TopicPartition] | None = None, asynchronous: bool = False
+    ) -> None:
+        """Commit again what is finished, of `partitions` (default: all we own)."""
+        owned = self.consumer.assignment() if partitions is None else partitions
+        offsets = [
+            TopicPartition(tp.topic, tp.partition, self._finished[(tp.topic, tp.partition)])
+            for tp in owned
+            if (tp.topic, tp.partition) in self._finished
+        ]
+        if offsets:
+            self._commit(offsets, asynchronous)
+
+    def _commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         try:
-            self.consumer.commit(offsets=next_offsets(messages), asynchronous=asynchronous)
+            self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
         except KafkaException as exc:
             # Typically a rebalance took the partitions: their new owner replays from the last
             # committed offset and the idempotent write absorbs the replay.
             metrics.ERRORS.labels("ingest", "commit").inc()
             log.warning("offset commit failed", extra={"error": str(exc)})
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        # Asynchronous commits report here, from consume() on the main thread.
+        failed = err or next((tp.error for tp in partitions if tp.error is not None), None)
+        if failed is not None:
+            metrics.ERRORS.labels("ingest", "commit").inc()
+            log.warning("offset commit failed; committing again", extra={"error": str(failed)})
+            if self._commit_again_at is None:
+                self._commit_again_at = time.monotonic() + 1
 
     def update_lag(self) -> None:
         if time.monotonic() - self._last_lag < 5:
@@ -359,6 +385,10 @@ class Ingest:
         # owner starts right after it.
         log.info("partitions revoked", extra={"partitions": len(partitions)})
         self.finish_all()
+        if self._commit_again_at is not None:
+            self.commit_finished(partitions)
+        for tp in partitions:
+            self._finished.pop((tp.topic, tp.partition), None)
 
     def run(self) -> int:
         self.consumer.subscribe(self.topics, on_revoke=self._on_revoke)
@@ -383,9 +413,13 @@ class Ingest:
                 elif self._in_flight and not self.finish_all(asynchronous=True):
                     # (Quiet topics: what is in flight is finished rather than left waiting.)
                     break
+                if self._commit_again_at is not None and time.monotonic() >= self._commit_again_at:
+                    self._commit_again_at = None
+                    self.commit_finished(asynchronous=True)
                 self.update_lag()
             # Stopping: what is being written is finished and committed (confirmed).
-            self.finish_all()
+            if self.finish_all() and self._commit_again_at is not None:
+                self.commit_finished()
         finally:
             log.info("stopping: leaving the consumer group")
             self.stopping.set()  # a writer still retrying gives up
@@ -414,6 +448,10 @@ def run(args: argparse.Namespace) -> int:
             application_name=f"ingest-forecasts-{settings.pipeline_name}",
         )
     ingest = Ingest(settings, forecasts=forecasts)
+    # The writer thread needs the GIL back after every PostgreSQL round trip while the main
+    # thread validates: hand it over sooner than the default 5 ms (measured: about 10 % more
+    # rows/s at saturation).
+    sys.setswitchinterval(0.0002)
     signal.signal(signal.SIGTERM, lambda *_: ingest.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: ingest.stopping.set())
     health = HealthServer(settings.http_port, ingest.heartbeat, ingest.ready).start()

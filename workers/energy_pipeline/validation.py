@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -328,16 +329,8 @@ def _valid_reading(
     spec = SENSORS[sensor]
     if not (_isfinite(value) and spec.minimum <= value <= spec.maximum):
         return None
-    try:
-        ts = _fromisoformat(raw_ts)
-    except ValueError:
-        return None
-    tz = ts.tzinfo
-    if tz is not UTC:
-        if tz is None:
-            return None
-        ts = ts.astimezone(UTC)
-    if ts < limits.earliest or ts > now + limits.max_future:
+    ts = _timestamp(raw_ts, _fromisoformat, limits.earliest, now + limits.max_future)
+    if ts is None:
         return None
     return new_reading(site, sensor, device, ts, value, seq)
 
@@ -431,3 +424,74 @@ def _mqtt_fast(topic: str, payload: bytes, now: datetime, limits: Limits) -> Rea
     if doc is None:
         return None
     return _from_doc(site, sensor, device, doc, now, limits)
+
+
+def parse_kafka_values(
+    values: Iterable[bytes | None], now: datetime, limits: Limits = Limits()
+) -> list[Reading | Rejection]:
+    """parse_kafka_value for each of `values`, with the same results, at less cost per record.
+
+    Ingest's hot loop: the pipeline's own records are matched here without a call per record,
+    and readings with the same timestamp text share one datetime (a device's sensors report
+    together), which also makes the writer's formatting of it a dictionary hit.
+    """
+    out: list[Reading | Rejection] = []
+    keep = out.append
+    match = _KAFKA_RECORD
+    sensors = SENSORS
+    isfinite = _isfinite
+    fromisoformat = _fromisoformat
+    make = new_reading
+    max_bytes = limits.max_payload_bytes
+    earliest = limits.earliest
+    latest = now + limits.max_future
+    times: dict[str, datetime] = {}
+    for value in values:
+        if type(value) is bytes and len(value) <= max_bytes:
+            m = match(value.decode("latin-1"))
+            if m is not None:
+                site, sensor, device, raw_ts, integer, rest, seq = m.groups()
+                spec = sensors.get(sensor)
+                if spec is not None:
+                    number = float(integer + rest) if rest else float(int(integer))
+                    ts = times.get(raw_ts)
+                    if ts is None:
+                        ts = _timestamp(raw_ts, fromisoformat, earliest, latest)
+                        if ts is not None:
+                            times[raw_ts] = ts
+                    if (
+                        ts is not None
+                        and isfinite(number)
+                        and spec.minimum <= number <= spec.maximum
+                    ):
+                        keep(
+                            make(
+                                site,
+                                sensor,
+                                device,
+                                ts,
+                                number,
+                                None if seq == "null" else int(seq),
+                            )
+                        )
+                        continue
+        keep(parse_kafka_value(value, now, limits))
+    return out
+
+
+def _timestamp(
+    raw: str, fromisoformat: Callable[[str], datetime], earliest: datetime, latest: datetime
+) -> datetime | None:
+    """The UTC timestamp of `raw` if it passes _iso_ts's checks, else None."""
+    try:
+        ts = fromisoformat(raw)
+    except ValueError:
+        return None
+    tz = ts.tzinfo
+    if tz is not UTC:
+        if tz is None:
+            return None
+        ts = ts.astimezone(UTC)
+    if ts < earliest or ts > latest:
+        return None
+    return ts

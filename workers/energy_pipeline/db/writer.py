@@ -123,9 +123,14 @@ def prepare(readings: Sequence[Reading]) -> PreparedBatch:
     sensor_index = _SENSOR_INDEX
     # (site, "YYYY-MM-DDTHH" in UTC) -> per sensor: [sum, count]
     sums: dict[tuple[str, str], list[list[float]]] = {}
+    # Timestamps repeat (a device's sensors report together) and formatting is the costly
+    # part; equal instants have the same UTC text whatever their offsets.
+    texts: dict[datetime, str] = {}
     for r in readings:
         ts = r.ts
-        text = ts.isoformat() if ts.tzinfo is UTC else _ts_text(ts)
+        text = texts.get(ts)
+        if text is None:
+            text = texts[ts] = ts.isoformat() if ts.tzinfo is UTC else _ts_text(ts)
         value = r.value
         append(f"{r.site}\t{r.sensor}\t{r.device}\t{text}\t{value!r}\n")
         key = (r.site, text[:13])
