@@ -406,7 +406,7 @@ def spec_schema() -> dict[str, Any]:
             ),
             "lingerMs": integer(
                 "Kafka producer batching delay.",
-                env=Env("BRIDGE_LINGER_MS", B), default=5, minimum=0, maximum=10000,
+                env=Env("BRIDGE_LINGER_MS", B), default=1, minimum=0, maximum=10000,
             ),
         },
         default={},

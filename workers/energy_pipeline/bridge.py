@@ -65,7 +65,7 @@ class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSett
     # Short: HiveMQ sends a connection its next messages only once all (at most 50) in
     # flight are acknowledged, so every millisecond waiting to batch is a millisecond idle.
     bridge_linger_ms: int = env(
-        "BRIDGE_LINGER_MS", 5, doc="Kafka producer batching delay", minimum=0
+        "BRIDGE_LINGER_MS", 1, doc="Kafka producer batching delay", minimum=0
     )
 
     @property

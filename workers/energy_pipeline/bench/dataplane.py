@@ -344,7 +344,6 @@ def latency(
                 # Its own group: Mosquitto keeps queueing a share of the messages for the
                 # stopped throughput bridge's persistent session if they share one.
                 "MQTT_SHARED_GROUP": "bench-latency",
-                "BRIDGE_LINGER_MS": "5",
             },
             logs,
         ).start(),
