@@ -423,7 +423,7 @@ def spec_schema() -> dict[str, Any]:
                                    {"memory": "512Mi"}),
             "batchSize": integer(
                 "Most records written per database transaction.",
-                env=Env("INGEST_BATCH_SIZE", IN), default=5000, minimum=1, maximum=100000,
+                env=Env("INGEST_BATCH_SIZE", IN), default=20000, minimum=1, maximum=100000,
             ),
             "batchMaxWaitMs": integer(
                 "Longest wait to fill a batch.",

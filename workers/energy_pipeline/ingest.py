@@ -54,7 +54,7 @@ class IngestSettings(CommonSettings, KafkaSettings, ValidationSettings, Forecast
     database_url: str = env("DATABASE_URL", doc="PostgreSQL DSN, postgresql://user:pass@host/db")
     kafka_consumer_group: str = env("KAFKA_CONSUMER_GROUP", "ingest", doc="consumer group id")
     ingest_batch_size: int = env(
-        "INGEST_BATCH_SIZE", 5000, doc="most records written per transaction", minimum=1
+        "INGEST_BATCH_SIZE", 20_000, doc="most records written per transaction", minimum=1
     )
     ingest_batch_max_wait_ms: int = env(
         "INGEST_BATCH_MAX_WAIT_MS", 250, doc="longest wait to fill a batch", minimum=1

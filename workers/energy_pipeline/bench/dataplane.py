@@ -283,9 +283,22 @@ def per_message_insert(dsn: str, rows: list[Reading]) -> dict[str, float]:
     return {"rows": len(rows), "seconds": seconds, "rows_per_s": len(rows) / seconds}
 
 
+_counting: dict[str, psycopg2.extensions.connection] = {}
+
+
 def count_rows(dsn: str) -> int:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM readings")
+    """Readings stored so far, read cheaply enough to poll every 50 ms.
+
+    The hourly counts are written in the same transaction as the readings. A new connection
+    and a count(*) over `readings` every 50 ms took about a fifth of a core from the ingest
+    being measured; one connection and the hourly sums take ~0.1 ms.
+    """
+    conn = _counting.get(dsn)
+    if conn is None or conn.closed:
+        conn = _counting[dsn] = psycopg2.connect(dsn)
+        conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT coalesce(sum(n_readings), 0) FROM hourly_features")
         return int(cur.fetchone()[0])
 
 
