@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
+import paho.mqtt.client as mqtt
 import pytest
 from energy_pipeline.mqtt_client import BufferedClient, BufferedSocket, new_client
 
@@ -107,3 +108,62 @@ def test_puback_is_the_packet_paho_writes(pair: tuple[BufferedSocket, socket.soc
     buffered.flush()
     peer.settimeout(5)
     assert peer.recv(10) == b"\x40\x02\x12\x34"
+
+
+def publish_packet(
+    topic: bytes, payload: bytes, qos: int, mid: int, properties: bytes = b"\x00"
+) -> tuple[int, bytearray]:
+    """(fixed-header byte, variable header + payload) of an MQTT 5 PUBLISH."""
+    body = len(topic).to_bytes(2, "big") + topic
+    if qos:
+        body += mid.to_bytes(2, "big")
+    return 0x30 | (qos << 1) | 0x09, bytearray(body + properties + payload)
+
+
+def received(client: mqtt.Client, header: int, packet: bytearray, lean: bool) -> list[tuple]:
+    got: list[tuple] = []
+    client.on_message = lambda _c, _u, m: got.append(
+        (m.topic, m.payload, m.mid, m.qos, m.dup, m.retain)
+    )
+    client._in_packet = {**client._in_packet, "command": header, "packet": packet}
+    handle = client._handle_publish if lean else mqtt.Client._handle_publish.__get__(client)
+    assert handle() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    return got
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "qos", "properties"),
+    [
+        (b"energy/site-1/temperature/3", b'{"ts":"2025-01-01T00:00:00Z","value":1}', 1, b"\x00"),
+        (b"energy/s/humidity/0", b"", 1, b"\x00"),
+        (b"energy/s/humidity/0", b"x" * 300, 0, b"\x00"),
+        # A message expiry interval property: paho's own parser handles it.
+        (b"energy/s/humidity/0", b"{}", 1, b"\x05\x02\x00\x00\x00\x3c"),
+        # A content type property.
+        (b"a/b", b"{}", 1, b"\x07\x03\x00\x04json"),
+    ],
+)
+def test_lean_publish_handling_matches_paho(
+    topic: bytes, payload: bytes, qos: int, properties: bytes
+) -> None:
+    header, packet = publish_packet(topic, payload, qos, 4711, properties)
+    client = new_client("lean", manual_ack=True, buffered=True)
+    reference = new_client("paho", manual_ack=True, buffered=True)
+    assert received(client, header, bytearray(packet), lean=True) == received(
+        reference, header, bytearray(packet), lean=False
+    )
+    assert len(received(client, header, bytearray(packet), lean=True)) == 1
+
+
+def test_a_reading_without_properties_skips_pahos_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def paho_path(self: mqtt.Client) -> mqtt.MQTTErrorCode:
+        raise AssertionError("took paho's property parser")
+
+    header, packet = publish_packet(b"energy/s/temperature/1", b'{"value":1}', 1, 9)
+    client = new_client("lean", manual_ack=True, buffered=True)
+    monkeypatch.setattr(mqtt.Client, "_handle_publish", paho_path)
+    assert received(client, header, packet, lean=True)[0][:3] == (
+        "energy/s/temperature/1",
+        b'{"value":1}',
+        9,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -113,6 +114,38 @@ class BufferedClient(mqtt.Client):
 
     def _create_socket(self) -> Any:
         return BufferedSocket(super()._create_socket())
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        """paho's handling of an incoming PUBLISH, without its property parser when the
+        packet has no properties.
+
+        paho's decode_publish builds and fills a Properties object for every MQTT 5 message:
+        ~17 us, a third of the bridge's whole per-message cost. Readings carry no
+        properties. QoS 2, MQTT 3, packets with properties and malformed ones take paho's
+        own path (`super()`), as does everything else the client receives.
+        """
+        header = self._in_packet["command"]
+        packet = self._in_packet["packet"]
+        qos = (header & 0x06) >> 1
+        if self._protocol != mqtt.MQTTv5 or qos > 1 or len(packet) < 2:
+            return super()._handle_publish()
+        topic_end = 2 + int.from_bytes(packet[0:2], "big")
+        properties_at = topic_end + 2 if qos else topic_end
+        if properties_at >= len(packet) or packet[properties_at] != 0:
+            return super()._handle_publish()
+        message = mqtt.MQTTMessage(
+            mid=int.from_bytes(packet[topic_end:properties_at], "big") if qos else 0,
+            topic=bytes(packet[2:topic_end]),
+        )
+        message.dup = bool(header & 0x08)
+        message.qos = qos
+        message.retain = bool(header & 0x01)
+        message.payload = bytes(packet[properties_at + 1 :])
+        message.timestamp = time.monotonic()
+        self._handle_on_message(message)
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(message.mid)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 def new_client(
