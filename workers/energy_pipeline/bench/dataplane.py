@@ -305,6 +305,7 @@ def count_rows(dsn: str) -> int:
 def bench_ingest(
     env: dict[str, str], dsn: str, prefix: str, total: int, logs: Path
 ) -> dict[str, float]:
+    """One ingest process draining `prefix`'s topics into `dsn` (a fresh consumer group)."""
     ingest = WorkerProcess(
         "bench-ingest",
         ["ingest"],
@@ -312,28 +313,35 @@ def bench_ingest(
             **env,
             "KAFKA_TOPIC_PREFIX": prefix,
             "DATABASE_URL": dsn,
-            "KAFKA_CONSUMER_GROUP": f"bench-{prefix}",
+            "KAFKA_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
         },
         logs,
-    )
-    ingest.start()
+    ).start()
     assert ingest.process is not None and ingest.process.pid is not None
-    # Steady state: from the first stored row to the last, without process start-up and
-    # the consumer-group join (a few seconds that would swamp 100k rows).
-    wait_for(lambda: count_rows(dsn) > 0, 120, 0.02)
-    first = count_rows(dsn)
-    cpu0 = cpu_seconds(ingest.process.pid)
-    started = time.monotonic()
-    wait_for(lambda: count_rows(dsn) >= total, 600, 0.05)
-    seconds = time.monotonic() - started
-    cpu = cpu_seconds(ingest.process.pid) - cpu0
-    total -= first
-    ingest.stop()
+    try:
+        # Steady state: from the first stored row to the last, without process start-up and
+        # the consumer-group join (a few seconds that would swamp 100k rows).
+        wait_for(lambda: count_rows(dsn) > 0, 120, 0.02)
+        first = count_rows(dsn)
+        cpu0 = cpu_seconds(ingest.process.pid)
+        started = time.monotonic()
+        wait_for(lambda: count_rows(dsn) >= total, 600, 0.05)
+        seconds = time.monotonic() - started
+        cpu = cpu_seconds(ingest.process.pid) - cpu0
+    finally:
+        ingest.stop()
+    rows = total - first
+    if rows <= 0:
+        raise ValueError(
+            f"all {total} rows arrived in the first batch: nothing to time; "
+            "use more messages than INGEST_BATCH_SIZE"
+        )
     return {
-        "rows": total,
+        "rows": rows,
         "seconds": seconds,
-        "rows_per_s": total / seconds,
+        "rows_per_s": rows / seconds,
         "ingest_cpu_seconds": cpu,
+        "cpu_us_per_row": cpu / rows * 1e6,
     }
 
 

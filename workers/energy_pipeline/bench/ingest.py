@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,46 +24,17 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from energy_pipeline.bench.dataplane import (
-    count_rows,
-    cpu_seconds,
+    bench_ingest,
     new_database,
     per_message_insert,
     raw_copy,
     raw_producer,
     readings,
-    wait_for,
 )
 from energy_pipeline.contracts import all_kafka_topics
 from energy_pipeline.localstack import KafkaCluster, PostgresServer
-from energy_pipeline.localstack.workers import WorkerProcess, service_env
+from energy_pipeline.localstack.workers import service_env
 from energy_pipeline.topics import TopicSpec, create_topic
-
-
-def ingest_rate(env: dict[str, str], dsn: str, total: int, logs: Path) -> dict[str, float]:
-    worker = WorkerProcess(
-        "bench-ingest",
-        ["ingest"],
-        {**env, "DATABASE_URL": dsn, "KAFKA_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}"},
-        logs,
-    ).start()
-    assert worker.process is not None and worker.process.pid is not None
-    try:
-        wait_for(lambda: count_rows(dsn) > 0, 120, 0.02)
-        first = count_rows(dsn)
-        cpu0 = cpu_seconds(worker.process.pid)
-        started = time.monotonic()
-        wait_for(lambda: count_rows(dsn) >= total, 600, 0.05)
-        seconds = time.monotonic() - started
-        cpu = cpu_seconds(worker.process.pid) - cpu0
-    finally:
-        worker.stop()
-    rows = total - first
-    return {
-        "rows": rows,
-        "seconds": seconds,
-        "rows_per_s": rows / seconds,
-        "cpu_us_per_row": cpu / rows * 1e6,
-    }
 
 
 def main() -> int:
@@ -93,10 +63,7 @@ def main() -> int:
             create_topic(admin, TopicSpec(topic, 4, 2))
         rows = readings(args.messages, datetime(2025, 1, 1, tzinfo=UTC))
         raw_producer(kafka.bootstrap_servers, prefix, rows)
-        env = {
-            **service_env(kafka.bootstrap_servers, pg.dsn, "127.0.0.1", 1, PIPELINE_NAME="bench"),
-            "KAFKA_TOPIC_PREFIX": prefix,
-        }
+        env = service_env(kafka.bootstrap_servers, pg.dsn, "127.0.0.1", 1, PIPELINE_NAME="bench")
         logs = base / "logs"
         per_message = per_message_insert(new_database(pg), rows[:5000])["rows_per_s"]
         results["per_message_insert_rows_per_s"] = per_message
@@ -107,7 +74,9 @@ def main() -> int:
             line = f"round {number}: load {load:.2f}, bare COPY {copy:,.0f} rows/s"
             measured: dict[str, object] = {"load_avg": load, "raw_copy_rows_per_s": copy}
             for label, settings in variants.items():
-                ingest = ingest_rate({**env, **settings}, new_database(pg), len(rows), logs)
+                ingest = bench_ingest(
+                    {**env, **settings}, new_database(pg), prefix, len(rows), logs
+                )
                 measured[label] = ingest
                 rate = ingest["rows_per_s"]
                 line += (
