@@ -1,0 +1,201 @@
+"""The reconciler's child bookkeeping against the real API server: what it creates, restores
+and deletes (the read API's children when spec.api.enabled turns false), and what it leaves
+alone. `apply_children` is called directly, with a ConfigMap standing in as the owner so the
+garbage collector keeps the children while no operator runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from energy_operator.kube import Kube
+from energy_operator.reconcile import apply_children
+from energy_pipeline.localstack.kube import KubeControlPlane
+from kubernetes import config
+
+pytestmark = pytest.mark.cluster
+
+SPEC: dict[str, Any] = {
+    "mqtt": {"host": "m"},
+    "kafka": {"bootstrapServers": "k:9092"},
+    "database": {"urlSecret": {"name": "pg"}},
+}
+API_CHILDREN = {
+    ("Deployment", "demo-api"),
+    ("Service", "demo-api"),
+    ("PodDisruptionBudget", "demo-api"),
+}
+RBAC = "rbac.authorization.k8s.io"
+KINDS = {"Deployment": "apps/v1", "Service": "v1", "PodDisruptionBudget": "policy/v1"}
+
+
+def spec(api: bool) -> dict[str, Any]:
+    return {**SPEC, "api": {"enabled": api}}
+
+
+def adopt(children: list[dict[str, Any]], owner: Mapping[str, Any]) -> None:
+    for child in children:
+        child["metadata"]["ownerReferences"] = [
+            {
+                "apiVersion": owner["apiVersion"],
+                "kind": owner["kind"],
+                "name": owner["metadata"]["name"],
+                "uid": owner["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+@pytest.fixture
+def namespace(kube: KubeControlPlane) -> Iterator[str]:
+    name = f"children-{uuid.uuid4().hex[:8]}"
+    client = Kube(kube.api_client)
+    client.request(
+        "POST",
+        "/api/v1/namespaces",
+        body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+    )
+    yield name
+    client.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def owner(client: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return client.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+    )
+
+
+def present(client: Kube, namespace: str, wanted: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    return {(k, n) for k, n in wanted if client.get(KINDS[k], k, namespace, n) is not None}
+
+
+def test_enabling_creates_and_disabling_deletes_the_api_children(
+    kube: KubeControlPlane, namespace: str
+) -> None:
+    client = Kube(kube.api_client)
+    body = owner(client, namespace, "demo")
+    events, problems, changes = apply_children(client, body, spec(False), adopt, False)
+    assert not problems and not present(client, namespace, API_CHILDREN)
+    assert [e.reason for e in events] == ["Created"]
+
+    # Enabled on a running pipeline: created (not "restored", which means someone deleted it).
+    events, problems, changes = apply_children(
+        client, body, spec(True), adopt, True, frozenset({"api"})
+    )
+    assert not problems and present(client, namespace, API_CHILDREN) == API_CHILDREN
+    assert [e.reason for e in events] == ["Created"]
+    assert "Deployment demo-api" in events[0].message
+
+    # Nothing changed: nothing to report, nothing deleted.
+    events, problems, changes = apply_children(client, body, spec(True), adopt, True)
+    assert (events, problems, changes) == ([], [], [])
+    assert present(client, namespace, API_CHILDREN) == API_CHILDREN
+
+    events, problems, changes = apply_children(client, body, spec(False), adopt, True)
+    assert not problems
+    assert not present(client, namespace, API_CHILDREN)
+    assert [e.reason for e in events] == ["Deleted"]
+    assert "Deployment demo-api" in events[0].message and "spec" in events[0].message
+    assert any(c.startswith("deleted ") for c in changes)
+    assert present(client, namespace, {("Service", "demo-inference")})
+
+
+def test_a_missing_api_child_of_an_enabled_api_is_restored(
+    kube: KubeControlPlane, namespace: str
+) -> None:
+    client = Kube(kube.api_client)
+    body = owner(client, namespace, "demo")
+    apply_children(client, body, spec(True), adopt, False)
+    client.request("DELETE", f"/api/v1/namespaces/{namespace}/services/demo-api")
+    events, problems, _ = apply_children(client, body, spec(True), adopt, True)
+    assert not problems and [e.reason for e in events] == ["Restored"]
+    assert events[0].message == "recreated missing Service demo-api"
+
+
+def test_objects_it_does_not_control_are_never_deleted(
+    kube: KubeControlPlane, namespace: str
+) -> None:
+    client = Kube(kube.api_client)
+    body = owner(client, namespace, "demo")
+    apply_children(client, body, spec(False), adopt, False)
+    labels = client.get("apps/v1", "Deployment", namespace, "demo-bridge")["metadata"]["labels"]
+    # Someone else's Service with the same labels and the name the API would have.
+    client.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "demo-api", "namespace": namespace, "labels": labels},
+            "spec": {"ports": [{"port": 80}]},
+        }
+    )
+    # A Deployment with our labels, controlled by another owner.
+    other = owner(client, namespace, "another-pipeline")
+    foreign = client.get("apps/v1", "Deployment", namespace, "demo-bridge")
+    for key in ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"):
+        foreign["metadata"].pop(key, None)
+    foreign.pop("status", None)
+    foreign["metadata"]["name"] = "demo-old"
+    adopt([foreign], other)
+    client.create(foreign)
+    events, problems, _ = apply_children(client, body, spec(False), adopt, True)
+    assert not problems and not events
+    assert present(client, namespace, {("Service", "demo-api"), ("Deployment", "demo-old")}) == {
+        ("Service", "demo-api"),
+        ("Deployment", "demo-old"),
+    }
+
+
+def test_a_refused_delete_is_reported_naming_the_object(
+    kube: KubeControlPlane, namespace: str
+) -> None:
+    admin = Kube(kube.api_client)
+    body = owner(admin, namespace, "demo")
+    apply_children(admin, body, spec(True), adopt, False)
+    # A user who may do everything in the namespace except delete.
+    rbac = f"/apis/{RBAC}/v1/namespaces/{namespace}"
+    admin.request(
+        "POST",
+        f"{rbac}/roles",
+        body={
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "Role",
+            "metadata": {"name": "no-delete", "namespace": namespace},
+            "rules": [
+                {
+                    "apiGroups": ["*"],
+                    "resources": ["*"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch"],
+                }
+            ],
+        },
+    )
+    admin.request(
+        "POST",
+        f"{rbac}/rolebindings",
+        body={
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "no-delete", "namespace": namespace},
+            "roleRef": {
+                "apiGroup": RBAC,
+                "kind": "Role",
+                "name": "no-delete",
+            },
+            "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "no-delete"}],
+        },
+    )
+    api = config.new_client_from_config(config_file=str(kube.kubeconfig))
+    api.set_default_header("Impersonate-User", "no-delete")
+    _, problems, _ = apply_children(Kube(api), body, spec(False), adopt, True)
+    assert {p.reason for p in problems} == {"DeleteFailed"}
+    assert not any(p.blocking for p in problems)  # the data still flows
+    assert any("Deployment demo-api" in p.message and "forbidden" in p.message for p in problems)
+    assert present(admin, namespace, API_CHILDREN) == API_CHILDREN
