@@ -8,7 +8,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The venv is brought up to date whenever the pinned dependencies change.
-VENV_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml harness/pyproject.toml | sha1sum | cut -c1-12)
+# The runtime distribution (what the image holds) and the harness beside it (local services,
+# demo, benchmarks, generators): every make target that installs extras installs both.
+PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 PYTEST_ARGS ?=
 
 .PHONY: help venv deps lint test unit integration cluster e2e stack demo bench up down clean
@@ -23,10 +26,10 @@ help:
 	@echo "make up / down    the platform on a kind cluster (needs docker, kind, kubectl, helm)"
 	@echo "make clean        remove the venv (caches in ~/.cache/energy-pipeline are kept)"
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml harness/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e '.[dev]' -e ./harness
 	touch $@
 
 venv: $(VENV_STAMP)
@@ -54,15 +57,15 @@ stack: deps
 
 # The whole pipeline on this machine; DURATION=<seconds> stops it by itself, FAST=1 for CI.
 demo: deps
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[demo]'
+	$(PIP_INSTALL) -e '.[demo]' -e ./harness
 	$(BIN)/energy-pipeline demo $(if $(DURATION),--duration $(DURATION)) $(if $(FAST),--fast)
 
 # Speed and quality figures of this machine; not timed tests. Writes bench/.
 bench: deps
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
-	$(BIN)/python -m energy_pipeline.bench.dataplane --out bench/results.json
-	$(BIN)/python -m energy_pipeline.forecasting.bench --out bench/forecast.json
-	$(BIN)/python -m energy_pipeline.forecasting.bench_serving --out bench/serving.json
+	$(PIP_INSTALL) -e '.[dev,bench]' -e ./harness
+	$(BIN)/python -m energy_harness.bench.dataplane --out bench/results.json
+	$(BIN)/python -m energy_harness.bench.forecast --out bench/forecast.json
+	$(BIN)/python -m energy_harness.bench.serving --out bench/serving.json
 
 # kind cluster + ingress-nginx + image + energy-platform chart; needs docker, kind, kubectl, helm.
 up:

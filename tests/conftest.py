@@ -14,10 +14,10 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from energy_harness.localstack import KafkaCluster, MosquittoBroker, PostgresServer
+from energy_harness.localstack.install import ensure_kafka, ensure_system_packages
+from energy_harness.localstack.postgres import dsn
 from energy_pipeline.db.migrate import migrate
-from energy_pipeline.localstack import KafkaCluster, MosquittoBroker, PostgresServer
-from energy_pipeline.localstack.install import ensure_kafka, ensure_system_packages
-from energy_pipeline.localstack.postgres import dsn
 
 MARKER_ORDER = ("unit", "integration", "cluster", "e2e")
 

@@ -15,8 +15,8 @@ import signal
 import threading
 from types import FrameType
 
-from energy_pipeline.observability import HealthServer, Heartbeat
-from energy_pipeline.settings import load
+from energy_pipeline.core.observability import HealthServer, Heartbeat
+from energy_pipeline.core.settings import load
 from prometheus_client import Gauge
 
 log = logging.getLogger("energy_operator.command")

@@ -79,7 +79,7 @@ class Setting:
         return self.schema.get("default")
 
     def render(self, value: Any) -> str:
-        """The value as the workers' settings parser reads it (see energy_pipeline.settings)."""
+        """The value as the workers' settings parser reads it (energy_pipeline.core.settings)."""
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, float) and value.is_integer():

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from energy_pipeline.observability import Heartbeat
-from energy_pipeline.settings import load
+from energy_pipeline.core.observability import Heartbeat
+from energy_pipeline.core.settings import load
 from prometheus_client import Counter, Gauge, Histogram
 
 from energy_operator import crd

@@ -21,8 +21,7 @@ import psycopg2
 import psycopg2.extensions
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from energy_pipeline.db.migrate import MigrationError, latest_version, migrate, schema_version
-from energy_pipeline.topics import (
+from energy_pipeline.dataplane.topics import (
     TopicSpec,
     broker_count,
     create_topic,
@@ -32,6 +31,7 @@ from energy_pipeline.topics import (
     grow_partitions,
     plan_topic,
 )
+from energy_pipeline.db.migrate import MigrationError, latest_version, migrate, schema_version
 
 from energy_operator import crd, render
 from energy_operator.kube import Kube, KubeError

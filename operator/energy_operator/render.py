@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from energy_pipeline.contracts import all_kafka_topics
+from energy_pipeline.core.contracts import all_kafka_topics
 
 from energy_operator import crd
 from energy_operator.naming import (

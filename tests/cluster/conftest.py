@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from energy_pipeline.localstack.kube import KubeControlPlane
-from energy_pipeline.localstack.kube_install import KubeTools, ensure_kube_tools
-from energy_pipeline.localstack.process import ServiceError
+from energy_harness.localstack.kube import KubeControlPlane
+from energy_harness.localstack.kube_install import KubeTools, ensure_kube_tools
+from energy_harness.localstack.process import ServiceError
 
 _tools: KubeTools | None = None
 _install_error: ServiceError | None = None
@@ -74,8 +74,8 @@ def operator_kubeconfig(
     kube: KubeControlPlane, energy_crd: str, tmp_path_factory: pytest.TempPathFactory
 ):
     """A kubeconfig of ServiceAccount energy-system/energy-operator: the RBAC under test."""
+    from energy_harness.operator_local import service_account_kubeconfig, service_account_token
     from energy_operator.kube import Kube
-    from energy_operator.localrun import service_account_kubeconfig, service_account_token
 
     token = service_account_token(Kube(kube.api_client), "energy-system", "energy-operator")
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"

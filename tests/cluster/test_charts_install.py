@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
-from energy_pipeline.localstack.install import ensure_kafka, require
-from energy_pipeline.localstack.kube import KubeControlPlane
+from energy_harness.localstack.install import ensure_kafka, require
+from energy_harness.localstack.kube import KubeControlPlane
 from kubernetes import client
 
 pytestmark = pytest.mark.cluster

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from energy_pipeline.localstack.kube import KubeControlPlane
-from energy_pipeline.localstack.kube_install import KUBE_VERSION
+from energy_harness.localstack.kube import KubeControlPlane
+from energy_harness.localstack.kube_install import KUBE_VERSION
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

@@ -22,16 +22,16 @@ import psycopg2
 import pytest
 import yaml
 from confluent_kafka.admin import AdminClient
+from energy_harness.localstack import KafkaCluster, MosquittoBroker, PostgresServer
+from energy_harness.localstack.kube import KubeControlPlane
+from energy_harness.localstack.postgres import dsn
+from energy_harness.localstack.process import free_port
+from energy_harness.localstack.workers import WorkerProcess
+from energy_harness.operator_local import OperatorProcess
 from energy_operator import render
 from energy_operator.kube import Kube
-from energy_operator.localrun import OperatorProcess
+from energy_pipeline.dataplane.topics import delete_topics, describe_topics
 from energy_pipeline.db.migrate import latest_version, schema_version
-from energy_pipeline.localstack import KafkaCluster, MosquittoBroker, PostgresServer
-from energy_pipeline.localstack.kube import KubeControlPlane
-from energy_pipeline.localstack.postgres import dsn
-from energy_pipeline.localstack.process import free_port
-from energy_pipeline.localstack.workers import WorkerProcess
-from energy_pipeline.topics import delete_topics, describe_topics
 
 pytestmark = pytest.mark.cluster
 

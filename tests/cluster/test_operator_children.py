@@ -11,9 +11,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from energy_harness.localstack.kube import KubeControlPlane
 from energy_operator.kube import Kube
 from energy_operator.reconcile import apply_children
-from energy_pipeline.localstack.kube import KubeControlPlane
 from kubernetes import config
 
 pytestmark = pytest.mark.cluster

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from energy_pipeline.localstack.kube import KubeControlPlane
+from energy_harness.localstack.kube import KubeControlPlane
 from kubernetes import client
 
 pytestmark = pytest.mark.cluster

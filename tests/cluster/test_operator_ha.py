@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import yaml
 from confluent_kafka.admin import AdminClient
+from energy_harness.localstack import KafkaCluster
+from energy_harness.localstack.kube import KubeControlPlane
+from energy_harness.operator_local import OperatorProcess
 from energy_operator.kube import Kube
-from energy_operator.localrun import OperatorProcess
-from energy_pipeline.contracts import all_kafka_topics
-from energy_pipeline.localstack import KafkaCluster
-from energy_pipeline.localstack.kube import KubeControlPlane
-from energy_pipeline.topics import delete_topics
+from energy_pipeline.core.contracts import all_kafka_topics
+from energy_pipeline.dataplane.topics import delete_topics
 
 pytestmark = pytest.mark.cluster
 

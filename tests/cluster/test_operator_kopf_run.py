@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from energy_harness.localstack.kube import KubeControlPlane
+from energy_harness.localstack.process import ManagedProcess
 from energy_operator.kube import Kube
-from energy_pipeline.localstack.kube import KubeControlPlane
-from energy_pipeline.localstack.process import ManagedProcess
 
 pytestmark = pytest.mark.cluster
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
-from energy_pipeline.contracts import all_kafka_topics
-from energy_pipeline.localstack import KafkaCluster
-from energy_pipeline.localstack.hivemq import HiveMQBroker
-from energy_pipeline.localstack.workers import WorkerProcess, service_env
-from energy_pipeline.topics import TopicSpec, create_topic
+from energy_harness.localstack import KafkaCluster
+from energy_harness.localstack.hivemq import HiveMQBroker
+from energy_harness.localstack.workers import WorkerProcess, service_env
+from energy_pipeline.core.contracts import all_kafka_topics
+from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 
 
 @pytest.fixture

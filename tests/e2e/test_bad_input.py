@@ -12,10 +12,10 @@ import paho.mqtt.client as mqtt
 import psycopg2
 import pytest
 from confluent_kafka import Consumer, Producer
-from energy_pipeline.contracts import deadletter_topic, kafka_topic
-from energy_pipeline.localstack import KafkaCluster
-from energy_pipeline.localstack.hivemq import HiveMQBroker
-from energy_pipeline.localstack.workers import WorkerProcess
+from energy_harness.localstack import KafkaCluster
+from energy_harness.localstack.hivemq import HiveMQBroker
+from energy_harness.localstack.workers import WorkerProcess
+from energy_pipeline.core.contracts import deadletter_topic, kafka_topic
 
 from .conftest import Pipeline
 

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 import psycopg2
 import pytest
+from energy_harness.localstack import KafkaCluster, PostgresServer
+from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_pipeline.cli import build_parser
-from energy_pipeline.contracts import SENSOR_NAMES
-from energy_pipeline.localstack import KafkaCluster, PostgresServer
-from energy_pipeline.localstack.hivemq import HiveMQBroker
+from energy_pipeline.core.contracts import SENSOR_NAMES
 from energy_pipeline.simulation.commands import config_from_args
 from energy_pipeline.simulation.signals import generate
 

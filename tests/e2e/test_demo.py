@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from energy_pipeline.localstack.workers import energy_pipeline_argv
+from energy_harness.localstack.workers import energy_pipeline_argv
 
 pytestmark = pytest.mark.e2e
 

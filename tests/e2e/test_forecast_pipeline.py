@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pytest
+from energy_harness.localstack.process import free_port, wait_until
 from energy_pipeline.cli import build_parser
 from energy_pipeline.forecasting.hourly_db import read_window
 from energy_pipeline.forecasting.models import load_model
 from energy_pipeline.forecasting.window import forecast_window
-from energy_pipeline.localstack.process import free_port, wait_until
 from energy_pipeline.simulation.commands import config_from_args
 
 from .conftest import Pipeline

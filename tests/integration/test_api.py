@@ -30,14 +30,14 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 import pytest
+from energy_harness.localstack import PostgresServer
+from energy_harness.localstack.postgres import dsn
+from energy_harness.localstack.process import free_port
+from energy_harness.localstack.workers import WorkerProcess
 from energy_pipeline.api.pool import ConnectionPool, QueryTimeout
-from energy_pipeline.contracts import SENSOR_NAMES, Reading
+from energy_pipeline.core.contracts import SENSOR_NAMES, Reading
 from energy_pipeline.db.migrate import migrate
 from energy_pipeline.db.writer import write_readings
-from energy_pipeline.localstack import PostgresServer
-from energy_pipeline.localstack.postgres import dsn
-from energy_pipeline.localstack.process import free_port
-from energy_pipeline.localstack.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

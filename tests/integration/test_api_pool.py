@@ -8,8 +8,8 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import pytest
+from energy_harness.localstack import PostgresServer
 from energy_pipeline.api.pool import ConnectionPool, QueryTimeout
-from energy_pipeline.localstack import PostgresServer
 
 pytestmark = pytest.mark.integration
 

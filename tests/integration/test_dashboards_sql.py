@@ -25,10 +25,10 @@ from typing import Any
 import psycopg2
 import pytest
 import yaml
+from energy_harness.localstack import PostgresServer
+from energy_harness.localstack.postgres import SUPERUSER, dsn
 from energy_pipeline.db.migrate import migrate
 from energy_pipeline.db.writer import write_readings
-from energy_pipeline.localstack import PostgresServer
-from energy_pipeline.localstack.postgres import SUPERUSER, dsn
 from energy_pipeline.simulation.signals import SimulationConfig, generate
 
 pytestmark = pytest.mark.integration

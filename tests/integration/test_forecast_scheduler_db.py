@@ -16,15 +16,15 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from energy_pipeline.contracts import Reading
+from energy_harness.localstack.process import free_port
+from energy_harness.localstack.workers import WorkerProcess
+from energy_pipeline.core.contracts import Reading
+from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
 from energy_pipeline.forecasting.hourly_db import read_window, write_hourly_frame
 from energy_pipeline.forecasting.models import load_model
-from energy_pipeline.forecasting.scheduler import ForecastScheduler, ForecastSettings
 from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import TrainSettings, train_site
 from energy_pipeline.forecasting.window import forecast_window
-from energy_pipeline.localstack.process import free_port
-from energy_pipeline.localstack.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

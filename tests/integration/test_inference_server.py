@@ -14,14 +14,14 @@ import grpc
 import numpy as np
 import psycopg2
 import pytest
+from energy_harness.localstack.process import free_port, wait_until
+from energy_harness.localstack.workers import WorkerProcess
 from energy_pipeline.forecasting.hourly_db import read_window, write_hourly_frame
 from energy_pipeline.forecasting.models import load_model
 from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import TrainSettings, train_site
 from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.client import ForecasterClient, forecast_request
-from energy_pipeline.localstack.process import free_port, wait_until
-from energy_pipeline.localstack.workers import WorkerProcess
 from energy_pipeline.proto import forecaster_pb2 as pb
 from energy_pipeline.proto.forecaster_pb2_grpc import ForecasterStub
 from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -20,7 +20,8 @@ import psycopg2
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from energy_pipeline.contracts import (
+from energy_harness.localstack import KafkaCluster
+from energy_pipeline.core.contracts import (
     SENSOR_NAMES,
     Reading,
     all_kafka_topics,
@@ -29,11 +30,10 @@ from energy_pipeline.contracts import (
     kafka_topic,
     partition_for,
 )
+from energy_pipeline.core.settings import load
+from energy_pipeline.dataplane.ingest import Ingest, IngestSettings
+from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 from energy_pipeline.db.writer import WriteResult
-from energy_pipeline.ingest import Ingest, IngestSettings
-from energy_pipeline.localstack import KafkaCluster
-from energy_pipeline.settings import load
-from energy_pipeline.topics import TopicSpec, create_topic
 
 pytestmark = pytest.mark.integration
 

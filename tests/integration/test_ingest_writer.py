@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg2
 import pytest
-from energy_pipeline.contracts import SENSOR_NAMES, Reading
+from energy_pipeline.core.contracts import SENSOR_NAMES, Reading
 from energy_pipeline.db import writer
 from energy_pipeline.db.writer import WriteResult, write_readings
 from psycopg2.extensions import connection as Connection

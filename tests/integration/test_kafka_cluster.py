@@ -10,8 +10,8 @@ from collections import defaultdict
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
-from energy_pipeline.localstack import KafkaCluster
-from energy_pipeline.topics import TopicSpec, create_topic
+from energy_harness.localstack import KafkaCluster
+from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 
 pytestmark = pytest.mark.integration
 

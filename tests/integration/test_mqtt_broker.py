@@ -8,7 +8,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from energy_pipeline.localstack import MosquittoBroker
+from energy_harness.localstack import MosquittoBroker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 

@@ -19,7 +19,7 @@ OWNER = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from energy_pipeline.localstack import KafkaCluster, MosquittoBroker, PostgresServer
+    from energy_harness.localstack import KafkaCluster, MosquittoBroker, PostgresServer
 
     base = Path(sys.argv[1])
     services = [

@@ -6,7 +6,7 @@ import io
 
 import psycopg2
 import pytest
-from energy_pipeline.localstack import PostgresServer
+from energy_harness.localstack import PostgresServer
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from energy_pipeline.api.params import (
 )
 from energy_pipeline.api.settings import ApiSettings, PageSizes
 from energy_pipeline.api.spec import routes
-from energy_pipeline.contracts import SENSOR_NAMES
-from energy_pipeline.settings import SettingsError, load
+from energy_pipeline.core.contracts import SENSOR_NAMES
+from energy_pipeline.core.settings import SettingsError, load
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import pytest
 from energy_pipeline.api.params import Common, ReadingsQuery
 from energy_pipeline.api.pool import Deadline, QueryTimeout
 from energy_pipeline.api.queries import collect_readings
-from energy_pipeline.contracts import SENSOR_NAMES
+from energy_pipeline.core.contracts import SENSOR_NAMES
 
 pytestmark = pytest.mark.unit
 

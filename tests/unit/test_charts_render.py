@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from energy_pipeline.localstack.kube_install import ensure_kube_tools
+from energy_harness.localstack.kube_install import ensure_kube_tools
 
 pytestmark = pytest.mark.cluster
 

@@ -124,7 +124,7 @@ def test_pipeline_health_has_what_the_issue_asks_for() -> None:
 
 
 def exported_metric_names() -> set[str]:
-    import energy_pipeline.metrics  # noqa: F401  (registers the workers' metrics)
+    import energy_pipeline.core.metrics  # noqa: F401  (registers the workers' metrics)
 
     # Families, with the sample suffixes Prometheus sees (a labelled metric that has not
     # been observed yet has no samples to list).

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from energy_pipeline.contracts import (
+from energy_pipeline.core.contracts import (
     SENSOR_NAMES,
     SENSORS,
     Reading,
@@ -15,11 +15,11 @@ from energy_pipeline.contracts import (
     format_ts,
     partition_for,
 )
-from energy_pipeline.settings import SettingsError, env, load
+from energy_pipeline.core.settings import SettingsError, env, load
+from energy_pipeline.core.timeutil import floor_time, parse_duration, parse_time
+from energy_pipeline.core.validation import Limits, Reason, Rejection, parse_kafka_value, parse_mqtt
 from energy_pipeline.simulation.publisher import combined_messages
 from energy_pipeline.simulation.signals import SimulationConfig, generate
-from energy_pipeline.timeutil import floor_time, parse_duration, parse_time
-from energy_pipeline.validation import Limits, Reason, Rejection, parse_kafka_value, parse_mqtt
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from energy_pipeline.demo import (
+from energy_harness.demo import (
     BACKFILL_MSG_PER_S,
     STARTUP_S,
     TRAIN_S,

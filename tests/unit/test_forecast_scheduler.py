@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import numpy as np
 import pytest
-from energy_pipeline.contracts import Reading
-from energy_pipeline.forecasting.registry import json_safe, new_version, promotion_decision
-from energy_pipeline.forecasting.scheduler import (
+from energy_pipeline.core.contracts import Reading
+from energy_pipeline.core.settings import SettingsError, load
+from energy_pipeline.dataplane.forecast_scheduler import (
     MAX_ROW_BACKOFF_S,
     SERVICE_WIDE,
     ForecastSettings,
@@ -21,12 +21,12 @@ from energy_pipeline.forecasting.scheduler import (
     service_backoff_s,
     stream_marks,
 )
+from energy_pipeline.forecasting.registry import json_safe, new_version, promotion_decision
 from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import plan_backtest
 from energy_pipeline.forecasting.window import HourlyRow, forecast_window
 from energy_pipeline.inference.client import SERVICE_CONFIG, channel_target, forecast_request
 from energy_pipeline.inference.convert import forecast_to_proto, hour_of, proto_to_rows
-from energy_pipeline.settings import SettingsError, load
 
 pytestmark = pytest.mark.unit
 
@@ -112,7 +112,7 @@ def test_forecast_settings_names_defaults_and_bounds() -> None:
 
 
 def test_ingest_settings_carry_the_forecast_settings() -> None:
-    from energy_pipeline.ingest import IngestSettings
+    from energy_pipeline.dataplane.ingest import IngestSettings
 
     settings = load(
         IngestSettings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from energy_pipeline.proto import generate
+from energy_harness import proto_generate as generate
 
 pytestmark = pytest.mark.unit
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     written = generate.generate(tmp_path, REPO / "proto")
     assert written
-    checked_in = Path(generate.__file__).parent
+    checked_in = generate.DEFAULT_OUT
     stale = [
         path.name
         for path in written
@@ -23,7 +23,7 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
         or (checked_in / path.name).read_text() != path.read_text()
     ]
     assert not stale, (
-        f"{stale} differ from proto/: run `python -m energy_pipeline.proto.generate` and commit"
+        f"{stale} differ from proto/: run `python -m energy_harness.proto_generate` and commit"
     )
 
 

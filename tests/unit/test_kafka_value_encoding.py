@@ -7,7 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from energy_pipeline.contracts import SCHEMA_VERSION, Reading, format_ts
+from energy_pipeline.core.contracts import SCHEMA_VERSION, Reading, format_ts
 
 pytestmark = pytest.mark.unit
 

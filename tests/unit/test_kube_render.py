@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from energy_pipeline.localstack import kube_install
-from energy_pipeline.localstack.kube import (
+from energy_harness.localstack import kube_install
+from energy_harness.localstack.kube import (
     KUBERNETES_SERVICE_IP,
     KWOK_NODE_ANNOTATION,
     KWOK_NODE_ANNOTATION_VALUE,
@@ -28,7 +28,7 @@ from energy_pipeline.localstack.kube import (
     render_openssl_cert_argv,
     render_scheduler_args,
 )
-from energy_pipeline.localstack.kube_install import (
+from energy_harness.localstack.kube_install import (
     ETCD_VERSION,
     KUBE_VERSION,
     parse_go_version,

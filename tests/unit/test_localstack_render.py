@@ -8,16 +8,16 @@ import logging
 from pathlib import Path
 
 import pytest
-from energy_pipeline.localstack.install import SystemDependency, missing_system_dependencies
-from energy_pipeline.localstack.kafka import (
+from energy_harness.localstack.install import SystemDependency, missing_system_dependencies
+from energy_harness.localstack.kafka import (
     KafkaNodeSpec,
     new_cluster_id,
     render_server_properties,
 )
-from energy_pipeline.localstack.mqtt import render_mosquitto_conf
-from energy_pipeline.localstack.postgres import dsn, render_server_args
-from energy_pipeline.localstack.process import ManagedProcess, ServiceError, free_port, wait_until
-from energy_pipeline.logs import JsonFormatter
+from energy_harness.localstack.mqtt import render_mosquitto_conf
+from energy_harness.localstack.postgres import dsn, render_server_args
+from energy_harness.localstack.process import ManagedProcess, ServiceError, free_port, wait_until
+from energy_pipeline.core.logs import JsonFormatter
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
-from energy_pipeline.mqtt_client import BufferedClient, BufferedSocket, new_client
+from energy_pipeline.dataplane.mqtt_client import BufferedClient, BufferedSocket, new_client
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 from energy_operator import render
 from energy_pipeline.cli import build_parser
-from energy_pipeline.settings import CommonSettings, describe
+from energy_pipeline.core.settings import CommonSettings, describe
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from energy_operator import crd
-from energy_pipeline.admin_commands import TopicSettings
+from energy_pipeline.dataplane.admin_commands import TopicSettings
 
 pytestmark = pytest.mark.unit
 

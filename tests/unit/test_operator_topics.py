@@ -1,9 +1,9 @@
-"""Topic reconciliation plans (energy_pipeline.topics): create, grow, refuse to shrink."""
+"""Topic reconciliation plans (energy_pipeline.dataplane.topics): create, grow, refuse to shrink."""
 
 from __future__ import annotations
 
 import pytest
-from energy_pipeline.topics import TopicSpec, TopicState, describe_problems, plan_topic
+from energy_pipeline.dataplane.topics import TopicSpec, TopicState, describe_problems, plan_topic
 
 pytestmark = pytest.mark.unit
 

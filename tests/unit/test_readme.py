@@ -41,6 +41,6 @@ def test_readme_gives_the_test_command() -> None:
 
 
 def test_the_energypipeline_reference_matches_the_crd() -> None:
-    from energy_pipeline.crd_reference import main
+    from energy_harness.crd_reference import main
 
-    assert main(["--check"]) == 0, "run: python -m energy_pipeline.crd_reference"
+    assert main(["--check"]) == 0, "run: python -m energy_harness.crd_reference"

@@ -15,7 +15,7 @@ import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from energy_pipeline.contracts import (
+from energy_pipeline.core.contracts import (
     SENSOR_NAMES,
     SENSORS,
     Reading,
@@ -23,7 +23,7 @@ from energy_pipeline.contracts import (
     mqtt_topic,
     new_reading,
 )
-from energy_pipeline.validation import (
+from energy_pipeline.core.validation import (
     Limits,
     Reason,
     Rejection,

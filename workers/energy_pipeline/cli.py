@@ -3,123 +3,45 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import importlib
-import json
 import logging
-import signal
 import sys
-import tempfile
-import threading
 from collections.abc import Sequence
-from pathlib import Path
+from importlib.metadata import EntryPoint, entry_points
 
-from energy_pipeline.logs import configure_logging
+from energy_pipeline.core.logs import configure_logging
 
 log = logging.getLogger("energy_pipeline.cli")
 
 
-def _stack_install(args: argparse.Namespace) -> int:
-    from energy_pipeline.localstack.install import install_all
-
-    found = install_all(*([args.kafka_version] if args.kafka_version else []))
-    print(json.dumps(found, indent=2))
-    return 0
-
-
-def _kube_install(args: argparse.Namespace) -> int:
-    from energy_pipeline.localstack.kube_install import install_kube
-
-    print(json.dumps(install_kube(), indent=2))
-    return 0
+# Every subcommand is an entry point of the group below, `<command> = <module>:register`,
+# where `register(commands)` takes the argparse sub-parsers object and sets `func` on the
+# parsers it adds. pyproject.toml declares the workers' and the operator's; the harness
+# distribution (tests, demo, local services) declares its own, so this package names neither.
+# A worker imports only its own module: the bridge has no use for LightGBM, SciPy or the
+# Kubernetes client, which cost start-up time and memory in every pod.
+COMMAND_GROUP = "energy_pipeline.commands"
 
 
-def _kube_up(args: argparse.Namespace) -> int:
-    from energy_pipeline.localstack.kube import KubeControlPlane
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    base = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="energy-kube-"))
-    with KubeControlPlane(base) as plane:
-        print(f"export KUBECONFIG={plane.kubeconfig}", file=sys.stderr)
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-    return 0
-
-
-def _stack_up(args: argparse.Namespace) -> int:
-    from energy_pipeline.localstack import LocalStack
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stack_kwargs: dict[str, object] = {"kafka_nodes": args.kafka_nodes, "keep_data": args.keep_data}
-    if args.data_dir:
-        stack_kwargs["base_dir"] = Path(args.data_dir)
-    with LocalStack(**stack_kwargs) as stack:  # type: ignore[arg-type]
-        env = stack.env()
-        log.info("local stack ready", extra={"env": env, "data_dir": str(stack.base_dir)})
-        for key, value in env.items():
-            print(f"export {key}={value!r}", file=sys.stderr)
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-        log.info("stopping local stack")
-    return 0
-
-
-# Which module adds each subcommand: it has `register(commands)` taking the argparse
-# sub-parsers object and setting `func` on the parsers it adds. A worker imports only its
-# own module: the bridge has no use for LightGBM, SciPy or the Kubernetes client, which
-# cost start-up time and memory in every pod.
-COMMAND_MODULES: dict[str, str] = {
-    "migrate": "energy_pipeline.admin_commands",
-    "topics": "energy_pipeline.admin_commands",
-    "simulate": "energy_pipeline.simulation.commands",
-    "bridge": "energy_pipeline.bridge",
-    "ingest": "energy_pipeline.ingest",
-    "demo": "energy_pipeline.demo",
-    "backtest": "energy_pipeline.forecasting.commands",
-    "train": "energy_pipeline.forecasting.train",
-    "inference": "energy_pipeline.inference.server",
-    "api": "energy_pipeline.api.server",
-    "operator": "energy_operator.command",
-}
+def command_entry_points() -> dict[str, EntryPoint]:
+    """The installed commands by name."""
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI parser; with a known `command`, only the module that adds it is imported."""
     parser = argparse.ArgumentParser(prog="energy-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-
-    stack = commands.add_parser("stack", help="real Kafka, PostgreSQL and MQTT as local processes")
-    stack_commands = stack.add_subparsers(dest="stack_command", required=True)
-    install = stack_commands.add_parser("install", help="install system packages and Kafka jars")
-    install.add_argument("--kafka-version", default=None)
-    install.set_defaults(func=_stack_install)
-    up = stack_commands.add_parser("up", help="start the stack and keep it running until Ctrl-C")
-    up.add_argument("--kafka-nodes", type=int, default=3)
-    up.add_argument("--data-dir", default=None, help="default: a new temp dir")
-    up.add_argument("--keep-data", action="store_true")
-    up.set_defaults(func=_stack_up)
-
-    kube = commands.add_parser(
-        "kube", help="a real Kubernetes v1.33 control plane with kwok nodes, for tests"
-    )
-    kube_commands = kube.add_subparsers(dest="kube_command", required=True)
-    kube_install = kube_commands.add_parser("install", help="build the binaries (cached)")
-    kube_install.set_defaults(func=_kube_install)
-    kube_up = kube_commands.add_parser("up", help="start it and keep it running until Ctrl-C")
-    kube_up.add_argument("--data-dir", default=None, help="default: a new temp dir")
-    kube_up.set_defaults(func=_kube_up)
-
-    if command in COMMAND_MODULES:
-        modules = [COMMAND_MODULES[command]]
-    elif command in ("stack", "kube"):
-        modules = []
+    available = command_entry_points()
+    if command in available:
+        chosen = [available[command]]
     else:  # --help, a typo: the full list of commands
-        modules = list(dict.fromkeys(COMMAND_MODULES.values()))
-    for module_name in modules:
-        importlib.import_module(module_name).register(commands)
+        chosen = sorted(available.values(), key=lambda ep: ep.name)
+    registered: set[str] = set()
+    for ep in chosen:
+        if ep.value not in registered:  # one module may add several commands
+            registered.add(ep.value)
+            ep.load()(commands)
     return parser
 
 

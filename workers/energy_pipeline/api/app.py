@@ -54,7 +54,7 @@ from energy_pipeline.api.spec import (
     openapi_document,
     routes,
 )
-from energy_pipeline.contracts import SENSORS
+from energy_pipeline.core.contracts import SENSORS
 
 log = logging.getLogger("energy_pipeline.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -17,8 +17,8 @@ from typing import Protocol
 from energy_pipeline.api.paging import CursorError, decode_cursor, iso
 from energy_pipeline.api.settings import PageSizes
 from energy_pipeline.api.spec import FORMATS, ID_PATTERN, Param
-from energy_pipeline.contracts import SENSOR_NAMES
-from energy_pipeline.timeutil import parse_time
+from energy_pipeline.core.contracts import SENSOR_NAMES
+from energy_pipeline.core.timeutil import parse_time
 
 _ID = re.compile(ID_PATTERN)
 _DIGITS = re.compile(r"^[0-9]{1,12}$")

@@ -22,7 +22,7 @@ from typing import Any
 from energy_pipeline.api.params import ForecastsQuery, HourlyQuery, ReadingsQuery, SitesQuery
 from energy_pipeline.api.pool import Connection, Deadline
 from energy_pipeline.api.spec import HOURLY_TABLE
-from energy_pipeline.contracts import SENSOR_NAMES
+from energy_pipeline.core.contracts import SENSOR_NAMES
 
 Row = tuple[Any, ...]
 

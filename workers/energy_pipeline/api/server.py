@@ -19,8 +19,8 @@ from aiohttp import web
 from energy_pipeline.api.app import ApiState, create_app, create_ops_app
 from energy_pipeline.api.pool import ConnectionPool
 from energy_pipeline.api.settings import ApiSettings
-from energy_pipeline.logs import configure_logging
-from energy_pipeline.settings import load
+from energy_pipeline.core.logs import configure_logging
+from energy_pipeline.core.settings import load
 
 log = logging.getLogger("energy_pipeline.api")
 HOST = "0.0.0.0"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from energy_pipeline.settings import CommonSettings, SettingsError, env
+from energy_pipeline.core.settings import CommonSettings, SettingsError, env
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from energy_pipeline.api.settings import PageSizes
-from energy_pipeline.contracts import SENSOR_NAMES, SENSORS
+from energy_pipeline.core.contracts import SENSOR_NAMES, SENSORS
 
 API_PREFIX = "/api/v1"
-# The same id rule the bridge applies to MQTT topics (energy_pipeline.validation).
+# The same id rule the bridge applies to MQTT topics (energy_pipeline.core.validation).
 ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 RELATIVE_TIME_PATTERN = r"^now([+-][0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))?$"
 FORMATS = ("json", "csv")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import psycopg2.errors
 
-from energy_pipeline.contracts import SENSOR_NAMES, Reading
+from energy_pipeline.core.contracts import SENSOR_NAMES, Reading
 
 _COLUMNS = "site_id, sensor, device_id, ts, value"
 

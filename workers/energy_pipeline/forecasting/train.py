@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import psycopg2
 
+from energy_pipeline.core.logs import configure_logging
+from energy_pipeline.core.settings import CommonSettings, SettingsError, env, load
 from energy_pipeline.forecasting.backtest import BacktestConfig, origins, run_backtest
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.hourly_db import all_sites, read_site_rows
@@ -37,8 +39,6 @@ from energy_pipeline.forecasting.models import DefaultModel, DefaultParams, Seas
 from energy_pipeline.forecasting.registry import Decision, ModelRecord, register_model
 from energy_pipeline.forecasting.timeparse import iso_hour
 from energy_pipeline.forecasting.window import COVARIATE_COLUMNS, MAX_HORIZON, frame_from_rows
-from energy_pipeline.logs import configure_logging
-from energy_pipeline.settings import CommonSettings, SettingsError, env, load
 
 log = logging.getLogger("energy_pipeline.train")
 

@@ -37,7 +37,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
-from energy_pipeline import metrics as shared_metrics
+from energy_pipeline.core import metrics as shared_metrics
+from energy_pipeline.core.logs import configure_logging
+from energy_pipeline.core.observability import HealthServer, Heartbeat
+from energy_pipeline.core.settings import CommonSettings, env, load
 from energy_pipeline.forecasting.window import MAX_HORIZON, forecast_window
 from energy_pipeline.inference.convert import (
     forecast_to_proto,
@@ -45,11 +48,8 @@ from energy_pipeline.inference.convert import (
     proto_to_rows,
 )
 from energy_pipeline.inference.store import LoadedModel, ModelStore
-from energy_pipeline.logs import configure_logging
-from energy_pipeline.observability import HealthServer, Heartbeat
 from energy_pipeline.proto import forecaster_pb2 as pb
 from energy_pipeline.proto import forecaster_pb2_grpc as pb_grpc
-from energy_pipeline.settings import CommonSettings, env, load
 
 log = logging.getLogger("energy_pipeline.inference")
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from energy_pipeline.settings import CommonSettings, MqttSettings, load
+from energy_pipeline.core.settings import CommonSettings, MqttSettings, load
+from energy_pipeline.core.timeutil import floor_time, parse_duration, parse_time
 from energy_pipeline.simulation.publisher import (
     Message,
     MqttPublisher,
@@ -24,7 +25,6 @@ from energy_pipeline.simulation.publisher import (
     single_messages,
 )
 from energy_pipeline.simulation.signals import SimulationConfig, generate
-from energy_pipeline.timeutil import floor_time, parse_duration, parse_time
 
 log = logging.getLogger("energy_pipeline.simulate")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from energy_pipeline.contracts import COMBINED, SENSOR_TYPES, SENSORS, Reading, mqtt_topic
-from energy_pipeline.mqtt_client import new_client, persistent_session
+from energy_pipeline.core.contracts import COMBINED, SENSOR_TYPES, SENSORS, Reading, mqtt_topic
+from energy_pipeline.dataplane.mqtt_client import new_client, persistent_session
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from energy_pipeline.contracts import SENSOR_NAMES, SENSORS, Reading
+from energy_pipeline.core.contracts import SENSOR_NAMES, SENSORS, Reading
 
 
 @dataclass(frozen=True)

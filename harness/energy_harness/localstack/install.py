@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from energy_pipeline.localstack.process import ServiceError
+from energy_harness.localstack.process import ServiceError
 
 KAFKA_VERSION = "4.1.1"
 HIVEMQ_VERSION = "2025.5"
@@ -156,7 +156,7 @@ def _maven_libs(
     mvn = require("mvn")
     libs.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
-    pom = resources.files("energy_pipeline.localstack").joinpath(pom_name)
+    pom = resources.files("energy_harness.localstack").joinpath(pom_name)
     with resources.as_file(pom) as pom_path:
         result = subprocess.run(
             [
@@ -221,7 +221,7 @@ def ensure_hivemq(version: str = HIVEMQ_VERSION) -> HiveMQInstall:
     sdk = next(libs.glob("hivemq-extension-sdk-*.jar"), None)
     if sdk is None:
         raise ServiceError(f"hivemq-extension-sdk jar missing from {libs}")
-    source = resources.files("energy_pipeline.localstack").joinpath("hivemq_allow_all")
+    source = resources.files("energy_harness.localstack").joinpath("hivemq_allow_all")
     with tempfile.TemporaryDirectory() as tmp, resources.as_file(source) as src:
         classes = Path(tmp) / "classes"
         services = classes / "META-INF" / "services"

@@ -28,8 +28,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from energy_pipeline.localstack.install import cache_dir
-from energy_pipeline.localstack.process import ServiceError
+from energy_harness.localstack.install import cache_dir
+from energy_harness.localstack.process import ServiceError
 
 # Keep in step with tools/kube/go.mod (k8s.io/kubernetes, the v0 staging replaces, etcd).
 KUBE_VERSION = "v1.33.13"
@@ -88,7 +88,7 @@ def wrapper_source_dir() -> Path:
     $ENERGY_PIPELINE_KUBE_SRC overrides, for an installed wheel next to a checkout.
     """
     configured = os.environ.get("ENERGY_PIPELINE_KUBE_SRC")
-    # workers/energy_pipeline/localstack/kube_install.py -> the repository root is 3 up.
+    # harness/energy_harness/localstack/kube_install.py -> the repository root is 3 up.
     candidate = (
         Path(configured) if configured else Path(__file__).resolve().parents[3] / "tools" / "kube"
     )

@@ -22,18 +22,17 @@ from functools import partial
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, Message, Producer
 
-from energy_pipeline import metrics
-from energy_pipeline.contracts import (
+from energy_pipeline.core import metrics
+from energy_pipeline.core.contracts import (
     SENSOR_NAMES,
     deadletter_topic,
     kafka_key,
     kafka_topic,
     partition_for,
 )
-from energy_pipeline.logs import configure_logging
-from energy_pipeline.mqtt_client import BufferedSocket, new_client, persistent_session
-from energy_pipeline.observability import HealthServer, Heartbeat
-from energy_pipeline.settings import (
+from energy_pipeline.core.logs import configure_logging
+from energy_pipeline.core.observability import HealthServer, Heartbeat
+from energy_pipeline.core.settings import (
     CommonSettings,
     KafkaSettings,
     MqttSettings,
@@ -42,9 +41,10 @@ from energy_pipeline.settings import (
     env,
     load,
 )
-from energy_pipeline.validation import Rejection, parse_mqtt
+from energy_pipeline.core.validation import Rejection, parse_mqtt
+from energy_pipeline.dataplane.mqtt_client import BufferedSocket, new_client, persistent_session
 
-log = logging.getLogger("energy_pipeline.bridge")
+log = logging.getLogger("energy_pipeline.dataplane.bridge")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,7 @@
 """Data-plane benchmark: bridge and ingest throughput beside the machine's raw limits, and
 end-to-end latency at a fixed rate. Everything runs for real on this machine.
 
-    python -m energy_pipeline.bench.dataplane --out bench/results.json
+    python -m energy_harness.bench.dataplane --out bench/results.json
 
 Measured in one run, so the ratios compare like with like:
 - raw producer: librdkafka alone producing the bridge's records (idempotent, acks=all);
@@ -39,9 +39,7 @@ import paho.mqtt.client as mqtt
 import psycopg2
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
-
-from energy_pipeline.bridge import BridgeSettings, producer_config
-from energy_pipeline.contracts import (
+from energy_pipeline.core.contracts import (
     Reading,
     all_kafka_topics,
     format_ts,
@@ -50,16 +48,18 @@ from energy_pipeline.contracts import (
     mqtt_topic,
     partition_for,
 )
+from energy_pipeline.core.settings import load
+from energy_pipeline.dataplane.bridge import BridgeSettings, producer_config
+from energy_pipeline.dataplane.mqtt_client import new_client, persistent_session
+from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 from energy_pipeline.db.migrate import migrate
-from energy_pipeline.localstack import KafkaCluster, MosquittoBroker, PostgresServer
-from energy_pipeline.localstack.hivemq import HiveMQBroker
-from energy_pipeline.localstack.postgres import dsn as make_dsn
-from energy_pipeline.localstack.workers import WorkerProcess, service_env
-from energy_pipeline.mqtt_client import new_client, persistent_session
-from energy_pipeline.settings import load
 from energy_pipeline.simulation.publisher import MqttPublisher
 from energy_pipeline.simulation.signals import SimulationConfig, generate
-from energy_pipeline.topics import TopicSpec, create_topic
+
+from energy_harness.localstack import KafkaCluster, MosquittoBroker, PostgresServer
+from energy_harness.localstack.hivemq import HiveMQBroker
+from energy_harness.localstack.postgres import dsn as make_dsn
+from energy_harness.localstack.workers import WorkerProcess, service_env
 
 
 def cpu_seconds(pid: int) -> float:
@@ -504,7 +504,7 @@ def main() -> int:
             "python": platform.python_version(),
             "load_avg_at_start": os.getloadavg(),
         },
-        "command": f"python -m energy_pipeline.bench.dataplane --messages {args.messages} "
+        "command": f"python -m energy_harness.bench.dataplane --messages {args.messages} "
         f"--hivemq-messages {args.hivemq_messages}",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -1,7 +1,7 @@
 """Developer benchmark: `energy-pipeline train` on one year of hourly data, and Forecast RPC
 latency and throughput of one real `energy-pipeline inference` process.
 
-    python -m energy_pipeline.forecasting.bench_serving --out bench/serving.json
+    python -m energy_harness.bench.serving --out bench/serving.json
 
 Everything is real and local: a PostgreSQL server (the local stack's, from the Debian
 install) holds one year of hourly_features of one synthetic building
@@ -36,16 +36,16 @@ from typing import Any
 import grpc
 import numpy as np
 import psycopg2
-
 from energy_pipeline.db.migrate import migrate
-from energy_pipeline.forecasting.bench import machine
 from energy_pipeline.forecasting.hourly_db import read_window, write_hourly_frame
 from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import TrainSettings, train_site
 from energy_pipeline.inference.client import ForecasterClient, forecast_request
-from energy_pipeline.localstack import PostgresServer
-from energy_pipeline.localstack.process import free_port
-from energy_pipeline.localstack.workers import WorkerProcess
+
+from energy_harness.bench.forecast import machine
+from energy_harness.localstack import PostgresServer
+from energy_harness.localstack.process import free_port
+from energy_harness.localstack.workers import WorkerProcess
 
 SITE = "bench-site"
 YEAR_HOURS = 24 * 365
@@ -156,14 +156,14 @@ def bench_throughput(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m energy_pipeline.forecasting.bench_serving")
+    parser = argparse.ArgumentParser(prog="python -m energy_harness.bench.serving")
     parser.add_argument("--out", type=Path, default=Path("bench/serving.json"))
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls timed")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight")
     parser.add_argument("--seconds", type=float, default=10.0, help="throughput run length")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {
-        "command": "python -m energy_pipeline.forecasting.bench_serving "
+        "command": "python -m energy_harness.bench.serving "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
     }

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from energy_pipeline.localstack.install import require
-from energy_pipeline.localstack.kube_install import KUBE_VERSION, KubeTools, ensure_kube_tools
-from energy_pipeline.localstack.process import (
+from energy_harness.localstack.install import require
+from energy_harness.localstack.kube_install import KUBE_VERSION, KubeTools, ensure_kube_tools
+from energy_harness.localstack.process import (
     ManagedProcess,
     ServiceError,
     free_port,

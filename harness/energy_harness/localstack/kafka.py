@@ -14,8 +14,8 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from energy_pipeline.localstack.install import ensure_kafka, require
-from energy_pipeline.localstack.process import (
+from energy_harness.localstack.install import ensure_kafka, require
+from energy_harness.localstack.process import (
     ManagedProcess,
     ServiceError,
     free_port,
@@ -34,7 +34,7 @@ DEFAULT_JVM_OPTS = (
     "-Djava.awt.headless=true",
 )
 
-_quiet_librdkafka = logging.getLogger("energy_pipeline.localstack.librdkafka")
+_quiet_librdkafka = logging.getLogger("energy_harness.localstack.librdkafka")
 _quiet_librdkafka.setLevel(logging.CRITICAL)
 
 LOG4J2_PROPERTIES = """\

@@ -30,13 +30,11 @@ from datetime import UTC, datetime
 import psycopg2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from energy_pipeline import metrics
-from energy_pipeline.contracts import SENSOR_NAMES, Reading, deadletter_topic, kafka_topic
-from energy_pipeline.db.writer import PreparedBatch, WriteResult, prepare, write_prepared
-from energy_pipeline.forecasting.scheduler import ForecastScheduler, ForecastSettings
-from energy_pipeline.logs import configure_logging
-from energy_pipeline.observability import HealthServer, Heartbeat
-from energy_pipeline.settings import (
+from energy_pipeline.core import metrics
+from energy_pipeline.core.contracts import SENSOR_NAMES, Reading, deadletter_topic, kafka_topic
+from energy_pipeline.core.logs import configure_logging
+from energy_pipeline.core.observability import HealthServer, Heartbeat
+from energy_pipeline.core.settings import (
     CommonSettings,
     KafkaSettings,
     ValidationSettings,
@@ -44,9 +42,11 @@ from energy_pipeline.settings import (
     env,
     load,
 )
-from energy_pipeline.validation import Rejection, parse_kafka_values
+from energy_pipeline.core.validation import Rejection, parse_kafka_values
+from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
+from energy_pipeline.db.writer import PreparedBatch, WriteResult, prepare, write_prepared
 
-log = logging.getLogger("energy_pipeline.ingest")
+log = logging.getLogger("energy_pipeline.dataplane.ingest")
 
 
 @dataclass(frozen=True, kw_only=True)

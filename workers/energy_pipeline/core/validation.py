@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from energy_pipeline.contracts import (
+from energy_pipeline.core.contracts import (
     COMBINED,
     MQTT_TOPIC_ROOT,
     SCHEMA_VERSION,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from energy_pipeline.localstack.install import ensure_hivemq, require
-from energy_pipeline.localstack.mqtt import MqttBrokerProcess
-from energy_pipeline.localstack.process import ManagedProcess
+from energy_harness.localstack.install import ensure_hivemq, require
+from energy_harness.localstack.mqtt import MqttBrokerProcess
+from energy_harness.localstack.process import ManagedProcess
 
 JVM_OPTS = (
     "-Xms128m",

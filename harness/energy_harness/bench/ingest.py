@@ -1,7 +1,7 @@
-"""Ingest-only benchmark: the ingest figures of `energy_pipeline.bench.dataplane`, quicker and
+"""Ingest-only benchmark: the ingest figures of `energy_harness.bench.dataplane`, quicker and
 repeated, to compare ingest changes on a busy machine.
 
-    python -m energy_pipeline.bench.ingest --messages 100000 --rounds 3
+    python -m energy_harness.bench.ingest --messages 100000 --rounds 3
 
 Starts Kafka (3 nodes) and a durable PostgreSQL, fills the topics once with the raw producer,
 measures the original report's approach (one INSERT and commit per reading) once, then per
@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
+from energy_pipeline.core.contracts import all_kafka_topics
+from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 
-from energy_pipeline.bench.dataplane import (
+from energy_harness.bench.dataplane import (
     bench_ingest,
     new_database,
     per_message_insert,
@@ -31,10 +33,8 @@ from energy_pipeline.bench.dataplane import (
     raw_producer,
     readings,
 )
-from energy_pipeline.contracts import all_kafka_topics
-from energy_pipeline.localstack import KafkaCluster, PostgresServer
-from energy_pipeline.localstack.workers import service_env
-from energy_pipeline.topics import TopicSpec, create_topic
+from energy_harness.localstack import KafkaCluster, PostgresServer
+from energy_harness.localstack.workers import service_env
 
 
 def main() -> int:

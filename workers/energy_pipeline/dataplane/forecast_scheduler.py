@@ -48,11 +48,11 @@ import psycopg2
 import psycopg2.extras
 from prometheus_client import Counter, Gauge, Histogram
 
-from energy_pipeline.contracts import Reading
+from energy_pipeline.core.contracts import Reading
+from energy_pipeline.core.settings import SettingsError, env
 from energy_pipeline.forecasting.window import MAX_HORIZON, HourlyRow
 from energy_pipeline.inference.client import ForecasterClient, forecast_request
 from energy_pipeline.inference.convert import datetime_of
-from energy_pipeline.settings import SettingsError, env
 
 log = logging.getLogger("energy_pipeline.forecasts")
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from energy_pipeline.localstack.install import install_all
-from energy_pipeline.localstack.kafka import KafkaCluster
-from energy_pipeline.localstack.mqtt import MosquittoBroker
-from energy_pipeline.localstack.postgres import PostgresServer
+from energy_harness.localstack.install import install_all
+from energy_harness.localstack.kafka import KafkaCluster
+from energy_harness.localstack.mqtt import MosquittoBroker
+from energy_harness.localstack.postgres import PostgresServer
 
 
 @dataclass

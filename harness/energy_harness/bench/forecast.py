@@ -1,6 +1,6 @@
 """Developer benchmark: the Taylor series backtest, training time and predict latency.
 
-    python -m energy_pipeline.forecasting.bench --out bench/forecast.json
+    python -m energy_harness.bench.forecast --out bench/forecast.json
 
 Needs the `bench` extra (`pip install -e '.[bench]'`), which brings `pmdarima`: it ships
 the England & Wales half-hourly electricity demand of 5 June - 27 August 2000 (Taylor
@@ -27,7 +27,6 @@ from typing import Any
 
 import lightgbm
 import numpy as np
-
 from energy_pipeline.forecasting.backtest import BacktestConfig
 from energy_pipeline.forecasting.commands import compare
 from energy_pipeline.forecasting.csvio import read_hourly_csv
@@ -210,14 +209,14 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m energy_pipeline.forecasting.bench")
+    parser = argparse.ArgumentParser(prog="python -m energy_harness.bench.forecast")
     parser.add_argument("--out", type=Path, default=Path("bench/forecast.json"))
     parser.add_argument("--weeks", type=int, default=4, help="weeks of daily origins")
     parser.add_argument("--fit-repeats", type=int, default=3)
     parser.add_argument("--calls", type=int, default=500, help="forecast calls timed")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {
-        "command": "python -m energy_pipeline.forecasting.bench "
+        "command": "python -m energy_harness.bench.forecast "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
     }

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from confluent_kafka.admin import AdminClient
 
-from energy_pipeline.contracts import all_kafka_topics
+from energy_pipeline.core.contracts import all_kafka_topics
+from energy_pipeline.core.settings import CommonSettings, KafkaSettings, env, load
+from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 from energy_pipeline.db.migrate import migrate
-from energy_pipeline.settings import CommonSettings, KafkaSettings, env, load
-from energy_pipeline.topics import TopicSpec, create_topic
 
 log = logging.getLogger("energy_pipeline.admin")
 

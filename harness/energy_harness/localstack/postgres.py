@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from energy_pipeline.localstack.install import require
-from energy_pipeline.localstack.process import (
+from energy_harness.localstack.install import require
+from energy_harness.localstack.process import (
     ManagedProcess,
     ServiceError,
     chown_tree,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from energy_pipeline.localstack.install import require
-from energy_pipeline.localstack.process import (
+from energy_harness.localstack.install import require
+from energy_harness.localstack.process import (
     ManagedProcess,
     ServiceError,
     free_port,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from energy_pipeline.localstack.process import ManagedProcess, ServiceError, free_port, wait_until
+from energy_harness.localstack.process import ManagedProcess, ServiceError, free_port, wait_until
 
 
 def energy_pipeline_argv(command: list[str]) -> list[str]:

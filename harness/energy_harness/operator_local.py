@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from energy_pipeline.localstack.process import ManagedProcess, free_port, wait_until
-from energy_pipeline.localstack.workers import energy_pipeline_argv
-
 from energy_operator.kube import Kube
+
+from energy_harness.localstack.process import ManagedProcess, free_port, wait_until
+from energy_harness.localstack.workers import energy_pipeline_argv
 
 
 def service_account_token(kube: Kube, namespace: str, name: str, seconds: int = 7200) -> str:

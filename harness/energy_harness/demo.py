@@ -26,13 +26,13 @@ from pathlib import Path
 
 import psycopg2
 
-from energy_pipeline.localstack import KafkaCluster, PostgresServer
-from energy_pipeline.localstack.hivemq import HiveMQBroker
-from energy_pipeline.localstack.install import install_all
-from energy_pipeline.localstack.process import free_port
-from energy_pipeline.localstack.workers import WorkerProcess, energy_pipeline_argv, service_env
+from energy_harness.localstack import KafkaCluster, PostgresServer
+from energy_harness.localstack.hivemq import HiveMQBroker
+from energy_harness.localstack.install import install_all
+from energy_harness.localstack.process import free_port
+from energy_harness.localstack.workers import WorkerProcess, energy_pipeline_argv, service_env
 
-log = logging.getLogger("energy_pipeline.demo")
+log = logging.getLogger("energy_harness.demo")
 
 
 # Intervals the demo simulates at, finest first, with readings per hour.
