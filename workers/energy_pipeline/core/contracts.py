@@ -9,7 +9,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 SCHEMA_VERSION = 1
 
@@ -35,6 +35,18 @@ SENSOR_TYPES: tuple[SensorType, ...] = (
 SENSORS: dict[str, SensorType] = {s.name: s for s in SENSOR_TYPES}
 SENSOR_NAMES: tuple[str, ...] = tuple(SENSORS)
 COMBINED = "combined"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a reading may be beyond its sensor's bounds (settings set them per pipeline)."""
+
+    max_payload_bytes: int = 4096
+    max_future: timedelta = timedelta(minutes=5)
+    earliest: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+DEFAULT_LIMITS = Limits()
 
 MQTT_TOPIC_ROOT = "energy"
 DEFAULT_TOPIC_PREFIX = "energy"

@@ -16,7 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from energy_pipeline.core.validation import Limits
+from energy_pipeline.core.contracts import Limits
 
 T = TypeVar("T")
 

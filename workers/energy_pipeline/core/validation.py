@@ -10,15 +10,17 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from energy_pipeline.core.contracts import (
     COMBINED,
+    DEFAULT_LIMITS,
     MQTT_TOPIC_ROOT,
     SCHEMA_VERSION,
     SENSOR_TYPES,
     SENSORS,
+    Limits,
     Reading,
     is_finite_number,
     new_reading,
@@ -49,13 +51,6 @@ class Invalid(Exception):
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.rejection = Rejection(reason, detail)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_payload_bytes: int = 4096
-    max_future: timedelta = timedelta(minutes=5)
-    earliest: datetime = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 _ID_CHARS = r"[A-Za-z0-9_.\-]{1,64}"
@@ -204,7 +199,7 @@ def _combined(
 
 
 def parse_mqtt(
-    topic: str, payload: bytes, now: datetime, limits: Limits = Limits()
+    topic: str, payload: bytes, now: datetime, limits: Limits = DEFAULT_LIMITS
 ) -> list[Reading] | Rejection:
     """One MQTT message into its readings (five for a combined record), or why not."""
     fast = _mqtt_fast(topic, payload, now, limits)
@@ -214,7 +209,7 @@ def parse_mqtt(
 
 
 def parse_mqtt_checked(
-    topic: str, payload: bytes, now: datetime, limits: Limits = Limits()
+    topic: str, payload: bytes, now: datetime, limits: Limits = DEFAULT_LIMITS
 ) -> list[Reading] | Rejection:
     """parse_mqtt, every check spelled out in order: the result, or the first failure."""
     try:
@@ -235,7 +230,7 @@ def parse_mqtt_checked(
 
 
 def parse_kafka_value(
-    value: bytes | None, now: datetime, limits: Limits = Limits()
+    value: bytes | None, now: datetime, limits: Limits = DEFAULT_LIMITS
 ) -> Reading | Rejection:
     """A record from an `energy.<sensor>` topic, as the bridge wrote it (or someone else did)."""
     fast = _kafka_fast(value, now, limits)
@@ -245,7 +240,7 @@ def parse_kafka_value(
 
 
 def parse_kafka_value_checked(
-    value: bytes | None, now: datetime, limits: Limits = Limits()
+    value: bytes | None, now: datetime, limits: Limits = DEFAULT_LIMITS
 ) -> Reading | Rejection:
     """parse_kafka_value, every check spelled out in order: the result, or the first failure."""
     try:
@@ -427,7 +422,7 @@ def _mqtt_fast(topic: str, payload: bytes, now: datetime, limits: Limits) -> Rea
 
 
 def parse_kafka_values(
-    values: Iterable[bytes | None], now: datetime, limits: Limits = Limits()
+    values: Iterable[bytes | None], now: datetime, limits: Limits = DEFAULT_LIMITS
 ) -> list[Reading | Rejection]:
     """parse_kafka_value for each of `values`, with the same results, at less cost per record.
 
