@@ -22,9 +22,10 @@ from energy_pipeline.dataplane.forecast_scheduler import (
     stream_marks,
 )
 from energy_pipeline.forecasting.registry import json_safe, new_version, promotion_decision
+from energy_pipeline.forecasting.rows import HourlyRow
 from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import plan_backtest
-from energy_pipeline.forecasting.window import HourlyRow, forecast_window
+from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.client import SERVICE_CONFIG, channel_target, forecast_request
 from energy_pipeline.inference.convert import forecast_to_proto, hour_of, proto_to_rows
 

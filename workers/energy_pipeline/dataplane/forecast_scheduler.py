@@ -50,7 +50,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from energy_pipeline.core.contracts import Reading
 from energy_pipeline.core.settings import SettingsError, env
-from energy_pipeline.forecasting.window import MAX_HORIZON, HourlyRow
+from energy_pipeline.forecasting.rows import MAX_HORIZON, HourlyRow
 from energy_pipeline.inference.client import ForecasterClient, forecast_request
 from energy_pipeline.inference.convert import datetime_of
 

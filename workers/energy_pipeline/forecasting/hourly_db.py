@@ -15,7 +15,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from energy_pipeline.forecasting.frame import HourlyFrame
-from energy_pipeline.forecasting.window import COVARIATE_COLUMNS, TARGET_COLUMN, HourlyRow
+from energy_pipeline.forecasting.rows import COVARIATE_COLUMNS, TARGET_COLUMN, HourlyRow
 
 _SITE_ROWS = """
 WITH bounds AS (

@@ -37,8 +37,9 @@ from energy_pipeline.forecasting.hourly_db import all_sites, read_site_rows
 from energy_pipeline.forecasting.metrics import score
 from energy_pipeline.forecasting.models import DefaultModel, DefaultParams, SeasonalNaive
 from energy_pipeline.forecasting.registry import Decision, ModelRecord, register_model
+from energy_pipeline.forecasting.rows import COVARIATE_COLUMNS, MAX_HORIZON
 from energy_pipeline.forecasting.timeparse import iso_hour
-from energy_pipeline.forecasting.window import COVARIATE_COLUMNS, MAX_HORIZON, frame_from_rows
+from energy_pipeline.forecasting.window import frame_from_rows
 
 log = logging.getLogger("energy_pipeline.train")
 

@@ -26,7 +26,7 @@ from datetime import datetime
 
 import grpc
 
-from energy_pipeline.forecasting.window import HourlyRow
+from energy_pipeline.forecasting.rows import HourlyRow
 from energy_pipeline.inference.convert import rows_to_proto, timestamp
 from energy_pipeline.proto import forecaster_pb2 as pb
 from energy_pipeline.proto import forecaster_pb2_grpc as pb_grpc

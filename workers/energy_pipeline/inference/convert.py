@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from energy_pipeline.forecasting.window import HourlyRow, WindowForecast
+from energy_pipeline.forecasting.rows import HourlyRow, WindowForecast
 from energy_pipeline.proto import forecaster_pb2 as pb
 
 _EPOCH_HOURS = np.datetime64(0, "h")

@@ -41,7 +41,8 @@ from energy_pipeline.core import metrics as shared_metrics
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
 from energy_pipeline.core.settings import CommonSettings, env, load
-from energy_pipeline.forecasting.window import MAX_HORIZON, forecast_window
+from energy_pipeline.forecasting.rows import MAX_HORIZON
+from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.convert import (
     forecast_to_proto,
     hour_of,
