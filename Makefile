@@ -66,6 +66,7 @@ bench: deps
 	$(BIN)/python -m energy_harness.bench.dataplane --out bench/results.json
 	$(BIN)/python -m energy_harness.bench.forecast --out bench/forecast.json
 	$(BIN)/python -m energy_harness.bench.serving --out bench/serving.json
+	$(BIN)/python -m energy_harness.bench.worker_rss --out bench/worker_rss.json
 
 # kind cluster + ingress-nginx + image + energy-platform chart; needs docker, kind, kubectl, helm.
 up:
