@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
+from energy_pipeline.core.timeutil import parse_duration
 
 from energy_harness.localstack import KafkaCluster, PostgresServer
 from energy_harness.localstack.hivemq import HiveMQBroker
@@ -47,11 +48,8 @@ SENSOR_TYPES = 5
 
 
 def history_hours(history: str) -> float:
-    """'15d', '36h' -> hours."""
-    units = {"d": 24.0, "h": 1.0}
-    if not history or history[-1] not in units:
-        raise ValueError(f"history {history!r}: expected e.g. 15d or 360h")
-    return float(history[:-1]) * units[history[-1]]
+    """'15d', '36h' -> hours; the grammar of the simulator's `--start now-<history>`."""
+    return parse_duration(history) / timedelta(hours=1)
 
 
 def choose_interval(streams: int, hours: float, duration_s: float) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from energy_pipeline.core.timeutil import parse_duration_hours, parse_time
 from energy_pipeline.forecasting.backtest import BacktestResult
 from energy_pipeline.forecasting.csvio import read_hourly_csv, write_forecasts_csv
-from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour, to_datetime64
 from energy_pipeline.forecasting.resample import hourly_means
-from energy_pipeline.forecasting.timeparse import iso_hour, parse_duration_hours, parse_time
 
 pytestmark = pytest.mark.unit
 
@@ -46,9 +46,12 @@ def test_unsorted_input_is_fine() -> None:
 
 
 def test_times_with_offsets_become_utc() -> None:
-    assert parse_time("2000-06-05T02:00:00+02:00") == np.datetime64("2000-06-05T00:00:00")
-    assert parse_time("2000-06-05T00:00:00Z") == np.datetime64("2000-06-05T00:00:00")
-    assert parse_time("2000-06-05 00:00") == np.datetime64("2000-06-05T00:00:00")
+    def parse(text: str) -> np.datetime64:
+        return to_datetime64(parse_time(text))
+
+    assert parse("2000-06-05T02:00:00+02:00") == np.datetime64("2000-06-05T00:00:00")
+    assert parse("2000-06-05T00:00:00Z") == np.datetime64("2000-06-05T00:00:00")
+    assert parse("2000-06-05 00:00") == np.datetime64("2000-06-05T00:00:00")
     assert iso_hour(np.datetime64("2000-06-05T07", "h")) == "2000-06-05T07:00:00Z"
 
 

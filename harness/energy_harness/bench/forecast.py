@@ -30,12 +30,11 @@ import numpy as np
 from energy_pipeline.forecasting.backtest import BacktestConfig
 from energy_pipeline.forecasting.commands import compare
 from energy_pipeline.forecasting.csvio import read_hourly_csv
-from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour
 from energy_pipeline.forecasting.metrics import format_table
 from energy_pipeline.forecasting.models import MODEL_NAMES, DefaultModel
 from energy_pipeline.forecasting.rows import RECOMMENDED_WINDOW_HOURS, HourlyRow
 from energy_pipeline.forecasting.synthetic import PAST_COLUMNS, synthetic_building
-from energy_pipeline.forecasting.timeparse import iso_hour
 from energy_pipeline.forecasting.window import forecast_window
 
 TAYLOR_START = np.datetime64("2000-06-05T00:00:00")  # Monday, per the dataset's documentation

@@ -1,35 +1,74 @@
-"""Parsing of durations ("90s", "5m", "24h", "7d") and times ("now", "now-7d", ISO 8601)."""
+"""The one grammar of durations and times, for every command and the read API.
+
+Durations: a number and a unit, ms, s, m, h, d or w ("500ms", "90s", "1.5d", "2w"); a bare
+number is hours ("6"), as backtest's --every has always read it. Times: ISO 8601 (UTC when it
+has no offset), or "now", "now-<duration>", "now+<duration>". Results are `timedelta` and
+UTC-aware `datetime`; forecasting converts to numpy at its own edge (`forecasting.frame`), so
+that this module stays free of numpy.
+"""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {
+    "ms": "milliseconds",
+    "s": "seconds",
+    "m": "minutes",
+    "h": "hours",
+    "d": "days",
+    "w": "weeks",
+    None: "hours",
+}
+_HOUR = timedelta(hours=1)
 
 
 def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match:
-        raise ValueError(f"duration {text!r} must look like 500ms, 90s, 5m, 24h, 7d or 2w")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        raise ValueError(
+            f"duration {text!r} must look like 500ms, 90s, 5m, 24h, 7d or 2w "
+            "(a bare number is hours)"
+        )
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too long") from None
+
+
+def parse_duration_hours(text: str) -> int:
+    """A duration that must be a whole number of hours, at least 1 (backtest's steps)."""
+    hours, rest = divmod(parse_duration(text), _HOUR)
+    if hours < 1 or rest:
+        raise ValueError(f"duration {text!r} must be a whole number of hours, at least 1")
+    return hours
+
+
+def parse_iso_time(text: str) -> datetime:
+    """ISO 8601 only, as data files hold it (a file must not mean something else tomorrow).
+
+    UTC if there is no offset; UTC rather than wall-clock keeps hours unique across
+    daylight-saving changes.
+    """
+    parsed = datetime.fromisoformat(text.strip())
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
     """ISO 8601 (UTC if no offset), or "now", "now-7d", "now+1h"."""
-    now = now or datetime.now(UTC)
     text = text.strip()
-    if text.startswith("now"):
-        rest = text[3:]
-        if not rest:
-            return now
-        if rest[0] not in "+-":
-            raise ValueError(f"time {text!r}: expected now, now-<duration> or now+<duration>")
-        delta = parse_duration(rest[1:])
-        return now - delta if rest[0] == "-" else now + delta
-    parsed = datetime.fromisoformat(text)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if not text.startswith("now"):
+        return parse_iso_time(text)
+    now = now or datetime.now(UTC)
+    rest = text[3:]
+    if not rest:
+        return now
+    if rest[0] not in "+-":
+        raise ValueError(f"time {text!r}: expected now, now-<duration> or now+<duration>")
+    delta = parse_duration(rest[1:])
+    return now - delta if rest[0] == "-" else now + delta
 
 
 def floor_time(ts: datetime, step: timedelta) -> datetime:

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from energy_pipeline.core.timeutil import parse_duration_hours, parse_time
 from energy_pipeline.forecasting.backtest import (
     BacktestConfig,
     BacktestResult,
@@ -19,11 +20,10 @@ from energy_pipeline.forecasting.backtest import (
     run_backtest,
 )
 from energy_pipeline.forecasting.csvio import read_hourly_csv, write_forecasts_csv
-from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour, to_datetime64
 from energy_pipeline.forecasting.metrics import Metrics, format_table, score
 from energy_pipeline.forecasting.models import MODEL_NAMES, build_model
 from energy_pipeline.forecasting.plot import MISSING_MATPLOTLIB, plot_backtest, plotting_available
-from energy_pipeline.forecasting.timeparse import iso_hour, parse_duration_hours, parse_time
 
 # The chosen model is always compared with these, on the same origins.
 REFERENCE_MODELS = ("naive24", "naive168", "seed")
@@ -97,7 +97,7 @@ class ProgressPrinter:
 def _test_start_index(frame: HourlyFrame, text: str | None, horizon: int) -> int:
     if text is None:
         return default_test_start(frame, horizon)
-    index = frame.index_of(parse_time(text))
+    index = frame.index_of(to_datetime64(parse_time(text)))
     if not 0 < index < len(frame):
         raise ValueError(
             f"--test-start {text} is outside the data "

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from energy_pipeline.core.timeutil import parse_iso_time
 from energy_pipeline.forecasting.backtest import BacktestResult
-from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour, to_datetime64
 from energy_pipeline.forecasting.resample import hourly_means
-from energy_pipeline.forecasting.timeparse import iso_hour, parse_time
 
 FORECAST_COLUMNS = ("origin", "target_time", "horizon", "p10", "p50", "p90", "actual")
 
@@ -43,7 +43,7 @@ def read_hourly_csv(
             raise ValueError(f"{path}: no column(s) {missing}; the header has {header}")
         for line, row in enumerate(reader, start=2):
             try:
-                times.append(parse_time(row[time_col]))
+                times.append(to_datetime64(parse_iso_time(row[time_col])))
                 for name in wanted:
                     values[name].append(_number(row[name]))
             except ValueError as error:

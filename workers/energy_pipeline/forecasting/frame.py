@@ -11,10 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 
 HOUR = np.timedelta64(1, "h")
+
+
+def to_datetime64(moment: datetime) -> np.datetime64:
+    """A time from `core.timeutil` (UTC-aware) as forecasting holds times: naive UTC, seconds."""
+    return np.datetime64(moment.astimezone(UTC).replace(tzinfo=None), "s")
+
+
+def iso_hour(time: np.datetime64) -> str:
+    """`2000-06-05T13:00:00Z` for the hour starting at `time`."""
+    return str(np.datetime64(time, "s")) + "Z"
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,14 @@ import psycopg2
 
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.settings import CommonSettings, SettingsError, env, load
+from energy_pipeline.db.connect import connect, worker_name
 from energy_pipeline.forecasting.backtest import BacktestConfig, origins, run_backtest
-from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour
 from energy_pipeline.forecasting.hourly_db import all_sites, read_site_rows
 from energy_pipeline.forecasting.metrics import score
 from energy_pipeline.forecasting.models import DefaultModel, DefaultParams, SeasonalNaive
 from energy_pipeline.forecasting.registry import Decision, ModelRecord, register_model
 from energy_pipeline.forecasting.rows import COVARIATE_COLUMNS, MAX_HORIZON
-from energy_pipeline.forecasting.timeparse import iso_hour
 from energy_pipeline.forecasting.window import frame_from_rows
 
 log = logging.getLogger("energy_pipeline.train")
@@ -200,7 +200,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"train: {exc}", file=sys.stderr)
         return 2
     configure_logging("train", settings.pipeline_name, settings.log_level)
-    conn = psycopg2.connect(settings.database_url, application_name="train", connect_timeout=10)
+    conn = connect(
+        settings.database_url,
+        application_name=worker_name("train", settings.pipeline_name),
+        connect_timeout_s=10,  # a one-shot job with no retry loop: a little more patience
+    )
     failed = 0
     try:
         sites = [args.site] if args.site else all_sites(conn)
