@@ -14,13 +14,14 @@ VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml harness/pyproject.to
 PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps lint test unit integration cluster e2e stack demo bench up down clean
+.PHONY: help venv deps lint generate test unit integration cluster e2e stack demo bench up down clean
 
 help:
 	@echo "make demo         the whole pipeline on this machine, live view, demo-out/forecast.png (DURATION=120)"
 	@echo "make test         install what is missing, then run every test (unit, integration, cluster, e2e)"
 	@echo "make unit|integration|cluster|e2e   one kind of test only"
 	@echo "make lint         ruff"
+	@echo "make generate     rewrite every generated file (CRD, RBAC, README tables, gRPC stubs, dashboards)"
 	@echo "make stack        real Kafka (3 nodes), PostgreSQL and MQTT on 127.0.0.1 until Ctrl-C"
 	@echo "make bench        benchmarks of this machine, written to bench/"
 	@echo "make up / down    the platform on a kind cluster (needs docker, kind, kubectl, helm)"
@@ -42,6 +43,10 @@ deps: venv
 
 lint: venv
 	$(BIN)/ruff check .
+
+# Every generated file from its source; `make unit` fails while one is stale.
+generate: venv
+	$(BIN)/python -m energy_harness.generate
 
 test: deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)

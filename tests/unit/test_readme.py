@@ -38,9 +38,3 @@ def test_every_worker_environment_variable_is_in_the_readme() -> None:
 
 def test_readme_gives_the_test_command() -> None:
     assert "make test" in README.read_text()
-
-
-def test_the_energypipeline_reference_matches_the_crd() -> None:
-    from energy_harness.crd_reference import main
-
-    assert main(["--check"]) == 0, "run: python -m energy_harness.crd_reference"

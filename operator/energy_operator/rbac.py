@@ -1,0 +1,94 @@
+"""What the operator may do in the cluster: its RBAC rules, each with the reason it needs it.
+
+The one source of the operator's permissions. `manifests/rbac.yaml` and the chart's
+`charts/energy-operator/templates/rbac.yaml` are both rendered from these rules by
+`python -m energy_harness.generate` (a unit test fails when either is stale), so the chart
+grants exactly what the tested manifests grant. Least privilege: a rule is here only because
+some code path of the operator makes that call; the cluster tests run the operator under
+these rules as its ServiceAccount.
+
+Pure data only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from energy_operator.crd import GROUP, PLURAL
+from energy_operator.settings import OperatorSettings
+
+NAME = "energy-operator"  # ServiceAccount, ClusterRole and their binding in manifests/
+NAMESPACE = "energy-system"  # the operator's namespace in manifests/ (the chart: its release's)
+LEADER_ELECTION_SUFFIX = "-leader-election"  # the Role and RoleBinding for the Lease
+LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "energy-pipeline"}
+# The Lease the operator holds unless LEADER_ELECTION_LEASE_NAME names another.
+LEASE_NAME: str = OperatorSettings.lease_name
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One PolicyRule and why the operator needs it."""
+
+    why: str
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    resource_names: tuple[str, ...] = ()
+
+    def manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"apiGroups": list(self.api_groups),
+                               "resources": list(self.resources)}
+        if self.resource_names:
+            out["resourceNames"] = list(self.resource_names)
+        out["verbs"] = list(self.verbs)
+        return out
+
+
+# What the operator does, as the header of the rendered files says it.
+SUMMARY = (
+    "Per EnergyPipeline, in any namespace, the operator watches the resource, writes its",
+    "status, server-side applies its children and lists them by label, reads the Secrets the",
+    "spec references and posts Events; it holds a Lease in its own namespace for leader",
+    "election. It needs no access to pods, nodes, namespaces or CRDs (kopf's resource",
+    "scanning is off), nor update on its children (server-side apply patches them).",
+)
+
+# ClusterRole: what the operator does for each EnergyPipeline, in any namespace.
+CLUSTER_RULES = (
+    Rule("watch every EnergyPipeline and patch it (kopf's annotations, the optional "
+         "delete-topics finalizer)",
+         (GROUP,), (PLURAL,), ("get", "list", "watch", "patch")),
+    Rule("write the status (conditions, workloads, topics, schema version)",
+         (GROUP,), (f"{PLURAL}/status",), ("get", "patch")),
+    Rule("set blockOwnerDeletion on the children it owns (the API server asks for update on "
+         "the owner's finalizers)",
+         (GROUP,), (f"{PLURAL}/finalizers",), ("update",)),
+    Rule("server-side apply the ConfigMap and the workers' ServiceAccount, list them by label "
+         "to report what it created, changed or restored; the garbage collector deletes them",
+         ("",), ("configmaps", "serviceaccounts"), ("get", "list", "create", "patch")),
+    Rule("apply the inference and read API Services; delete the read API's once "
+         "spec.api.enabled turns false",
+         ("",), ("services",), ("get", "list", "create", "patch", "delete")),
+    Rule("apply the worker Deployments; delete the read API's once spec.api.enabled turns "
+         "false",
+         ("apps",), ("deployments",), ("get", "list", "create", "patch", "delete")),
+    Rule("apply the training CronJob",
+         ("batch",), ("cronjobs",), ("get", "list", "create", "patch")),
+    Rule("apply the PodDisruptionBudgets; delete the read API's once spec.api.enabled turns "
+         "false",
+         ("policy",), ("poddisruptionbudgets",), ("get", "list", "create", "patch", "delete")),
+    Rule("read the Secrets the spec references (database URL, Kafka SASL credentials) for its "
+         "own migrations and topic administration",
+         ("",), ("secrets",), ("get",)),
+    Rule("post Events on the resource",
+         ("",), ("events",), ("create",)),
+)
+
+# Role in the operator's own namespace: leader election on one Lease.
+LEADER_ELECTION_RULES = (
+    Rule("create the Lease when there is none (create cannot be limited to a name)",
+         ("coordination.k8s.io",), ("leases",), ("create",)),
+    Rule(f"read, renew and take over only its own Lease, {LEASE_NAME}",
+         ("coordination.k8s.io",), ("leases",), ("get", "update"), (LEASE_NAME,)),
+)

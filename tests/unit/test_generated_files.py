@@ -1,0 +1,126 @@
+"""Every generated file is what its source makes today (`python -m energy_harness.generate`).
+
+One check covers them all: the CRD in manifests/ and its copy in the operator chart, the RBAC
+in manifests/ and in the chart, the README reference tables, the gRPC stubs and the Grafana
+dashboards. The RBAC tests here also read the generated YAML back, so a fault in rendering
+cannot hide behind a file that merely matches its own renderer.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from energy_harness import generate
+from energy_operator import crd, rbac
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "manifests" / "crd" / f"{crd.CRD_NAME}.yaml"
+CRD_IN_CHART = REPO / "charts" / "energy-operator" / "crds" / CRD_FILE.name
+RBAC_FILE = REPO / "manifests" / "rbac.yaml"
+RBAC_IN_CHART = REPO / "charts" / "energy-operator" / "templates" / "rbac.yaml"
+README_BLOCKS = ("README.md", "manifests/README.md")
+
+
+def test_every_generated_file_is_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [t.path for t in generate.targets()]
+    # What the check covers (each once): the files the separate staleness tests used to check.
+    assert len(paths) == len(set(paths))
+    for path in (CRD_FILE, CRD_IN_CHART, RBAC_FILE, RBAC_IN_CHART):
+        assert path.relative_to(REPO).as_posix() in paths
+    assert set(README_BLOCKS) <= set(paths)
+    assert [p for p in paths if p.startswith("workers/energy_pipeline/proto/")]
+    assert [p for p in paths if p.startswith("charts/grafana/dashboards/")]
+
+    status = generate.main(["--check"])
+    assert status == 0, capsys.readouterr().err
+
+
+def test_crd_file_is_generated_from_the_schema() -> None:
+    assert CRD_FILE.read_text() == crd.to_yaml(crd.crd_manifest()), (
+        f"manifests/crd is stale: run `{generate.COMMAND}`"
+    )
+
+
+def test_crd_in_operator_chart_is_identical_to_the_manifest() -> None:
+    assert CRD_IN_CHART.read_bytes() == CRD_FILE.read_bytes(), f"run `{generate.COMMAND}`"
+
+
+def test_check_names_each_stale_file_and_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A checkout with the README blocks' markers but none of the generated files yet.
+    for name in README_BLOCKS:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    assert generate.main(["--check"], root=tmp_path) == 1
+    err = capsys.readouterr().err
+    for target in generate.targets():
+        if target.path not in README_BLOCKS:  # copied fresh
+            assert f"stale: {target.path} (from {target.source})" in err
+    assert generate.COMMAND in err
+
+    assert generate.main([], root=tmp_path) == 0
+    for target in generate.targets():
+        assert (tmp_path / target.path).read_text() == (REPO / target.path).read_text()
+    assert generate.stale(tmp_path) == []
+
+    # One edit by hand makes exactly that file stale.
+    rbac_copy = tmp_path / "charts" / "energy-operator" / "templates" / "rbac.yaml"
+    rbac_copy.write_text(rbac_copy.read_text().replace("verbs: [get]", "verbs: [get, list]"))
+    assert [t.path for t in generate.stale(tmp_path)] == [
+        "charts/energy-operator/templates/rbac.yaml"
+    ]
+
+
+# ---- RBAC: both files grant exactly the rules of energy_operator.rbac ----------------------
+
+
+def _by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in docs}
+
+
+def _chart_rbac_docs() -> list[dict[str, Any]]:
+    """The chart template read as YAML: Helm's actions dropped or replaced by a name."""
+    lines = [
+        line for line in RBAC_IN_CHART.read_text().splitlines()
+        if not re.fullmatch(r"\s*\{\{-?[^}]*\}\}\s*", line)
+    ]
+    text = re.sub(r"\{\{[^}]*\}\}", "release", "\n".join(lines))
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_every_rule_says_why_it_is_needed() -> None:
+    for rule in (*rbac.CLUSTER_RULES, *rbac.LEADER_ELECTION_RULES):
+        assert len(rule.why) > 10 and rule.verbs and rule.resources, rule
+    assert rbac.LEASE_NAME == "energy-operator"
+
+
+def test_manifest_grants_exactly_the_operator_rules() -> None:
+    docs = _by_kind([d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d])
+    assert set(docs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                         "RoleBinding"}
+    assert docs["ClusterRole"]["rules"] == [r.manifest() for r in rbac.CLUSTER_RULES]
+    assert docs["Role"]["rules"] == [r.manifest() for r in rbac.LEADER_ELECTION_RULES]
+    account = {"kind": "ServiceAccount", "name": rbac.NAME, "namespace": rbac.NAMESPACE}
+    assert docs["ServiceAccount"]["metadata"]["name"] == rbac.NAME
+    assert docs["ServiceAccount"]["metadata"]["namespace"] == rbac.NAMESPACE
+    for binding, role in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        assert docs[binding]["subjects"] == [account]
+        assert docs[binding]["roleRef"]["name"] == docs[role]["metadata"]["name"]
+    assert docs["Role"]["metadata"]["namespace"] == rbac.NAMESPACE
+
+
+def test_chart_grants_exactly_what_the_manifest_grants() -> None:
+    chart = _by_kind(_chart_rbac_docs())
+    manifest = _by_kind([d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d])
+    assert set(chart) == {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    for kind in ("ClusterRole", "Role"):
+        assert chart[kind]["rules"] == manifest[kind]["rules"], kind
+    assert RBAC_IN_CHART.read_text().startswith("{{- if .Values.rbac.create }}\n")
