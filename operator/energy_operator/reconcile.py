@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
-import psycopg2.extensions
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from energy_pipeline.dataplane.topics import (
@@ -31,6 +30,7 @@ from energy_pipeline.dataplane.topics import (
     grow_partitions,
     plan_topic,
 )
+from energy_pipeline.db.connect import connect, worker_name
 from energy_pipeline.db.migrate import MigrationError, latest_version, migrate, schema_version
 
 from energy_operator import crd, render
@@ -49,7 +49,6 @@ from energy_operator.status import (
 log = logging.getLogger("energy_operator.reconcile")
 
 KAFKA_TIMEOUT = 5.0
-DB_CONNECT_TIMEOUT = 5
 
 Adopt = Callable[[list[dict[str, Any]], Mapping[str, Any]], None]
 
@@ -146,11 +145,6 @@ def kafka_config(kube: Kube, namespace: str, spec: Mapping[str, Any],
         config.update({"sasl.mechanism": sasl["mechanism"], "sasl.username": user,
                        "sasl.password": password})
     return config
-
-
-def with_timeout(url: str) -> str:
-    """A bounded connect, so an unreachable database costs one pass seconds, not minutes."""
-    return psycopg2.extensions.make_dsn(url, connect_timeout=DB_CONNECT_TIMEOUT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,14 +332,13 @@ def reconcile_schema(url: str | None, change: bool, problems: list[Problem]
     """Migrate when behind; returns what the status reports of the database."""
     if url is None:
         return DatabaseFacts(), [], []
-    dsn = with_timeout(url)
     events: list[Event] = []
     changes: list[str] = []
-    try:
-        version = schema_version(dsn)
+    try:  # db.connect bounds every connect: an unreachable database costs a pass seconds
+        version = schema_version(url)
         latest = latest_version()
         if change and version < latest:
-            new = migrate(dsn)
+            new = migrate(url)
             events.append(Event("Migrated", f"database schema migrated from version {version} "
                                 f"to {new}"))
             changes.append(f"migrated schema {version}->{new}")
@@ -356,7 +349,7 @@ def reconcile_schema(url: str | None, change: bool, problems: list[Problem]
                 f"database schema version {version} is newer than this release knows "
                 f"({latest}); use the image of a matching release",
             ))
-        facts = registry_facts(dsn) if version >= 1 else DatabaseFacts()
+        facts = registry_facts(url) if version >= 1 else DatabaseFacts()
         facts.schema_version = version
     except MigrationError as exc:
         problems.append(Problem("MigrationFailed", f"database migration failed: {exc}"))
@@ -374,7 +367,7 @@ def reconcile_schema(url: str | None, change: bool, problems: list[Problem]
 
 def registry_facts(dsn: str) -> DatabaseFacts:
     """The newest forecast and how many models are promoted (inference serves only those)."""
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn, application_name=worker_name("operator"), readonly=True)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT max(issued_at) FROM forecasts")

@@ -5,9 +5,10 @@ Why not psycopg2's ThreadedConnectionPool: it closes every connection handed bac
 constructor, which fails the process when the database is down at start. This pool
 connects lazily, keeps what it opened, and drops dead connections.
 
-Every connection is read-only (default_transaction_read_only) with a statement_timeout and
-UTC session time zone; each call runs in one REPEATABLE READ transaction, so the several
-statements of one page see one snapshot, and is rolled back afterwards.
+Every connection is opened as db.connect opens every worker's, read-only
+(default_transaction_read_only) and with a statement_timeout, plus a UTC session time zone;
+each call runs in one REPEATABLE READ transaction, so the several statements of one page see
+one snapshot, and is rolled back afterwards.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import Any, TypeVar
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+
+from energy_pipeline.db.connect import CONNECT_TIMEOUT_S, worker_name
+from energy_pipeline.db.connect import dsn as database_dsn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,9 +47,9 @@ class ConnectionPool:
         dsn: str,
         size: int,
         statement_timeout_ms: int,
-        application_name: str = "energy-api",
-        connect: Callable[..., Connection] = psycopg2.connect,
-        connect_timeout_s: int = 5,
+        application_name: str = worker_name("api"),
+        connect: Callable[[str], Connection] = psycopg2.connect,
+        connect_timeout_s: int = CONNECT_TIMEOUT_S,
     ) -> None:
         self.dsn = dsn
         self.size = size
@@ -66,20 +70,20 @@ class ConnectionPool:
 
     def _open(self) -> Connection:
         conn = self._connect_fn(
-            self.dsn,
-            application_name=self.application_name,
-            connect_timeout=self.connect_timeout_s,
-            # Notice a peer that vanished (failover, network cut) in ~1 min, not hours.
-            keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+            database_dsn(
+                self.dsn,
+                application_name=self.application_name,
+                statement_timeout_ms=self.statement_timeout_ms,
+                connect_timeout_s=self.connect_timeout_s,
+                readonly=True,
+            )
         )
         try:
             conn.set_session(
                 isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
-                readonly=True,
             )
             with conn.cursor() as cur:
-                # Session-level (not SET LOCAL), so one round trip at connect covers every use.
-                cur.execute("SET statement_timeout = %s", (self.statement_timeout_ms,))
+                # Session-level, so one round trip at connect covers every use.
                 cur.execute("SET TIME ZONE 'UTC'")
             conn.commit()
         except BaseException:

@@ -21,6 +21,7 @@ from energy_pipeline.api.pool import ConnectionPool
 from energy_pipeline.api.settings import ApiSettings
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.settings import load
+from energy_pipeline.db.connect import worker_name
 
 log = logging.getLogger("energy_pipeline.api")
 HOST = "0.0.0.0"
@@ -32,7 +33,7 @@ SHUTDOWN_TIMEOUT_S = 15.0
 async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
     pool = ConnectionPool(
         settings.database_url, settings.api_db_pool_size, settings.api_statement_timeout_ms,
-        application_name=f"energy-api-{settings.pipeline_name}"[:63],
+        application_name=worker_name("api", settings.pipeline_name),
     )
     state = ApiState(settings, pool)
     runners = [web.AppRunner(create_app(state), access_log=None,

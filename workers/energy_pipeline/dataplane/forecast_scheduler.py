@@ -34,7 +34,6 @@ a database or inference problem here never stops ingestion.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -50,6 +49,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from energy_pipeline.core.contracts import Reading
 from energy_pipeline.core.settings import SettingsError, env
+from energy_pipeline.db.connect import LazyConnection, worker_name
 from energy_pipeline.forecasting.rows import MAX_HORIZON, HourlyRow
 from energy_pipeline.inference.client import ForecasterClient, forecast_request
 from energy_pipeline.inference.convert import datetime_of
@@ -279,15 +279,14 @@ class ForecastScheduler:
         database_url: str,
         client: ForecasterClient | None = None,
         *,
-        application_name: str = "ingest-forecasts",
+        application_name: str = worker_name("ingest-forecasts"),
         batch_size: int = 32,
         poll_s: float = 0.5,
         close_every_s: float = 5.0,
     ) -> None:
         self.settings = settings
-        self.database_url = database_url
+        self.db = LazyConnection(database_url, application_name=application_name)
         self.client = client or ForecasterClient(settings.inference_target)
-        self.application_name = application_name
         self.batch_size = batch_size
         self.poll_s = poll_s
         self.close_every_s = close_every_s
@@ -296,7 +295,6 @@ class ForecastScheduler:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: psycopg2.extensions.connection | None = None
         self._last_close = 0.0
         self._last_gauge = 0.0
         self._service_failures = 0
@@ -335,7 +333,7 @@ class ForecastScheduler:
                 log.warning(
                     "forecast scheduling failed; retrying", extra={"error": self.last_error}
                 )
-                self._close_connection()
+                self.db.close()
                 busy = False
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
@@ -345,7 +343,7 @@ class ForecastScheduler:
             self.flush_watermarks()  # what the last batches advanced
         except Exception as exc:
             log.warning("final watermark flush failed", extra={"error": str(exc)[:300]})
-        self._close_connection()
+        self.db.close()
         self.client.close()
 
     def step(self) -> bool:
@@ -365,32 +363,13 @@ class ForecastScheduler:
 
     # -- database --------------------------------------------------------------------
 
-    def _connection(self) -> psycopg2.extensions.connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg2.connect(
-                self.database_url,
-                application_name=self.application_name,
-                connect_timeout=5,
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-            )
-        return self._conn
-
-    def _close_connection(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            with contextlib.suppress(psycopg2.Error):
-                self._conn.close()
-        self._conn = None
-
     def flush_watermarks(self) -> bool:
         with self._lock:
             pending, self._pending = self._pending, {}
         if not pending:
             return False
         try:
-            conn = self._connection()
+            conn = self.db.get()
             with conn, conn.cursor() as cur:
                 # Sorted: workers touching the same rows lock them in the same order.
                 rows = sorted(
@@ -408,7 +387,7 @@ class ForecastScheduler:
         """Put newly closed hours on the backlog; returns how many."""
         lateness = self.settings.forecast_lateness_s
         enqueued = 0
-        conn = self._connection()
+        conn = self.db.get()
         with conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CLOSE_LOCK,))
             cur.execute(_SITE_WATERMARKS, {"idle": self.settings.forecast_stream_idle_s})
@@ -428,7 +407,7 @@ class ForecastScheduler:
         return enqueued
 
     def update_backlog_gauge(self) -> int:
-        conn = self._connection()
+        conn = self.db.get()
         with conn, conn.cursor() as cur:
             cur.execute(_BACKLOG)
             count, age = cur.fetchone()
@@ -466,7 +445,7 @@ class ForecastScheduler:
     def drain(self) -> DrainResult:
         """Forecast one batch of due backlog rows, in one transaction."""
         deadline_s = self.settings.forecast_deadline_ms / 1000
-        conn = self._connection()
+        conn = self.db.get()
         stored: list[tuple[Any, ...]] = []
         done: list[_Call] = []
         retry: list[tuple[str, datetime, float, str]] = []

@@ -14,7 +14,6 @@ finished and its offsets committed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
@@ -44,6 +43,7 @@ from energy_pipeline.core.settings import (
 )
 from energy_pipeline.core.validation import Rejection, parse_kafka_values
 from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
+from energy_pipeline.db.connect import LazyConnection, worker_name
 from energy_pipeline.db.writer import PreparedBatch, WriteResult, prepare, write_prepared
 
 log = logging.getLogger("energy_pipeline.dataplane.ingest")
@@ -157,7 +157,9 @@ class Ingest:
         self.on_written = on_written
         self.heartbeat = Heartbeat(stale_after=120)
         self.stopping = threading.Event()
-        self.conn: psycopg2.extensions.connection | None = None
+        self.db = LazyConnection(
+            settings.database_url, application_name=worker_name("ingest", settings.pipeline_name)
+        )
         self.db_error: str | None = None
         self._last_lag = 0.0
         # The database connection is the writer thread's alone.
@@ -171,25 +173,12 @@ class Ingest:
 
     # --- database (on the writer thread) ------------------------------------------------
 
-    def _connection(self) -> psycopg2.extensions.connection:
-        if self.conn is None or self.conn.closed:
-            self.conn = psycopg2.connect(
-                self.settings.database_url,
-                application_name=f"ingest-{self.settings.pipeline_name}",
-                connect_timeout=5,
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-            )
-        return self.conn
-
     def write_with_retry(self, batch: PreparedBatch) -> WriteResult | None:
         """Write until it succeeds; None only if asked to stop before it did."""
         delay = 0.2
         while True:
             try:
-                conn = self._connection()
+                conn = self.db.get()
                 with conn:
                     result = write_prepared(conn, batch)
                 self.db_error = None
@@ -201,10 +190,7 @@ class Ingest:
                     "database write failed; retrying",
                     extra={"error": str(exc).strip()[:300], "retry_in_s": delay},
                 )
-                if self.conn is not None and not self.conn.closed:
-                    with contextlib.suppress(psycopg2.Error):
-                        self.conn.close()
-                self.conn = None
+                self.db.close()
                 self.heartbeat.beat()  # retrying is progress, not a hang
                 if self.stopping.wait(delay):
                     return None
@@ -427,8 +413,7 @@ class Ingest:
             self._in_flight.clear()
             self.consumer.close()
             self.producer.flush(10)
-            if self.conn is not None:
-                self.conn.close()
+            self.db.close()
         return 0
 
     def ready(self) -> tuple[bool, str]:
@@ -445,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
         forecasts = ForecastScheduler(
             settings,
             settings.database_url,
-            application_name=f"ingest-forecasts-{settings.pipeline_name}",
+            application_name=worker_name("ingest-forecasts", settings.pipeline_name),
         )
     ingest = Ingest(settings, forecasts=forecasts)
     # The writer thread needs the GIL back after every PostgreSQL round trip while the main

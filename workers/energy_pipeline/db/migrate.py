@@ -16,7 +16,10 @@ from importlib import resources
 
 import psycopg2
 
+from energy_pipeline.db.connect import connect, worker_name
+
 log = logging.getLogger(__name__)
+APPLICATION_NAME = worker_name("migrate")
 
 # Any constant works; it only has to be the same for every process migrating this database.
 _LOCK_ID = 0x656E6572  # "ener"
@@ -58,7 +61,7 @@ def latest_version() -> int:
 
 def migrate(dsn: str) -> int:
     """Apply every pending migration; returns the schema version now in place."""
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn, application_name=APPLICATION_NAME)
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
@@ -108,9 +111,13 @@ def _apply_pending(conn: psycopg2.extensions.connection) -> int:
 
 
 def schema_version(dsn: str) -> int:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            return 0
-        cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
-        return int(cur.fetchone()[0])
+    conn = connect(dsn, application_name=APPLICATION_NAME, readonly=True)
+    try:  # psycopg2's `with conn` ends the transaction but does not close the connection
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()

@@ -41,6 +41,7 @@ from energy_pipeline.core import metrics as shared_metrics
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
 from energy_pipeline.core.settings import CommonSettings, env, load
+from energy_pipeline.db.connect import worker_name
 from energy_pipeline.forecasting.rows import MAX_HORIZON
 from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.convert import (
@@ -199,7 +200,10 @@ class InferenceServer:
 
     def __init__(self, settings: InferenceSettings) -> None:
         self.settings = settings
-        self.store = ModelStore(settings.database_url)
+        self.store = ModelStore(
+            settings.database_url,
+            application_name=worker_name("inference", settings.pipeline_name),
+        )
         self.health = health.HealthServicer(
             experimental_non_blocking=True,
             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),

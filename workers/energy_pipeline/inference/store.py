@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg2
-
+from energy_pipeline.db.connect import connect, worker_name
 from energy_pipeline.forecasting.models import Forecaster, load_model
 from energy_pipeline.forecasting.registry import ModelRecord, promoted_versions, read_models
 
@@ -62,8 +61,11 @@ class RefreshResult:
 class ModelStore:
     """site_id -> promoted model; a NULL-site model serves sites without their own."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(
+        self, database_url: str, *, application_name: str = worker_name("inference")
+    ) -> None:
         self.database_url = database_url
+        self.application_name = application_name
         self._models: dict[str | None, LoadedModel] = {}
         # Versions that failed to load are not retried until the registry changes them.
         self._broken: set[str] = set()
@@ -88,9 +90,7 @@ class ModelStore:
     def refresh(self) -> RefreshResult:
         """Bring the loaded models in line with the registry; raises psycopg2.Error."""
         started = time.perf_counter()
-        conn = psycopg2.connect(
-            self.database_url, application_name="inference", connect_timeout=5
-        )
+        conn = connect(self.database_url, application_name=self.application_name, readonly=True)
         try:
             with conn:
                 wanted = promoted_versions(conn)

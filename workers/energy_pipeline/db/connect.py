@@ -1,0 +1,135 @@
+"""How every worker connects to PostgreSQL: one place for the connection settings.
+
+Every connection:
+- names its worker (`application_name`), so pg_stat_activity and the server log show who
+  holds a lock or runs a slow query;
+- gives up connecting after a bounded time, so a worker's retry loop or an operator pass
+  sees an unreachable server in seconds, not after the kernel's TCP timeout (minutes);
+- has TCP keepalives on at both ends, so a vanished peer (failover, node or network lost) is
+  noticed in about 25 s instead of the kernel's default of two hours: the worker sees a dead
+  server, and the server ends a dead worker's idle session, releasing the locks it held
+  (hourly rows, claimed backlog rows) for the other workers;
+- optionally carries a statement_timeout and default read-only transactions.
+
+Server settings go in the startup packet (libpq `options`), so they hold from the first
+statement, cost no extra round trip, and show in `SHOW` like any session setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import psycopg2
+import psycopg2.extensions
+
+Connection = psycopg2.extensions.connection
+
+CONNECT_TIMEOUT_S = 5
+# The first probe after 10 s of silence, then every 5 s; 3 unanswered probes drop it.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
+# The server keeps the first NAMEDATALEN - 1 bytes of an application_name.
+_NAME_BYTES = 63
+
+
+def worker_name(component: str, pipeline_name: str | None = None) -> str:
+    """`energy-pipeline <component> [<pipeline>]`: the application_name of one worker."""
+    name = f"energy-pipeline {component}"
+    if pipeline_name:
+        name = f"{name} {pipeline_name}"
+    return name.encode()[:_NAME_BYTES].decode(errors="ignore")
+
+
+def dsn(
+    url: str,
+    *,
+    application_name: str,
+    statement_timeout_ms: int | None = None,
+    connect_timeout_s: int = CONNECT_TIMEOUT_S,
+    readonly: bool = False,
+) -> str:
+    """`url` (URI or key=value) with every connection setting of this module added.
+
+    Options already in `url` are kept; the settings given here come after them, so they win.
+    """
+    server: dict[str, object] = {
+        "tcp_keepalives_idle": KEEPALIVE_IDLE_S,
+        "tcp_keepalives_interval": KEEPALIVE_INTERVAL_S,
+        "tcp_keepalives_count": KEEPALIVE_COUNT,
+    }
+    if statement_timeout_ms is not None:
+        server["statement_timeout"] = int(statement_timeout_ms)
+    if readonly:
+        server["default_transaction_read_only"] = "on"
+    options = [f"-c {name}={value}" for name, value in server.items()]
+    given = psycopg2.extensions.parse_dsn(url).get("options")
+    if given:
+        options.insert(0, given)
+    return psycopg2.extensions.make_dsn(
+        url,
+        application_name=application_name,
+        connect_timeout=connect_timeout_s,
+        options=" ".join(options),
+        keepalives=1,
+        keepalives_idle=KEEPALIVE_IDLE_S,
+        keepalives_interval=KEEPALIVE_INTERVAL_S,
+        keepalives_count=KEEPALIVE_COUNT,
+    )
+
+
+def connect(
+    url: str,
+    *,
+    application_name: str,
+    statement_timeout_ms: int | None = None,
+    connect_timeout_s: int = CONNECT_TIMEOUT_S,
+    autocommit: bool = False,
+    readonly: bool = False,
+) -> Connection:
+    """A new connection with the settings of `dsn`; the caller closes it."""
+    conn = psycopg2.connect(
+        dsn(
+            url,
+            application_name=application_name,
+            statement_timeout_ms=statement_timeout_ms,
+            connect_timeout_s=connect_timeout_s,
+            readonly=readonly,
+        )
+    )
+    conn.autocommit = autocommit
+    return conn
+
+
+class LazyConnection:
+    """One long-lived connection of a worker thread: opened on first use, and opened again on
+    the next use after it broke or was closed. Not for sharing between threads."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        application_name: str,
+        statement_timeout_ms: int | None = None,
+        connect_timeout_s: int = CONNECT_TIMEOUT_S,
+    ) -> None:
+        self._open = functools.partial(
+            connect,
+            url,
+            application_name=application_name,
+            statement_timeout_ms=statement_timeout_ms,
+            connect_timeout_s=connect_timeout_s,
+        )
+        self._conn: Connection | None = None
+
+    def get(self) -> Connection:
+        """The open connection; a new one if there is none or psycopg2 saw it break."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self._open()
+        return self._conn
+
+    def close(self) -> None:
+        """Close it (quietly: it may be broken already); the next `get` connects anew."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
