@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 from energy_harness.localstack import KafkaCluster, MosquittoBroker, PostgresServer
 from energy_harness.localstack.install import ensure_kafka, ensure_system_packages
 from energy_harness.localstack.postgres import dsn
+from energy_harness.testing import admin_sql
 from energy_pipeline.db.migrate import migrate
 
 MARKER_ORDER = ("unit", "integration", "cluster", "e2e")
@@ -84,16 +84,6 @@ def database(postgres: PostgresServer) -> Iterator[str]:
     finally:
         # A fresh connection: the test may have restarted the server.
         admin_sql(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def admin_sql(postgres: PostgresServer, statement: str) -> None:
-    conn = psycopg2.connect(postgres.admin_dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -19,14 +19,14 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from energy_harness.localstack.install import ensure_kafka, require
 from energy_harness.localstack.kube import KubeControlPlane
+from energy_harness.testing import wait_for
 from kubernetes import client
 
 pytestmark = pytest.mark.cluster
@@ -40,17 +40,6 @@ TEST_VALUES = {
     "hivemq": {"persistence": {"enabled": False}},
     "postgres": {"persistence": {"enabled": False}},
 }
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +270,9 @@ def test_uninstall_cleans_up(release: Release, kube: KubeControlPlane) -> None:
             names += [n for n in out if "kube-root-ca.crt" not in n and "/default" not in n]
         return names
 
-    wait_for(lambda: not leftovers(), timeout=120, what="the release's objects to be gone")
+    wait_for(
+        lambda: not leftovers(), timeout=120, what="the release's objects to be gone", interval=1.0
+    )
     cluster_scoped = kube.kubectl(
         "get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name"
     ).stdout.split()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +15,11 @@ import pytest
 import yaml
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.localstack.kube_install import KUBE_VERSION
+from energy_harness.testing import wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.cluster
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture
@@ -101,7 +91,7 @@ def test_deployment_pods_run_on_kwok_nodes_and_are_garbage_collected(
         ready = [p for p in pods if _pod_ready(p)]
         return ready if len(ready) == 3 else None
 
-    pods = wait_for(three_ready_pods, timeout=60, what="3 Running+Ready pods")
+    pods = wait_for(three_ready_pods, timeout=60, what="3 Running+Ready pods", interval=0.5)
     elapsed = time.monotonic() - started
     assert {p.spec.node_name for p in pods} <= set(kube.node_names)
     assert all(p.status.pod_ip for p in pods)
@@ -117,11 +107,13 @@ def test_deployment_pods_run_on_kwok_nodes_and_are_garbage_collected(
         lambda: not apps.list_namespaced_replica_set(namespace, label_selector="app=web").items,
         timeout=60,
         what="the ReplicaSet to be garbage-collected",
+        interval=0.5,
     )
     wait_for(
         lambda: not core.list_namespaced_pod(namespace, label_selector="app=web").items,
         timeout=60,
         what="the pods to be garbage-collected",
+        interval=0.5,
     )
 
 
@@ -280,4 +272,5 @@ def test_helm_install_and_uninstall(
         lambda: not core.list_namespaced_pod(namespace).items,
         timeout=60,
         what="the release's pods to be gone",
+        interval=0.5,
     )

@@ -13,7 +13,7 @@ import os
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from energy_harness.localstack.postgres import dsn
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess
 from energy_harness.operator_local import OperatorProcess
+from energy_harness.testing import admin_sql, wait_for
 from energy_operator import render
 from energy_operator.kube import Kube
 from energy_pipeline.dataplane.topics import delete_topics, describe_topics
@@ -40,17 +41,6 @@ EXAMPLE = ROOT / "manifests" / "examples" / "energypipeline.yaml"
 API = "energy.pipeline.dev/v1alpha1"
 KIND = "EnergyPipeline"
 INTERVAL = 3  # RECONCILE_INTERVAL_S of the operator under test
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def contains(live: Any, want: Any, path: str = "") -> list[str]:
@@ -198,16 +188,6 @@ class Pipeline:
     def topics(self) -> dict[str, Any]:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         return describe_topics(admin, render.topic_names(self.spec()))
-
-
-def admin_sql(postgres: PostgresServer, statement: str) -> None:
-    conn = psycopg2.connect(postgres.admin_dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 @pytest.fixture

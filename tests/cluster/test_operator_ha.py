@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient
 from energy_harness.localstack import KafkaCluster
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.operator_local import OperatorProcess
+from energy_harness.testing import wait_for
 from energy_operator.kube import Kube
 from energy_pipeline.core.contracts import all_kafka_topics
 from energy_pipeline.dataplane.topics import delete_topics
@@ -23,16 +24,6 @@ from energy_pipeline.dataplane.topics import delete_topics
 pytestmark = pytest.mark.cluster
 
 LEASE_S = 6
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture

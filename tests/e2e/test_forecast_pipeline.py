@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pytest
-from energy_harness.localstack.process import free_port, wait_until
+from energy_harness.localstack.process import free_port
+from energy_harness.testing import wait_for
 from energy_pipeline.cli import build_parser
 from energy_pipeline.forecasting.hourly_db import read_window
 from energy_pipeline.forecasting.models import load_model
@@ -33,6 +34,7 @@ SITES, DEVICES = 2, 2
 PHASE1_HOURS, PHASE2_HOURS = 18 * 24, 48
 HORIZONS = 24  # FORECAST_HORIZONS: a day ahead keeps the test light; 168 works the same
 HISTORY = 336
+POLL_S = 0.5  # between two checks of a wait, each a query or a /metrics scrape
 
 
 def simulation(start_hour: int, hours: int) -> list[str]:
@@ -77,10 +79,6 @@ def owed(last_reading_hour: int) -> dict[tuple[str, datetime], int]:
     }
 
 
-def wait_for(check, what: str, timeout: float = 120) -> None:
-    wait_until(check, timeout=timeout, what=what, interval=0.5)
-
-
 class Phases:
     """Seconds per phase, printed as they pass (pytest -s shows them; failures always do)."""
 
@@ -115,12 +113,13 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
     assert simulator.wait(timeout=240) == 0
     phase("phase 1 published")
     total = readings_of(phase1)
-    wait_for(lambda: scalar(dsn, "SELECT count(*) FROM readings") == total, "phase 1 readings")
+    wait_for(lambda: scalar(dsn, "SELECT count(*) FROM readings") == total,
+             120, "phase 1 readings", POLL_S)
     phase("phase 1 stored")
     expected = owed(PHASE1_HOURS - 1)
-    wait_for(lambda: backlog(dsn) == len(expected), "phase 1 hours to be owed")
+    wait_for(lambda: backlog(dsn) == len(expected), 120, "phase 1 hours to be owed", POLL_S)
     wait_for(lambda: max(i.metric("energy_forecast_backlog") for i in ingests) == len(expected),
-             "the backlog gauge")
+             120, "the backlog gauge", POLL_S)
     assert sum(i.metric("energy_forecast_rpc_total", {"code": "UNAVAILABLE"}) for i in ingests) > 0
     assert forecast_origins(dsn) == {}
     phase("phase 1 hours owed")
@@ -152,7 +151,7 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
     for server in servers:
         server.wait_ready(60)
     phase("inference up")
-    wait_for(lambda: backlog(dsn) == 0, "the backlog to drain", timeout=150)
+    wait_for(lambda: backlog(dsn) == 0, 150, "the backlog to drain", POLL_S)
     phase("backlog drained")
     assert forecast_origins(dsn) == expected
     for server in servers:  # round robin reached both
@@ -165,14 +164,16 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
     phase2 = simulation(PHASE1_HOURS, PHASE2_HOURS)
     simulator = pipeline.start("simulate-2", ["simulate", *phase2, "--rate", "100",
                                               "--client-id", "sim-2"], wait_ready=False)
-    wait_for(lambda: len(forecast_origins(dsn)) > before, "forecasts from the survivor")
+    wait_for(lambda: len(forecast_origins(dsn)) > before, 120, "forecasts from the survivor",
+             POLL_S)
     servers[1].kill()
     assert simulator.wait(timeout=240) == 0
     total += readings_of(phase2)
-    wait_for(lambda: scalar(dsn, "SELECT count(*) FROM readings") == total, "phase 2 readings")
+    wait_for(lambda: scalar(dsn, "SELECT count(*) FROM readings") == total,
+             120, "phase 2 readings", POLL_S)
     expected = owed(PHASE1_HOURS + PHASE2_HOURS - 1)
     wait_for(lambda: backlog(dsn) + len(forecast_origins(dsn)) == len(expected),
-             "phase 2 hours to be owed")
+             120, "phase 2 hours to be owed", POLL_S)
     assert backlog(dsn) > 0  # delayed ...
     time.sleep(1)
     assert all(i.alive() for i in ingests)
@@ -181,11 +182,11 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
     # ... never lost: a restarted server (same address) takes the backlog.
     pipeline.start("inference-0-again", ["inference"], GRPC_PORT=str(ports[0]),
                    MODEL_REFRESH_S="1").wait_ready(60)
-    wait_for(lambda: backlog(dsn) == 0, "the backlog to drain after the outage", timeout=150)
+    wait_for(lambda: backlog(dsn) == 0, 150, "the backlog to drain after the outage", POLL_S)
     phase("backlog drained after the outage")
     assert forecast_origins(dsn) == expected
     wait_for(lambda: max(i.metric("energy_forecast_backlog") for i in ingests) == 0,
-             "the backlog gauge to fall to 0", timeout=30)
+             30, "the backlog gauge to fall to 0", POLL_S)
 
     # Served forecasts equal what the registered model predicts offline for the same window
     # (the acceptance bound is the backtest's MAE; being the same computation, the

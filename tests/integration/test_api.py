@@ -34,6 +34,7 @@ from energy_harness.localstack import PostgresServer
 from energy_harness.localstack.postgres import dsn
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess
+from energy_harness.testing import admin_sql
 from energy_pipeline.api.pool import ConnectionPool, QueryTimeout
 from energy_pipeline.core.contracts import SENSOR_NAMES, Reading
 from energy_pipeline.db.migrate import migrate
@@ -161,10 +162,7 @@ def database(postgres: PostgresServer) -> Iterator[tuple[str, str]]:
     """(owner DSN, read-only DSN) of a fresh, migrated, seeded database."""
     name = f"api_{uuid.uuid4().hex[:10]}"
     reader, password = f"reader_{uuid.uuid4().hex[:10]}", secrets.token_hex(12)
-    admin = psycopg2.connect(postgres.admin_dsn)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+    admin_sql(postgres, f'CREATE DATABASE "{name}"')
     owner_url = dsn(postgres.port, postgres.password, name)
     migrate(owner_url)
     conn = psycopg2.connect(owner_url)
@@ -192,10 +190,8 @@ def database(postgres: PostgresServer) -> Iterator[tuple[str, str]]:
     try:
         yield owner_url, dsn(postgres.port, password, name, user=reader)
     finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            cur.execute(f"DROP ROLE IF EXISTS {reader}")
-        admin.close()
+        admin_sql(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(postgres, f"DROP ROLE IF EXISTS {reader}")
 
 
 def api_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
@@ -612,10 +608,7 @@ def test_database_down_means_unready_and_503_not_a_crash(
 
 def test_unready_until_the_schema_is_migrated(tmp_path: Path, postgres: PostgresServer) -> None:
     name = f"empty_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(postgres.admin_dsn)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+    admin_sql(postgres, f'CREATE DATABASE "{name}"')
     url = dsn(postgres.port, postgres.password, name)
     port = free_port()
     worker = WorkerProcess("api-empty", ["api"], api_env(url, port), tmp_path).start()
@@ -631,9 +624,7 @@ def test_unready_until_the_schema_is_migrated(tmp_path: Path, postgres: Postgres
         assert request(base + "/api/v1/sites").status == 200
     finally:
         assert worker.stop(timeout=30) == 0
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        admin_sql(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_pool_sessions_are_read_only_with_a_timeout(database: tuple[str, str]) -> None:

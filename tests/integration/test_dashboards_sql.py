@@ -27,6 +27,7 @@ import pytest
 import yaml
 from energy_harness.localstack import PostgresServer
 from energy_harness.localstack.postgres import SUPERUSER, dsn
+from energy_harness.testing import admin_sql
 from energy_pipeline.db.migrate import migrate
 from energy_pipeline.db.writer import write_readings
 from energy_pipeline.simulation.signals import SimulationConfig, generate
@@ -126,16 +127,6 @@ class ChartDatabase:
     now: datetime
 
 
-def _admin(postgres: PostgresServer, statement: str) -> None:
-    conn = psycopg2.connect(postgres.admin_dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
 def _load_data(owner_dsn: str, now: datetime) -> None:
     start = (now - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
     interval = timedelta(minutes=15)
@@ -190,7 +181,7 @@ def chart_database(postgres: PostgresServer) -> Iterator[ChartDatabase]:
     suffix = uuid.uuid4().hex[:8]
     database, owner, reader = f"dash_{suffix}", f"energy_{suffix}", f"reader_{suffix}"
     owner_password, reader_password = uuid.uuid4().hex, f"r'{uuid.uuid4().hex}\"x"
-    _admin(postgres, f'CREATE DATABASE "{database}"')
+    admin_sql(postgres, f'CREATE DATABASE "{database}"')
     try:
         # The chart's init script, with the environment the StatefulSet gives it.
         env = {
@@ -213,9 +204,9 @@ def chart_database(postgres: PostgresServer) -> Iterator[ChartDatabase]:
         now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
         yield ChartDatabase(owner_dsn, reader_dsn, now)
     finally:
-        _admin(postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        _admin(postgres, f'DROP ROLE IF EXISTS "{reader}"')
-        _admin(postgres, f'DROP ROLE IF EXISTS "{owner}"')
+        admin_sql(postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin_sql(postgres, f'DROP ROLE IF EXISTS "{reader}"')
+        admin_sql(postgres, f'DROP ROLE IF EXISTS "{owner}"')
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from energy_harness.localstack import KafkaCluster
+from energy_harness.testing import wait_for
 from energy_pipeline.core.contracts import (
     SENSOR_NAMES,
     Reading,
@@ -38,6 +39,7 @@ from energy_pipeline.db.writer import WriteResult
 pytestmark = pytest.mark.integration
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
+POLL_S = 0.1  # between two checks of a wait
 BAD = [b"{", b'{"schema":1,"site":"s","sensor":"pressure","device":"0"}', b"null"]
 
 Key = tuple[str, str, str, datetime]
@@ -132,15 +134,6 @@ def assert_exactly(dsn: str, expected: list[Reading]) -> None:
                WHERE r.n IS DISTINCT FROM f.n_readings"""
         )
         assert cur.fetchone()[0] == 0
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 120, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not done after {timeout}s: {what}")
 
 
 def committed(bootstrap: str, group: str, prefix: str) -> dict[tuple[str, int], int]:
@@ -277,8 +270,9 @@ def test_pipelined_batches_commit_in_order_after_the_database(
     group = f"g-{uuid.uuid4().hex[:6]}"
     worker = Worker(bootstrap, database, prefix, group, write_delay=0.02, batch=150)
     workers.append(worker.start())
-    wait_until(lambda: count(database) >= 3000, what="all readings stored")
-    wait_until(lambda: committed(bootstrap, group, prefix) == ends(bootstrap, prefix), 60)
+    wait_for(lambda: count(database) >= 3000, 120, "all readings stored", POLL_S)
+    wait_for(lambda: committed(bootstrap, group, prefix) == ends(bootstrap, prefix),
+             60, "offsets committed to the end", POLL_S)
     assert worker.stop() == 0
     assert worker.problems == []
     assert worker.offsets_in_order()
@@ -325,11 +319,12 @@ def test_a_rebalance_finishes_and_commits_the_batches_in_flight_first(
     group = f"g-{uuid.uuid4().hex[:6]}"
     first = Worker(bootstrap, database, prefix, group, write_delay=0.1, batch=100)
     workers.append(first.start())
-    wait_until(lambda: count(database) > 300, what="the first worker writing")
+    wait_for(lambda: count(database) > 300, 120, "the first worker writing", POLL_S)
     second = Worker(bootstrap, database, prefix, group, write_delay=0.02, batch=100)
     workers.append(second.start())
-    wait_until(lambda: count(database) >= 6000, what="all readings stored")
-    wait_until(lambda: committed(bootstrap, group, prefix) == ends(bootstrap, prefix), 60)
+    wait_for(lambda: count(database) >= 6000, 120, "all readings stored", POLL_S)
+    wait_for(lambda: committed(bootstrap, group, prefix) == ends(bootstrap, prefix),
+             60, "offsets committed to the end", POLL_S)
     assert first.revoked and sum(first.revoked) > 0, "no partitions moved to the second worker"
     assert second.inserted() > 0
     assert first.stop() == 0 and second.stop() == 0
@@ -351,7 +346,7 @@ def test_stopping_finishes_the_batches_in_flight_and_commits_them(
     group = f"g-{uuid.uuid4().hex[:6]}"
     worker = Worker(bootstrap, database, prefix, group, write_delay=0.3, batch=200)
     workers.append(worker.start())
-    wait_until(lambda: count(database) > 0, what="a first batch stored")
+    wait_for(lambda: count(database) > 0, 120, "a first batch stored", POLL_S)
     assert worker.stop() == 0
     assert worker.problems == []
     stored_before = count(database)
@@ -361,7 +356,7 @@ def test_stopping_finishes_the_batches_in_flight_and_commits_them(
     assert sum(max(0, o) for o in offsets.values()) == stored_before
     after = Worker(bootstrap, database, prefix, group, write_delay=0, batch=1000)
     workers.append(after.start())
-    wait_until(lambda: count(database) >= 4000, what="the rest stored")
+    wait_for(lambda: count(database) >= 4000, 120, "the rest stored", POLL_S)
     assert after.stop() == 0
     assert after.duplicates() == 0
     assert worker.inserted() + after.inserted() == 4000

@@ -31,7 +31,6 @@ import platform
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -60,6 +59,7 @@ from energy_harness.localstack import KafkaCluster, MosquittoBroker, PostgresSer
 from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.postgres import dsn as make_dsn
 from energy_harness.localstack.workers import WorkerProcess, service_env
+from energy_harness.testing import admin_sql, wait_for
 
 
 def cpu_seconds(pid: int) -> float:
@@ -94,15 +94,6 @@ def topic_end_total(admin: AdminClient, bootstrap: str, topics: list[str]) -> in
     finally:
         consumer.close()
     return total
-
-
-def wait_for(check: Iterator[bool] | object, timeout: float, interval: float = 0.2) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():  # type: ignore[operator]
-            return time.monotonic() - started
-        time.sleep(interval)
-    raise TimeoutError(f"not done after {timeout}s")
 
 
 def raw_producer(bootstrap: str, prefix: str, rows: list[Reading]) -> dict[str, float]:
@@ -189,7 +180,10 @@ def bench_bridge(
         if proc.exitcode != 0:
             raise RuntimeError(f"publisher exited with {proc.exitcode}")
     published_s = time.monotonic() - started
-    wait_for(lambda: topic_end_total(admin, bootstrap, sensor_topics) >= len(rows), 900, 0.1)
+    wait_for(
+        lambda: topic_end_total(admin, bootstrap, sensor_topics) >= len(rows),
+        900, "every record in Kafka", 0.1,
+    )
     seconds = time.monotonic() - started
     cpu = cpu_seconds(bridge.process.pid) - cpu0
     bridge.stop()
@@ -243,7 +237,7 @@ def broker_drain_ceiling(broker: HiveMQBroker, count: int = 20_000) -> dict[str,
         [(f"energy/{group}/temperature/{i % 16}", b'{"value": 1}') for i in range(count)],
     )
     client = session()
-    wait_for(lambda: received >= count, 600, 0.05)
+    wait_for(lambda: received >= count, 600, "every message received", 0.05)
     seconds = time.monotonic() - (first or time.monotonic())
     client.disconnect()
     client.loop_stop()
@@ -321,11 +315,11 @@ def bench_ingest(
     try:
         # Steady state: from the first stored row to the last, without process start-up and
         # the consumer-group join (a few seconds that would swamp 100k rows).
-        wait_for(lambda: count_rows(dsn) > 0, 120, 0.02)
+        wait_for(lambda: count_rows(dsn) > 0, 120, "the first row stored", 0.02)
         first = count_rows(dsn)
         cpu0 = cpu_seconds(ingest.process.pid)
         started = time.monotonic()
-        wait_for(lambda: count_rows(dsn) >= total, 600, 0.05)
+        wait_for(lambda: count_rows(dsn) >= total, 600, "every row stored", 0.05)
         seconds = time.monotonic() - started
         cpu = cpu_seconds(ingest.process.pid) - cpu0
     finally:
@@ -401,7 +395,7 @@ def latency(
     achieved = total / (time.monotonic() - started)
     publisher.wait_confirmed(60)
     publisher.close()
-    wait_for(lambda: count_rows(dsn) >= total, 600, 0.5)
+    wait_for(lambda: count_rows(dsn) >= total, 600, "every row stored", 0.5)
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT extract(epoch FROM ingested_at - ts) * 1000 FROM readings")
         lat = sorted(float(v) for (v,) in cur.fetchall())
@@ -419,11 +413,7 @@ def latency(
 
 def new_database(pg: PostgresServer) -> str:
     name = f"bench_{uuid.uuid4().hex[:8]}"
-    conn = psycopg2.connect(pg.admin_dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
+    admin_sql(pg, f'CREATE DATABASE "{name}"')
     url = make_dsn(pg.port, pg.password, name)
     migrate(url)
     return url

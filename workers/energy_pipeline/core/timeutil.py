@@ -29,8 +29,8 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(
-            f"duration {text!r} must look like 500ms, 90s, 5m, 24h, 7d or 2w "
-            "(a bare number is hours)"
+            f"not a duration: {text!r} (use e.g. 500ms, 90s, 5m, 24h, 7d or 2w; "
+            "a bare number is hours)"
         )
     try:
         return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
