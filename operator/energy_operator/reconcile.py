@@ -4,7 +4,8 @@ Called for create, update and resume events and periodically for drift, always w
 the object's name: the current object is read first, so every trigger converges on the same
 state whatever it saw. External trouble (Kafka or PostgreSQL down, a Secret missing) is
 never raised to kopf: it becomes a Degraded condition with an actionable message, and the
-next periodic pass tries again.
+next periodic pass tries again. Each step reports what it found and did into one `Outcome`
+and returns only what a later step needs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import psycopg2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from energy_pipeline.core.kafka import client_config
 from energy_pipeline.dataplane.topics import (
     TopicSpec,
     broker_count,
@@ -61,12 +63,39 @@ class Event:
 
 
 @dataclass
-class Outcome:
-    """What one reconcile found and did; `status` is what it wrote (or would have)."""
+class DatabaseFacts:
+    schema_version: int | None = None
+    last_forecast: datetime | None = None
+    promoted_models: int | None = None
 
-    status: dict[str, Any] = field(default_factory=dict)
+
+@dataclass
+class Outcome:
+    """What one reconcile found and did: each step reports into it as it goes.
+
+    `topics` and `database` are the facts the status reports, `events` what is posted on the
+    object, `changes` what is logged, `problems` what becomes the Degraded condition;
+    `status` is what the pass wrote (or would have), `skipped` why there was no pass.
+    """
+
     events: list[Event] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    topics: TopicsObserved = field(default_factory=lambda: TopicsObserved((), "Unknown"))
+    database: DatabaseFacts = field(default_factory=DatabaseFacts)
+    status: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None
+
+    def did(self, reason: str, message: str, change: str, type: str = "Normal") -> None:
+        """A change the pass made: an Event for whoever looks at the object, a line in the log."""
+        self.events.append(Event(reason, message, type))
+        self.changes.append(change)
+
+    def event(self, reason: str, message: str, type: str = "Normal") -> None:
+        self.events.append(Event(reason, message, type))
+
+    def problem(self, reason: str, message: str, *, blocking: bool = True) -> None:
+        self.problems.append(Problem(reason, message, blocking))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,45 +135,46 @@ ADMIN_CLIENTS = AdminClients()
 
 
 def _secret(kube: Kube, namespace: str, ref: Mapping[str, Any] | None, key_field: str,
-            field_name: str, problems: list[Problem]) -> str | None:
+            field_name: str, outcome: Outcome) -> str | None:
     if not ref:
         return None
     key = ref[key_field]
     try:
         value = kube.secret_value(namespace, ref["name"], key)
     except KubeError as exc:
-        problems.append(Problem("SecretUnreadable", f"cannot read Secret {ref['name']} "
-                                f"({field_name}): {exc.message}"))
+        outcome.problem("SecretUnreadable", f"cannot read Secret {ref['name']} "
+                        f"({field_name}): {exc.message}")
         return None
     if value is None:
-        problems.append(Problem(
+        outcome.problem(
             "SecretMissing",
             f"Secret {namespace}/{ref['name']} with key {key!r} ({field_name}) not found; "
             f"create it, e.g. kubectl create secret generic {ref['name']} --from-literal={key}=...",
-        ))
+        )
     return value
 
 
 def kafka_config(kube: Kube, namespace: str, spec: Mapping[str, Any],
-                 problems: list[Problem]) -> dict[str, str] | None:
+                 outcome: Outcome) -> dict[str, str] | None:
     """The operator's own Kafka client settings: the same the workers get."""
     kafka = spec["kafka"]
-    config = {
-        "bootstrap.servers": kafka["bootstrapServers"],
-        "security.protocol": kafka["securityProtocol"],
-        "socket.connection.setup.timeout.ms": "5000",
-    }
-    sasl = kafka.get("sasl")
+    sasl = kafka.get("sasl") or {}
+    user: str | None = ""
+    password: str | None = ""
     if sasl:
         ref = sasl["credentialsSecret"]
         field_name = "spec.kafka.sasl.credentialsSecret"
-        user = _secret(kube, namespace, ref, "usernameKey", field_name, problems)
-        password = _secret(kube, namespace, ref, "passwordKey", field_name, problems)
+        user = _secret(kube, namespace, ref, "usernameKey", field_name, outcome)
+        password = _secret(kube, namespace, ref, "passwordKey", field_name, outcome)
         if user is None or password is None:
             return None
-        config.update({"sasl.mechanism": sasl["mechanism"], "sasl.username": user,
-                       "sasl.password": password})
-    return config
+    return {
+        **client_config(kafka["bootstrapServers"], kafka["securityProtocol"],
+                        sasl_mechanism=sasl.get("mechanism", ""), sasl_username=user,
+                        sasl_password=password),
+        # An unreachable broker costs one pass seconds, not librdkafka's default 30.
+        "socket.connection.setup.timeout.ms": "5000",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,8 +182,8 @@ def kafka_config(kube: Kube, namespace: str, spec: Mapping[str, Any],
 # ---------------------------------------------------------------------------------------------
 
 def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
-                   adopt: Adopt, restoring: bool, fresh: frozenset[str] = frozenset()
-                   ) -> tuple[list[Event], list[Problem], list[str]]:
+                   adopt: Adopt, outcome: Outcome, *, restoring: bool,
+                   fresh: frozenset[str] = frozenset()) -> None:
     """Apply every rendered child; delete owned children the spec no longer asks for.
 
     A missing child is reported as restored (someone deleted it) when `restoring`, unless its
@@ -174,13 +204,16 @@ def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
             existing[key] = _version(item)
             if (api_version, kind) in render.PRUNABLE_KINDS and _controlled_by(item, meta):
                 prunable[key] = (api_version, item["metadata"]["uid"])
-    created, restored, updated, deleted, problems = [], [], [], [], []
+    created: list[str] = []
+    restored: list[str] = []
+    updated: list[str] = []
+    deleted: list[str] = []
     for child in children:
         key = (child["kind"], child["metadata"]["name"])
         try:
             applied = kube.apply(child)
         except KubeError as exc:
-            problems.append(Problem("ApplyFailed", f"{key[0]} {key[1]}: {exc.message}"))
+            outcome.problem("ApplyFailed", f"{key[0]} {key[1]}: {exc.message}")
             continue
         label = f"{key[0]} {key[1]}"
         component = child["metadata"]["labels"].get("app.kubernetes.io/component")
@@ -196,25 +229,18 @@ def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
                 deleted.append(f"{key[0]} {key[1]}")
         except KubeError as exc:
             # The data still flows; what is left over only costs resources.
-            problems.append(Problem("DeleteFailed", f"{key[0]} {key[1]} is no longer in the "
-                                    f"spec but could not be deleted: {exc.message}",
-                                    blocking=False))
-    events = []
-    changes = []
+            outcome.problem("DeleteFailed", f"{key[0]} {key[1]} is no longer in the spec but "
+                            f"could not be deleted: {exc.message}", blocking=False)
     if created:
-        events.append(Event("Created", "created " + ", ".join(created)))
-        changes.append("created " + ", ".join(created))
+        outcome.did("Created", "created " + ", ".join(created), "created " + ", ".join(created))
     if restored:
-        events.append(Event("Restored", "recreated missing " + ", ".join(restored), "Warning"))
-        changes.append("recreated " + ", ".join(restored))
+        outcome.did("Restored", "recreated missing " + ", ".join(restored),
+                    "recreated " + ", ".join(restored), "Warning")
     if updated:
-        events.append(Event("Updated", "updated " + ", ".join(updated)))
-        changes.append("updated " + ", ".join(updated))
+        outcome.did("Updated", "updated " + ", ".join(updated), "updated " + ", ".join(updated))
     if deleted:
-        events.append(Event("Deleted", "deleted " + ", ".join(deleted)
-                            + " (no longer asked for by the spec)"))
-        changes.append("deleted " + ", ".join(deleted))
-    return events, problems, changes
+        outcome.did("Deleted", "deleted " + ", ".join(deleted)
+                    + " (no longer asked for by the spec)", "deleted " + ", ".join(deleted))
 
 
 def _controlled_by(obj: Mapping[str, Any], owner_meta: Mapping[str, Any]) -> bool:
@@ -244,14 +270,14 @@ def topic_specs(spec: Mapping[str, Any]) -> list[TopicSpec]:
 
 
 def reconcile_topics(admin: AdminClient | None, spec: Mapping[str, Any], change: bool,
-                     problems: list[Problem]) -> tuple[TopicsObserved, list[Event], list[str]]:
+                     outcome: Outcome) -> None:
+    """Create missing topics and grow partitions; `outcome.topics` is what Kafka now has."""
     specs = topic_specs(spec)
     names = tuple(s.name for s in specs)
     bootstrap = spec["kafka"]["bootstrapServers"]
+    outcome.topics = TopicsObserved(names, "Unknown")  # until Kafka answers
     if admin is None:
-        return TopicsObserved(names, "Unknown"), [], []
-    events: list[Event] = []
-    changes: list[str] = []
+        return
     try:
         current = describe_topics(admin, list(names), timeout=KAFKA_TIMEOUT)
         plans = [plan_topic(s, current.get(s.name)) for s in specs]
@@ -260,109 +286,94 @@ def reconcile_topics(admin: AdminClient | None, spec: Mapping[str, Any], change:
             brokers = broker_count(admin, KAFKA_TIMEOUT) if to_create else 0
             rf = spec["kafka"]["replicationFactor"]
             if to_create and rf > brokers:
-                problems.append(Problem(
+                outcome.problem(
                     "ReplicationFactorTooHigh",
                     f"spec.kafka.replicationFactor is {rf} but the cluster at {bootstrap} has "
                     f"{brokers} broker(s); lower it or add brokers",
-                ))
+                )
                 to_create = []
             for plan in to_create:
                 create_topic(admin, plan.spec, timeout=30)
             if to_create:
                 created = ", ".join(p.spec.name for p in to_create)
-                events.append(Event(
+                outcome.did(
                     "TopicsCreated",
                     f"created {created} ({specs[0].partitions} partitions, replication factor "
                     f"{specs[0].replication_factor})",
-                ))
-                changes.append(f"created topics {created}")
+                    f"created topics {created}",
+                )
             grown = [p for p in plans if p.action == "grow"]
             for plan in grown:
                 grow_partitions(admin, plan.spec.name, plan.spec.partitions, timeout=30)
             if grown:
                 detail = ", ".join(f"{p.spec.name} {p.current.partitions}->{p.spec.partitions}"
                                    for p in grown if p.current)
-                events.append(Event("PartitionsIncreased", f"grew {detail}"))
-                changes.append(f"grew partitions of {detail}")
+                outcome.did("PartitionsIncreased", f"grew {detail}",
+                            f"grew partitions of {detail}")
             if to_create or grown:
                 current = describe_topics(admin, list(names), timeout=KAFKA_TIMEOUT)
                 plans = [plan_topic(s, current.get(s.name)) for s in specs]
     except (KafkaException, TimeoutError, RuntimeError) as exc:
-        problems.append(Problem(
+        outcome.problem(
             "KafkaUnreachable",
             f"Kafka at {bootstrap} (spec.kafka.bootstrapServers): {exc}; check the address "
             "and that the brokers are up",
-        ))
-        return TopicsObserved(names, "Unknown"), events, changes
+        )
+        return
     shrink = [p for p in plans if p.action == "shrink_refused" and p.current]
     if shrink:
         most = max(p.current.partitions for p in shrink if p.current)
-        problems.append(Problem(
+        outcome.problem(
             "PartitionShrinkRefused",
             describe_problems(shrink)[0] + f"; set spec.kafka.partitions to at least {most}",
             blocking=False,
-        ))
+        )
     differs = [p for p in plans if p.action == "replication_differs"]
     if differs:
-        problems.append(Problem("ReplicationFactorDiffers", describe_problems(differs)[0],
-                                blocking=False))
+        outcome.problem("ReplicationFactorDiffers", describe_problems(differs)[0],
+                        blocking=False)
     missing = [p.spec.name for p in plans if p.current is None]
     existing = [p.current for p in plans if p.current is not None]
     state = "Pending" if missing else ("Degraded" if shrink or differs else "Ready")
-    return (
-        TopicsObserved(
-            names, state,
-            partitions=min((t.partitions for t in existing), default=None),
-            replication_factor=min((t.replication_factor for t in existing), default=None),
-        ),
-        events,
-        changes,
+    outcome.topics = TopicsObserved(
+        names, state,
+        partitions=min((t.partitions for t in existing), default=None),
+        replication_factor=min((t.replication_factor for t in existing), default=None),
     )
 
 
-@dataclass
-class DatabaseFacts:
-    schema_version: int | None = None
-    last_forecast: datetime | None = None
-    promoted_models: int | None = None
-
-
-def reconcile_schema(url: str | None, change: bool, problems: list[Problem]
-                     ) -> tuple[DatabaseFacts, list[Event], list[str]]:
-    """Migrate when behind; returns what the status reports of the database."""
+def reconcile_schema(url: str | None, change: bool, outcome: Outcome) -> None:
+    """Migrate when behind; `outcome.database` is what the status reports of the database."""
     if url is None:
-        return DatabaseFacts(), [], []
-    events: list[Event] = []
-    changes: list[str] = []
+        return
     try:  # db.connect bounds every connect: an unreachable database costs a pass seconds
         version = schema_version(url)
         latest = latest_version()
         if change and version < latest:
             new = migrate(url)
-            events.append(Event("Migrated", f"database schema migrated from version {version} "
-                                f"to {new}"))
-            changes.append(f"migrated schema {version}->{new}")
+            outcome.did("Migrated", f"database schema migrated from version {version} to {new}",
+                        f"migrated schema {version}->{new}")
             version = new
         elif version > latest:
-            problems.append(Problem(
+            outcome.problem(
                 "SchemaNewer",
                 f"database schema version {version} is newer than this release knows "
                 f"({latest}); use the image of a matching release",
-            ))
+            )
         facts = registry_facts(url) if version >= 1 else DatabaseFacts()
         facts.schema_version = version
     except MigrationError as exc:
-        problems.append(Problem("MigrationFailed", f"database migration failed: {exc}"))
-        return DatabaseFacts(), events, changes
+        outcome.problem("MigrationFailed", f"database migration failed: {exc}")
+        return
     except psycopg2.Error as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        problems.append(Problem(
+        outcome.problem(
             "DatabaseUnreachable",
             f"PostgreSQL (spec.database.urlSecret): {first_line}; check the URL in the Secret "
             "and that the server is up",
-        ))
-        return DatabaseFacts(), events, changes
-    return facts, events, changes
+        )
+        return
+    outcome.database = facts
 
 
 def registry_facts(dsn: str) -> DatabaseFacts:
@@ -429,13 +440,11 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
     previous = body.get("status") or {}
     paused = bool(spec["paused"])
     change = not paused
-    problems: list[Problem] = []
-    events: list[Event] = []
-    changes: list[str] = []
+    outcome = Outcome()
 
     db_url = _secret(kube, namespace, spec["database"]["urlSecret"], "key",
-                     "spec.database.urlSecret", problems)
-    kafka = kafka_config(kube, namespace, spec, problems)
+                     "spec.database.urlSecret", outcome)
+    kafka = kafka_config(kube, namespace, spec, outcome)
 
     if change:
         restoring = "observedGeneration" in previous
@@ -443,65 +452,61 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
         # restored.
         fresh = frozenset(w for w in OPTIONAL_WORKERS
                           if w not in (previous.get("workloads") or {}))
-        ev, pr, ch = apply_children(kube, body, spec, adopt, restoring, fresh)
-        events += ev
-        problems += pr
-        changes += ch
+        apply_children(kube, body, spec, adopt, outcome, restoring=restoring, fresh=fresh)
 
     admin = ADMIN_CLIENTS.get(kafka) if kafka is not None else None
-    topics, ev, ch = reconcile_topics(admin, spec, change, problems)
-    events += ev
-    changes += ch
+    reconcile_topics(admin, spec, change, outcome)
     if admin is not None and kafka is not None:
         admin.poll(0)  # hands librdkafka's queued log lines to the `librdkafka` logger
-        if topics.state == "Unknown":
+        if outcome.topics.state == "Unknown":
             ADMIN_CLIENTS.discard(kafka)
 
-    facts, ev, ch = reconcile_schema(db_url, change, problems)
-    events += ev
-    changes += ch
+    reconcile_schema(db_url, change, outcome)
 
+    database = outcome.database
     observed = Observed(
         generation=int(body["metadata"].get("generation", 0)),
         paused=paused,
         workloads=observe_workloads(kube, name, namespace, spec),
-        topics=topics,
-        schema_version=facts.schema_version,
+        topics=outcome.topics,
+        schema_version=database.schema_version,
         schema_latest=latest_version(),
-        last_forecast=facts.last_forecast,
-        promoted_models=facts.promoted_models,
-        problems=problems,
-        changes=changes,
+        last_forecast=database.last_forecast,
+        promoted_models=database.promoted_models,
+        problems=outcome.problems,
+        changes=outcome.changes,
     )
-    status = build_status(observed, name, previous, now())
+    outcome.status = build_status(observed, name, previous, now())
 
     # Warn once per new problem, not on every pass while it lasts.
-    for problem in problems:
+    for problem in outcome.problems:
         if not _already_reported(problem, previous):
-            events.append(Event(problem.reason, problem.message, "Warning"))
+            outcome.event(problem.reason, problem.message, "Warning")
     if paused and not previous.get("paused"):
-        events.append(Event("Paused", "spec.paused is true: children are left untouched"))
+        outcome.event("Paused", "spec.paused is true: children are left untouched")
     if not paused and previous.get("paused"):
-        events.append(Event("Resumed", "spec.paused is false: reconciling again"))
+        outcome.event("Resumed", "spec.paused is false: reconciling again")
 
     # Events first: whoever sees the new status can also find what led to it.
-    for event in events:
+    for event in outcome.events:
         try:
             kube.post_event(body, event.reason, event.message, event.type)
         except KubeError as exc:
             log.warning("could not post event", extra={"reason": event.reason,
                                                        "error": exc.message})
-    if status != previous:
+    if outcome.status != previous:
         try:
             kube.merge_patch(crd.API_VERSION, crd.KIND, namespace, name,
-                             {"status": status_patch(status, previous)}, subresource="status")
+                             {"status": status_patch(outcome.status, previous)},
+                             subresource="status")
         except KubeError as exc:
             if exc.status != 404:
                 raise
-    if changes or problems:
-        log.info("reconciled", extra={"pipeline": f"{namespace}/{name}", "changes": changes,
-                                      "problems": [p.reason for p in problems]})
-    return Outcome(status=status, events=events)
+    if outcome.changes or outcome.problems:
+        log.info("reconciled", extra={"pipeline": f"{namespace}/{name}",
+                                      "changes": outcome.changes,
+                                      "problems": [p.reason for p in outcome.problems]})
+    return outcome
 
 
 def _already_reported(problem: Problem, previous: Mapping[str, Any]) -> bool:
@@ -517,10 +522,10 @@ def delete_pipeline_topics(kube: Kube, body: Mapping[str, Any]) -> list[str]:
     """The finalizer's work: delete the topics (only when spec.kafka.deleteTopicsOnDelete)."""
     meta = body["metadata"]
     spec = crd.with_defaults(body.get("spec") or {})
-    problems: list[Problem] = []
-    config = kafka_config(kube, meta["namespace"], spec, problems)
+    outcome = Outcome()
+    config = kafka_config(kube, meta["namespace"], spec, outcome)
     if config is None:
-        raise RuntimeError("; ".join(p.message for p in problems))
+        raise RuntimeError("; ".join(p.message for p in outcome.problems))
     deleted = delete_topics(ADMIN_CLIENTS.get(config), render.topic_names(spec), timeout=30)
     if deleted:
         kube.post_event(dict(body), "TopicsDeleted", "deleted " + ", ".join(deleted) +

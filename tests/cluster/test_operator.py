@@ -29,8 +29,10 @@ from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess
 from energy_harness.operator_local import OperatorProcess
 from energy_harness.testing import admin_sql, wait_for
-from energy_operator import render
+from energy_operator import crd, render
 from energy_operator.kube import Kube
+from energy_operator.reconcile import Outcome, kafka_config
+from energy_pipeline.core.settings import KafkaSettings, load
 from energy_pipeline.dataplane.topics import delete_topics, describe_topics
 from energy_pipeline.db.migrate import latest_version, schema_version
 
@@ -641,6 +643,41 @@ def test_missing_secret_and_unreachable_kafka_are_reported(pipeline: Pipeline) -
     pipeline.patch({"kafka": {"bootstrapServers": pipeline.bootstrap}})
     pipeline.wait_ready()
     assert pipeline.condition("Degraded")["status"] == "False"
+
+
+def test_the_operator_reaches_kafka_with_the_workers_credentials(kube: KubeControlPlane) -> None:
+    """SASL user and password from the Secret, through the builder the workers use."""
+    client = Kube(kube.api_client)
+    namespace = f"sasl-{uuid.uuid4().hex[:8]}"
+    client.request("POST", "/api/v1/namespaces", body={
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    try:
+        spec = crd.with_defaults({
+            "mqtt": {"host": "m"},
+            "database": {"urlSecret": {"name": "pg"}},
+            "kafka": {"bootstrapServers": "k:9093", "securityProtocol": "SASL_SSL",
+                      "sasl": {"mechanism": "SCRAM-SHA-256",
+                               "credentialsSecret": {"name": "kafka-user"}}},
+        })
+        missing = Outcome()
+        assert kafka_config(client, namespace, spec, missing) is None
+        assert [p.reason for p in missing.problems] == ["SecretMissing", "SecretMissing"]
+        assert "kubectl create secret generic kafka-user" in missing.problems[0].message
+
+        client.create({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "kafka-user", "namespace": namespace},
+                       "stringData": {"username": "ingest", "password": "s3cret"}})
+        found = Outcome()
+        config = kafka_config(client, namespace, spec, found)
+        assert not found.problems
+        workers = load(KafkaSettings, {
+            "KAFKA_BOOTSTRAP_SERVERS": "k:9093", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KAFKA_SASL_USERNAME": "ingest",
+            "KAFKA_SASL_PASSWORD": "s3cret"})
+        assert config == {**workers.kafka_client_config(),
+                          "socket.connection.setup.timeout.ms": "5000"}
+    finally:
+        client.request("DELETE", f"/api/v1/namespaces/{namespace}")
 
 
 def test_deleting_removes_children_and_keeps_topics(pipeline: Pipeline) -> None:

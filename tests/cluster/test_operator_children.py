@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_operator.kube import Kube
-from energy_operator.reconcile import apply_children
+from energy_operator.reconcile import Outcome, apply_children
 from kubernetes import config
 
 pytestmark = pytest.mark.cluster
@@ -77,34 +77,40 @@ def present(client: Kube, namespace: str, wanted: set[tuple[str, str]]) -> set[t
     return {(k, n) for k, n in wanted if client.get(KINDS[k], k, namespace, n) is not None}
 
 
+def apply(client: Kube, body: dict[str, Any], wanted: dict[str, Any], restoring: bool,
+          fresh: frozenset[str] = frozenset()) -> Outcome:
+    """One `apply_children` step, with what it reported."""
+    outcome = Outcome()
+    apply_children(client, body, wanted, adopt, outcome, restoring=restoring, fresh=fresh)
+    return outcome
+
+
 def test_enabling_creates_and_disabling_deletes_the_api_children(
     kube: KubeControlPlane, namespace: str
 ) -> None:
     client = Kube(kube.api_client)
     body = owner(client, namespace, "demo")
-    events, problems, changes = apply_children(client, body, spec(False), adopt, False)
-    assert not problems and not present(client, namespace, API_CHILDREN)
-    assert [e.reason for e in events] == ["Created"]
+    out = apply(client, body, spec(False), False)
+    assert not out.problems and not present(client, namespace, API_CHILDREN)
+    assert [e.reason for e in out.events] == ["Created"]
 
     # Enabled on a running pipeline: created (not "restored", which means someone deleted it).
-    events, problems, changes = apply_children(
-        client, body, spec(True), adopt, True, frozenset({"api"})
-    )
-    assert not problems and present(client, namespace, API_CHILDREN) == API_CHILDREN
-    assert [e.reason for e in events] == ["Created"]
-    assert "Deployment demo-api" in events[0].message
+    out = apply(client, body, spec(True), True, frozenset({"api"}))
+    assert not out.problems and present(client, namespace, API_CHILDREN) == API_CHILDREN
+    assert [e.reason for e in out.events] == ["Created"]
+    assert "Deployment demo-api" in out.events[0].message
 
     # Nothing changed: nothing to report, nothing deleted.
-    events, problems, changes = apply_children(client, body, spec(True), adopt, True)
-    assert (events, problems, changes) == ([], [], [])
+    out = apply(client, body, spec(True), True)
+    assert (out.events, out.problems, out.changes) == ([], [], [])
     assert present(client, namespace, API_CHILDREN) == API_CHILDREN
 
-    events, problems, changes = apply_children(client, body, spec(False), adopt, True)
-    assert not problems
+    out = apply(client, body, spec(False), True)
+    assert not out.problems
     assert not present(client, namespace, API_CHILDREN)
-    assert [e.reason for e in events] == ["Deleted"]
-    assert "Deployment demo-api" in events[0].message and "spec" in events[0].message
-    assert any(c.startswith("deleted ") for c in changes)
+    assert [e.reason for e in out.events] == ["Deleted"]
+    assert "Deployment demo-api" in out.events[0].message and "spec" in out.events[0].message
+    assert any(c.startswith("deleted ") for c in out.changes)
     assert present(client, namespace, {("Service", "demo-inference")})
 
 
@@ -113,11 +119,11 @@ def test_a_missing_api_child_of_an_enabled_api_is_restored(
 ) -> None:
     client = Kube(kube.api_client)
     body = owner(client, namespace, "demo")
-    apply_children(client, body, spec(True), adopt, False)
+    apply(client, body, spec(True), False)
     client.request("DELETE", f"/api/v1/namespaces/{namespace}/services/demo-api")
-    events, problems, _ = apply_children(client, body, spec(True), adopt, True)
-    assert not problems and [e.reason for e in events] == ["Restored"]
-    assert events[0].message == "recreated missing Service demo-api"
+    out = apply(client, body, spec(True), True)
+    assert not out.problems and [e.reason for e in out.events] == ["Restored"]
+    assert out.events[0].message == "recreated missing Service demo-api"
 
 
 def test_objects_it_does_not_control_are_never_deleted(
@@ -125,7 +131,7 @@ def test_objects_it_does_not_control_are_never_deleted(
 ) -> None:
     client = Kube(kube.api_client)
     body = owner(client, namespace, "demo")
-    apply_children(client, body, spec(False), adopt, False)
+    apply(client, body, spec(False), False)
     labels = client.get("apps/v1", "Deployment", namespace, "demo-bridge")["metadata"]["labels"]
     # Someone else's Service with the same labels and the name the API would have.
     client.create(
@@ -145,8 +151,8 @@ def test_objects_it_does_not_control_are_never_deleted(
     foreign["metadata"]["name"] = "demo-old"
     adopt([foreign], other)
     client.create(foreign)
-    events, problems, _ = apply_children(client, body, spec(False), adopt, True)
-    assert not problems and not events
+    out = apply(client, body, spec(False), True)
+    assert not out.problems and not out.events
     assert present(client, namespace, {("Service", "demo-api"), ("Deployment", "demo-old")}) == {
         ("Service", "demo-api"),
         ("Deployment", "demo-old"),
@@ -158,7 +164,7 @@ def test_a_refused_delete_is_reported_naming_the_object(
 ) -> None:
     admin = Kube(kube.api_client)
     body = owner(admin, namespace, "demo")
-    apply_children(admin, body, spec(True), adopt, False)
+    apply(admin, body, spec(True), False)
     # A user who may do everything in the namespace except delete.
     rbac = f"/apis/{RBAC}/v1/namespaces/{namespace}"
     admin.request(
@@ -194,7 +200,7 @@ def test_a_refused_delete_is_reported_naming_the_object(
     )
     api = config.new_client_from_config(config_file=str(kube.kubeconfig))
     api.set_default_header("Impersonate-User", "no-delete")
-    _, problems, _ = apply_children(Kube(api), body, spec(False), adopt, True)
+    problems = apply(Kube(api), body, spec(False), True).problems
     assert {p.reason for p in problems} == {"DeleteFailed"}
     assert not any(p.blocking for p in problems)  # the data still flows
     assert any("Deployment demo-api" in p.message and "forbidden" in p.message for p in problems)

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from energy_pipeline.core.contracts import Limits
+from energy_pipeline.core.kafka import client_config
 
 T = TypeVar("T")
 
@@ -122,19 +123,13 @@ class KafkaSettings:
     kafka_sasl_password: str = env("KAFKA_SASL_PASSWORD", "", doc="SASL password")
 
     def kafka_client_config(self) -> dict[str, str]:
-        config = {
-            "bootstrap.servers": self.kafka_bootstrap_servers,
-            "security.protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_sasl_username:
-            config.update(
-                {
-                    "sasl.mechanism": self.kafka_sasl_mechanism,
-                    "sasl.username": self.kafka_sasl_username,
-                    "sasl.password": self.kafka_sasl_password,
-                }
-            )
-        return config
+        return client_config(
+            self.kafka_bootstrap_servers,
+            self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+        )
 
 
 def default_client_id() -> str:
