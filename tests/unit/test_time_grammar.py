@@ -1,5 +1,6 @@
 """The CLI's one grammar of durations and times: what simulate and the read API took before
-the merge (`500ms`, `1.5h`, `now-7d`) and what backtest took (a bare number of hours)."""
+the merge (`500ms`, `1.5h`, `now-7d`) and what backtest took (a bare number of hours, where the
+option names hours as its unit)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,6 @@ NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
         ("24h", timedelta(hours=24)),
         ("15d", timedelta(days=15)),
         ("2w", timedelta(weeks=2)),
-        ("6", timedelta(hours=6)),  # backtest's bare number of hours
-        ("0.5", timedelta(minutes=30)),
         (" 7 d ", timedelta(days=7)),
         ("0s", timedelta(0)),
     ],
@@ -48,6 +47,16 @@ def test_durations_of_both_old_grammars(text: str, expected: timedelta) -> None:
 )
 def test_what_is_not_a_duration(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("6", timedelta(hours=6)), ("0.5", timedelta(minutes=30))]
+)
+def test_a_bare_number_takes_the_unit_the_option_names(text: str, expected: timedelta) -> None:
+    assert parse_duration(text, bare_unit="h") == expected
+    # Without one it is refused, not guessed: `simulate --interval 5` is not five hours.
+    with pytest.raises(ValueError, match="a number and a unit"):
         parse_duration(text)
 
 
@@ -77,7 +86,7 @@ def test_whole_hours_refuse_fractions_and_zero(text: str) -> None:
         (" now ", NOW),
         ("now-7d", NOW - timedelta(days=7)),
         ("now+1h", NOW + timedelta(hours=1)),
-        ("now-6", NOW - timedelta(hours=6)),
+        ("now-6h", NOW - timedelta(hours=6)),
         ("now-500ms", NOW - timedelta(milliseconds=500)),
         ("2025-01-01T00:00:00", datetime(2025, 1, 1, tzinfo=UTC)),
         ("2025-01-01 02:00+02:00", datetime(2025, 1, 1, tzinfo=UTC)),
@@ -91,7 +100,7 @@ def test_times(text: str, expected: datetime) -> None:
     assert parsed.utcoffset() == timedelta(0)
 
 
-@pytest.mark.parametrize("text", ["", "now-", "now*2", "now 7d", "nowadays", "yesterday"])
+@pytest.mark.parametrize("text", ["", "now-", "now-6", "now*2", "now 7d", "nowadays", "yesterday"])
 def test_what_is_not_a_time(text: str) -> None:
     with pytest.raises(ValueError):
         parse_time(text, NOW)

@@ -1,7 +1,9 @@
 """The one grammar of durations and times, for every command and the read API.
 
-Durations: a number and a unit, ms, s, m, h, d or w ("500ms", "90s", "1.5d", "2w"); a bare
-number is hours ("6"), as backtest's --every has always read it. Times: ISO 8601 (UTC when it
+Durations: a number and a unit, ms, s, m, h, d or w ("500ms", "90s", "1.5d", "2w"). A bare
+number is accepted only where the option names its unit: backtest's --every and
+--retrain-every are hours ("6"), as they have always been read; elsewhere ("simulate
+--interval 5") it is refused rather than guessed. Times: ISO 8601 (UTC when it
 has no offset), or "now", "now-<duration>", "now+<duration>". Results are `timedelta` and
 UTC-aware `datetime`; forecasting converts to numpy at its own edge (`forecasting.frame`), so
 that this module stays free of numpy.
@@ -20,27 +22,30 @@ _UNITS = {
     "h": "hours",
     "d": "days",
     "w": "weeks",
-    None: "hours",
 }
 _HOUR = timedelta(hours=1)
 
 
-def parse_duration(text: str) -> timedelta:
+def parse_duration(text: str, bare_unit: str | None = None) -> timedelta:
+    """A duration; `bare_unit` (one of the units) is what a number without a unit means, and
+    without it such a number is refused."""
     match = _DURATION.match(text)
-    if not match:
+    unit = match.group(2) or bare_unit if match else None
+    if not match or unit is None:
         raise ValueError(
-            f"not a duration: {text!r} (use e.g. 500ms, 90s, 5m, 24h, 7d or 2w; "
-            "a bare number is hours)"
+            f"not a duration: {text!r} (use a number and a unit, e.g. 500ms, 90s, 5m, 24h, 7d "
+            "or 2w)"
         )
     try:
-        return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        return timedelta(**{_UNITS[unit]: float(match.group(1))})
     except OverflowError:
         raise ValueError(f"duration {text!r} is too long") from None
 
 
 def parse_duration_hours(text: str) -> int:
-    """A duration that must be a whole number of hours, at least 1 (backtest's steps)."""
-    hours, rest = divmod(parse_duration(text), _HOUR)
+    """A duration that must be a whole number of hours, at least 1 (backtest's steps); a bare
+    number is hours."""
+    hours, rest = divmod(parse_duration(text, bare_unit="h"), _HOUR)
     if hours < 1 or rest:
         raise ValueError(f"duration {text!r} must be a whole number of hours, at least 1")
     return hours
