@@ -17,7 +17,8 @@ from energy_pipeline.core.contracts import (
 )
 from energy_pipeline.core.settings import SettingsError, env, load
 from energy_pipeline.core.timeutil import floor_time, parse_duration, parse_time
-from energy_pipeline.core.validation import Limits, Reason, Rejection, parse_kafka_value, parse_mqtt
+from energy_pipeline.core.validation import Limits, Reason, Rejection
+from energy_pipeline.core.validation_fast import parse_kafka_value, parse_mqtt
 from energy_pipeline.simulation.publisher import combined_messages
 from energy_pipeline.simulation.signals import SimulationConfig, generate
 

@@ -1,9 +1,9 @@
-"""The parsers' fast paths agree with the checked parsers, input for input.
+"""validation_fast's parsers agree with validation's readable ones, input for input.
 
 parse_kafka_value and parse_mqtt run once per message, so the common case, a well-formed
 reading, takes a short path (a regular expression for records exactly as this pipeline
 writes them, else the JSON decoder with the checks folded together). Whatever the short path
-accepts, the checked parser must accept identically; whatever it does not, the checked
+accepts, the readable parser must accept identically; whatever it does not, the readable
 parser decides. Here both run over well-formed records and thousands of mutations of them.
 """
 
@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from energy_pipeline.core import validation, validation_fast
 from energy_pipeline.core.contracts import (
     SENSOR_NAMES,
     SENSORS,
@@ -23,18 +26,8 @@ from energy_pipeline.core.contracts import (
     mqtt_topic,
     new_reading,
 )
-from energy_pipeline.core.validation import (
-    Limits,
-    Reason,
-    Rejection,
-    _kafka_fast,
-    _mqtt_fast,
-    parse_kafka_value,
-    parse_kafka_value_checked,
-    parse_kafka_values,
-    parse_mqtt,
-    parse_mqtt_checked,
-)
+from energy_pipeline.core.validation import Limits, Reason, Rejection
+from energy_pipeline.core.validation_fast import _kafka_fast, _mqtt_fast, parse_kafka_values
 
 pytestmark = pytest.mark.unit
 
@@ -155,34 +148,36 @@ def kafka_corpus(seed: int, readings: int = 300, per_reading: int = 30) -> list[
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_kafka_fast_path_agrees_with_the_checked_parser(seed: int) -> None:
+def test_kafka_fast_path_agrees_with_the_readable_parser(seed: int) -> None:
     accepted = 0
     for value in kafka_corpus(seed):
-        checked = parse_kafka_value_checked(value, NOW, LIMITS)
-        assert exact(parse_kafka_value(value, NOW, LIMITS)) == exact(checked), value
+        readable = validation.parse_kafka_value(value, NOW, LIMITS)
+        assert exact(validation_fast.parse_kafka_value(value, NOW, LIMITS)) == exact(readable), (
+            value
+        )
         fast = _kafka_fast(value, NOW, LIMITS)
         if fast is not None:
             accepted += 1
-            assert exact(fast) == exact(checked), value
+            assert exact(fast) == exact(readable), value
     assert accepted > 1000  # the short path does carry the common case
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_the_batch_parser_agrees_with_the_checked_parser(seed: int) -> None:
+def test_the_batch_parser_agrees_with_the_readable_parser(seed: int) -> None:
     corpus = kafka_corpus(seed + 10, readings=200, per_reading=10)
     # Repeated timestamps share a datetime in a batch: repeat records, in another order too.
     corpus += random.Random(seed).sample(corpus, len(corpus) // 2)
     corpus += [None, bytearray(corpus[0])]  # type: ignore[list-item]
-    expected = [exact(parse_kafka_value_checked(v, NOW, LIMITS)) for v in corpus]
+    expected = [exact(validation.parse_kafka_value(v, NOW, LIMITS)) for v in corpus]
     assert [exact(r) for r in parse_kafka_values(corpus, NOW, LIMITS)] == expected
     assert parse_kafka_values([], NOW, LIMITS) == []
     tight = Limits(max_payload_bytes=100, max_future=timedelta(0))
-    expected = [exact(parse_kafka_value_checked(v, NOW, tight)) for v in corpus]
+    expected = [exact(validation.parse_kafka_value(v, NOW, tight)) for v in corpus]
     assert [exact(r) for r in parse_kafka_values(corpus, NOW, tight)] == expected
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_mqtt_fast_path_agrees_with_the_checked_parser(seed: int) -> None:
+def test_mqtt_fast_path_agrees_with_the_readable_parser(seed: int) -> None:
     rng = random.Random(seed)
     accepted = 0
     for _ in range(300):
@@ -201,16 +196,27 @@ def test_mqtt_fast_path_agrees_with_the_checked_parser(seed: int) -> None:
             payloads.append(json.dumps(doc).encode())
         for topic in topics:
             for payload in payloads:
-                checked = parse_mqtt_checked(topic, payload, NOW, LIMITS)
-                assert exact(parse_mqtt(topic, payload, NOW, LIMITS)) == exact(checked), (
+                readable = validation.parse_mqtt(topic, payload, NOW, LIMITS)
+                assert exact(validation_fast.parse_mqtt(topic, payload, NOW, LIMITS)) == exact(
+                    readable
+                ), (
                     topic,
                     payload,
                 )
                 fast = _mqtt_fast(topic, payload, NOW, LIMITS)
                 if fast is not None:
                     accepted += 1
-                    assert exact([fast]) == exact(checked), (topic, payload)
+                    assert exact([fast]) == exact(readable), (topic, payload)
     assert accepted > 1000
+
+
+def test_the_readable_module_does_not_import_the_fast_one() -> None:
+    """validation is read on its own; the fast copies follow it, never the other way round."""
+    probe = (
+        "import sys, energy_pipeline.core.validation;"
+        "sys.exit('energy_pipeline.core.validation_fast' in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)
 
 
 def test_canonical_records_take_the_short_path_and_round_trip() -> None:
@@ -234,31 +240,31 @@ def test_numbers_read_as_the_json_decoder_reads_them(value: bytes, expected: flo
     fast = _kafka_fast(record, NOW, LIMITS)
     assert fast is not None
     assert repr(fast.value) == repr(expected)
-    assert exact(fast) == exact(parse_kafka_value_checked(record, NOW, LIMITS))
+    assert exact(fast) == exact(validation.parse_kafka_value(record, NOW, LIMITS))
 
 
 def test_an_id_with_a_trailing_newline_is_rejected() -> None:
     """It would end the row early in ingest's COPY and stall the partition."""
     record = Reading("s\n", "temperature", "0", NOW, 1.0).to_kafka_value()
-    result = parse_kafka_value(record, NOW)
+    result = validation_fast.parse_kafka_value(record, NOW)
     assert isinstance(result, Rejection) and result.reason == Reason.WRONG_TYPE
     payload = b'{"ts":"2025-01-01T00:00:00Z","value":1}'
     for topic in ("energy/s\n/temperature/0", "energy/s/temperature/0\n"):
-        result = parse_mqtt(topic, payload, NOW)
+        result = validation_fast.parse_mqtt(topic, payload, NOW)
         assert isinstance(result, Rejection) and result.reason == Reason.BAD_TOPIC
 
 
 def test_an_integer_too_large_for_a_float_is_rejected_not_raised() -> None:
     payload = b'{"ts":"2025-01-01T00:00:00Z","value":1' + b"0" * 400 + b"}"
-    result = parse_mqtt("energy/s/temperature/0", payload, NOW)
+    result = validation_fast.parse_mqtt("energy/s/temperature/0", payload, NOW)
     assert isinstance(result, Rejection) and result.reason == Reason.OUT_OF_RANGE
 
 
 def test_deeply_nested_json_is_rejected_not_raised() -> None:
     payload = b"[" * 2000 + b"]" * 2000
     for result in (
-        parse_mqtt("energy/s/temperature/0", payload, NOW),
-        parse_kafka_value(payload, NOW),
+        validation_fast.parse_mqtt("energy/s/temperature/0", payload, NOW),
+        validation_fast.parse_kafka_value(payload, NOW),
     ):
         assert isinstance(result, Rejection) and result.reason == Reason.MALFORMED_JSON
 

@@ -41,7 +41,8 @@ from energy_pipeline.core.settings import (
     env,
     load,
 )
-from energy_pipeline.core.validation import Rejection, parse_mqtt
+from energy_pipeline.core.validation import Rejection
+from energy_pipeline.core.validation_fast import parse_mqtt
 from energy_pipeline.dataplane.mqtt_client import BufferedSocket, new_client, persistent_session
 
 log = logging.getLogger("energy_pipeline.dataplane.bridge")

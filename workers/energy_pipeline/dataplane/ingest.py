@@ -41,7 +41,8 @@ from energy_pipeline.core.settings import (
     env,
     load,
 )
-from energy_pipeline.core.validation import Rejection, parse_kafka_values
+from energy_pipeline.core.validation import Rejection
+from energy_pipeline.core.validation_fast import parse_kafka_values
 from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
 from energy_pipeline.db.connect import LazyConnection, worker_name
 from energy_pipeline.db.writer import PreparedBatch, WriteResult, prepare, write_prepared
