@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import select
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -110,6 +112,58 @@ def test_puback_is_the_packet_paho_writes(pair: tuple[BufferedSocket, socket.soc
     assert peer.recv(10) == b"\x40\x02\x12\x34"
 
 
+class FakeBroker:
+    """The broker's end of one client's TCP connection: raw MQTT bytes in and out."""
+
+    def __init__(self, client: mqtt.Client) -> None:
+        self.client = client
+        self.server = socket.create_server(("127.0.0.1", 0))
+        client.connect("127.0.0.1", self.server.getsockname()[1], keepalive=60)
+        self.conn, _ = self.server.accept()
+        self.conn.settimeout(5)
+
+    def write_client(self) -> None:
+        """What the owner's loop does each round (a plain client has written already)."""
+        if self.client.want_write():
+            self.client.loop_write()
+        sock = self.client.socket()
+        if isinstance(sock, BufferedSocket):
+            assert sock.flush()
+
+    def received(self) -> bytes:
+        self.conn.setblocking(False)
+        try:
+            return self.conn.recv(1 << 16)
+        except BlockingIOError:
+            return b""
+        finally:
+            self.conn.settimeout(5)
+
+    def send(self, data: bytes, until: Callable[[], bool]) -> None:
+        self.conn.sendall(data)
+        for _ in range(100):
+            select.select([self.client.socket()], [], [], 0.05)
+            self.client.loop_read()
+            if until():
+                return
+        raise AssertionError("the client did not handle the packet")
+
+    def close(self) -> None:
+        self.client.socket().close()
+        self.conn.close()
+        self.server.close()
+
+
+def connected(client: mqtt.Client) -> FakeBroker:
+    broker = FakeBroker(client)
+    broker.write_client()
+    assert broker.conn.recv(1 << 16)[:1] == b"\x10"  # CONNECT
+    state: list[bool] = []
+    client.on_connect = lambda *_: state.append(True)
+    broker.send(b"\x20\x03\x00\x00\x00", until=lambda: bool(state))  # CONNACK, no properties
+    return broker
+
+
 def publish_packet(
     topic: bytes, payload: bytes, qos: int, mid: int, properties: bytes = b"\x00"
 ) -> tuple[int, bytearray]:
@@ -120,14 +174,29 @@ def publish_packet(
     return 0x30 | (qos << 1) | 0x09, bytearray(body + properties + payload)
 
 
-def received(client: mqtt.Client, header: int, packet: bytearray, lean: bool) -> list[tuple]:
+def frame(header: int, packet: bytearray) -> bytes:
+    """The packet on the wire: fixed-header byte, remaining length (a varint), the rest."""
+    length, size = b"", len(packet)
+    while True:
+        size, digit = size >> 7, size & 0x7F
+        length += bytes([digit | (0x80 if size else 0)])
+        if not size:
+            return bytes([header]) + length + bytes(packet)
+
+
+def received(header: int, packet: bytearray, lean: bool) -> list[tuple]:
+    """What on_message gets when the broker sends the packet: by the bridge's client
+    (BufferedClient's lean path) or by a plain paho client."""
+    client = new_client("lean" if lean else "paho", manual_ack=True, buffered=lean)
+    broker = connected(client)
     got: list[tuple] = []
     client.on_message = lambda _c, _u, m: got.append(
         (m.topic, m.payload, m.mid, m.qos, m.dup, m.retain)
     )
-    client._in_packet = {**client._in_packet, "command": header, "packet": packet}
-    handle = client._handle_publish if lean else mqtt.Client._handle_publish.__get__(client)
-    assert handle() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    try:
+        broker.send(frame(header, packet), until=lambda: bool(got))
+    finally:
+        broker.close()
     return got
 
 
@@ -147,12 +216,10 @@ def test_lean_publish_handling_matches_paho(
     topic: bytes, payload: bytes, qos: int, properties: bytes
 ) -> None:
     header, packet = publish_packet(topic, payload, qos, 4711, properties)
-    client = new_client("lean", manual_ack=True, buffered=True)
-    reference = new_client("paho", manual_ack=True, buffered=True)
-    assert received(client, header, bytearray(packet), lean=True) == received(
-        reference, header, bytearray(packet), lean=False
+    assert received(header, bytearray(packet), lean=True) == received(
+        header, bytearray(packet), lean=False
     )
-    assert len(received(client, header, bytearray(packet), lean=True)) == 1
+    assert len(received(header, bytearray(packet), lean=True)) == 1
 
 
 def test_a_reading_without_properties_skips_pahos_parser(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,10 +227,47 @@ def test_a_reading_without_properties_skips_pahos_parser(monkeypatch: pytest.Mon
         raise AssertionError("took paho's property parser")
 
     header, packet = publish_packet(b"energy/s/temperature/1", b'{"value":1}', 1, 9)
-    client = new_client("lean", manual_ack=True, buffered=True)
     monkeypatch.setattr(mqtt.Client, "_handle_publish", paho_path)
-    assert received(client, header, packet, lean=True)[0][:3] == (
+    assert received(header, packet, lean=True)[0][:3] == (
         "energy/s/temperature/1",
         b'{"value":1}',
         9,
     )
+
+
+def test_packets_wait_for_the_owners_loop_write() -> None:
+    client = new_client("deferred", manual_ack=True, buffered=True)
+    broker = FakeBroker(client)
+    try:
+        # paho queued CONNECT instead of writing it, even to the buffer.
+        assert client.want_write()
+        sock = client.socket()
+        assert isinstance(sock, BufferedSocket) and sock.unflushed() == 0
+        time.sleep(0.05)
+        assert broker.received() == b""
+        broker.write_client()
+        assert broker.conn.recv(1 << 16)[:1] == b"\x10"
+    finally:
+        broker.close()
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_acknowledge_writes_what_pahos_ack_writes(buffered: bool) -> None:
+    """PUBACKs of the bridge's client and of paho's own ack(), as the broker receives them."""
+    client = new_client("acks", manual_ack=True, buffered=buffered)
+    broker = connected(client)
+    try:
+        mids: list[int] = []
+        client.on_message = lambda _c, _u, m: mids.append(m.mid)
+        header, packet = publish_packet(b"energy/s/temperature/1", b'{"value":1}', 1, 0x1234)
+        broker.send(bytes([header, len(packet)]) + packet, until=lambda: bool(mids))
+        assert broker.received() == b""  # manual_ack: nothing until acknowledged
+        if buffered:
+            assert isinstance(client, BufferedClient)
+            client.acknowledge(mids[0], 1)
+        else:
+            client.ack(mids[0], 1)
+        broker.write_client()
+        assert broker.conn.recv(1 << 16) == b"\x40\x02\x12\x34"
+    finally:
+        broker.close()

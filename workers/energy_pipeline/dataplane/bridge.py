@@ -105,13 +105,6 @@ class PendingAck:
         self.sock = sock
 
 
-def _write_later(client: mqtt.Client, userdata: object, sock: object) -> None:
-    """Registered so that paho queues packets instead of writing each at once.
-
-    The bridge's loop writes them all after every round, in one send() (`BufferedSocket`).
-    """
-
-
 class Bridge:
     """One thread runs everything: MQTT reads, Kafka produce and delivery reports, PUBACKs.
 
@@ -145,6 +138,7 @@ class Bridge:
         self._stale_acks = 0
         self._now = datetime.now(UTC)
         self._produced: dict[str, int] = {}
+        # A BufferedClient: what paho sends waits for _write_mqtt(), one send() per round.
         self.mqtt = new_client(
             self.client_id,
             settings.mqtt_username,
@@ -156,7 +150,6 @@ class Bridge:
         self.mqtt.on_disconnect = self._on_disconnect
         self.mqtt.on_message = self._on_message
         self.mqtt.on_subscribe = self._on_subscribe
-        self.mqtt.on_socket_register_write = _write_later
 
     # --- Kafka -------------------------------------------------------------------------
 
@@ -218,11 +211,7 @@ class Bridge:
             # again there and the duplicate is absorbed by ingest.
             self._stale_acks += 1
             return
-        if pending.qos == 1:
-            # The very bytes paho's ack() would queue, without its per-packet bookkeeping.
-            pending.sock.send_puback(pending.mid)
-        else:
-            self.mqtt.ack(pending.mid, pending.qos)
+        self.mqtt.acknowledge(pending.mid, pending.qos)
         self._acked += 1
 
     # --- MQTT --------------------------------------------------------------------------

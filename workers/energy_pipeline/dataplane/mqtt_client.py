@@ -1,4 +1,10 @@
-"""MQTT 5 client construction shared by the simulator and the bridge."""
+"""MQTT 5 client construction shared by the simulator and the bridge.
+
+Every use of paho-mqtt's internals (private names, packet bytes written or read here instead
+of by paho) is in this module, listed in PAHO_INTERNALS, and was written against
+PAHO_VERSION; tests/unit/test_paho_internals.py fails when another paho version is installed
+or a listed name is gone.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,21 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+# The paho-mqtt release the internals below were read in (pyproject.toml pins it).
+PAHO_VERSION = "2.2.0"
+
+# The private names of paho's Client used here (methods with their parameters, attributes
+# with None); a new one goes here too, or tests/unit/test_paho_internals.py fails.
+PAHO_INTERNALS: dict[str, tuple[str, ...] | None] = {
+    "_create_socket": ("self",),  # overridden: the socket becomes a BufferedSocket
+    "_handle_publish": ("self",),  # overridden: the lean path for readings
+    "_handle_on_message": ("self", "message"),
+    "_send_puback": ("self", "mid"),
+    "_in_packet": None,  # {"command": fixed-header byte, "packet": the rest}
+    "_protocol": None,
+    "_manual_ack": None,
+}
 
 # PUBACK: fixed header 0x40, remaining length 2, packet id; as paho-mqtt writes it.
 _PUBACK = struct.Struct("!BBH")
@@ -103,17 +124,46 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
+def _write_later(client: mqtt.Client, userdata: object, sock: object) -> None:
+    """Registered so that paho queues packets instead of writing each at once.
+
+    paho 2.2's `_packet_queue` calls loop_write() itself only when no socket-write callback is
+    registered; with one, packets wait for the owner's loop_write(), and all of a round's
+    leave in one send() (`BufferedSocket.flush`).
+    """
+
+
 class BufferedClient(mqtt.Client):
     """A paho client whose socket is a `BufferedSocket`, for an owner-driven event loop.
 
     Use with loop_read()/loop_write()/loop_misc() from one thread, calling
     `socket().flush()` after each round; not with loop_start()/loop_forever(), whose select()
-    does not know about unflushed writes. `_create_socket` is paho's own factory (pinned
-    paho-mqtt 2.2.0); plain TCP only, which is what the bridge uses.
+    does not know about unflushed writes. Packets paho sends are queued until the owner's
+    loop_write(). `_create_socket` is paho's own factory (as of PAHO_VERSION); plain TCP only,
+    which is what the bridge uses.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_socket_register_write = _write_later
 
     def _create_socket(self) -> Any:
         return BufferedSocket(super()._create_socket())
+
+    def acknowledge(self, mid: int, qos: int) -> None:
+        """paho's ack() (manual_ack=True): QoS 1 as the very PUBACK bytes ack() would queue,
+        written straight to the buffered socket without paho's per-packet bookkeeping (a
+        queue entry, a log call and a callback per message).
+
+        Goes to the current connection: packet ids are per connection, so the caller checks
+        that the message arrived on this one (`socket()` is the same object).
+        """
+        if qos != 1:
+            self.ack(mid, qos)
+            return
+        sock = self.socket()
+        if isinstance(sock, BufferedSocket):
+            sock.send_puback(mid)
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         """paho's handling of an incoming PUBLISH, without its property parser when the
