@@ -7,6 +7,7 @@ function, since a lazy import is still a dependency), not from a running interpr
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -206,9 +207,17 @@ def test_inference_does_load_lightgbm() -> None:
 
 
 def test_the_wheel_holds_the_runtime_and_no_harness(tmp_path: Path) -> None:
+    # Built from a copy of what the Dockerfile copies in: setuptools keeps a build/ directory
+    # in the source tree, and a stale one would put deleted modules into the wheel.
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("workers", "operator", "proto"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(REPO)],
+         "-w", str(tmp_path), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("energy_pipeline-*.whl")
