@@ -8,6 +8,8 @@
     manifests/crd/, charts/energy-operator/crds/             energy_operator/crd.py
     manifests/rbac.yaml, charts/energy-operator/templates/   energy_operator/rbac.py
     README.md: EnergyPipeline reference                      energy_operator/crd.py
+    README.md: worker environment variables                  the settings dataclasses of
+                                                             energy_pipeline, USED_BY below
     manifests/README.md: spec field to environment variable  crd.py and render.py
     workers/energy_pipeline/proto/*_pb2*                     proto/energy/v1/*.proto
     charts/grafana/dashboards/*.json                         charts/grafana/src/*.py
@@ -19,13 +21,17 @@ are found next to this package).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import importlib.util
+import inspect
 import json
+import pkgutil
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, dataclass
 from functools import cache
 from pathlib import Path
 from string import Template
@@ -179,6 +185,130 @@ def rbac_chart_template() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# README.md: the workers' environment variables, from their settings dataclasses
+# ---------------------------------------------------------------------------------------------
+
+SETTINGS_START = f"<!-- settings-reference:start {crd_reference.GENERATED_BY} -->"
+SETTINGS_END = "<!-- settings-reference:end -->"
+
+# The `energy-pipeline` commands that load() each settings class: knowledge the dataclasses do
+# not hold (admin_commands registers two commands, each loading its own class). () marks a
+# part that commands load only inside the classes built from it. The table lists each class's
+# own variables in this order. A settings class missing here stops the generator, named;
+# tests/unit/test_generated_files.py checks each entry against the commands' load() calls.
+USED_BY: dict[str, tuple[str, ...]] = {
+    "energy_pipeline.core.settings.CommonSettings": (),
+    "energy_pipeline.core.settings.KafkaSettings": (),
+    "energy_pipeline.dataplane.admin_commands.TopicSettings": ("topics",),
+    "energy_pipeline.core.settings.MqttSettings": (),
+    "energy_pipeline.dataplane.bridge.BridgeSettings": ("bridge",),
+    "energy_pipeline.core.settings.ValidationSettings": (),
+    "energy_pipeline.dataplane.ingest.IngestSettings": ("ingest",),
+    "energy_pipeline.dataplane.forecast_scheduler.ForecastSettings": (),
+    "energy_pipeline.inference.server.InferenceSettings": ("inference",),
+    "energy_pipeline.forecasting.train.TrainSettings": ("train",),
+    "energy_pipeline.api.settings.ApiSettings": ("api",),
+    "energy_pipeline.dataplane.admin_commands.MigrateSettings": ("migrate",),
+    "energy_pipeline.simulation.commands.SimulatorSettings": ("simulate",),
+}
+
+
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _env_fields(cls: type) -> list[dataclasses.Field[object]]:
+    return [f for f in dataclasses.fields(cls) if "env" in f.metadata]
+
+
+@cache
+def settings_classes() -> tuple[type, ...]:
+    """Every dataclass of the runtime package with a field bound to an environment variable."""
+    import energy_pipeline  # the runtime, imported only when a table is wanted
+
+    found: dict[str, type] = {}
+    for module_info in pkgutil.walk_packages(energy_pipeline.__path__, "energy_pipeline."):
+        # Generated gRPC stubs hold no settings and refuse to import with an older grpcio.
+        if module_info.name.endswith("_pb2_grpc"):
+            continue
+        module = importlib.import_module(module_info.name)
+        for _, obj in inspect.getmembers(module, dataclasses.is_dataclass):
+            if inspect.isclass(obj) and _env_fields(obj):
+                found[qualified_name(obj)] = obj
+    return tuple(found[name] for name in sorted(found))
+
+
+def _default(f: dataclasses.Field[object]) -> str:
+    if f.default_factory is not MISSING:  # env() makes none; "(required)" would be a lie
+        raise ValueError(f"{f.metadata['env']}: a default_factory the table cannot show")
+    value = f.default
+    if value is MISSING:
+        return "(required)"
+    if value in ("", (), None):
+        return "(empty)"
+    if isinstance(value, bool):  # as the environment spells it
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:g}"  # 10.0 -> 10
+    elif isinstance(value, tuple):
+        text = ",".join(map(str, value))
+    else:
+        text = str(value)
+    return f"`{text}`"
+
+
+def settings_table(classes: Iterable[type],
+                   used_by: Mapping[str, tuple[str, ...]] = USED_BY) -> str:
+    """variable | default | used by | meaning: one row per variable, each class's own in turn.
+
+    Raises ValueError naming each settings class `used_by` lacks (or names but that is gone),
+    a variable no command loads, and a variable whose classes disagree on default or meaning.
+    """
+    by_name = {qualified_name(cls): cls for cls in classes}
+    unmapped = sorted(set(by_name) - set(used_by))
+    if unmapped:
+        raise ValueError(
+            f"settings class {', '.join(unmapped)} not in USED_BY of {__name__}: add it with "
+            "the commands that load() it (or () if only other settings classes include it)"
+        )
+    gone = sorted(set(used_by) - set(by_name))
+    if gone:
+        raise ValueError(f"USED_BY of {__name__} names {', '.join(gone)}, not found: remove it")
+
+    readers: dict[str, set[str]] = {}
+    for name, commands in used_by.items():
+        for f in _env_fields(by_name[name]):
+            readers.setdefault(f.metadata["env"], set()).update(commands)
+    everyone = set().union(*used_by.values())
+
+    rows: dict[str, tuple[str, str, str]] = {}  # variable -> (class, default, meaning)
+    for name in used_by:
+        cls = by_name[name]
+        # A base's fields are the very objects its subclasses list; a redefined one is new.
+        inherited = [f for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)
+                     for f in dataclasses.fields(base)]
+        for f in _env_fields(cls):
+            if any(f is g for g in inherited):
+                continue
+            variable = f.metadata["env"]
+            row = (name, _default(f), " ".join(f.metadata["doc"].split()).replace("|", "\\|"))
+            first = rows.setdefault(variable, row)
+            if first[1:] != row[1:]:
+                raise ValueError(
+                    f"{variable}: {first[0]} gives default {first[1]} and meaning {first[2]!r}, "
+                    f"{name} {row[1]} and {row[2]!r}; the table has one row: make them agree"
+                )
+    lines = ["| variable | default | used by | meaning |", "|---|---|---|---|"]
+    for variable, (_, default, meaning) in rows.items():
+        if not readers[variable]:
+            raise ValueError(f"{variable}: no command in USED_BY loads a class that has it")
+        commands = "all" if readers[variable] == everyone else ", ".join(
+            sorted(readers[variable]))
+        lines.append(f"| `{variable}` | {default} | {commands} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # Sources that live elsewhere
 # ---------------------------------------------------------------------------------------------
 
@@ -205,6 +335,13 @@ def _whole(render: Callable[[], str]) -> Callable[[str], str]:
     return lambda _current: render()
 
 
+def _readme(current: str) -> str:
+    """README.md's two generated blocks: the EnergyPipeline reference and the variables."""
+    text = crd_reference.rewrite(current, crd_reference.render_reference(crd.crd_manifest()))
+    return crd_reference.rewrite(text, settings_table(settings_classes()),
+                                 SETTINGS_START, SETTINGS_END)
+
+
 def targets() -> list[Target]:
     crd_source = "operator/energy_operator/crd.py"
     crd_file = f"{crd.CRD_NAME}.yaml"
@@ -215,8 +352,7 @@ def targets() -> list[Target]:
         Target("manifests/rbac.yaml", "operator/energy_operator/rbac.py", _whole(rbac_manifest)),
         Target("charts/energy-operator/templates/rbac.yaml", "operator/energy_operator/rbac.py",
                _whole(rbac_chart_template)),
-        Target("README.md", crd_source, lambda current: crd_reference.rewrite(
-            current, crd_reference.render_reference(crd.crd_manifest()))),
+        Target("README.md", f"{crd_source}, the settings dataclasses of workers/", _readme),
         Target("manifests/README.md", f"{crd_source}, operator/energy_operator/render.py",
                lambda current: crd_reference.rewrite(
                    current, crd_reference.render_env_table(),

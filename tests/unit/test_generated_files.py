@@ -1,15 +1,20 @@
 """Every generated file is what its source makes today (`python -m energy_harness.generate`).
 
 One check covers them all: the CRD in manifests/ and its copy in the operator chart, the RBAC
-in manifests/ and in the chart, the README reference tables, the gRPC stubs and the Grafana
+in manifests/ and in the chart, the README reference tables (the EnergyPipeline spec, the
+workers' environment variables, spec field to variable), the gRPC stubs and the Grafana
 dashboards. The RBAC tests here also read the generated YAML back, so a fault in rendering
 cannot hide behind a file that merely matches its own renderer.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 import shutil
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ import pytest
 import yaml
 from energy_harness import generate
 from energy_operator import crd, rbac
+from energy_pipeline.core.settings import env
 
 pytestmark = pytest.mark.unit
 
@@ -124,3 +130,75 @@ def test_chart_grants_exactly_what_the_manifest_grants() -> None:
     for kind in ("ClusterRole", "Role"):
         assert chart[kind]["rules"] == manifest[kind]["rules"], kind
     assert RBAC_IN_CHART.read_text().startswith("{{- if .Values.rbac.create }}\n")
+
+
+# ---- README.md: the workers' environment variables, from their settings dataclasses --------
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Shared:
+    url: str = env("X_URL", doc="where | how")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _One(_Shared):
+    wait_s: float = env("X_WAIT_S", 10.0, doc="seconds")
+    name: str = env("X_NAME", "", doc="a name (empty: none)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Two(_Shared):
+    url: str = env("X_URL", doc="where | how")  # redefined alike: still one row
+    on: bool = env("X_ON", True, doc="switch")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Disagrees(_Shared):
+    other: float = env("X_WAIT_S", 5.0, doc="seconds")
+
+
+def _name(cls: type) -> str:
+    return generate.qualified_name(cls)
+
+
+def test_settings_table_rows_defaults_and_readers() -> None:
+    used_by = {_name(_Shared): (), _name(_One): ("one",), _name(_Two): ("two",)}
+    assert generate.settings_table([_Two, _One, _Shared], used_by) == (
+        "| variable | default | used by | meaning |\n"
+        "|---|---|---|---|\n"
+        "| `X_URL` | (required) | all | where \\| how |\n"
+        "| `X_WAIT_S` | `10` | one | seconds |\n"
+        "| `X_NAME` | (empty) | one | a name (empty: none) |\n"
+        "| `X_ON` | `true` | two | switch |\n"
+    )
+
+
+def test_settings_table_refuses_what_it_cannot_tell() -> None:
+    used_by = {_name(_Shared): (), _name(_One): ("one",)}
+    with pytest.raises(ValueError, match=re.escape(_name(_Two)) + ".*not in USED_BY"):
+        generate.settings_table([_Shared, _One, _Two], used_by)
+    with pytest.raises(ValueError, match=re.escape(_name(_Two)) + ", not found"):
+        generate.settings_table([_Shared, _One], {**used_by, _name(_Two): ("two",)})
+    with pytest.raises(ValueError, match="X_URL: no command"):
+        generate.settings_table([_Shared], {_name(_Shared): ()})
+    # One row per variable: two classes may not give it different defaults or meanings.
+    with pytest.raises(ValueError, match=f"X_WAIT_S: {re.escape(_name(_One))}.*"
+                       f"{re.escape(_name(_Disagrees))}"):
+        generate.settings_table([_Shared, _One, _Disagrees],
+                                {**used_by, _name(_Disagrees): ("three",)})
+
+
+def test_used_by_names_what_each_command_loads() -> None:
+    """USED_BY by hand, checked against the commands' entry points and their load() calls."""
+    loads = {}  # runtime command -> settings class names its module passes to load()
+    for point in entry_points(group="energy_pipeline.commands"):
+        if point.module.startswith("energy_pipeline."):
+            source = inspect.getsource(importlib.import_module(point.module))
+            loads[point.name] = set(re.findall(r"\bload\((\w+)\)", source))
+    assert {"bridge", "ingest", "api"} <= set(loads)
+    mapped = {command for commands in generate.USED_BY.values() for command in commands}
+    # Every command that reads settings is in the table, and only those.
+    assert mapped == {command for command, classes in loads.items() if classes}
+    for name, commands in generate.USED_BY.items():
+        for command in commands:
+            assert name.rsplit(".", 1)[1] in loads[command], (name, command)

@@ -18,9 +18,14 @@ class ApiSettings(CommonSettings):
     database_url: str = env(
         "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
     )
-    api_port: int = env("API_PORT", 8000, doc="port of the read API (/api/v1/...)", minimum=0)
+    api_port: int = env(
+        "API_PORT", 8000,
+        doc="port of the read API (`/api/v1/...`, also `/healthz`, `/readyz`, `/metrics`)",
+        minimum=0,
+    )
     api_max_page_size: int = env(
-        "API_MAX_PAGE_SIZE", 10000, doc="largest `limit` a request may ask for", minimum=1
+        "API_MAX_PAGE_SIZE", 10000, doc="largest `limit` a request may ask for (400 above)",
+        minimum=1,
     )
     api_default_page_size: int = env(
         "API_DEFAULT_PAGE_SIZE", 1000, doc="rows per page when a request gives no `limit`",
@@ -32,7 +37,8 @@ class ApiSettings(CommonSettings):
         minimum=1,
     )
     api_db_pool_size: int = env(
-        "API_DB_POOL_SIZE", 4, doc="database connections (and query threads) per API process",
+        "API_DB_POOL_SIZE", 4,
+        doc="read-only database connections (and query threads) per API process",
         minimum=1,
     )
 

@@ -113,7 +113,8 @@ class KafkaSettings:
         "KAFKA_BOOTSTRAP_SERVERS", doc="comma-separated host:port list of Kafka brokers"
     )
     kafka_topic_prefix: str = env(
-        "KAFKA_TOPIC_PREFIX", "energy", doc="topics are <prefix>.<sensor> and <prefix>.deadletter"
+        "KAFKA_TOPIC_PREFIX", "energy",
+        doc="topics are `<prefix>.<sensor>` and `<prefix>.deadletter`",
     )
     kafka_security_protocol: str = env(
         "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", doc="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"

@@ -19,7 +19,9 @@ log = logging.getLogger("energy_pipeline.admin")
 
 @dataclass(frozen=True, kw_only=True)
 class MigrateSettings(CommonSettings):
-    database_url: str = env("DATABASE_URL", doc="PostgreSQL DSN")
+    database_url: str = env(
+        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -55,7 +55,7 @@ class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSett
         "MQTT_SHARED_GROUP", "bridge", doc="shared-subscription group (empty: plain subscription)"
     )
     mqtt_client_id: str = env(
-        "MQTT_CLIENT_ID", "", doc="stable client id of the persistent session (default: hostname)"
+        "MQTT_CLIENT_ID", "", doc="stable client id of the persistent session (empty: the hostname)"
     )
     mqtt_session_expiry_s: int = env(
         "MQTT_SESSION_EXPIRY_S", 86_400, doc="how long the broker keeps the session", minimum=0

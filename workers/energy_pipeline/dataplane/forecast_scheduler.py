@@ -99,7 +99,7 @@ MAX_SERVICE_BACKOFF_S = 5.0
 class ForecastSettings:
     inference_target: str = env(
         "INFERENCE_TARGET", "",
-        doc="gRPC target of the inference service (dns:///host:port, host:port, or a comma "
+        doc="gRPC target of the inference service (`dns:///host:port`, `host:port`, or a comma "
         "list of host:port); empty disables forecasting",
     )
     forecast_horizons: int = env(

@@ -52,7 +52,9 @@ log = logging.getLogger("energy_pipeline.dataplane.ingest")
 
 @dataclass(frozen=True, kw_only=True)
 class IngestSettings(CommonSettings, KafkaSettings, ValidationSettings, ForecastSettings):
-    database_url: str = env("DATABASE_URL", doc="PostgreSQL DSN, postgresql://user:pass@host/db")
+    database_url: str = env(
+        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
+    )
     kafka_consumer_group: str = env("KAFKA_CONSUMER_GROUP", "ingest", doc="consumer group id")
     ingest_batch_size: int = env(
         "INGEST_BATCH_SIZE", 20_000, doc="most records written per transaction", minimum=1

@@ -46,7 +46,9 @@ log = logging.getLogger("energy_pipeline.train")
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings(CommonSettings):
-    database_url: str = env("DATABASE_URL", doc="PostgreSQL DSN, postgresql://user:pass@host/db")
+    database_url: str = env(
+        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
+    )
     train_history_days: int = env(
         "TRAIN_HISTORY_DAYS", 90, doc="days of hourly_features a model is trained on", minimum=1
     )
@@ -56,7 +58,7 @@ class TrainSettings(CommonSettings):
     )
     train_model_params: str = env(
         "TRAIN_MODEL_PARAMS", "{}",
-        doc='JSON object overriding default-model hyper-parameters, e.g. {"num_leaves": 31}',
+        doc='JSON object overriding default-model hyper-parameters, e.g. `{"num_leaves": 31}`',
     )
 
     def model_params(self) -> DefaultParams:

@@ -81,7 +81,9 @@ MODEL_AGE = Gauge(
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceSettings(CommonSettings):
-    database_url: str = env("DATABASE_URL", doc="PostgreSQL DSN, postgresql://user:pass@host/db")
+    database_url: str = env(
+        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
+    )
     grpc_port: int = env("GRPC_PORT", 50051, doc="port of the Forecaster gRPC service", minimum=0)
     model_refresh_s: float = env(
         "MODEL_REFRESH_S", 30.0,
