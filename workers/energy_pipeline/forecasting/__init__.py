@@ -9,13 +9,16 @@ Modules, one job each:
     quantiles  non-crossing P10/P50/P90, band widening
     backtest   rolling-origin backtest engine
     metrics    MAE, RMSE, rMAE, MASE, pinball, coverage
+    rows       HourlyRow and the forecast of a window: plain data, no model library
     window     forecasts from hourly_features rows (what the inference service wraps)
     daily      the 7-day view (hourly forecasts summed per day)
     commands   `energy-pipeline backtest`
-    bench      the developer benchmark on the Taylor series
+    plot       the optional picture of a backtest (matplotlib)
+    synthetic  a reproducible synthetic building, for tests and benchmarks
     hourly_db  hourly_features in and out (a site's closed hours, a feature window)
     registry   the `models` table: versions, the promotion rule
     train      `energy-pipeline train`: backtest on the latest days, register, promote
-    scheduler  inside ingest: watermarks, closed hours, the forecast backlog, gRPC calls
-    bench_serving  the developer benchmark of `train` and of one inference process
+
+The scheduler that calls inference from ingest is `dataplane.forecast_scheduler`; the
+benchmarks are in the harness (`energy_harness.bench.forecast`, `.serving`).
 """
