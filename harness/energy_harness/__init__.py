@@ -5,5 +5,6 @@
     demo            `energy-pipeline demo`
     commands        `energy-pipeline stack ...` and `energy-pipeline kube ...`
     operator_local  the operator as a local process against a test API server
+    testing         what the tests share: wait_for, admin_sql
     generate        `python -m energy_harness.generate`: every generated file from its source
 """
