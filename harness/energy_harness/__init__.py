@@ -6,5 +6,6 @@
     commands        `energy-pipeline stack ...` and `energy-pipeline kube ...`
     operator_local  the operator as a local process against a test API server
     testing         what the tests share: wait_for, admin_sql
+    synthetic       a synthetic building's hourly rows, for tests and benchmarks
     generate        `python -m energy_harness.generate`: every generated file from its source
 """

@@ -18,11 +18,11 @@ import psycopg2
 import pytest
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess
+from energy_harness.synthetic import synthetic_building
 from energy_pipeline.core.contracts import Reading
 from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
 from energy_pipeline.forecasting.hourly_db import read_window, write_hourly_frame
 from energy_pipeline.forecasting.models import load_model
-from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import TrainSettings, train_site
 from energy_pipeline.forecasting.window import forecast_window
 

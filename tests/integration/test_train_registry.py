@@ -9,9 +9,9 @@ import subprocess
 import psycopg2
 import pytest
 from energy_harness.localstack.workers import energy_pipeline_argv
+from energy_harness.synthetic import synthetic_building
 from energy_pipeline.forecasting.hourly_db import write_hourly_frame
 from energy_pipeline.forecasting.models import load_model
-from energy_pipeline.forecasting.synthetic import synthetic_building
 
 pytestmark = pytest.mark.integration
 

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from energy_harness.synthetic import synthetic_building
 from energy_pipeline.cli import main
 from energy_pipeline.forecasting.backtest import (
     BacktestConfig,
@@ -19,7 +20,6 @@ from energy_pipeline.forecasting.backtest import (
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.plot import plotting_available
 from energy_pipeline.forecasting.quantiles import QuantileForecast
-from energy_pipeline.forecasting.synthetic import synthetic_building
 
 pytestmark = pytest.mark.unit
 

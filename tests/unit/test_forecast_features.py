@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from energy_harness.synthetic import PAST_COLUMNS, synthetic_building
 from energy_pipeline.forecasting.features import (
     BaselineFeatures,
     CalendarFeatures,
@@ -23,7 +24,6 @@ from energy_pipeline.forecasting.features import (
     trailing_stats,
 )
 from energy_pipeline.forecasting.frame import HourlyFrame
-from energy_pipeline.forecasting.synthetic import PAST_COLUMNS, synthetic_building
 
 pytestmark = pytest.mark.unit
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from energy_harness.synthetic import PAST_COLUMNS, synthetic_building
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.models import (
     MODEL_NAMES,
@@ -18,7 +19,6 @@ from energy_pipeline.forecasting.models import (
     load_model,
 )
 from energy_pipeline.forecasting.models.seed import smooth
-from energy_pipeline.forecasting.synthetic import PAST_COLUMNS, synthetic_building
 
 pytestmark = pytest.mark.unit
 

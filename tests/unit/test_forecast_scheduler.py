@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import numpy as np
 import pytest
+from energy_harness.synthetic import synthetic_building
 from energy_pipeline.core.contracts import Reading
 from energy_pipeline.core.settings import SettingsError, load
 from energy_pipeline.dataplane.forecast_scheduler import (
@@ -23,7 +24,6 @@ from energy_pipeline.dataplane.forecast_scheduler import (
 )
 from energy_pipeline.forecasting.registry import json_safe, new_version, promotion_decision
 from energy_pipeline.forecasting.rows import HourlyRow
-from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import plan_backtest
 from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.client import SERVICE_CONFIG, channel_target, forecast_request

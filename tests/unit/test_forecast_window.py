@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from energy_harness.synthetic import synthetic_building
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.models import DefaultModel, DefaultParams, load_model
 from energy_pipeline.forecasting.rows import COVARIATE_COLUMNS, HourlyRow
-from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.window import forecast_window, frame_from_rows, train_on_rows
 
 pytestmark = pytest.mark.unit

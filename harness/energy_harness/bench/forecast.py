@@ -34,8 +34,9 @@ from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour
 from energy_pipeline.forecasting.metrics import format_table
 from energy_pipeline.forecasting.models import MODEL_NAMES, DefaultModel
 from energy_pipeline.forecasting.rows import RECOMMENDED_WINDOW_HOURS, HourlyRow
-from energy_pipeline.forecasting.synthetic import PAST_COLUMNS, synthetic_building
 from energy_pipeline.forecasting.window import forecast_window
+
+from energy_harness.synthetic import PAST_COLUMNS, synthetic_building
 
 TAYLOR_START = np.datetime64("2000-06-05T00:00:00")  # Monday, per the dataset's documentation
 TARGETS = {"mase_max": 0.75, "coverage_min": 0.75, "coverage_max": 0.85}

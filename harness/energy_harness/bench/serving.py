@@ -38,7 +38,6 @@ import numpy as np
 import psycopg2
 from energy_pipeline.db.migrate import migrate
 from energy_pipeline.forecasting.hourly_db import read_window, write_hourly_frame
-from energy_pipeline.forecasting.synthetic import synthetic_building
 from energy_pipeline.forecasting.train import TrainSettings, train_site
 from energy_pipeline.inference.client import ForecasterClient, forecast_request
 
@@ -46,6 +45,7 @@ from energy_harness.bench.forecast import machine
 from energy_harness.localstack import PostgresServer
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess
+from energy_harness.synthetic import synthetic_building
 
 SITE = "bench-site"
 YEAR_HOURS = 24 * 365

@@ -14,11 +14,11 @@ Modules, one job each:
     daily      the 7-day view (hourly forecasts summed per day)
     commands   `energy-pipeline backtest`
     plot       the optional picture of a backtest (matplotlib)
-    synthetic  a reproducible synthetic building, for tests and benchmarks
     hourly_db  hourly_features in and out (a site's closed hours, a feature window)
     registry   the `models` table: versions, the promotion rule
     train      `energy-pipeline train`: backtest on the latest days, register, promote
 
 The scheduler that calls inference from ingest is `dataplane.forecast_scheduler`; the
-benchmarks are in the harness (`energy_harness.bench.forecast`, `.serving`).
+benchmarks and the synthetic building of the tests are in the harness (`energy_harness.bench`,
+`energy_harness.synthetic`).
 """

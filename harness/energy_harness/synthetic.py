@@ -10,7 +10,6 @@ output follows daylight.
 from __future__ import annotations
 
 import numpy as np
-
 from energy_pipeline.forecasting.frame import HourlyFrame
 
 PAST_COLUMNS = ("avg_temperature", "avg_humidity", "avg_squarefootage", "avg_renewableenergy")
