@@ -18,8 +18,9 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo         the whole pipeline on this machine, live view, demo-out/forecast.png (DURATION=120)"
-	@echo "make test         install what is missing, then run every test (unit, integration, cluster, e2e)"
-	@echo "make unit|integration|cluster|e2e   one kind of test only"
+	@echo "make test         install what is missing, then run every test (unit, integration, cluster, container, e2e)"
+	@echo "make unit|integration|cluster|container|e2e   one kind of test only"
+	@echo "make image        build the container images (a Docker engine is started if none runs)"
 	@echo "make lint         ruff"
 	@echo "make generate     rewrite every generated file (CRD, RBAC, README tables, gRPC stubs, dashboards)"
 	@echo "make stack        real Kafka (3 nodes), PostgreSQL and MQTT on 127.0.0.1 until Ctrl-C"
@@ -54,7 +55,7 @@ test: deps lint
 unit: venv
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
-integration cluster e2e: deps
+integration cluster container e2e: deps
 	$(BIN)/pytest -m $@ $(PYTEST_ARGS)
 
 stack: deps
@@ -72,6 +73,10 @@ bench: deps
 	$(BIN)/python -m energy_harness.bench.forecast --out bench/forecast.json
 	$(BIN)/python -m energy_harness.bench.serving --out bench/serving.json
 	$(BIN)/python -m energy_harness.bench.worker_rss --out bench/worker_rss.json
+
+# Every image the platform needs; bases are made from Debian packages where no registry answers.
+image: venv
+	$(BIN)/energy-pipeline image build
 
 # kind cluster + ingress-nginx + image + energy-platform chart; needs docker, kind, kubectl, helm.
 up:

@@ -69,6 +69,9 @@ ensure_ingress() {
 
 load_image() {
   log "building $IMAGE and loading it into the kind nodes"
+  # The Dockerfile mounts an optional build secret (a private CA bundle): BuildKit, the
+  # default builder since Docker 23, is needed; this turns it on for older engines.
+  export DOCKER_BUILDKIT=1
   run docker build --tag "$IMAGE" "$ROOT"
   run kind load docker-image "$IMAGE" --name "$KIND_CLUSTER"
 }

@@ -1,6 +1,6 @@
 """Shared fixtures: real services started once per test session through the local stack.
 
-Every test carries exactly one of the markers unit / integration / cluster / e2e; the suite
+Every test carries exactly one of the markers unit / integration / cluster / container / e2e; the suite
 runs them in that order so the fast ones fail first.
 """
 
@@ -19,7 +19,7 @@ from energy_harness.localstack.postgres import dsn
 from energy_harness.testing import admin_sql
 from energy_pipeline.db.migrate import migrate
 
-MARKER_ORDER = ("unit", "integration", "cluster", "e2e")
+MARKER_ORDER = ("unit", "integration", "cluster", "container", "e2e")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -64,6 +64,27 @@ def _stack_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docker_up(args: argparse.Namespace) -> int:
+    from energy_harness.localstack.docker import DockerEngine
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with DockerEngine() as engine:
+        print(f"export DOCKER_HOST={engine.host}", file=sys.stderr)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return 0
+
+
+def register_docker(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    docker = commands.add_parser(
+        "docker", help="the Docker engine the image tests use, as a local service"
+    )
+    docker_commands = docker.add_subparsers(dest="docker_command", required=True)
+    up = docker_commands.add_parser("up", help="start it (or find it) and keep it until Ctrl-C")
+    up.set_defaults(func=_docker_up)
+
+
 def register_stack(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     stack = commands.add_parser("stack", help="real Kafka, PostgreSQL and MQTT as local processes")
     stack_commands = stack.add_subparsers(dest="stack_command", required=True)

@@ -13,10 +13,10 @@ from energy_pipeline.cli import build_parser, command_entry_points
 pytestmark = pytest.mark.unit
 
 
-# The runtime distribution's commands and the harness's (demo, stack, kube), as installed.
+# The runtime distribution's commands and the harness's (demo, stack, kube, image, docker).
 EXPECTED = {
     "migrate", "topics", "bridge", "ingest", "simulate", "backtest", "train", "inference",
-    "api", "operator", "demo", "stack", "kube",
+    "api", "operator", "demo", "stack", "kube", "image", "docker",
 }  # fmt: skip
 
 

@@ -1,0 +1,79 @@
+"""Fixtures of the image tests: one Docker engine per session, images built once.
+
+The engine is the harness's (`energy_harness.localstack.docker`): found running, or started
+here and stopped at the end with every container and network the tests labelled. Images are
+built by `energy_harness.images` exactly as `make image` builds them; the engine's build
+cache makes an unchanged image cost a few seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from energy_harness.images import IMAGES, build_image
+from energy_harness.localstack.docker import LABEL, DockerEngine
+from energy_harness.localstack.kube_install import ensure_kube_tools
+
+REPO = Path(__file__).resolve().parents[2]
+CHARTS = REPO / "charts"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    engine = DockerEngine()
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def image(docker_engine: DockerEngine) -> Callable[[str], str]:
+    """`image("worker")` -> its tag, built on first use in this session."""
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            assert name in IMAGES, f"unknown image {name!r}: one of {sorted(IMAGES)}"
+            built[name] = str(build_image(docker_engine, name)["tag"])
+        return built[name]
+
+    return get
+
+
+@pytest.fixture
+def docker_network(docker_engine: DockerEngine) -> Iterator[str]:
+    """A labelled user-defined network (container DNS by name and alias), removed afterwards."""
+    name = f"energy-test-{uuid.uuid4().hex[:8]}"
+    docker_engine.run(["network", "create", "--label", LABEL, name])
+    try:
+        yield name
+    finally:
+        ids = docker_engine.run(
+            ["ps", "-aq", "--filter", f"network={name}"], check=False
+        ).stdout.split()
+        if ids:
+            docker_engine.run(["rm", "-f", "-v", *ids], check=False)
+        docker_engine.run(["network", "rm", name], check=False)
+
+
+@pytest.fixture(scope="session")
+def helm_template() -> Callable[..., str]:
+    """`helm_template(chart, "--set", "k=v", ...)` -> the rendered manifests of a chart
+    from charts/, as the user's `helm install` would render them."""
+    helm = ensure_kube_tools().helm
+
+    def render(chart: str, *args: str) -> str:
+        result = subprocess.run(
+            [str(helm), "template", "test", str(CHARTS / chart), *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, f"helm template {chart}:\n{result.stderr}"
+        return result.stdout
+
+    return render
