@@ -1,7 +1,7 @@
 """Shared fixtures: real services started once per test session through the local stack.
 
-Every test carries exactly one of the markers unit / integration / cluster / container / e2e; the suite
-runs them in that order so the fast ones fail first.
+Every test carries exactly one of the markers unit / integration / cluster / container /
+e2e; the suite runs them in that order so the fast ones fail first.
 """
 
 from __future__ import annotations

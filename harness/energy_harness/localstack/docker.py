@@ -177,13 +177,16 @@ class DockerEngine:
         self.process = None
 
     def remove_leftovers(self) -> None:
-        """Containers and networks with the harness label (a killed run's included)."""
+        """Containers, networks and volumes with the harness label (a killed run's too)."""
         ids = self.run(["ps", "-aq", "--filter", f"label={LABEL}"]).stdout.split()
         if ids:
             self.run(["rm", "-f", "-v", *ids], check=False)
         nets = self.run(["network", "ls", "-q", "--filter", f"label={LABEL}"]).stdout.split()
         if nets:
             self.run(["network", "rm", *nets], check=False)
+        volumes = self.run(["volume", "ls", "-q", "--filter", f"label={LABEL}"]).stdout.split()
+        if volumes:
+            self.run(["volume", "rm", "-f", *volumes], check=False)
 
     def image_exists(self, tag: str) -> bool:
         return self.run(["image", "inspect", tag], check=False, timeout=30).returncode == 0
