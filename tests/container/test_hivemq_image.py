@@ -1,11 +1,12 @@
 """The HiveMQ CE stand-in image, started as charts/hivemq's StatefulSet starts its container.
 
 The chart is rendered with `helm template`; from the rendered StatefulSet and ConfigMap come
-the environment, the config.xml (mounted read-only at the chart's path), the data and log
-volumes (labelled Docker volumes, given the pod's fsGroup as the kubelet does), the pod's
-uid/gid/fsGroup, the container's security context and memory limit, the grace period and the
-probe port. Only the image differs from what a user installs. An MQTT 5 client in the test
-reaches the broker on a port published on 127.0.0.1.
+(through energy_harness.chart_containers) the environment, the config.xml (mounted read-only
+at the chart's path), the data claim (a labelled Docker volume, given the pod's fsGroup as the
+kubelet does), tmpfs for the log emptyDir, the pod's uid/gid/fsGroup, the container's
+security context and memory limit, the grace period and the startup probe. Only the image
+differs from what a user installs. An MQTT 5 client in the test reaches the broker on a port
+published on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
+from energy_harness.chart_containers import Container, Manifests, Pod, PodRunner
 from energy_harness.localstack.docker import LABEL, DockerEngine
 from energy_harness.testing import wait_for
 from paho.mqtt.packettypes import PacketTypes
@@ -33,172 +34,57 @@ pytestmark = pytest.mark.container
 START_TIMEOUT = 120.0  # the chart's startupProbe allows 300 s; a start here takes seconds
 
 
-@dataclass(frozen=True)
-class ChartPod:
-    """What the rendered chart says about the broker's container."""
-
-    env: dict[str, str]
-    mounts: dict[str, str]  # volume name -> mount path
-    config_xml: str
-    config_sub_path: str
-    uid: int
-    gid: int
-    fs_group: int
-    port: int
-    read_only: bool
-    no_new_privileges: bool
-    cap_drop: tuple[str, ...]
-    memory_limit: str
-    grace_seconds: int
-    has_command: bool
+def chart_pod(rendered: str) -> Pod:
+    """The chart's one pod (energy_harness.chart_containers starts it as a container)."""
+    return Manifests.parse(rendered).workload().pod(0)
 
 
-def chart_pod(rendered: str) -> ChartPod:
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
-    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
-    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
-    pod = sts["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
-    (config_volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
-    assert config_volume["configMap"]["name"] == config_map["metadata"]["name"]
-    context = container["securityContext"]
-    (port,) = container["ports"]
-    return ChartPod(
-        env={e["name"]: e["value"] for e in container["env"]},
-        mounts={name: m["mountPath"] for name, m in mounts.items()},
-        config_xml=config_map["data"][mounts["config"]["subPath"]],
-        config_sub_path=mounts["config"]["subPath"],
-        uid=pod["securityContext"]["runAsUser"],
-        gid=pod["securityContext"]["runAsGroup"],
-        fs_group=pod["securityContext"]["fsGroup"],
-        port=port["containerPort"],
-        read_only=context["readOnlyRootFilesystem"],
-        no_new_privileges=not context["allowPrivilegeEscalation"],
-        cap_drop=tuple(context["capabilities"]["drop"]),
-        memory_limit=container["resources"]["limits"]["memory"],
-        grace_seconds=pod["terminationGracePeriodSeconds"],
-        has_command="command" in container or "args" in container,
-    )
-
-
-def _docker_memory(quantity: str) -> str:
-    """A Kubernetes memory quantity (Mi, Gi) as docker's --memory value."""
-    for suffix, unit in (("Gi", "g"), ("Mi", "m")):
-        if quantity.endswith(suffix):
-            return quantity[: -len(suffix)] + unit
-    raise AssertionError(f"memory limit {quantity!r}: only Mi and Gi are translated here")
+def mount_paths(pod: Pod) -> set[str]:
+    return {mount["mountPath"] for mount in pod.workload.container["volumeMounts"]}
 
 
 @dataclass
 class Broker:
-    """One run of the image as the chart's pod, on the volumes it was given."""
+    """One run of the image as the chart's pod (a restart keeps the data claim's volume)."""
 
-    engine: DockerEngine
-    pod: ChartPod
-    name: str
-    started: float
+    container: Container
     ready_seconds: float = 0.0
 
     @property
     def address(self) -> tuple[str, int]:
-        out = self.engine.run(["port", self.name, f"{self.pod.port}/tcp"]).stdout
-        host, _, port = out.splitlines()[0].rpartition(":")
-        assert host == "127.0.0.1", out
-        return host, int(port)
+        return self.container.address("mqtt")
 
     def logs(self) -> str:
-        result = self.engine.run(["logs", self.name], check=False)
-        return result.stdout + result.stderr
+        return self.container.logs()
 
     def exec(self, *argv: str) -> str:
-        return self.engine.run(["exec", self.name, *argv]).stdout
+        return self.container.exec(*argv).stdout
 
     def running(self) -> bool:
-        out = self.engine.run(
-            ["inspect", "--format", "{{.State.Running}}", self.name], check=False
-        ).stdout
-        return out.strip() == "true"
-
-    def tcp_probe(self) -> bool:
-        """The chart's tcpSocket probe on the mqtt port, from inside the pod's network
-        namespace to the pod's address, as the kubelet connects."""
-        if not self.running():
-            raise AssertionError(f"{self.name} exited:\n{self.logs()[-3000:]}")
-        script = f'exec 3<>"/dev/tcp/$(hostname -i | cut -d" " -f1)/{self.pod.port}"'
-        cmd = ["exec", self.name, "timeout", "3", "bash", "-c", script]
-        return self.engine.run(cmd, check=False).returncode == 0
-
-    def wait_ready(self) -> None:
-        wait_for(self.tcp_probe, START_TIMEOUT, f"{self.name}: the chart's tcpSocket probe")
-        self.ready_seconds = time.monotonic() - self.started
+        return self.container.running()
 
     def stop(self) -> None:
         """As the kubelet stops the pod: SIGTERM, then the grace period, then gone."""
-        timeout = self.pod.grace_seconds + 30
-        self.engine.run(["stop", "-t", str(self.pod.grace_seconds), self.name], timeout=timeout)
-        self.engine.run(["rm", "-f", self.name])
+        self.container.stop()
+        self.container.remove()
 
 
 @dataclass
 class ChartRun:
     """Starts the image as the chart's pod; removes every container and volume it made."""
 
-    engine: DockerEngine
+    runner: PodRunner
     image: str
-    workdir: Path
-    containers: list[str] = field(default_factory=list)
-    volumes: list[str] = field(default_factory=list)
 
-    def volume(self, fs_group: int) -> str:
-        """A fresh volume as the kubelet hands one to a pod with fsGroup: its root owned by
-        that group, group-writable and setgid, and nothing copied in from the image."""
-        name = f"energy-hivemq-{uuid.uuid4().hex[:8]}"
-        self.engine.run(["volume", "create", "--label", LABEL, name])
-        self.volumes.append(name)
-        self.engine.run([
-            "run", "--rm", "--label", LABEL, "--user", "0:0", "--entrypoint", "sh",
-            "--mount", f"type=volume,src={name},dst=/volume,volume-nocopy", self.image,
-            "-c", f"chgrp {fs_group} /volume && chmod 2775 /volume",
-        ])  # fmt: skip
-        return name
-
-    def start(self, pod: ChartPod, volumes: dict[str, str]) -> Broker:
-        assert not pod.has_command, "the chart runs the image's own entrypoint and command"
-        config = self.workdir / f"config-{uuid.uuid4().hex[:8]}" / pod.config_sub_path
-        config.parent.mkdir(parents=True)
-        config.write_text(pod.config_xml)
-        config.chmod(0o644)  # a ConfigMap volume's default mode
-        name = f"energy-hivemq-{uuid.uuid4().hex[:8]}"
-        args = [
-            "run", "-d", "--name", name, "--label", LABEL,
-            "--user", f"{pod.uid}:{pod.gid}", "--group-add", str(pod.fs_group),
-            "--memory", _docker_memory(pod.memory_limit),
-            "--publish", f"127.0.0.1::{pod.port}",
-            "--mount", f"type=bind,src={config},dst={pod.mounts['config']},readonly",
-        ]  # fmt: skip
-        for volume, source in volumes.items():
-            args += ["--mount", f"type=volume,src={source},dst={pod.mounts[volume]},volume-nocopy"]
-        for cap in pod.cap_drop:
-            args += ["--cap-drop", cap]
-        if pod.no_new_privileges:
-            args += ["--security-opt", "no-new-privileges"]
-        if pod.read_only:
-            args.append("--read-only")
-        for key, value in pod.env.items():
-            args += ["--env", f"{key}={value}"]
-        started = time.monotonic()
-        self.engine.run([*args, self.image])
-        self.containers.append(name)
-        broker = Broker(self.engine, pod, name, started)
-        broker.wait_ready()
+    def start(self, pod: Pod) -> Broker:
+        container = pod.workload.container
+        assert "command" not in container and "args" not in container, (
+            "the chart runs the image's own entrypoint and command"
+        )
+        broker = Broker(self.runner.start(pod, self.image, publish=["mqtt"]))
+        broker.ready_seconds = broker.container.wait_for_probe("startupProbe", START_TIMEOUT)
+        print(f"{broker.container.name} ready: {broker.ready_seconds:.1f}s")
         return broker
-
-    def cleanup(self) -> None:
-        if self.containers:
-            self.engine.run(["rm", "-f", "-v", *self.containers], check=False)
-        if self.volumes:
-            self.engine.run(["volume", "rm", "-f", *self.volumes], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -208,11 +94,11 @@ def hivemq_image(image: Callable[[str], str]) -> str:
 
 @pytest.fixture
 def chart_run(docker_engine: DockerEngine, hivemq_image: str, tmp_path: Path) -> Iterator[ChartRun]:
-    run = ChartRun(docker_engine, hivemq_image, tmp_path)
+    run = ChartRun(PodRunner(docker_engine, tmp_path), hivemq_image)
     try:
         yield run
     finally:
-        run.cleanup()
+        run.runner.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,18 +260,17 @@ def test_as_the_chart_starts_it_a_client_gets_exactly_its_qos1_messages(
 ) -> None:
     pod = chart_pod(helm_template("hivemq"))
     assert pod.env["HIVEMQ_ALLOW_ALL_CLIENTS"] == "true"
-    assert set(pod.mounts.values()) == {
+    assert mount_paths(pod) == {
         "/opt/hivemq/conf/config.xml", "/opt/hivemq/data", "/opt/hivemq/log",
     }  # fmt: skip
-    volumes = {"data": chart_run.volume(pod.fs_group), "log": chart_run.volume(pod.fs_group)}
-    broker = chart_run.start(pod, volumes)
+    broker = chart_run.start(pod)
 
     # The chart's JAVA_OPTS reached the JVM (PID 1, after the entrypoint and run.sh exec'd).
     cmdline = broker.exec("cat", "/proc/1/cmdline").split("\0")
     assert cmdline[0] == "java"
     for option in pod.env["JAVA_OPTS"].split():
         assert option in cmdline
-    assert broker.exec("id", "-u").strip() == str(pod.uid)
+    assert broker.exec("id", "-u").strip() == str(pod.user[0])
     logs = broker.logs()
     # The chart's config.xml is the one read: its one TCP listener, no WebSocket listener
     # (the image's own default has one), file persistence.
@@ -413,8 +298,7 @@ def test_with_allow_all_clients_false_the_broker_starts_and_refuses_the_client(
 ) -> None:
     pod = chart_pod(helm_template("hivemq", "--set", "auth.allowAllClients=false"))
     assert pod.env["HIVEMQ_ALLOW_ALL_CLIENTS"] == "false"
-    volumes = {"data": chart_run.volume(pod.fs_group), "log": chart_run.volume(pod.fs_group)}
-    broker = chart_run.start(pod, volumes)  # started: the chart's probe passes
+    broker = chart_run.start(pod)  # started: the chart's probe passes
 
     assert broker.exec("ls", "-A", "/opt/hivemq/extensions").split() == []
     logs = broker.logs()
@@ -430,8 +314,7 @@ def test_a_restart_on_the_same_data_volume_keeps_a_sessions_queued_qos1_messages
     chart_run: ChartRun, helm_template: Callable[..., str]
 ) -> None:
     pod = chart_pod(helm_template("hivemq"))
-    data = chart_run.volume(pod.fs_group)
-    broker = chart_run.start(pod, {"data": data, "log": chart_run.volume(pod.fs_group)})
+    broker = chart_run.start(pod)
     topic = f"energy/test-{uuid.uuid4().hex[:6]}/temperature/0"
     subscriber = Subscriber(topic, session_expiry=3600)
     assert subscriber.connect(broker.address, subscribe=True) is False
@@ -440,9 +323,9 @@ def test_a_restart_on_the_same_data_volume_keeps_a_sessions_queued_qos1_messages
     publish(broker.address, topic, queued)
 
     # The pod is deleted and recreated: a new container on the same data volume, and a
-    # fresh log volume (the chart's log is an emptyDir).
+    # fresh log directory (the chart's log is an emptyDir).
     broker.stop()
-    broker = chart_run.start(pod, {"data": data, "log": chart_run.volume(pod.fs_group)})
+    broker = chart_run.start(pod)
 
     assert subscriber.connect(broker.address, subscribe=False) is True, "the session was lost"
     got = subscriber.wait_for(len(queued))

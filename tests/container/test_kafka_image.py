@@ -1,13 +1,14 @@
 """The apache/kafka stand-in, started as charts/kafka's StatefulSet starts its pods.
 
 Each pod is a container made from the chart's rendered manifests (`helm template`), with
-only the image replaced: its command, environment (the downward API's pod name and index,
-the cluster id from the chart's ConfigMap), the chart's server.properties and start.sh
-read-only at their mount path, a labelled named volume for the data claim, tmpfs for every
-emptyDir, the pod's uid/gid/fsGroup, read-only root, no capabilities. Kubernetes DNS is
-played by network aliases: `<pod>.<headless service>.<namespace>.svc.cluster.local` per
-container and the client Service's name on all three (Docker answers with every container
-holding an alias, as the Service spreads over its pods).
+only the image replaced (energy_harness.chart_containers): its command, environment (the
+downward API's pod name and index, the cluster id from the chart's ConfigMap), the chart's
+server.properties and start.sh read-only at their mount path, a labelled named volume for
+the data claim, tmpfs for every emptyDir, the pod's uid/gid/fsGroup, read-only root, no
+capabilities. Kubernetes DNS is played by network aliases:
+`<pod>.<headless service>.<namespace>.svc.cluster.local` per container and the client
+Service's name on all three (Docker answers with every container holding an alias, as the
+Service spreads over its pods).
 
 The advertised listeners are those DNS names, so the Kafka client runs in the network too:
 the worker image's Python and confluent-kafka, one short `docker run` per step, answering
@@ -16,17 +17,22 @@ in JSON.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from energy_harness.chart_containers import (
+    Container,
+    Manifests,
+    Pod,
+    PodRunner,
+    Workload,
+    properties,
+)
 from energy_harness.localstack.docker import LABEL, DockerEngine
 from energy_harness.localstack.install import KAFKA_VERSION
 
@@ -34,7 +40,6 @@ pytestmark = pytest.mark.container
 
 # Three JVMs and a client container share two cores: small heaps, as a user may set them.
 CHART_ARGS = ("--set", "heapOpts=-Xms256m -Xmx256m")
-CLUSTER_DOMAIN = "cluster.local"
 TOPIC = "image-test-readings"
 RESTARTED = 1  # the pod stopped and started again
 
@@ -161,214 +166,45 @@ print(json.dumps({"cluster": lambda: until(cluster, "the cluster"), "create": cr
 
 
 # ---------------------------------------------------------------------------------------------
-# The chart's pods as containers
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """charts/kafka's manifests as `helm template` renders them."""
-
-    docs: list[dict[str, Any]]
-
-    def find(self, kind: str, name: str | None = None) -> dict[str, Any]:
-        found = [
-            doc for doc in self.docs
-            if doc["kind"] == kind and name in (None, doc["metadata"]["name"])
-        ]  # fmt: skip
-        assert len(found) == 1, f"{len(found)} {kind} {name or ''} rendered"
-        return found[0]
-
-    @property
-    def statefulset(self) -> dict[str, Any]:
-        return self.find("StatefulSet")
-
-    @property
-    def namespace(self) -> str:
-        return str(self.statefulset["metadata"]["namespace"])
-
-    @property
-    def container(self) -> dict[str, Any]:
-        (container,) = self.statefulset["spec"]["template"]["spec"]["containers"]
-        return container
-
-    def port(self, name: str) -> int:
-        return next(int(p["containerPort"]) for p in self.container["ports"] if p["name"] == name)
-
-    @property
-    def client_service(self) -> tuple[str, int]:
-        """The Service clients bootstrap from (not the headless one): DNS name and port."""
-        (service,) = [
-            doc for doc in self.docs
-            if doc["kind"] == "Service" and doc["spec"].get("clusterIP") != "None"
-        ]  # fmt: skip
-        name = f"{service['metadata']['name']}.{self.namespace}.svc"
-        return name, int(service["spec"]["ports"][0]["port"])
-
-    def server_properties(self) -> dict[str, str]:
-        text = self.find("ConfigMap", f"{self.statefulset['metadata']['name']}-config")["data"][
-            "server.properties"
-        ]
-        pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
-        return {key.strip(): value.strip() for key, value in pairs}
-
-
-@dataclass(frozen=True)
-class Pod:
-    index: int
-    name: str  # as the StatefulSet names it: <statefulset>-<ordinal>
-    fqdn: str  # its stable DNS name through the headless Service
-    container: str  # the Docker container playing it
-    volume: str  # the Docker volume playing its PersistentVolumeClaim
-
-
-def make_pods(rendered: Rendered, run_id: str) -> list[Pod]:
-    sts = rendered.statefulset
-    name, service = sts["metadata"]["name"], sts["spec"]["serviceName"]
-    return [
-        Pod(
-            index=i,
-            name=f"{name}-{i}",
-            fqdn=f"{name}-{i}.{service}.{rendered.namespace}.svc.{CLUSTER_DOMAIN}",
-            container=f"{name}-{i}-{run_id}",
-            volume=f"data-{name}-{i}-{run_id}",
-        )
-        for i in range(int(sts["spec"]["replicas"]))
-    ]
-
-
-def _quantity(value: str) -> str:
-    """A Kubernetes quantity as Docker's size options read it ("16Mi" -> "16m")."""
-    for suffix, unit in (("Ki", "k"), ("Mi", "m"), ("Gi", "g")):
-        if value.endswith(suffix):
-            return value[: -len(suffix)] + unit
-    return value
-
-
-def pod_env(rendered: Rendered, pod: Pod) -> dict[str, str]:
-    """The container's environment as the kubelet resolves it for this pod."""
-    fields = {
-        "metadata.name": pod.name,
-        "metadata.namespace": rendered.namespace,
-        "metadata.labels['apps.kubernetes.io/pod-index']": str(pod.index),
-    }
-    env: dict[str, str] = {}
-    for item in rendered.container["env"]:
-        if "value" in item:
-            env[item["name"]] = str(item["value"])
-            continue
-        source = item["valueFrom"]
-        if "fieldRef" in source:
-            env[item["name"]] = fields[source["fieldRef"]["fieldPath"]]
-        elif "configMapKeyRef" in source:
-            ref = source["configMapKeyRef"]
-            env[item["name"]] = str(rendered.find("ConfigMap", ref["name"])["data"][ref["key"]])
-        elif "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            data = rendered.find("Secret", ref["name"])["data"][ref["key"]]
-            env[item["name"]] = base64.b64decode(data).decode()
-        else:
-            raise AssertionError(f"no stand-in for the env source {source}")
-    return env
-
-
-def write_config_maps(rendered: Rendered, directory: Path) -> dict[str, Path]:
-    """Each ConfigMap the pod mounts as a directory of its keys, world-readable (mode 0644)."""
-    dirs: dict[str, Path] = {}
-    for volume in rendered.statefulset["spec"]["template"]["spec"]["volumes"]:
-        if "configMap" not in volume:
-            continue
-        name = volume["configMap"]["name"]
-        target = directory / name
-        target.mkdir(mode=0o755)
-        target.chmod(0o755)
-        for key, value in rendered.find("ConfigMap", name)["data"].items():
-            (target / key).write_text(value)
-            (target / key).chmod(0o644)
-        dirs[name] = target
-    return dirs
-
-
-def docker_run_args(
-    rendered: Rendered, pod: Pod, image: str, network: str, config_maps: dict[str, Path]
-) -> list[str]:
-    """`docker run` arguments starting `pod` as the StatefulSet does, with `image` instead."""
-    sts = rendered.statefulset
-    spec = sts["spec"]["template"]["spec"]
-    container = rendered.container
-    service_name, _ = rendered.client_service
-    args = [
-        "run", "-d", "--name", pod.container, "--label", LABEL, "--hostname", pod.name,
-        "--network", network, "--network-alias", pod.fqdn,
-        "--network-alias", service_name, "--network-alias", f"{service_name}.{CLUSTER_DOMAIN}",
-    ]  # fmt: skip
-    for key, value in pod_env(rendered, pod).items():
-        args += ["--env", f"{key}={value}"]
-    volumes = {volume["name"]: volume for volume in spec["volumes"]}
-    claims = {claim["metadata"]["name"] for claim in sts["spec"].get("volumeClaimTemplates", [])}
-    for mount in container["volumeMounts"]:
-        path, read_only = mount["mountPath"], mount.get("readOnly", False)
-        if mount["name"] in claims:
-            args += ["--mount", f"type=volume,source={pod.volume},target={path}"]
-            continue
-        volume = volumes[mount["name"]]
-        if "configMap" in volume:
-            source = config_maps[volume["configMap"]["name"]]
-            ro = ",readonly" if read_only else ""
-            args += ["--mount", f"type=bind,source={source},target={path}{ro}"]
-        elif "emptyDir" in volume:
-            size = (volume["emptyDir"] or {}).get("sizeLimit")
-            args += ["--tmpfs", f"{path}:size={_quantity(size)}" if size else path]
-        else:
-            raise AssertionError(f"no stand-in for the volume {volume}")
-    pod_sc, sc = spec.get("securityContext", {}), container.get("securityContext", {})
-    uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
-    gid = sc.get("runAsGroup", pod_sc.get("runAsGroup"))
-    assert pod_sc.get("runAsNonRoot") and uid not in (None, 0), "the chart runs Kafka as non-root"
-    args += ["--user", f"{uid}:{gid}"]
-    if "fsGroup" in pod_sc:
-        args += ["--group-add", str(pod_sc["fsGroup"])]
-    if sc.get("readOnlyRootFilesystem"):
-        args.append("--read-only")
-    if sc.get("allowPrivilegeEscalation") is False:
-        args += ["--security-opt", "no-new-privileges"]
-    for capability in sc.get("capabilities", {}).get("drop", []):
-        args += ["--cap-drop", capability]
-    memory = container.get("resources", {}).get("limits", {}).get("memory")
-    if memory:
-        args += ["--memory", _quantity(memory)]
-    command = [*container["command"], *container.get("args", [])]
-    return [*args, "--entrypoint", command[0], image, *command[1:]]
-
-
-# ---------------------------------------------------------------------------------------------
 # The test
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class KafkaPods:
-    engine: DockerEngine
-    rendered: Rendered
-    pods: list[Pod]
+    """charts/kafka's pods, each played by a container (energy_harness.chart_containers)."""
+
+    runner: PodRunner
+    manifests: Manifests
     image: str
     client_image: str
-    network: str
-    config_maps: dict[str, Path]
     client_dir: Path
+    current: dict[int, Container] = field(default_factory=dict)  # pod index -> its container
+
+    @property
+    def engine(self) -> DockerEngine:
+        return self.runner.engine
+
+    @property
+    def statefulset(self) -> Workload:
+        return self.manifests.workload()
+
+    @property
+    def pods(self) -> list[Pod]:
+        return self.statefulset.pods
 
     @property
     def bootstrap(self) -> str:
-        name, port = self.rendered.client_service
+        name, port = self.statefulset.service_address()
         return f"{name}:{port}"
 
     def start(self, pod: Pod) -> None:
-        args = docker_run_args(self.rendered, pod, self.image, self.network, self.config_maps)
-        self.engine.run(args, timeout=60)
+        self.current[pod.index] = self.runner.start(pod, self.image)
 
     def client(self, step: str, timeout: float = 60, **args: Any) -> dict[str, Any]:
         result = self.engine.run(
-            ["run", "--rm", "--label", LABEL, "--network", self.network, "--read-only",
+            ["run", "--rm", "--label", LABEL, "--network", str(self.runner.network),
+             "--read-only",
              "--mount", f"type=bind,source={self.client_dir},target=/client,readonly",
              "--entrypoint", "python", self.client_image, "/client/kafka_client.py", step,
              json.dumps({**args, "timeout": timeout})],
@@ -377,21 +213,20 @@ class KafkaPods:
         return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
     def exec(self, pod: Pod, script: str) -> str:
-        return self.engine.run(["exec", pod.container, "sh", "-c", script], timeout=30).stdout
+        return self.current[pod.index].exec("sh", "-c", script).stdout
 
     def logs(self, pod: Pod) -> str:
-        result = self.engine.run(["logs", pod.container], check=False, timeout=30)
-        return result.stdout + result.stderr
+        return self.current[pod.index].logs()
 
     def wait_for_cluster(self, timeout: float) -> dict[str, Any]:
         probes = [
-            [pod.fqdn, self.rendered.port(name)]
+            [pod.fqdn, self.statefulset.port(name)]
             for pod in self.pods for name in ("client", "controller")
         ]  # fmt: skip
-        offset = int(pod_env(self.rendered, self.pods[0])["KAFKA_NODE_ID_OFFSET"])
+        offset = int(self.pods[0].env["KAFKA_NODE_ID_OFFSET"])
         return self.client(
             "cluster", timeout, bootstrap=self.bootstrap, probes=probes,
-            pods=[f"{pod.fqdn}:{self.rendered.port('client')}" for pod in self.pods],
+            pods=[f"{pod.fqdn}:{self.statefulset.port('client')}" for pod in self.pods],
             brokers=[pod.index + offset for pod in self.pods],
         )  # fmt: skip
 
@@ -404,39 +239,30 @@ def kafka_pods(
     helm_template: Callable[..., str],
     tmp_path: Path,
 ) -> Iterator[KafkaPods]:
-    rendered = Rendered([doc for doc in yaml.safe_load_all(helm_template("kafka", *CHART_ARGS))
-                         if doc])  # fmt: skip
-    pods = make_pods(rendered, uuid.uuid4().hex[:8])
     client_dir = tmp_path / "client"
     client_dir.mkdir(mode=0o755)
     client_dir.chmod(0o755)
     (client_dir / "kafka_client.py").write_text(CLIENT)
     (client_dir / "kafka_client.py").chmod(0o644)
     kafka = KafkaPods(
-        engine=docker_engine,
-        rendered=rendered,
-        pods=pods,
+        runner=PodRunner(docker_engine, tmp_path, docker_network),
+        manifests=Manifests.parse(helm_template("kafka", *CHART_ARGS)),
         image=image("kafka"),
         client_image=image("worker"),
-        network=docker_network,
-        config_maps=write_config_maps(rendered, tmp_path),
         client_dir=client_dir,
     )
     try:
-        for pod in pods:
-            docker_engine.run(["volume", "create", "--label", LABEL, pod.volume])
         yield kafka
     finally:
-        for pod in pods:
-            print(f"----- {pod.container} -----\n{kafka.logs(pod)[-6000:]}")
-        docker_engine.run(["rm", "-f", "-v", *(pod.container for pod in pods)], check=False)
-        docker_engine.run(["volume", "rm", *(pod.volume for pod in pods)], check=False)
+        for container in kafka.runner.containers:
+            print(f"----- {container.name} -----\n{container.logs()[-6000:]}")
+        kafka.runner.cleanup()
 
 
 def test_the_chart_renders_the_official_image_the_stand_in_replaces(
     helm_template: Callable[..., str],
 ) -> None:
-    rendered = Rendered([doc for doc in yaml.safe_load_all(helm_template("kafka")) if doc])
+    rendered = Manifests.parse(helm_template("kafka")).workload()
     # The stand-in's jars are the version the chart deploys.
     assert rendered.container["image"] == f"apache/kafka:{KAFKA_VERSION}"
 
@@ -444,14 +270,16 @@ def test_the_chart_renders_the_official_image_the_stand_in_replaces(
 def test_three_pods_form_one_kraft_cluster_and_a_restarted_pod_keeps_its_data(
     kafka_pods: KafkaPods,
 ) -> None:
-    kafka, rendered = kafka_pods, kafka_pods.rendered
-    assert rendered.container["command"] == ["/bin/sh", "/etc/kafka-base/start.sh"]
-    cluster_id = rendered.find(
-        "ConfigMap", f"{rendered.statefulset['metadata']['name']}-cluster-id"
-    )["data"]["cluster-id"]
+    kafka, statefulset = kafka_pods, kafka_pods.statefulset
+    assert statefulset.container["command"] == ["/bin/sh", "/etc/kafka-base/start.sh"]
+    uid, _ = statefulset.pod(0).user
+    assert statefulset.spec["securityContext"]["runAsNonRoot"] and uid not in (None, 0), (
+        "the chart runs Kafka as non-root"
+    )
+    cluster_id = kafka.manifests.config_map(f"{statefulset.name}-cluster-id")["cluster-id"]
     for pod in kafka.pods:
         # The chart's advertised domain is the one Kubernetes DNS gives the pods.
-        assert pod.fqdn == f"{pod.name}.{pod_env(rendered, pod)['KAFKA_ADVERTISED_DOMAIN']}"
+        assert pod.fqdn == f"{pod.name}.{pod.env['KAFKA_ADVERTISED_DOMAIN']}"
         kafka.start(pod)  # podManagementPolicy Parallel: all at once
     started = time.monotonic()
 
@@ -460,7 +288,8 @@ def test_three_pods_form_one_kraft_cluster_and_a_restarted_pod_keeps_its_data(
     assert cluster["service"] == {"cluster_id": cluster_id, "brokers": [1, 2, 3]}
     assert set(cluster["pods"]) == {f"{pod.fqdn}:9092" for pod in kafka.pods}
 
-    settings = rendered.server_properties()
+    settings = properties(kafka.manifests.config_map(f"{statefulset.name}-config")[
+        "server.properties"])  # fmt: skip
     created = kafka.client("create", bootstrap=kafka.bootstrap, topic=TOPIC, rf=len(kafka.pods))
     assert len(created["partitions"]) == int(settings["num.partitions"])
     assert {tuple(p["replicas"]) for p in created["partitions"].values()} == {(1, 2, 3)}
@@ -483,16 +312,16 @@ def test_three_pods_form_one_kraft_cluster_and_a_restarted_pod_keeps_its_data(
     assert f"cluster.id={cluster_id}\n" in before
     assert f"node.id={pod.index + 1}\n" in before
     assert before.count(".log\n") == int(settings["num.partitions"])
-    grace = rendered.statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
 
     # As Kubernetes deletes a pod: SIGTERM, the grace period, then a new container with
     # fresh emptyDirs and the same claim.
-    kafka.engine.run(["stop", "-t", str(grace), pod.container], timeout=grace + 30)
-    state = json.loads(kafka.engine.run(["inspect", pod.container]).stdout)[0]["State"]
-    assert state["ExitCode"] == 143, f"not a clean stop on SIGTERM: {state}"  # 128 + SIGTERM
+    first = kafka.current[pod.index]
+    exit_code = first.stop()
+    state = first.inspect()["State"]
+    assert exit_code == 143, f"not a clean stop on SIGTERM: {state}"  # 128 + SIGTERM
     first_logs = kafka.logs(pod)
     assert "Formatting metadata directory /var/lib/kafka/data" in first_logs
-    kafka.engine.run(["rm", "-v", pod.container])
+    first.remove()
     kafka.start(pod)
     started = time.monotonic()
 

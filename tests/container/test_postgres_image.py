@@ -1,32 +1,30 @@
 """The postgres stand-in image started as charts/postgres's StatefulSet starts it.
 
 Everything about the container comes from `helm template charts/postgres` with the chart's
-default values; only the image is ours (energy_harness.images, "postgres"): the server
-arguments, the environment with the rendered Secret's values, the ConfigMap's init script at
-/docker-entrypoint-initdb.d with the volume's defaultMode, a labelled named volume for the
-data claim, tmpfs for the emptyDirs, the pod's uid/gid/fsGroup and the container's hardening.
+default values (started by energy_harness.chart_containers); only the image is ours
+(energy_harness.images, "postgres"): the server arguments, the environment with the rendered
+Secret's values, the ConfigMap's init script at /docker-entrypoint-initdb.d with the volume's
+defaultMode, a labelled named volume for the data claim, tmpfs for the emptyDirs, the pod's
+uid/gid/fsGroup and the container's hardening.
 Readiness is the chart's own probe command run in the container; the checks then go over the
 published port, from outside the container, as any client in the cluster connects.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.errors
 import pytest
-import yaml
-from energy_harness.localstack.docker import LABEL, DockerEngine
+from energy_harness.chart_containers import Container, Manifests, PodRunner, Workload
+from energy_harness.localstack.docker import DockerEngine
 
 pytestmark = pytest.mark.container
 
@@ -42,33 +40,31 @@ UNITS = {
 class Chart:
     """What the rendered chart says about the one postgres container."""
 
-    statefulset: dict[str, Any]
-    secret: dict[str, Any]
-    configmap: dict[str, Any]
+    manifests: Manifests
+
+    @property
+    def statefulset(self) -> Workload:
+        return self.manifests.workload()
 
     @property
     def pod(self) -> dict[str, Any]:
-        return self.statefulset["spec"]["template"]["spec"]
+        return self.statefulset.spec
 
     @property
     def container(self) -> dict[str, Any]:
-        (container,) = self.pod["containers"]
-        return container
+        return self.statefulset.container
+
+    @property
+    def configmap(self) -> dict[str, Any]:
+        return self.manifests.find("ConfigMap")
 
     def secret_value(self, key: str) -> str:
-        return base64.b64decode(self.secret["data"][key]).decode()
+        return self.manifests.secret()[key]
 
     @property
     def env(self) -> dict[str, str]:
-        env = {}
-        for item in self.container["env"]:
-            if "value" in item:
-                env[item["name"]] = item["value"]
-            else:
-                ref = item["valueFrom"]["secretKeyRef"]
-                assert ref["name"] == self.secret["metadata"]["name"]
-                env[item["name"]] = self.secret_value(ref["key"])
-        return env
+        """As the kubelet resolves it: the Secret's values in place of its references."""
+        return self.statefulset.pod(0).env
 
     @property
     def server_args(self) -> dict[str, str]:
@@ -89,98 +85,38 @@ class Chart:
 @dataclass
 class Pod:
     """Containers started one after another on the same data volume, as the StatefulSet's
-    pod is recreated on its claim."""
+    pod is recreated on its claim (energy_harness.chart_containers starts each)."""
 
-    engine: DockerEngine
+    runner: PodRunner
     chart: Chart
     image: str
-    files: Path
-    volume: str
-    containers: list[str] = field(default_factory=list)
     port: int = 0
 
     @property
-    def current(self) -> str:
-        return self.containers[-1]
+    def container(self) -> Container:
+        return self.runner.containers[-1]
 
-    def docker_args(self) -> list[str]:
-        pod, container = self.chart.pod, self.chart.container
-        assert "command" not in container  # the image's own entrypoint, as in the chart
-        volumes = {volume["name"]: volume for volume in pod["volumes"]}
-        claims = {claim["metadata"]["name"] for claim in self.chart.statefulset["spec"]
-                  .get("volumeClaimTemplates", [])}  # fmt: skip
-        args: list[str] = []
-        for mount in container["volumeMounts"]:
-            path, volume = mount["mountPath"], volumes.get(mount["name"], {})
-            if mount["name"] in claims:
-                args += ["-v", f"{self.volume}:{path}"]
-            elif "emptyDir" in volume:
-                args += ["--tmpfs", path]
-            elif "configMap" in volume:
-                assert volume["configMap"]["name"] == self.chart.configmap["metadata"]["name"]
-                source = self.files / mount["name"]
-                if not source.exists():
-                    source.mkdir(mode=0o755)
-                    source.chmod(0o755)  # readable by the container's uid, like a ConfigMap
-                    for key, text in self.chart.configmap["data"].items():
-                        (source / key).write_text(text)
-                        (source / key).chmod(volume["configMap"]["defaultMode"])
-                args += ["-v", f"{source}:{path}" + (":ro" if mount.get("readOnly") else "")]
-            else:
-                raise AssertionError(f"volume {mount['name']}: no stand-in for {volume}")
-        security, hardening = pod["securityContext"], container["securityContext"]
-        args += ["--user", f"{security['runAsUser']}:{security['runAsGroup']}"]
-        args += ["--group-add", str(security["fsGroup"])]
-        if hardening["readOnlyRootFilesystem"]:
-            args.append("--read-only")
-        for capability in hardening["capabilities"]["drop"]:
-            args += ["--cap-drop", capability]
-        if not hardening["allowPrivilegeEscalation"]:
-            args += ["--security-opt", "no-new-privileges"]
-        for name, value in self.chart.env.items():
-            args += ["-e", f"{name}={value}"]
-        args += ["-p", f"127.0.0.1::{self.chart.port}"]
-        return args
+    @property
+    def current(self) -> str:
+        return self.container.name
 
     def start(self) -> None:
-        name = f"energy-test-postgres-{uuid.uuid4().hex[:8]}"
-        self.containers.append(name)
-        self.engine.run(["run", "-d", "--name", name, "--label", LABEL, *self.docker_args(),
-                         self.image, *self.chart.container["args"]])  # fmt: skip
-        self.wait_ready()
-        published = self.engine.run(["port", name, f"{self.chart.port}/tcp"]).stdout
-        self.port = int(published.split()[0].rsplit(":", 1)[1])
-
-    def wait_ready(self) -> None:
-        """The chart's startup probe until it passes, within its own failure budget."""
-        probe = self.chart.container["startupProbe"]
-        deadline = time.monotonic() + probe["periodSeconds"] * probe["failureThreshold"]
-        while self.exec(self.chart.probe("startupProbe")).returncode != 0:
-            state = self.engine.run(
-                ["inspect", "-f", "{{.State.Running}}", self.current]
-            ).stdout.strip()
-            if state != "true" or time.monotonic() > deadline:
-                raise AssertionError(f"{self.current} never became ready:\n{self.logs()}")
-            time.sleep(0.5)
+        assert "command" not in self.chart.container  # the image's own entrypoint, as in the chart
+        self.runner.start(self.chart.statefulset.pod(0), self.image, publish=[self.chart.port])
+        # The chart's startup probe until it passes, within its own failure budget.
+        self.container.wait_for_probe("startupProbe", timeout=300)
+        self.port = self.container.address(self.chart.port)[1]
 
     def exec(self, command: list[str]) -> Any:
-        return self.engine.run(["exec", self.current, *command], check=False, timeout=30)
+        return self.container.exec(*command, check=False)
 
     def logs(self, container: str | None = None) -> str:
-        result = self.engine.run(["logs", container or self.current], check=False)
-        return result.stdout + result.stderr
+        (found,) = [c for c in self.runner.containers if c.name == (container or self.current)]
+        return found.logs()
 
     def stop(self) -> int:
         """Stop as the kubelet would, within the pod's grace period; the exit code."""
-        grace = self.chart.pod["terminationGracePeriodSeconds"]
-        self.engine.run(["stop", "-t", str(grace), self.current], timeout=grace + 30)
-        code = self.engine.run(["inspect", "-f", "{{.State.ExitCode}}", self.current]).stdout
-        return int(code)
-
-    def remove(self) -> None:
-        for name in self.containers:
-            self.engine.run(["rm", "-f", "-v", name], check=False)
-        self.engine.run(["volume", "rm", "-f", self.volume], check=False)
+        return self.container.stop()
 
     @contextlib.contextmanager
     def connect(self, user: str, password: str, dbname: str | None = None) -> Iterator[Any]:
@@ -197,8 +133,7 @@ class Pod:
 
 @pytest.fixture(scope="module")
 def chart(helm_template: Callable[..., str]) -> Chart:
-    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(helm_template("postgres")) if doc}
-    return Chart(docs["StatefulSet"], docs["Secret"], docs["ConfigMap"])
+    return Chart(Manifests.parse(helm_template("postgres")))
 
 
 @pytest.fixture(scope="module")
@@ -208,14 +143,13 @@ def pod(
     chart: Chart,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Pod]:
-    volume = f"energy-test-pgdata-{uuid.uuid4().hex[:8]}"
-    docker_engine.run(["volume", "create", "--label", LABEL, volume])
-    started = Pod(docker_engine, chart, image("postgres"), tmp_path_factory.mktemp("pg"), volume)
+    runner = PodRunner(docker_engine, tmp_path_factory.mktemp("pg"))
+    started = Pod(runner, chart, image("postgres"))
     try:
         started.start()
         yield started
     finally:
-        started.remove()
+        runner.cleanup()
 
 
 @pytest.fixture(scope="module")

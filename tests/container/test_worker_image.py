@@ -16,22 +16,17 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg2
 import pytest
 from confluent_kafka.admin import AdminClient
 from energy_harness.localstack import KafkaCluster
 from energy_harness.localstack.docker import LABEL, DockerEngine
 from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.process import free_port
-from energy_harness.testing import wait_for
-from energy_pipeline.cli import build_parser
+from energy_harness.testing import expected_rows, stored_rows, wait_for
 from energy_pipeline.core.contracts import all_kafka_topics
 from energy_pipeline.dataplane.topics import TopicSpec, create_topic
-from energy_pipeline.simulation.commands import config_from_args
-from energy_pipeline.simulation.signals import generate
 
 pytestmark = pytest.mark.container
 
@@ -216,18 +211,6 @@ def containers(
         workers.remove_all()
 
 
-def expected_rows() -> set[tuple[str, str, str, datetime, float]]:
-    args = build_parser().parse_args(["simulate", *SIMULATION])
-    config = config_from_args(args, datetime.now(UTC))
-    return {(r.site, r.sensor, r.device, r.ts, r.value) for r in generate(config)}
-
-
-def stored_rows(dsn: str) -> set[tuple[str, str, str, datetime, float]]:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT site_id, sensor, device_id, ts, value FROM readings")
-        return {(s, sensor, d, ts.astimezone(UTC), v) for s, sensor, d, ts, v in cur.fetchall()}
-
-
 def test_workers_in_containers_store_every_reading_exactly_once(
     containers: ContainerWorkers, database: str
 ) -> None:
@@ -244,7 +227,7 @@ def test_workers_in_containers_store_every_reading_exactly_once(
     # No model is promoted yet: alive, and saying so, but not ready.
     assert containers.status(*inference, "/healthz") == 200
 
-    expected = expected_rows()
+    expected = expected_rows(SIMULATION)
     containers.run(["simulate", *SIMULATION])
     wait_for(lambda: len(stored_rows(database)) >= len(expected), 180,
              f"{len(expected)} readings stored", interval=1.0)  # fmt: skip
