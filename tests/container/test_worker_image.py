@@ -158,11 +158,13 @@ class ContainerWorkers:
             return 0
 
     def run(self, command: list[str], timeout: float = 300) -> str:
-        """A one-shot command (migrate, simulate) in a container; its output."""
+        """A one-shot command (migrate, simulate, train) in a container, which must exit 0;
+        its output and log lines (stdout, then stderr)."""
         args = ["run", "--rm", "--label", LABEL, "--network", "host", *HARDENED]
         for key, value in self.env.items():
             args += ["-e", f"{key}={value}"]
-        return self.engine.run([*args, self.image, *command], timeout=timeout).stdout
+        result = self.engine.run([*args, self.image, *command], timeout=timeout)
+        return result.stdout + result.stderr
 
     def logs(self, name: str) -> str:
         result = self.engine.run(["logs", "--tail", "30", name], check=False)
@@ -217,6 +219,8 @@ def test_workers_in_containers_store_every_reading_exactly_once(
     """bridge, ingest, inference and api start hardened; readings published by the simulator
     (itself in a container) arrive in PostgreSQL exactly as generated."""
     containers.run(["migrate"])  # already migrated: must be a no-op, not a failure
+    # The training job starts (LightGBM loads), connects and finds nothing to train yet.
+    assert "no hourly_features yet; nothing to train" in containers.run(["train"])
     bridge = containers.start(["bridge"])
     ingest = containers.start(["ingest"], KAFKA_SESSION_TIMEOUT_MS="6000")
     inference = containers.start(["inference"], GRPC_PORT=str(free_port()))
