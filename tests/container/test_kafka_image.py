@@ -112,7 +112,9 @@ def create():
 
     def ready():
         state = topic_state(admin(args["bootstrap"]).list_topics(args["topic"], timeout=5))
-        ok = all(s["leader"] >= 0 and len(s["isr"]) == args["rf"] for s in state.values())
+        # Not before the metadata lists partitions at all: all() of nothing is True.
+        ok = bool(state) and all(
+            s["leader"] >= 0 and len(s["isr"]) == args["rf"] for s in state.values())
         return {"ok": ok, "partitions": state}
     return until(ready, "partitions led and in sync")
 
@@ -139,7 +141,8 @@ def read():
     # Once every replica is back in sync, every record from the beginning of every partition.
     def in_sync():
         state = topic_state(admin(args["bootstrap"]).list_topics(args["topic"], timeout=5))
-        return {"ok": all(s["isr"] == s["replicas"] == args["replicas"] for s in state.values()),
+        return {"ok": bool(state) and all(s["isr"] == s["replicas"] == args["replicas"]
+                                          for s in state.values()),
                 "partitions": state}
     state = until(in_sync, "every replica in sync")["partitions"]
     consumer = Consumer({"bootstrap.servers": args["bootstrap"], "group.id": "image-test",
