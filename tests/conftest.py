@@ -13,10 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 from energy_harness.localstack import KafkaCluster, MosquittoBroker, PostgresServer
+from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.install import ensure_kafka, ensure_system_packages
 from energy_harness.localstack.postgres import dsn
 from energy_harness.testing import admin_sql
+from energy_pipeline.core.contracts import all_kafka_topics
+from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 from energy_pipeline.db.migrate import migrate
 
 MARKER_ORDER = ("unit", "integration", "cluster", "container", "e2e")
@@ -94,3 +98,25 @@ def mqtt_broker(services_dir: Path, system_packages: None) -> Iterator[Mosquitto
         yield broker
     finally:
         broker.cleanup()
+
+
+@pytest.fixture
+def own_mqtt_broker(tmp_path: Path, system_packages: None) -> Iterator[HiveMQBroker]:
+    """A HiveMQ broker per test, the product's broker: sessions of one test never see another
+    test's data, and shared subscriptions survive a broker restart (Mosquitto's do not)."""
+    broker = HiveMQBroker(tmp_path / "mqtt")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture
+def topic_prefix(kafka_cluster: KafkaCluster) -> str:
+    """A fresh `<prefix>.*` topic set on the session's Kafka (4 partitions, RF 2)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers})
+    for name in all_kafka_topics(prefix):
+        create_topic(admin, TopicSpec(name, partitions=4, replication_factor=2))
+    return prefix

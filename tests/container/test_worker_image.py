@@ -19,14 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
 from energy_harness.localstack import KafkaCluster
 from energy_harness.localstack.docker import LABEL, DockerEngine
 from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.process import free_port
 from energy_harness.testing import expected_rows, stored_rows, wait_for
-from energy_pipeline.core.contracts import all_kafka_topics
-from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 
 pytestmark = pytest.mark.container
 
@@ -176,27 +173,15 @@ class ContainerWorkers:
 
 
 @pytest.fixture
-def hivemq(tmp_path: Path, system_packages: None) -> Iterator[HiveMQBroker]:
-    broker = HiveMQBroker(tmp_path / "mqtt")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.cleanup()
-
-
-@pytest.fixture
 def containers(
     docker_engine: DockerEngine,
     worker_image: str,
     kafka_cluster: KafkaCluster,
     database: str,
-    hivemq: HiveMQBroker,
+    own_mqtt_broker: HiveMQBroker,
+    topic_prefix: str,
 ) -> Iterator[ContainerWorkers]:
-    prefix = f"c{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers})
-    for name in all_kafka_topics(prefix):
-        create_topic(admin, TopicSpec(name, partitions=4, replication_factor=2))
+    hivemq, prefix = own_mqtt_broker, topic_prefix
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_cluster.bootstrap_servers,
         "DATABASE_URL": database,

@@ -1,40 +1,16 @@
-"""Fixtures for whole-pipeline tests: a fresh database, topic prefix and MQTT broker each."""
+"""Fixtures for whole-pipeline tests: the workers of one test (its own database, topic prefix
+and MQTT broker come from tests/conftest.py)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
 from energy_harness.localstack import KafkaCluster
 from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.workers import WorkerProcess, service_env
-from energy_pipeline.core.contracts import all_kafka_topics
-from energy_pipeline.dataplane.topics import TopicSpec, create_topic
-
-
-@pytest.fixture
-def own_mqtt_broker(tmp_path: Path, system_packages: None) -> Iterator[HiveMQBroker]:
-    """A HiveMQ broker per test, the product's broker: sessions of one test never see another
-    test's data, and shared subscriptions survive a broker restart (Mosquitto's do not)."""
-    broker = HiveMQBroker(tmp_path / "mqtt")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.cleanup()
-
-
-@pytest.fixture
-def topic_prefix(kafka_cluster: KafkaCluster) -> str:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers})
-    for name in all_kafka_topics(prefix):
-        create_topic(admin, TopicSpec(name, partitions=4, replication_factor=2))
-    return prefix
 
 
 @dataclass
