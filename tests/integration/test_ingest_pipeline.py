@@ -19,13 +19,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from energy_harness.localstack import KafkaCluster
 from energy_harness.testing import wait_for
 from energy_pipeline.core.contracts import (
     SENSOR_NAMES,
     Reading,
-    all_kafka_topics,
     deadletter_topic,
     kafka_key,
     kafka_topic,
@@ -33,7 +31,6 @@ from energy_pipeline.core.contracts import (
 )
 from energy_pipeline.core.settings import load
 from energy_pipeline.dataplane.ingest import Ingest, IngestSettings
-from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 from energy_pipeline.db.writer import WriteResult
 
 pytestmark = pytest.mark.integration
@@ -43,15 +40,6 @@ POLL_S = 0.1  # between two checks of a wait
 BAD = [b"{", b'{"schema":1,"site":"s","sensor":"pressure","device":"0"}', b"null"]
 
 Key = tuple[str, str, str, datetime]
-
-
-@pytest.fixture
-def prefix(kafka_cluster: KafkaCluster) -> str:
-    name = f"ti{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers})
-    for topic in all_kafka_topics(name):
-        create_topic(admin, TopicSpec(topic, partitions=4, replication_factor=2))
-    return name
 
 
 def readings(count: int, offset: int = 0) -> list[Reading]:
@@ -261,8 +249,9 @@ def workers() -> Iterator[list[Worker]]:
 
 
 def test_pipelined_batches_commit_in_order_after_the_database(
-    kafka_cluster: KafkaCluster, database: str, prefix: str, workers: list[Worker]
+    kafka_cluster: KafkaCluster, database: str, topic_prefix: str, workers: list[Worker]
 ) -> None:
+    prefix = topic_prefix  # a fresh topic set (tests/conftest.py)
     bootstrap = kafka_cluster.bootstrap_servers
     data = readings(3000)
     # Redelivered readings (as after a bridge restart) and bad records in between.
@@ -311,8 +300,9 @@ def dead_letters(bootstrap: str, topic: str, expected: int) -> list[dict[str, st
 
 
 def test_a_rebalance_finishes_and_commits_the_batches_in_flight_first(
-    kafka_cluster: KafkaCluster, database: str, prefix: str, workers: list[Worker]
+    kafka_cluster: KafkaCluster, database: str, topic_prefix: str, workers: list[Worker]
 ) -> None:
+    prefix = topic_prefix  # a fresh topic set (tests/conftest.py)
     bootstrap = kafka_cluster.bootstrap_servers
     data = readings(6000)
     produce(bootstrap, prefix, data)
@@ -338,8 +328,9 @@ def test_a_rebalance_finishes_and_commits_the_batches_in_flight_first(
 
 
 def test_stopping_finishes_the_batches_in_flight_and_commits_them(
-    kafka_cluster: KafkaCluster, database: str, prefix: str, workers: list[Worker]
+    kafka_cluster: KafkaCluster, database: str, topic_prefix: str, workers: list[Worker]
 ) -> None:
+    prefix = topic_prefix  # a fresh topic set (tests/conftest.py)
     bootstrap = kafka_cluster.bootstrap_servers
     data = readings(4000)
     produce(bootstrap, prefix, data)
