@@ -1,5 +1,5 @@
 // Command kube is one multi-call binary holding etcd, kube-apiserver,
-// kube-controller-manager, kube-scheduler and kubectl.
+// kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl.
 //
 // They share almost all of their dependency graph, so one binary is compiled and
 // linked once instead of five times (minutes saved on a small machine). The
@@ -20,7 +20,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 
 	// kubectl's own main imports the client auth plugins (exec, oidc) for their side effects.
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
@@ -36,6 +38,8 @@ var components = map[string]func() int{
 	"kube-controller-manager": func() int { return cli.Run(controllermanager.NewControllerManagerCommand()) },
 	"scheduler":               func() int { return cli.Run(scheduler.NewSchedulerCommand()) },
 	"kube-scheduler":          func() int { return cli.Run(scheduler.NewSchedulerCommand()) },
+	"kubelet":                 func() int { return cli.Run(kubelet.NewKubeletCommand()) },
+	"kube-proxy":              func() int { return cli.Run(proxy.NewProxyCommand()) },
 	"kubectl":                 runKubectl,
 }
 

@@ -3,7 +3,8 @@
 Three cached, version-keyed directories under `cache_dir()`:
 
 - `kube-<KUBE_VERSION>/bin/kube`: one multi-call binary from the wrapper module in
-  `tools/kube` (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl),
+  `tools/kube` (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+  kube-proxy, kubectl),
   with symlinks named like the upstream programs;
 - `kwok-<KWOK_VERSION>/bin/kwok` and `helm-<HELM_VERSION>/bin/helm` from `go install`.
 
@@ -47,6 +48,8 @@ KUBE_COMPONENTS = (
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
     "kubectl",
 )
 
