@@ -27,8 +27,10 @@ def _stack_install(args: argparse.Namespace) -> int:
 
 def _kube_install(args: argparse.Namespace) -> int:
     from energy_harness.localstack.kube_install import install_kube
+    from energy_harness.localstack.node_install import install_node
 
-    print(json.dumps(install_kube(), indent=2))
+    # The real node's programs too (containerd, CNI, CoreDNS, the pause image).
+    print(json.dumps({**install_kube(), **install_node()}, indent=2))
     return 0
 
 

@@ -39,9 +39,22 @@ class SystemDependency:
 
     name: str
     debian_package: str
+    # Glob patterns of directories to look in instead of PATH, for files Debian keeps
+    # elsewhere (CNI plugins in /usr/lib/cni, libc.a under /usr/lib/<triplet>).
+    directories: tuple[str, ...] = ()
 
     def locate(self) -> str | None:
+        if self.directories:
+            return _locate_in(self.name, self.directories)
         return _locate(self.name)
+
+
+def _locate_in(name: str, directories: tuple[str, ...]) -> str | None:
+    for pattern in directories:
+        for found in sorted(glob.glob(os.path.join(pattern, name))):
+            if os.path.isfile(found):
+                return found
+    return None
 
 
 def _locate(name: str) -> str | None:
@@ -50,12 +63,12 @@ def _locate(name: str) -> str | None:
         candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=_pg_major)
         if candidates:
             return candidates[-1]
-    if name == "mosquitto":
-        return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
     if name == "java":
         java = shutil.which("java")
         return java if java and _java_major(java) >= 17 else None
-    return shutil.which(name)
+    # Daemons and admin tools (mosquitto, runc, iptables, conntrack) live in sbin, which a
+    # normal user's PATH often lacks.
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
 
 
 def _pg_major(path: str) -> int:
