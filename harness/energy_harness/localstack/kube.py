@@ -32,10 +32,12 @@ import yaml
 
 from energy_harness.localstack.install import require
 from energy_harness.localstack.kube_install import KUBE_VERSION, KubeTools, ensure_kube_tools
+from energy_harness.localstack.node import NODE_IP, NODE_NAME, ClusterFacts, RealNode
 from energy_harness.localstack.process import (
     ManagedProcess,
     ServiceError,
     free_port,
+    http_get,
     wait_until,
 )
 
@@ -91,7 +93,8 @@ def render_cert_specs() -> list[CertSpec]:
                 "kubernetes.default.svc",
                 f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
             ),
-            ips=("127.0.0.1", KUBERNETES_SERVICE_IP),
+            # NODE_IP: where it serves when a real node runs (pods reach it there).
+            ips=("127.0.0.1", KUBERNETES_SERVICE_IP, NODE_IP),
             server=True,
         ),
         # O=system:masters is bound to cluster-admin and bypasses authorization entirely.
@@ -110,6 +113,27 @@ def render_cert_specs() -> list[CertSpec]:
         # The apiserver's identity towards aggregated API servers (requestheader auth). The
         # controller-manager and scheduler read this CA through delegated authentication
         # and log errors every second without it, as aggregated servers would fail.
+        # The real node's identities, as kubeadm issues them. The Node authorizer and the
+        # NodeRestriction admission plugin scope system:node:<name> to its own objects.
+        CertSpec(
+            name="kubelet-client",
+            common_name=f"system:node:{NODE_NAME}",
+            organizations=("system:nodes",),
+            client=True,
+        ),
+        CertSpec(
+            name="kubelet-server", common_name=NODE_NAME, dns_names=(NODE_NAME,),
+            ips=(NODE_IP,), server=True,
+        ),
+        # Bound to system:node-proxier by the bootstrap policy.
+        CertSpec(name="kube-proxy", common_name="system:kube-proxy", client=True),
+        # The apiserver's identity towards kubelets (logs, exec, port-forward).
+        CertSpec(
+            name="apiserver-kubelet-client",
+            common_name="kube-apiserver-kubelet-client",
+            organizations=("system:masters",),
+            client=True,
+        ),
         CertSpec(
             name="front-proxy-client",
             common_name="front-proxy-client",
@@ -340,14 +364,19 @@ def render_etcd_args(layout: Layout, ports: Ports) -> list[str]:
     ]
 
 
-def render_apiserver_args(layout: Layout, ports: Ports) -> list[str]:
-    """Close to controller-runtime envtest's defaults; differences are commented."""
+def render_apiserver_args(layout: Layout, ports: Ports, real_node: bool = False) -> list[str]:
+    """Close to controller-runtime envtest's defaults; differences are commented.
+
+    With a real node it serves on NODE_IP instead of loopback: pods reach it there through
+    the `kubernetes` Service, whose endpoint it then maintains itself (as on kind).
+    """
     pki = layout.pki
+    address = NODE_IP if real_node else "127.0.0.1"
     return [
         f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-        # Serving: loopback only, our own CA; clients authenticate with certs from that CA.
-        "--advertise-address=127.0.0.1",
-        "--bind-address=127.0.0.1",
+        # Serving: one private address, our own CA; clients authenticate with its certs.
+        f"--advertise-address={address}",
+        f"--bind-address={address}",
         f"--secure-port={ports.apiserver}",
         f"--tls-cert-file={layout.cert('apiserver')}",
         f"--tls-private-key-file={layout.key('apiserver')}",
@@ -362,11 +391,18 @@ def render_apiserver_args(layout: Layout, ports: Ports) -> list[str]:
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
-        # Its only address is loopback, which Endpoints reject (envtest logs that error every
-        # few seconds); in-cluster clients cannot exist here, as no container really runs.
-        "--endpoint-reconciler-type=none",
-        # Charts may ask for privileged containers (as on kind); kwok never runs them anyway.
-        "--allow-privileged=true",
+        # Without a real node its only address is loopback, which Endpoints reject (envtest
+        # logs that error every few seconds), and no in-cluster client exists.
+        f"--endpoint-reconciler-type={'lease' if real_node else 'none'}",
+        # kwok never runs a container, so charts may ask for privileged ones there (as on
+        # kind). A real node cannot start them on this kernel, and nothing of ours needs one:
+        # the API server refuses them, so a chart that asks fails loudly at admission.
+        f"--allow-privileged={'false' if real_node else 'true'}",
+        f"--kubelet-client-certificate={layout.cert('apiserver-kubelet-client')}",
+        f"--kubelet-client-key={layout.key('apiserver-kubelet-client')}",
+        # kwok's "kubelet" serves a certificate of its own making; the real one ours.
+        *([f"--kubelet-certificate-authority={pki / 'ca.crt'}"] if real_node else []),
+        "--kubelet-preferred-address-types=InternalIP",
         # The aggregation layer, as kubeadm configures it (see the front-proxy certs).
         f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
         "--requestheader-allowed-names=front-proxy-client",
@@ -448,19 +484,9 @@ def render_kwok_args(layout: Layout, ports: Ports) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 def _https_get(
-    port: int, path: str, context: ssl.SSLContext, timeout: float = 3.0
+    port: int, path: str, context: ssl.SSLContext, timeout: float = 3.0, host: str = "127.0.0.1"
 ) -> tuple[int, str]:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
-def _http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -492,10 +518,13 @@ class KubeControlPlane:
 
     base_dir: Path
     nodes: int = 3
+    # A real kubelet node (node.py) beside the `nodes` kwok ones.
+    real_node: bool = False
     start_timeout: float = 90.0
     tools: KubeTools | None = None
     ports: Ports = field(default_factory=Ports.allocate)
     processes: list[ManagedProcess] = field(default_factory=list, init=False)
+    node: RealNode | None = field(default=None, init=False)
     start_seconds: float | None = field(default=None, init=False)
     _api_client: ApiClient | None = field(default=None, init=False, repr=False)
 
@@ -509,12 +538,16 @@ class KubeControlPlane:
         return self.layout.admin_kubeconfig
 
     @property
+    def address(self) -> str:
+        return NODE_IP if self.real_node else "127.0.0.1"
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports.apiserver}"
+        return f"https://{self.address}:{self.ports.apiserver}"
 
     @property
     def node_names(self) -> list[str]:
-        return node_names(self.nodes)
+        return node_names(self.nodes) + ([NODE_NAME] if self.real_node else [])
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -528,6 +561,14 @@ class KubeControlPlane:
         try:
             generate_pki(self.layout.pki)
             self._write_kubeconfigs()
+            if self.real_node:
+                self.node = RealNode(
+                    self.base_dir / "node",
+                    kubelet=self.tools.component("kubelet"),
+                    kube_proxy=self.tools.component("kube-proxy"),
+                )
+                # Takes the machine's node lock and makes NODE_IP, which the apiserver binds.
+                self.node.prepare()
             self._start_etcd()
             self._start_apiserver()
             # All three need a serving apiserver; started together they warm up in parallel.
@@ -549,6 +590,9 @@ class KubeControlPlane:
             )
             self._create_nodes()
             self._wait_components_healthy(kwok)
+            if self.node is not None:
+                self.node.start(self._cluster_facts(), timeout=self.start_timeout)
+                self.node.wait_healthy(timeout=self.start_timeout)
             self._wait_nodes_ready()
             self._wait_default_service_account()
         except BaseException:
@@ -561,6 +605,9 @@ class KubeControlPlane:
             with contextlib.suppress(Exception):
                 self._api_client.close()
             self._api_client = None
+        # The real node first, while the apiserver still answers its last calls.
+        if self.node is not None:
+            self.node.stop()
         # Reverse start order; the API clients (kwok, scheduler, controller-manager) stop
         # together, then the apiserver, then its storage.
         clients = [p for p in self.processes if p.name not in {"etcd", "kube-apiserver"}]
@@ -573,6 +620,10 @@ class KubeControlPlane:
                 if proc.name == name:
                     proc.stop(timeout=30)
         self.processes.clear()
+        if self.node is not None:
+            # The API server served on the node's address: remove it only now.
+            self.node.release()
+            self.node = None
 
     def cleanup(self) -> None:
         self.stop()
@@ -667,6 +718,8 @@ class KubeControlPlane:
             ("admin", "admin", "kubernetes-admin"),
             ("controller-manager", "controller-manager", "system:kube-controller-manager"),
             ("scheduler", "scheduler", "system:kube-scheduler"),
+            ("kubelet", "kubelet-client", f"system:node:{NODE_NAME}"),
+            ("kube-proxy", "kube-proxy", "system:kube-proxy"),
         ):
             config = render_kubeconfig(
                 self.server, ca, layout.cert(cert).read_bytes(), layout.key(cert).read_bytes(), user
@@ -675,6 +728,22 @@ class KubeControlPlane:
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             path.chmod(0o600)
 
+    def _cluster_facts(self) -> ClusterFacts:
+        layout = self.layout
+        return ClusterFacts(
+            server=self.server,
+            ca_file=layout.cert("ca"),
+            kubelet_kubeconfig=layout.kubeconfig("kubelet"),
+            kubelet_cert=layout.cert("kubelet-server"),
+            kubelet_key=layout.key("kubelet-server"),
+            proxy_kubeconfig=layout.kubeconfig("kube-proxy"),
+            # CoreDNS reads Services, EndpointSlices and Namespaces of the whole cluster; the
+            # admin identity is simplest for a test harness that runs it as a local process.
+            coredns_kubeconfig=layout.admin_kubeconfig,
+            cluster_domain=CLUSTER_DOMAIN,
+            pod_cidr=POD_CIDR,
+        )
+
     def _start_etcd(self) -> None:
         assert self.tools is not None
         etcd = self._start(
@@ -682,7 +751,7 @@ class KubeControlPlane:
         )
 
         def healthy() -> bool:
-            status, body = _http_get(self.ports.etcd_client, "/health")
+            status, body = http_get(self.ports.etcd_client, "/health")
             return status == 200 and json.loads(body).get("health") == "true"
 
         wait_until(
@@ -700,12 +769,12 @@ class KubeControlPlane:
         apiserver = self._start(
             "kube-apiserver",
             self.tools.component("kube-apiserver"),
-            render_apiserver_args(self.layout, self.ports),
+            render_apiserver_args(self.layout, self.ports, self.real_node),
         )
         context = self._admin_context()
 
         def ready() -> bool:
-            status, body = _https_get(self.ports.apiserver, "/readyz", context)
+            status, body = _https_get(self.ports.apiserver, "/readyz", context, host=self.address)
             return status == 200 and body.strip() == "ok"
 
         wait_until(
@@ -744,7 +813,7 @@ class KubeControlPlane:
                 process=self._process(name),
             )
         wait_until(
-            lambda: _http_get(self.ports.kwok, "/healthz")[0] == 200,
+            lambda: http_get(self.ports.kwok, "/healthz")[0] == 200,
             timeout=self.start_timeout,
             what="waiting for kwok /healthz",
             process=kwok,
@@ -757,6 +826,8 @@ class KubeControlPlane:
         wanted = set(self.node_names)
 
         def all_ready() -> bool:
+            if self.node is not None:
+                self.node.raise_if_exited()
             nodes = self.api_client.sanitize_for_serialization(core.list_node().items)
             ready = {n["metadata"]["name"] for n in nodes if node_is_ready(n)}
             return wanted <= ready
