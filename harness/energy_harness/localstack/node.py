@@ -427,9 +427,10 @@ def _kill(pids: Iterable[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _mounts_under(prefixes: Sequence[Path]) -> list[str]:
+def parse_mounts_under(mountinfo: str, prefixes: Sequence[Path]) -> list[str]:
+    """Mount points in `mountinfo` (/proc/<pid>/mountinfo text) at or below `prefixes`."""
     mounts = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in mountinfo.splitlines():
         # Field 5 is the mount point, with spaces and such octal-escaped.
         point = re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
         if any(point == str(p) or point.startswith(f"{p}/") for p in prefixes):
@@ -437,10 +438,33 @@ def _mounts_under(prefixes: Sequence[Path]) -> list[str]:
     return mounts
 
 
+def _mounts_under(prefixes: Sequence[Path]) -> list[str]:
+    return parse_mounts_under(Path("/proc/self/mountinfo").read_text(), prefixes)
+
+
 def unmount_under(prefixes: Sequence[Path]) -> None:
     # Deepest first; lazily, as a killed process may still hold one for a moment.
     for point in sorted(set(_mounts_under(prefixes)), key=len, reverse=True):
         _run(["umount", "-l", point], check=False)
+
+
+def parse_iptables_save(
+    dump: str, prefixes: Sequence[str]
+) -> tuple[set[str], list[tuple[str, list[str]]]]:
+    """From one table's `iptables-save` output: the chains named `prefix*`, and the rules of
+    other chains that jump to them, as (chain, rule arguments) for `iptables -D`."""
+    chains = {
+        chain for chain in re.findall(r"^:(\S+)", dump, re.M)
+        if chain.startswith(tuple(prefixes))
+    }
+    if not chains:
+        return chains, []
+    jumps = []
+    for rule in re.findall(r"^-A (\S+) (.*)$", dump, re.M):
+        jumps_to = re.search(r"-j (\S+)", rule[1])
+        if rule[0] not in chains and jumps_to and jumps_to.group(1) in chains:
+            jumps.append((rule[0], shlex.split(rule[1])))
+    return chains, jumps
 
 
 def delete_iptables_chains(prefixes: Sequence[str], iptables: Path) -> None:
@@ -454,17 +478,9 @@ def delete_iptables_chains(prefixes: Sequence[str], iptables: Path) -> None:
         save = iptables.parent / f"{family}-save"
         for table in ("mangle", "nat", "filter"):
             dump = _run([str(save), "-t", table], check=False).stdout
-            chains = {
-                chain for chain in re.findall(r"^:(\S+)", dump, re.M)
-                if chain.startswith(tuple(prefixes))
-            }
-            if not chains:
-                continue
-            for rule in re.findall(r"^-A (\S+) (.*)$", dump, re.M):
-                jumps_to = re.search(r"-j (\S+)", rule[1])
-                if rule[0] not in chains and jumps_to and jumps_to.group(1) in chains:
-                    _run([str(command), "-t", table, "-D", rule[0], *shlex.split(rule[1])],
-                         check=False)
+            chains, jumps = parse_iptables_save(dump, prefixes)
+            for chain, rule in jumps:
+                _run([str(command), "-t", table, "-D", chain, *rule], check=False)
             for flag in ("-F", "-X"):
                 for chain in chains:
                     _run([str(command), "-t", table, flag, chain], check=False)
