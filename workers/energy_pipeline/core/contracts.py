@@ -48,6 +48,12 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+# Known hours of energy consumption a site needs before the default model fits its boosters
+# (fewer: `train` stores its seasonal-naive fallback). Here, not beside the model, because the
+# operator waits for this much history before a pipeline's first training and must not
+# import LightGBM to know it (DefaultParams.min_train_hours defaults to it).
+MIN_TRAIN_HOURS = 14 * 24
+
 MQTT_TOPIC_ROOT = "energy"
 DEFAULT_TOPIC_PREFIX = "energy"
 

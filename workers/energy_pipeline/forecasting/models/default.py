@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import lightgbm as lgb
 import numpy as np
 
+from energy_pipeline.core.contracts import MIN_TRAIN_HOURS
 from energy_pipeline.forecasting.features import FeatureMatrix, default_pipeline
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.models.base import envelope
@@ -73,7 +74,7 @@ class DefaultParams:
     # Training rows are (target, horizon) pairs; above this many, horizons are sampled.
     max_rows: int = 60_000
     holdout_hours: int = 336
-    min_train_hours: int = 336
+    min_train_hours: int = MIN_TRAIN_HOURS
     min_window_hours: int = 84
     # Boosters trained at once (0: one per core); each booster itself uses one thread.
     num_threads: int = 0
