@@ -694,6 +694,27 @@ def status_schema() -> dict[str, Any]:
             "promotedModels": integer(
                 "Promoted forecasting models in the registry; inference pods turn ready once "
                 "there is one."),
+            "firstTraining": obj(
+                "While no model is promoted: the first training, which the operator starts as "
+                "Job <name>-train-first once a site has enough history stored.",
+                {
+                    "state": string("WaitingForHistory, Running, Failed (tried again after "
+                                    "retryAt), NoModel (the Job succeeded but promoted "
+                                    "nothing), NotStarted or Paused."),
+                    "job": string("The training Job, when there is one."),
+                    "attempt": integer("The operator's try of Job <name>-train-first."),
+                    "site": string("The site with the most history."),
+                    "historyHours": integer(
+                        "Closed hours with a consumption value of that site in the window a "
+                        "training run reads (spec.forecast.trainHistoryDays)."),
+                    "neededHours": integer(
+                        "Hours the first training waits for: what the default model needs to "
+                        "fit rather than fall back to seasonal naive (min_train_hours), at most "
+                        "trainHistoryDays x 24."),
+                    "retryAt": string("After a failure: when the next try starts.",
+                                      format="date-time"),
+                },
+            ),
             "lastForecastTime": string("When the newest forecast was issued.", format="date-time"),
         },
     )

@@ -12,6 +12,8 @@ APP_NAME = "energy-pipeline"
 
 # Pod template annotation: a digest of the configuration a worker reads, so a change rolls it.
 CONFIG_HASH_ANNOTATION = "energy.pipeline.dev/config-hash"
+# On Job <name>-train-first: which of the operator's tries it is (the retry backoff grows).
+FIRST_TRAINING_ATTEMPT_ANNOTATION = "energy.pipeline.dev/first-training-attempt"
 # kopf's finalizer, present only while spec.kafka.deleteTopicsOnDelete is true.
 FINALIZER = "energy.pipeline.dev/delete-topics"
 # kopf's bookkeeping annotations (last handled spec, handler progress) use this prefix.
@@ -53,6 +55,11 @@ class ChildNames:
     @property
     def train(self) -> str:
         return f"{self.pipeline}-train"
+
+    @property
+    def first_training(self) -> str:
+        """The Job the operator starts once, when enough history is stored and no model is."""
+        return f"{self.pipeline}-train-first"
 
     @property
     def service_account(self) -> str:

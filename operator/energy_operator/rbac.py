@@ -49,9 +49,10 @@ class Rule:
 SUMMARY = (
     "Per EnergyPipeline, in any namespace, the operator watches the resource, writes its",
     "status, server-side applies its children and lists them by label, reads the Secrets the",
-    "spec references and posts Events; it holds a Lease in its own namespace for leader",
-    "election. It needs no access to pods, nodes, namespaces or CRDs (kopf's resource",
-    "scanning is off), nor update on its children (server-side apply patches them).",
+    "spec references and posts Events; while a pipeline has no model it starts (and retries)",
+    "its first training Job. It holds a Lease in its own namespace for leader election. It",
+    "needs no access to pods, nodes, namespaces or CRDs (kopf's resource scanning is off),",
+    "nor update on its children (server-side apply patches them).",
 )
 
 # ClusterRole: what the operator does for each EnergyPipeline, in any namespace.
@@ -75,6 +76,10 @@ CLUSTER_RULES = (
          ("apps",), ("deployments",), ("get", "list", "create", "patch", "delete")),
     Rule("apply the training CronJob",
          ("batch",), ("cronjobs",), ("get", "list", "create", "patch")),
+    Rule("start the first training (Job <name>-train-first) once enough history is stored, "
+         "list the pipeline's training Jobs to see whether one runs, succeeded or failed, and "
+         "delete a failed first training before its next try",
+         ("batch",), ("jobs",), ("list", "create", "delete")),
     Rule("apply the PodDisruptionBudgets; delete the read API's once spec.api.enabled turns "
          "false",
          ("policy",), ("poddisruptionbudgets",), ("get", "list", "create", "patch", "delete")),

@@ -11,6 +11,7 @@ and returns only what a later step needs.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -39,18 +40,27 @@ from energy_operator import crd, render
 from energy_operator.kube import Kube, KubeError
 from energy_operator.naming import OPTIONAL_WORKERS, ChildNames, instance_selector
 from energy_operator.status import (
+    FirstTraining,
+    History,
     Observed,
     Problem,
     TopicsObserved,
+    TrainingJob,
     Workload,
     build_status,
+    first_training_events,
+    plan_first_training,
     status_patch,
+    training_job_from,
     workload_from_deployment,
 )
 
 log = logging.getLogger("energy_operator.reconcile")
 
 KAFKA_TIMEOUT = 5.0
+# The schema version that added forecast_sites, which says up to where a site's hours are
+# closed (the history query reads it).
+FORECASTING_SCHEMA_VERSION = 2
 
 Adopt = Callable[[list[dict[str, Any]], Mapping[str, Any]], None]
 
@@ -67,6 +77,9 @@ class DatabaseFacts:
     schema_version: int | None = None
     last_forecast: datetime | None = None
     promoted_models: int | None = None
+    # Read only while no model is promoted: (site, closed hours with a consumption value in
+    # the training window) of the site with the most, (None, 0) without any.
+    history: tuple[str | None, int] | None = None
 
 
 @dataclass
@@ -342,8 +355,12 @@ def reconcile_topics(admin: AdminClient | None, spec: Mapping[str, Any], change:
     )
 
 
-def reconcile_schema(url: str | None, change: bool, outcome: Outcome) -> None:
-    """Migrate when behind; `outcome.database` is what the status reports of the database."""
+def reconcile_schema(url: str | None, change: bool, outcome: Outcome,
+                     history_days: int | None = None) -> None:
+    """Migrate when behind; `outcome.database` is what the status reports of the database.
+
+    With `history_days`, also how much training history is stored while no model is promoted.
+    """
     if url is None:
         return
     try:  # db.connect bounds every connect: an unreachable database costs a pass seconds
@@ -360,7 +377,9 @@ def reconcile_schema(url: str | None, change: bool, outcome: Outcome) -> None:
                 f"database schema version {version} is newer than this release knows "
                 f"({latest}); use the image of a matching release",
             )
-        facts = registry_facts(url) if version >= 1 else DatabaseFacts()
+        facts = registry_facts(
+            url, history_days if version >= FORECASTING_SCHEMA_VERSION else None,
+        ) if version >= 1 else DatabaseFacts()
         facts.schema_version = version
     except MigrationError as exc:
         outcome.problem("MigrationFailed", f"database migration failed: {exc}")
@@ -376,18 +395,86 @@ def reconcile_schema(url: str | None, change: bool, outcome: Outcome) -> None:
     outcome.database = facts
 
 
-def registry_facts(dsn: str) -> DatabaseFacts:
-    """The newest forecast and how many models are promoted (inference serves only those)."""
+# Per site, the closed hours with a consumption value in the window `train` would read: the
+# bounds of energy_pipeline.forecasting.hourly_db (up to the forecasting watermark's last
+# closed hour when ingest keeps one, else all but the newest hour; `days` back from there),
+# counted as the default model counts known hours. The site with the most, over the primary
+# key (site_id, hour); it runs only while no model is promoted.
+_HISTORY_SQL = """
+WITH bounds AS (
+    SELECT h.site_id, coalesce(f.closed_through + interval '1 hour', max(h.hour)) AS until
+    FROM hourly_features h LEFT JOIN forecast_sites f ON f.site_id = h.site_id
+    GROUP BY h.site_id, f.closed_through
+)
+SELECT b.site_id, count(h.hour) FILTER (WHERE h.n_energyconsumption > 0) AS hours
+FROM bounds b JOIN hourly_features h ON h.site_id = b.site_id
+ AND h.hour < b.until AND h.hour >= b.until - %(days)s * interval '1 day'
+GROUP BY b.site_id
+ORDER BY hours DESC, b.site_id
+LIMIT 1
+"""
+
+
+def registry_facts(dsn: str, history_days: int | None = None) -> DatabaseFacts:
+    """The newest forecast and how many models are promoted (inference serves only those);
+    with `history_days` and no model promoted, the training history stored (`_HISTORY_SQL`)."""
     conn = connect(dsn, application_name=worker_name("operator"), readonly=True)
+    history: tuple[str | None, int] | None = None
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT max(issued_at) FROM forecasts")
             last = cur.fetchone()[0]
             cur.execute("SELECT count(*) FROM models WHERE promoted")
             promoted = int(cur.fetchone()[0])
+            if promoted == 0 and history_days is not None:
+                cur.execute(_HISTORY_SQL, {"days": history_days})
+                row = cur.fetchone()
+                history = (row[0], int(row[1])) if row else (None, 0)
     finally:
         conn.close()
-    return DatabaseFacts(None, last.astimezone(UTC) if last is not None else None, promoted)
+    return DatabaseFacts(None, last.astimezone(UTC) if last is not None else None, promoted,
+                         history)
+
+
+def observe_training_jobs(kube: Kube, name: str, namespace: str) -> list[TrainingJob]:
+    """The pipeline's training Jobs: its first-training Job and those of its CronJob."""
+    selector = f"{instance_selector(name)},app.kubernetes.io/component=train"
+    return [training_job_from(job) for job in kube.list("batch/v1", "Job", namespace, selector)]
+
+
+def start_first_training(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
+                         plan: FirstTraining, jobs: list[TrainingJob], adopt: Adopt,
+                         outcome: Outcome) -> bool:
+    """Create Job <name>-train-first as `plan` says, replacing a failed one for a retry.
+
+    False when that failed (a non-blocking problem says why; the next pass tries again).
+    """
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    job = render.first_training_job(name, namespace, spec, plan.attempt)
+    adopt([job], body)
+    try:
+        if plan.action == "retry":
+            failed = next(j for j in jobs if j.name == job["metadata"]["name"])
+            # Only that very Job (a precondition), in the background: its pods go with it.
+            kube.delete("batch/v1", "Job", namespace, failed.name, uid=failed.uid or None)
+        kube.create(job)
+    except KubeError as exc:
+        if exc.status == 409:  # already there (another pass or replica): the next pass sees it
+            return True
+        outcome.problem("FirstTrainingNotStarted",
+                        f"could not create Job {job['metadata']['name']}: {exc.message}",
+                        blocking=False)
+        return False
+    history = plan.history
+    have = (f": {history.site} has {history.hours} of {history.needed} hours of history"
+            if history is not None and history.site is not None else "")
+    again = f" again (attempt {plan.attempt})" if plan.attempt > 1 else ""
+    outcome.did("FirstTrainingStarted",
+                f"started Job {job['metadata']['name']}{again} to train the first model{have}; "
+                f"follow it with kubectl logs -f job/{job['metadata']['name']}",
+                f"started Job {job['metadata']['name']}{again}")
+    return True
 
 
 def observe_workloads(kube: Kube, name: str, namespace: str,
@@ -461,9 +548,23 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
         if outcome.topics.state == "Unknown":
             ADMIN_CLIENTS.discard(kafka)
 
-    reconcile_schema(db_url, change, outcome)
+    # The training Jobs before the registry: a Job seen finished has its model counted.
+    jobs = observe_training_jobs(kube, name, namespace)
+    needed = render.first_training_hours(spec)
+    reconcile_schema(db_url, change, outcome,
+                     history_days=int(spec["forecast"]["trainHistoryDays"]))
 
     database = outcome.database
+    history = (History(database.history[0], database.history[1], needed)
+               if database.history is not None else None)
+    at = now()
+    first = plan_first_training(name, database.promoted_models, history, jobs, paused, at)
+    if first is not None and first.action and change and not start_first_training(
+            kube, body, spec, first, jobs, adopt, outcome):
+        first = dataclasses.replace(first, state="NotStarted", action="",
+                                    message=f"Job {first.job} could not be created (see Degraded)")
+    if first is not None and first.problem is not None:
+        outcome.problems.append(first.problem)
     observed = Observed(
         generation=int(body["metadata"].get("generation", 0)),
         paused=paused,
@@ -473,15 +574,18 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
         schema_latest=latest_version(),
         last_forecast=database.last_forecast,
         promoted_models=database.promoted_models,
+        first_training=first,
         problems=outcome.problems,
         changes=outcome.changes,
     )
-    outcome.status = build_status(observed, name, previous, now())
+    outcome.status = build_status(observed, name, previous, at)
 
     # Warn once per new problem, not on every pass while it lasts.
     for problem in outcome.problems:
         if not _already_reported(problem, previous):
             outcome.event(problem.reason, problem.message, "Warning")
+    for reason, message in first_training_events(first, database.promoted_models, previous):
+        outcome.event(reason, message)
     if paused and not previous.get("paused"):
         outcome.event("Paused", "spec.paused is true: children are left untouched")
     if not paused and previous.get("paused"):

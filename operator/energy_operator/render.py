@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from energy_pipeline.core.contracts import all_kafka_topics
+from energy_pipeline.core.contracts import MIN_TRAIN_HOURS, all_kafka_topics
 
 from energy_operator import crd
 from energy_operator.naming import (
@@ -26,6 +26,7 @@ from energy_operator.naming import (
     CLUSTER_DOMAIN,
     CONFIG_HASH_ANNOTATION,
     DEPLOYMENT_WORKERS,
+    FIRST_TRAINING_ATTEMPT_ANNOTATION,
     GRPC_PORT,
     HTTP_PORT,
     OPTIONAL_WORKERS,
@@ -335,6 +336,43 @@ def train_cronjob(name: str, namespace: str, spec: Mapping[str, Any],
             },
         },
     }
+
+
+def first_training_job(name: str, namespace: str, spec: Mapping[str, Any],
+                       attempt: int = 1) -> dict[str, Any]:
+    """Job `<name>-train-first`: the CronJob's jobTemplate, run once without waiting for the
+    schedule (what `kubectl create job --from=cronjob/<name>-train` makes by hand).
+
+    `attempt` counts the operator's tries; a failed one is replaced by the next after a backoff
+    (`status.plan_first_training`).
+    """
+    spec = crd.with_defaults(spec)
+    template = train_cronjob(name, namespace, spec, config_data(name, namespace, spec))[
+        "spec"]["jobTemplate"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": ChildNames(name).first_training,
+            "namespace": namespace,
+            "labels": labels(name, "train"),
+            "annotations": {FIRST_TRAINING_ATTEMPT_ANNOTATION: str(attempt)},
+        },
+        "spec": template["spec"],
+    }
+
+
+def first_training_hours(spec: Mapping[str, Any]) -> int:
+    """Closed hours with a consumption value one site needs before the first training starts.
+
+    What `train`'s default model needs to fit its boosters instead of storing its fallback
+    (MIN_TRAIN_HOURS, or spec.forecast.modelParameters.min_train_hours when set), but never
+    more than a training run reads (spec.forecast.trainHistoryDays), and at least one hour
+    (`train` skips a site without any).
+    """
+    forecast = crd.with_defaults(spec)["forecast"]
+    wanted = forecast["modelParameters"].get("min_train_hours", MIN_TRAIN_HOURS)
+    return max(1, min(int(wanted), int(forecast["trainHistoryDays"]) * 24))
 
 
 def pod_disruption_budget(name: str, namespace: str, worker: str) -> dict[str, Any]:

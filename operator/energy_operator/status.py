@@ -8,14 +8,20 @@ Ready      the children exist, every workload is rolled out and ready, the topic
            the schema is current; nothing blocks the data flow.
 Progressing the operator (or a rollout it started) is still moving towards the spec.
 Degraded   something needs a person: its reason and message say what and what to do.
+
+While no model is promoted, `plan_first_training` decides about the first training (wait for
+history, start Job <name>-train-first, retry a failed one after a backoff) and says so in
+`status.firstTraining` and the Ready message; inference is then not counted against Ready.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+from energy_operator.naming import FIRST_TRAINING_ATTEMPT_ANNOTATION, ChildNames
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,223 @@ class TopicsObserved:
         return out
 
 
+# ---------------------------------------------------------------------------------------------
+# The first training: a pipeline without a model trains one as soon as the history allows
+# ---------------------------------------------------------------------------------------------
+
+# After a failed first training the operator tries again this long after it failed, doubled
+# with every further failure up to the cap (the Job's own pod retries came before that).
+FIRST_TRAINING_RETRY = timedelta(minutes=10)
+FIRST_TRAINING_RETRY_MAX = timedelta(hours=6)
+
+
+def first_training_retry_delay(attempt: int) -> timedelta:
+    """How long after failed try `attempt` (1, 2, ...) the next one starts."""
+    return min(FIRST_TRAINING_RETRY * 2 ** max(0, min(attempt - 1, 16)),
+               FIRST_TRAINING_RETRY_MAX)
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """One training Job of the pipeline (its first-training Job, or one of the CronJob's)."""
+
+    name: str
+    uid: str = ""
+    succeeded: bool = False
+    failed: bool = False
+    attempt: int = 1
+    # When it finished (or, for a Job that never got a verdict time, was created).
+    finished_at: datetime | None = None
+    reason: str = ""  # the Failed condition's reason and message
+
+    @property
+    def active(self) -> bool:
+        # Pending pods count: a Job without a verdict may still start a training.
+        return not (self.succeeded or self.failed)
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def training_job_from(job: Mapping[str, Any]) -> TrainingJob:
+    """A Job's verdict as its terminal conditions (Complete, Failed) state it."""
+    meta = job.get("metadata") or {}
+    status = job.get("status") or {}
+    verdicts = {c.get("type"): c for c in status.get("conditions") or ()
+                if c.get("status") == "True" and c.get("type") in ("Complete", "Failed")}
+    verdict = verdicts.get("Failed") or verdicts.get("Complete") or {}
+    try:
+        attempt = max(1, int((meta.get("annotations") or {}).get(
+            FIRST_TRAINING_ATTEMPT_ANNOTATION, 1)))
+    except ValueError:
+        attempt = 1
+    failed = "Failed" in verdicts
+    reason = ": ".join(x for x in (verdict.get("reason"), verdict.get("message")) if x)
+    return TrainingJob(
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        succeeded="Complete" in verdicts and not failed,
+        failed=failed,
+        attempt=attempt,
+        finished_at=(_time(verdict.get("lastTransitionTime")) or _time(status.get("completionTime"))
+                     or _time(meta.get("creationTimestamp"))) if verdicts else None,
+        reason=reason,
+    )
+
+
+@dataclass(frozen=True)
+class History:
+    """Closed hours with a consumption value in the window `train` reads, of the site with the
+    most, and how many the first training waits for."""
+
+    site: str | None
+    hours: int
+    needed: int
+
+    @property
+    def enough(self) -> bool:
+        return self.hours >= self.needed
+
+
+@dataclass(frozen=True)
+class FirstTraining:
+    """Where a pipeline without a promoted model stands with its first training.
+
+    state: WaitingForHistory, Running, Failed (a retry is due at `retry_at`), NoModel (the Job
+    succeeded yet no model is promoted), Paused, or NotStarted (the reconciler could not create
+    the Job it was told to). action: what the reconciler does now:
+    "create" the Job, "retry" (delete the failed Job, create the next attempt) or nothing.
+    """
+
+    state: str
+    message: str  # why inference waits, for the Ready condition
+    action: str = ""
+    job: str | None = None
+    attempt: int = 0
+    history: History | None = None
+    retry_at: datetime | None = None
+    problem: Problem | None = None
+
+    def as_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state}
+        if self.job:
+            out["job"] = self.job
+        if self.attempt:
+            out["attempt"] = self.attempt
+        if self.history is not None:
+            if self.history.site is not None:
+                out["site"] = self.history.site
+            out["historyHours"] = self.history.hours
+            out["neededHours"] = self.history.needed
+        if self.retry_at is not None:
+            out["retryAt"] = _stamp(self.retry_at)
+        return out
+
+
+def _stamp(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _history_text(history: History | None) -> str:
+    if history is None:
+        return "not known yet"
+    if history.site is None:
+        return f"0 of {history.needed} hours"
+    return f"{history.site} has {history.hours} of {history.needed} hours"
+
+
+def plan_first_training(
+    pipeline: str,
+    promoted_models: int | None,
+    history: History | None,
+    jobs: Sequence[TrainingJob],
+    paused: bool,
+    now: datetime,
+) -> FirstTraining | None:
+    """What to do about the first model; None when none is owed (or that is unknown).
+
+    `jobs` are the pipeline's training Jobs, read before the registry was (so a Job that
+    finished has its model counted); `history` is None when it could not be read.
+    """
+    if promoted_models is None or promoted_models > 0:
+        return None
+    first = ChildNames(pipeline).first_training
+    logs = f"kubectl logs job/{first}"
+    ours = next((j for j in jobs if j.name == first), None)
+    others = sorted(j.name for j in jobs if j.name != first and j.active)
+    enough = history is not None and history.enough
+
+    def running(job: str, attempt: int, action: str = "") -> FirstTraining:
+        detail = f"attempt {attempt}; {logs}" if job == first else "started by CronJob"
+        return FirstTraining("Running", f"Job {job} is training it ({detail})", action=action,
+                             job=job, attempt=attempt if job == first else 0, history=history)
+
+    if ours is not None and ours.active:
+        return running(first, ours.attempt)
+    if others:
+        return running(others[0], 0)
+    if ours is not None and ours.succeeded:
+        return FirstTraining(
+            "NoModel", f"Job {first} finished without promoting a model", job=first,
+            attempt=ours.attempt, history=history,
+            problem=Problem(
+                "FirstTrainingNoModel",
+                f"first training Job {first} succeeded but no model is promoted; see {logs}; "
+                f"to train again: kubectl delete job {first} (the operator starts it anew)",
+                blocking=False,
+            ),
+        )
+    if ours is not None:  # failed
+        retry_at = (ours.finished_at or now) + first_training_retry_delay(ours.attempt)
+        if now >= retry_at and enough and not paused:
+            return running(first, ours.attempt + 1, action="retry")
+        why = f" ({ours.reason})" if ours.reason else ""
+        return FirstTraining(
+            "Failed",
+            f"its first training failed (Job {first}, attempt {ours.attempt}); the operator "
+            f"tries again after {_stamp(retry_at)}",
+            job=first, attempt=ours.attempt, history=history, retry_at=retry_at,
+            problem=Problem(
+                "FirstTrainingFailed",
+                f"first training Job {first} failed{why} (attempt {ours.attempt}); see {logs}; "
+                f"the operator tries again after {_stamp(retry_at)}",
+                blocking=False,
+            ),
+        )
+    if paused:
+        return FirstTraining("Paused", "spec.paused is true: the first training waits",
+                             history=history)
+    if enough:
+        return running(first, 1, action="create")
+    needed = f"{history.needed} hours" if history is not None else "enough hours"
+    return FirstTraining(
+        "WaitingForHistory",
+        f"the operator starts Job {first} once a site has {needed} of history "
+        f"(now: {_history_text(history)}); to train on less now: kubectl create job "
+        f"--from=cronjob/{ChildNames(pipeline).train} {pipeline}-train-now",
+        history=history,
+    )
+
+
+def first_training_events(first: FirstTraining | None, promoted: int | None,
+                          previous: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(reason, message) of what changed about the first model since the last status: now
+    waiting for history, or a model promoted. A started Job and a failure have their own."""
+    before = previous.get("firstTraining") or {}
+    if first is not None and first.state == "WaitingForHistory" and (
+            before.get("state") != first.state):
+        return [("WaitingForHistory", "inference waits for its first model: " + first.message)]
+    if promoted and previous.get("promotedModels") == 0:
+        trained = f" (trained by Job {before['job']})" if before.get("job") else ""
+        return [("FirstModelPromoted",
+                 f"{promoted} model(s) promoted{trained}: inference loads them and serves "
+                 "forecasts")]
+    return []
+
+
 @dataclass(frozen=True)
 class Observed:
     generation: int
@@ -90,6 +313,8 @@ class Observed:
     last_forecast: datetime | None = None
     # None: unknown (database unreachable); 0: inference has nothing to serve yet.
     promoted_models: int | None = None
+    # Where the first training stands while no model is promoted (None: nothing owed/unknown).
+    first_training: FirstTraining | None = None
     problems: Sequence[Problem] = ()
     # Human-readable changes this reconcile made ("Deployment demo-ingest updated").
     changes: Sequence[str] = field(default_factory=tuple)
@@ -144,11 +369,11 @@ def _ready(observed: Observed, pipeline: str) -> tuple[str, str, str]:
     message = (f"{_workload_summary(observed.workloads)}; {len(observed.topics.names)} topics "
                f"with {observed.topics.partitions} partitions; schema version "
                f"{observed.schema_version}")
-    if first_model:
-        message += (
-            f"; inference waits for its first model, trained by CronJob {pipeline}-train "
-            f"(now: kubectl create job --from=cronjob/{pipeline}-train {pipeline}-train-first)"
-        )
+    # Whether or not its pods claim to be ready: without a model there is nothing to serve.
+    if observed.promoted_models == 0:
+        message += "; inference waits for its first model"
+        if observed.first_training is not None:
+            message += ": " + observed.first_training.message
     return "True", "Ready", message
 
 
@@ -226,6 +451,10 @@ def build_status(
         status["promotedModels"] = observed.promoted_models
     elif "promotedModels" in previous:
         status["promotedModels"] = previous["promotedModels"]
+    if observed.first_training is not None:
+        status["firstTraining"] = observed.first_training.as_status()
+    elif observed.promoted_models is None and "firstTraining" in previous:
+        status["firstTraining"] = previous["firstTraining"]  # unknown now: keep the last seen
     if observed.last_forecast is not None:
         status["lastForecastTime"] = observed.last_forecast.strftime("%Y-%m-%dT%H:%M:%SZ")
     elif "lastForecastTime" in previous:
@@ -262,14 +491,21 @@ def is_settling(status: Mapping[str, Any]) -> bool:
 
 
 __all__ = [
+    "FirstTraining",
+    "History",
     "Observed",
     "Problem",
     "TopicsObserved",
+    "TrainingJob",
     "Workload",
     "build_status",
     "conditions",
+    "first_training_events",
+    "first_training_retry_delay",
     "is_settling",
+    "plan_first_training",
     "ready_condition",
     "status_patch",
+    "training_job_from",
     "workload_from_deployment",
 ]

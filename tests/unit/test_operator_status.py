@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from energy_operator.status import (
+    History,
     Observed,
     Problem,
     TopicsObserved,
     Workload,
     build_status,
     is_settling,
+    plan_first_training,
     status_patch,
     workload_from_deployment,
 )
@@ -146,11 +148,16 @@ def test_settling_means_look_again_soon() -> None:
 
 def test_inference_waiting_for_its_first_model_does_not_block_ready() -> None:
     waiting = {**READY, "inference": Workload(2, 0, 2)}
-    status = build_status(observed(workloads=waiting, promoted_models=0), "demo", None, T0)
+    first = plan_first_training("demo", 0, History("site-0", 20, 336), (), False, T0)
+    status = build_status(observed(workloads=waiting, promoted_models=0, first_training=first),
+                          "demo", None, T0)
     c = conditions(status)
     assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("True", "Ready")
-    assert "kubectl create job --from=cronjob/demo-train" in c["Ready"]["message"]
+    assert "inference waits for its first model: the operator starts Job demo-train-first" in (
+        c["Ready"]["message"])
+    assert "kubectl create job --from=cronjob/demo-train demo-train-now" in c["Ready"]["message"]
     assert status["inference"] == "0/2" and status["promotedModels"] == 0
+    assert status["firstTraining"]["state"] == "WaitingForHistory"
     # With a model promoted (or unknown), unready inference pods are a problem again.
     for promoted in (1, None):
         c = conditions(build_status(observed(workloads=waiting, promoted_models=promoted),
