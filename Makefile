@@ -14,12 +14,12 @@ VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml harness/pyproject.to
 PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps lint generate test unit integration cluster e2e stack demo bench up down clean
+.PHONY: help venv deps lint generate test unit integration cluster container e2e node stack demo bench up down clean
 
 help:
 	@echo "make demo         the whole pipeline on this machine, live view, demo-out/forecast.png (DURATION=120)"
-	@echo "make test         install what is missing, then run every test (unit, integration, cluster, container, e2e)"
-	@echo "make unit|integration|cluster|container|e2e   one kind of test only"
+	@echo "make test         install what is missing, then run every test (unit, integration, cluster, container, e2e, node)"
+	@echo "make unit|integration|cluster|container|e2e|node   one kind of test only"
 	@echo "make image        build the container images (a Docker engine is started if none runs)"
 	@echo "make lint         ruff"
 	@echo "make generate     rewrite every generated file (CRD, RBAC, README tables, gRPC stubs, dashboards)"
@@ -55,7 +55,7 @@ test: deps lint
 unit: venv
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
-integration cluster container e2e: deps
+integration cluster container e2e node: deps
 	$(BIN)/pytest -m $@ $(PYTEST_ARGS)
 
 stack: deps

@@ -1,7 +1,7 @@
 """Shared fixtures: real services started once per test session through the local stack.
 
 Every test carries exactly one of the markers unit / integration / cluster / container /
-e2e; the suite runs them in that order so the fast ones fail first.
+e2e / node; the suite runs them in that order so the fast ones fail first.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
+from energy_harness.images import IMAGES, build_image
 from energy_harness.localstack import KafkaCluster, MosquittoBroker, PostgresServer
+from energy_harness.localstack.docker import DockerEngine
 from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.install import ensure_kafka, ensure_system_packages
 from energy_harness.localstack.postgres import dsn
@@ -23,7 +25,7 @@ from energy_pipeline.core.contracts import all_kafka_topics
 from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 from energy_pipeline.db.migrate import migrate
 
-MARKER_ORDER = ("unit", "integration", "cluster", "container", "e2e")
+MARKER_ORDER = ("unit", "integration", "cluster", "container", "e2e", "node")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -120,3 +122,33 @@ def topic_prefix(kafka_cluster: KafkaCluster) -> str:
     for name in all_kafka_topics(prefix):
         create_topic(admin, TopicSpec(name, partitions=4, replication_factor=2))
     return prefix
+
+
+# -- Docker (tests/container, tests/node) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """The harness's engine (`energy_harness.localstack.docker`): found running, or started
+    here and stopped at the end with every container and network the tests labelled."""
+    engine = DockerEngine()
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def image(docker_engine: DockerEngine) -> Callable[[str], str]:
+    """`image("worker")` -> its tag, built on first use in this session, exactly as `make image`
+    builds it; the engine's build cache makes an unchanged image cost a few seconds."""
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            assert name in IMAGES, f"unknown image {name!r}: one of {sorted(IMAGES)}"
+            built[name] = str(build_image(docker_engine, name)["tag"])
+        return built[name]
+
+    return get

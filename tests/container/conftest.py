@@ -1,10 +1,5 @@
-"""Fixtures of the image tests: one Docker engine per session, images built once.
-
-The engine is the harness's (`energy_harness.localstack.docker`): found running, or started
-here and stopped at the end with every container and network the tests labelled. Images are
-built by `energy_harness.images` exactly as `make image` builds them; the engine's build
-cache makes an unchanged image cost a few seconds.
-"""
+"""Fixtures of the image tests: networks and rendered charts (the engine and the images are
+the shared `docker_engine` and `image` fixtures of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,36 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from energy_harness.images import IMAGES, build_image
 from energy_harness.localstack.docker import LABEL, DockerEngine
 from energy_harness.localstack.kube_install import ensure_kube_tools
 
 REPO = Path(__file__).resolve().parents[2]
 CHARTS = REPO / "charts"
-
-
-@pytest.fixture(scope="session")
-def docker_engine() -> Iterator[DockerEngine]:
-    engine = DockerEngine()
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
-
-
-@pytest.fixture(scope="session")
-def image(docker_engine: DockerEngine) -> Callable[[str], str]:
-    """`image("worker")` -> its tag, built on first use in this session."""
-    built: dict[str, str] = {}
-
-    def get(name: str) -> str:
-        if name not in built:
-            assert name in IMAGES, f"unknown image {name!r}: one of {sorted(IMAGES)}"
-            built[name] = str(build_image(docker_engine, name)["tag"])
-        return built[name]
-
-    return get
 
 
 @pytest.fixture

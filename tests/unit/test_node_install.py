@@ -155,7 +155,7 @@ def test_node_packages() -> None:
         "conntrack": "conntrack",
         **dict.fromkeys(CNI_PLUGINS, "containernetworking-plugins"),
     }
-    assert set(CNI_PLUGINS) == {"bridge", "host-local", "loopback", "portmap"}
+    assert set(CNI_PLUGINS) == {"bridge", "host-local", "loopback", "firewall", "portmap"}
     # The CNI plugins are not on PATH: Debian puts them in /usr/lib/cni.
     assert all(
         "/usr/lib/cni" in dep.directories

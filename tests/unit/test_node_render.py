@@ -157,10 +157,13 @@ def test_component_env_puts_the_node_tools_first(monkeypatch: pytest.MonkeyPatch
 # CNI
 # ---------------------------------------------------------------------------------------------
 
-def test_cni_conflist_is_one_bridge_with_portmap() -> None:
+def test_cni_conflist_is_one_bridge_with_firewall_and_portmap() -> None:
     conflist = json.loads(json.dumps(render_cni_conflist(NODE_LAYOUT)))
     assert conflist["name"] == CNI_NETWORK
-    bridge, portmap = conflist["plugins"]
+    bridge, firewall, portmap = conflist["plugins"]
+    # Pod-to-pod packets cross the FORWARD chain (bridge-nf-call-iptables), whose policy a
+    # Docker engine sets to DROP: without these ACCEPT rules Kafka's voters never meet.
+    assert firewall == {"type": "firewall", "backend": "iptables"}
     assert bridge["type"] == "bridge"
     assert bridge["bridge"] == BRIDGE
     assert bridge["isGateway"] is True

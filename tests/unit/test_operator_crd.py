@@ -135,7 +135,7 @@ def test_with_defaults_fills_nested_sections() -> None:
                               "database": {"urlSecret": {"name": "db"}}})
     assert spec["database"]["urlSecret"]["key"] == "url"
     assert spec["ingestion"]["bridge"]["replicas"] == 2
-    assert spec["ingestion"]["resources"]["requests"]["cpu"] == "200m"
+    assert spec["ingestion"]["resources"]["requests"]["cpu"] == "100m"
     assert spec["forecast"]["horizons"] == 168
     assert spec["paused"] is False
     # Given values win; the input is not modified.

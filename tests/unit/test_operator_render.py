@@ -167,8 +167,8 @@ def test_default_image_and_resources() -> None:
     objs = children()
     assert container(objs, "ingest")["image"] == crd.DEFAULT_IMAGE
     assert container(objs, "ingest")["resources"] == {
-        "requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
-    assert container(objs, "bridge")["resources"]["requests"]["cpu"] == "100m"
+        "requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    assert container(objs, "bridge")["resources"]["requests"]["cpu"] == "50m"
     assert container(objs, "train")["resources"]["limits"]["memory"] == "2Gi"
 
 

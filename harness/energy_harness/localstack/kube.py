@@ -32,7 +32,13 @@ import yaml
 
 from energy_harness.localstack.install import require
 from energy_harness.localstack.kube_install import KUBE_VERSION, KubeTools, ensure_kube_tools
-from energy_harness.localstack.node import NODE_IP, NODE_NAME, ClusterFacts, RealNode
+from energy_harness.localstack.node import (
+    NODE_IP,
+    NODE_NAME,
+    ClusterFacts,
+    RealNode,
+    render_local_storage,
+)
 from energy_harness.localstack.process import (
     ManagedProcess,
     ServiceError,
@@ -594,6 +600,9 @@ class KubeControlPlane:
                 self.node.start(self._cluster_facts(), timeout=self.start_timeout)
                 self.node.wait_healthy(timeout=self.start_timeout)
             self._wait_nodes_ready()
+            if self.node is not None:
+                self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+                    render_local_storage(self.node.layout.volumes)))
             self._wait_default_service_account()
         except BaseException:
             self.stop()

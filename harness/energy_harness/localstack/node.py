@@ -128,6 +128,10 @@ class NodeLayout:
         return self.base_dir / "pod-logs"
 
     @property
+    def volumes(self) -> Path:
+        return self.base_dir / "volumes"
+
+    @property
     def corefile(self) -> Path:
         return self.base_dir / "Corefile"
 
@@ -221,6 +225,10 @@ def render_cni_conflist(layout: NodeLayout) -> dict[str, Any]:
                     "dataDir": str(layout.cni_ipam_dir),
                 },
             },
+            # Accepts the pods' traffic in the FORWARD chain: with bridge-nf-call-iptables on,
+            # even pod-to-pod packets on the bridge pass it, and a Docker engine on the same
+            # machine sets its policy to DROP (the chains it adds are CNI-FORWARD, CNI-ADMIN).
+            {"type": "firewall", "backend": "iptables"},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
@@ -287,6 +295,50 @@ def render_kubelet_config(
         "staticPodPath": "",
         "shutdownGracePeriod": "0s",
     }
+
+
+STORAGE_CLASS = "standard"
+
+
+def render_local_storage(volumes_dir: Path, count: int = 12, size: str = "50Gi"
+                         ) -> list[dict[str, Any]]:
+    """kind's default StorageClass name, with `count` hostPath volumes made ahead of time.
+
+    kind runs a provisioner (local-path) that makes such directories on demand; charts ask
+    for claims of the default class and bind here the same way. WaitForFirstConsumer binds a
+    claim when its pod is scheduled, as kind's class does; the directories are 0777 as
+    local-path makes them, since hostPath volumes get no fsGroup ownership change.
+    """
+    objects: list[dict[str, Any]] = [{
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": STORAGE_CLASS,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "reclaimPolicy": "Retain",
+    }]
+    for index in range(count):
+        objects.append({
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{NODE_NAME}-pv-{index}",
+                         "labels": {REAL_NODE_LABEL: "true"}},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": STORAGE_CLASS,
+                "hostPath": {"path": str(volumes_dir / f"pv-{index}"),
+                             "type": "DirectoryOrCreate"},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]},
+                ]}]}},
+            },
+        })
+    return objects
 
 
 def render_kubelet_args(layout: NodeLayout, cluster: ClusterFacts) -> list[str]:
@@ -582,6 +634,10 @@ class RealNode:
         layout.kubelet_config.write_text(
             yaml.safe_dump(render_kubelet_config(layout, self.ports, cluster), sort_keys=False))
         layout.corefile.write_text(render_corefile(self.ports, cluster))
+        for volume in render_local_storage(layout.volumes)[1:]:
+            path = Path(volume["spec"]["hostPath"]["path"])
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o777)
 
         containerd = self._start("containerd", [str(self.tools.containerd),
                                                 f"--config={layout.containerd_config}"],

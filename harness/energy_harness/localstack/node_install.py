@@ -65,7 +65,7 @@ COREDNS_PACKAGE = "github.com/coredns/coredns"
 
 # The plugins a pod network of a single node needs: a bridge with host-local IPAM, the
 # loopback in every sandbox, and hostPort mappings.
-CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "firewall", "portmap")
 CNI_DIRECTORIES = ("/usr/lib/cni", "/opt/cni/bin")
 
 # Programs the node runs (containerd starts the shim, the shim runc; kube-proxy calls the
