@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         args.client_id or f"simulator-{uuid.uuid4().hex[:8]}",
         settings.mqtt_username,
         settings.mqtt_password,
+        hold_unrouted=args.hold_until_subscribed,
     )
     publisher.connect()
     log.info("simulating", extra=description)
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         "confirmed": publisher.stats.confirmed,
         "seconds": round(publisher.stats.seconds, 3),
         "msg_per_s": round(publisher.stats.rate, 1),
+        "held": publisher.stats.held,
     }
     log.info("simulation finished", extra=summary)
     print(json.dumps(summary), flush=True)
@@ -154,4 +156,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--replay", default=None, help="CSV file to publish instead of simulating")
     p.add_argument("--site", default="site-0", help="site id for --replay files without one")
     p.add_argument("--client-id", default=None)
+    p.add_argument(
+        "--hold-until-subscribed", action="store_true",
+        help="send a reading the broker routed to no subscriber (MQTT 5 reason 0x10) again "
+        "every second until one subscribes: nothing is lost to a pipeline that starts later",
+    )
     p.set_defaults(func=run)

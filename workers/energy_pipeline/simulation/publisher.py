@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
@@ -20,6 +21,11 @@ from energy_pipeline.dataplane.mqtt_client import new_client, persistent_session
 log = logging.getLogger(__name__)
 
 Message = tuple[str, bytes]
+
+# MQTT 5 PUBACK reason "No matching subscribers": the broker accepted the message and sent it
+# nowhere. A simulator started before the pipeline's bridge ever subscribed sees it.
+NO_MATCHING_SUBSCRIBERS = 0x10
+HOLD_RETRY_S = 1.0
 
 
 def single_messages(readings: Iterable[Reading]) -> Iterator[Message]:
@@ -82,6 +88,8 @@ class PublishStats:
     published: int = 0
     confirmed: int = 0
     seconds: float = 0.0
+    # Publishes the broker routed to no one and `hold_unrouted` sent again.
+    held: int = 0
 
     @property
     def rate(self) -> float:
@@ -92,7 +100,10 @@ class MqttPublisher:
     """QoS 1 publisher with a bounded window of unconfirmed messages.
 
     Uses a persistent session so that messages in flight when the broker restarts are sent
-    again after the reconnect instead of being dropped.
+    again after the reconnect instead of being dropped. With `hold_unrouted`, a message the
+    broker acknowledges as routed to no one (no subscriber yet) is sent again every
+    HOLD_RETRY_S until someone subscribes: a simulator started with the platform, before
+    the bridge first subscribed, then loses none of its backfill.
     """
 
     def __init__(
@@ -103,9 +114,16 @@ class MqttPublisher:
         username: str = "",
         password: str = "",
         window: int = 1000,
+        hold_unrouted: bool = False,
     ) -> None:
         self.host = host
         self.port = port
+        self._hold_unrouted = hold_unrouted
+        # mid -> message, while unacknowledged (only kept when holding unrouted messages).
+        self._in_flight: dict[int, Message] = {}
+        self._unrouted: list[Message] = []
+        self._early_acks: dict[int, int] = {}
+        self._closed = False
         self._window = window
         self._limit = window
         self._outstanding = 0
@@ -154,10 +172,42 @@ class MqttPublisher:
         reason_code: object,
         properties: object,
     ) -> None:
+        code = int(getattr(reason_code, "value", reason_code) or 0)
         with self._cond:
+            if not self._hold_unrouted:
+                self._settle(None, code)
+                return
+            message = self._in_flight.pop(mid, None)
+            if message is None:  # acknowledged before _send recorded it: _send settles it
+                self._early_acks[mid] = code
+            else:
+                self._settle(message, code)
+
+    def _settle(self, message: Message | None, code: int) -> None:
+        """One acknowledgement (with self._cond held)."""
+        if message is not None and code == NO_MATCHING_SUBSCRIBERS:
+            # Still outstanding: the retry thread sends it again.
+            self._unrouted.append(message)
+            self.stats.held += 1
+        else:
             self.stats.confirmed += 1
             self._outstanding -= 1
-            self._cond.notify_all()
+        self._cond.notify_all()
+
+    def _resend_unrouted(self) -> None:
+        """Send held messages again, in order, once a second, until they reach someone."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._unrouted) or self._closed)
+                if self._closed:
+                    return
+            time.sleep(HOLD_RETRY_S)
+            with self._cond:
+                batch, self._unrouted = self._unrouted, []
+            log.warning("no subscriber yet; sending held readings again",
+                        extra={"held": len(batch)})
+            for topic, payload in batch:
+                self._send(topic, payload)
 
     def connect(self, timeout: float = 30) -> None:
         self.client.connect(
@@ -168,6 +218,8 @@ class MqttPublisher:
             properties=persistent_session(3600),
         )
         self.client.loop_start()
+        if self._hold_unrouted:
+            threading.Thread(target=self._resend_unrouted, name="mqtt-hold", daemon=True).start()
         if not self._connected.wait(timeout):
             raise ConnectionError(
                 f"no CONNACK from MQTT broker {self.host}:{self.port} within {timeout}s"
@@ -181,13 +233,29 @@ class MqttPublisher:
             self._cond.wait_for(lambda: self._outstanding < self._limit)
             self._outstanding += 1
             self.stats.published += 1
+        self._send(topic, payload)
+
+    def _send(self, topic: str, payload: bytes) -> None:
+        self._connected.wait()
         # While disconnected paho queues QoS 1 messages and sends them after the reconnect.
-        self.client.publish(topic, payload, qos=1)
+        # Not under self._cond: paho calls _on_publish holding its own message lock, which
+        # publish() takes too.
+        info = self.client.publish(topic, payload, qos=1)
+        if self._hold_unrouted:
+            with self._cond:
+                early = self._early_acks.pop(info.mid, None)
+                if early is None:
+                    self._in_flight[info.mid] = (topic, payload)
+                else:
+                    self._settle((topic, payload), early)
 
     def wait_confirmed(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._outstanding == 0, timeout)
 
     def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         self.client.disconnect()
         self.client.loop_stop()
