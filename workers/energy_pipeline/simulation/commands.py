@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         settings.mqtt_password,
         hold_unrouted=args.hold_until_subscribed,
     )
-    publisher.connect()
+    # A restart would begin a new simulated run (another start, other values): wait instead.
+    publisher.connect(timeout=None if args.realtime else 30)
     log.info("simulating", extra=description)
     started = time.monotonic()
     try:

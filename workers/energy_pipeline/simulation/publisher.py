@@ -209,8 +209,10 @@ class MqttPublisher:
             for topic, payload in batch:
                 self._send(topic, payload)
 
-    def connect(self, timeout: float = 30) -> None:
-        self.client.connect(
+    def connect(self, timeout: float | None = 30) -> None:
+        """Connect; `timeout=None` keeps trying (paho's reconnect backoff) until the broker
+        answers, so a simulator started with the platform does not crash-loop meanwhile."""
+        self.client.connect_async(
             self.host,
             self.port,
             keepalive=30,
@@ -220,6 +222,9 @@ class MqttPublisher:
         self.client.loop_start()
         if self._hold_unrouted:
             threading.Thread(target=self._resend_unrouted, name="mqtt-hold", daemon=True).start()
+        while timeout is None and not self._connected.wait(30):
+            log.warning("MQTT broker not answering yet; still trying",
+                        extra={"host": self.host, "port": self.port})
         if not self._connected.wait(timeout):
             raise ConnectionError(
                 f"no CONNACK from MQTT broker {self.host}:{self.port} within {timeout}s"
