@@ -1,10 +1,10 @@
-"""Fixtures of the node tests: one control plane with a real kubelet node per session.
+"""Fixtures of the node tests: a control plane with a real kubelet node.
 
-`node_kube` is `KubeControlPlane(real_node=True)` without kwok nodes, so every pod lands on
-the real node: containerd runs it, the kubelet probes it, kube-proxy routes its Services and
-CoreDNS resolves its names. `node_images` builds the images with the shared Docker engine
-and imports them into the node's containerd (`docker save` | `ctr images import`), as
-`kind load docker-image` would.
+`node_kube` (per module) is `KubeControlPlane(real_node=True)` without kwok nodes, so every
+pod lands on the real node: containerd runs it, the kubelet probes it, kube-proxy routes its
+Services and CoreDNS resolves its names. `node_images` builds the images with the shared
+Docker engine and imports them into the node's containerd (`docker save`, then `ctr images
+import`), as `kind load docker-image` would.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _install_error = exc
 
 
-@pytest.fixture(scope="session")
+# Per module: one real node per machine at a time, so a module that starts its own (or none)
+# never meets this one.
+@pytest.fixture(scope="module")
 def node_kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]:
     if _install_error is not None:
         raise _install_error
@@ -56,7 +58,7 @@ def node_kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlP
         plane.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def node_images(
     node_kube: KubeControlPlane,
     docker_engine: DockerEngine,

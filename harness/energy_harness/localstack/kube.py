@@ -116,9 +116,6 @@ def render_cert_specs() -> list[CertSpec]:
             name="controller-manager", common_name="system:kube-controller-manager", client=True
         ),
         CertSpec(name="scheduler", common_name="system:kube-scheduler", client=True),
-        # The apiserver's identity towards aggregated API servers (requestheader auth). The
-        # controller-manager and scheduler read this CA through delegated authentication
-        # and log errors every second without it, as aggregated servers would fail.
         # The real node's identities, as kubeadm issues them. The Node authorizer and the
         # NodeRestriction admission plugin scope system:node:<name> to its own objects.
         CertSpec(
@@ -140,6 +137,9 @@ def render_cert_specs() -> list[CertSpec]:
             organizations=("system:masters",),
             client=True,
         ),
+        # The apiserver's identity towards aggregated API servers (requestheader auth). The
+        # controller-manager and scheduler read this CA through delegated authentication
+        # and log errors every second without it, as aggregated servers would fail.
         CertSpec(
             name="front-proxy-client",
             common_name="front-proxy-client",

@@ -180,7 +180,7 @@ def render_containerd_config(layout: NodeLayout, tools: NodeTools) -> str:
         # Lowering oom_score_adj needs CAP_SYS_RESOURCE, which this machine withholds: clamp
         # the kubelet's per-QoS values to the runtime's own instead of failing every start.
         "  restrict_oom_score_adj = true",
-        # kind's choice too: images are loaded, never pulled, and must not be collected.
+        # Only the unix socket: nothing of the runtime listens on TCP.
         "  disable_tcp_service = true",
         "  enable_selinux = false",
         # Pods' network namespaces under our state directory, not the machine's /run/netns:
