@@ -73,6 +73,7 @@ bench: deps
 	$(BIN)/python -m energy_harness.bench.forecast --out bench/forecast.json
 	$(BIN)/python -m energy_harness.bench.serving --out bench/serving.json
 	$(BIN)/python -m energy_harness.bench.worker_rss --out bench/worker_rss.json
+	$(BIN)/python -m energy_harness.bench.node_platform --out bench/node_platform.json
 
 # Every image the platform needs; bases are made from Debian packages where no registry answers.
 image: venv

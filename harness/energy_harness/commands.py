@@ -40,8 +40,12 @@ def _kube_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     base = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="energy-kube-"))
-    with KubeControlPlane(base) as plane:
+    with KubeControlPlane(base, nodes=args.kwok_nodes, real_node=args.real_node) as plane:
         print(f"export KUBECONFIG={plane.kubeconfig}", file=sys.stderr)
+        if plane.node is not None:
+            print(f"# images: docker save IMAGE | ctr --address="
+                  f"{plane.node.layout.containerd_socket} -n k8s.io images import -",
+                  file=sys.stderr)
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     return 0
@@ -109,4 +113,9 @@ def register_kube(commands: argparse._SubParsersAction) -> None:  # type: ignore
     kube_install.set_defaults(func=_kube_install)
     kube_up = kube_commands.add_parser("up", help="start it and keep it running until Ctrl-C")
     kube_up.add_argument("--data-dir", default=None, help="default: a new temp dir")
+    kube_up.add_argument("--kwok-nodes", type=int, default=3, help="fake nodes (default 3)")
+    kube_up.add_argument(
+        "--real-node", action="store_true",
+        help="also a real kubelet node (containerd, kube-proxy, CNI, CoreDNS; needs root)",
+    )
     kube_up.set_defaults(func=_kube_up)

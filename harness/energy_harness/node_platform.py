@@ -1,0 +1,237 @@
+"""The platform installed on a real kubelet node, for the node tests and `make bench`.
+
+`install_from_readme` runs the README's "On your own cluster" block line by line, as
+written, in a copy of the repository's charts and manifests without built chart
+dependencies (what a fresh clone has); the `helm install` line only gets a values file with
+the stand-in images and `grafana.enabled=false` (no Grafana image can be had here).
+`Platform` is what tests and benchmarks then ask of the installation: pods, SQL on the
+pipeline's database, memory of each pod from the node's cgroups.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import yaml
+
+from energy_harness.images import REPO
+from energy_harness.localstack.kube import KubeControlPlane
+from energy_harness.localstack.node import CGROUP_PARENT
+from energy_harness.testing import Reading, expected_rows
+
+NAMESPACE = "energy"
+PIPELINE = "demo"
+# The project image's user (Dockerfile).
+WORKER_UID = 10001
+
+Resources = dict[str, dict[str, str]]
+
+
+def readme_commands(readme: Path = REPO / "README.md") -> list[str]:
+    """The README's "On your own cluster" block, one command per line, as written."""
+    section = readme.read_text().split("On your own cluster", 1)[1]
+    match = re.search(r"```bash\n(.*?)```", section, re.S)
+    if not match:
+        raise ValueError(f"{readme}: no ```bash block after 'On your own cluster'")
+    return [line for line in match.group(1).splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def image_overrides(images: dict[str, str]) -> dict[str, Any]:
+    """The values the node tests add: the stand-in images, and no Grafana."""
+
+    def split(tag: str) -> dict[str, str]:
+        repository, _, version = tag.rpartition(":")
+        return {"repository": repository, "tag": version}
+
+    return {
+        "grafana": {"enabled": False},
+        "kafka": {"image": split(images["kafka"])},
+        "postgres": {"image": split(images["postgres"])},
+        "hivemq": {"image": split(images["hivemq"])},
+        "operator": {"image": split(images["worker"])},
+    }
+
+
+def simulator_pod(name: str, image: str, args: list[str]) -> dict[str, Any]:
+    """A one-shot `energy-pipeline simulate` pod, hardened like the chart's simulator."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "simulator-run"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": WORKER_UID,
+                                "runAsGroup": WORKER_UID,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "simulate", "image": image,
+                "args": ["simulate", *args, f"--client-id={name}", "--hold-until-subscribed"],
+                "env": [{"name": "MQTT_HOST", "value": f"energy-hivemq.{NAMESPACE}.svc"},
+                        {"name": "MQTT_PORT", "value": "1883"}],
+                "securityContext": {"allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "resources": {"requests": {"cpu": "20m", "memory": "96Mi"},
+                              "limits": {"memory": "256Mi"}},
+            }],
+        },
+    }
+
+
+@dataclass
+class Platform:
+    kube: KubeControlPlane
+    images: dict[str, str]
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.kube.kubectl("-n", NAMESPACE, *args, check=check, input=input,
+                                 timeout=timeout)
+
+    def get(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def apply(self, obj: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-f", "-", input=json.dumps(obj), check=check)
+
+    def pods(self, selector: str = "") -> list[dict[str, Any]]:
+        args = ["pods"] + ([f"-l={selector}"] if selector else [])
+        return [p for p in self.get(*args)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def worker_pods(self, worker: str) -> list[dict[str, Any]]:
+        return self.pods(f"app.kubernetes.io/instance={PIPELINE},"
+                         f"app.kubernetes.io/component={worker}")
+
+    def ready_count(self, worker: str) -> int:
+        return sum(all(c["ready"] for c in p["status"].get("containerStatuses", []))
+                   for p in self.worker_pods(worker))
+
+    def pod_phase(self, name: str) -> str | None:
+        found = self.kubectl("get", "pod", name, "-o", "json", check=False)
+        return json.loads(found.stdout)["status"].get("phase") if found.returncode == 0 else None
+
+    def exec(self, pod: str, container: str, *command: str) -> str:
+        return self.kubectl("exec", pod, "-c", container, "--", *command).stdout
+
+    def pipeline_ready(self) -> bool:
+        conditions = self.get("energypipeline", PIPELINE).get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    # -- the pipeline's database, from this machine ---------------------------------------
+
+    def dsn(self) -> str:
+        """The pipeline's DATABASE_URL pointed at the Service's ClusterIP: kube-proxy routes
+        this machine's own connections too (cluster DNS is only for pods)."""
+        secret = self.get("secret", "energy-postgres")
+        url = base64.b64decode(secret["data"]["DATABASE_URL"]).decode()
+        service = self.get("service", "energy-postgres")
+        parts = urlsplit(url)
+        netloc = parts.netloc.replace(parts.hostname or "", service["spec"]["clusterIP"], 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = psycopg2.connect(self.dsn(), connect_timeout=10)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(query, params)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def readings_between(self, start: datetime, end: datetime) -> set[Reading]:
+        rows = self.sql("SELECT site_id, sensor, device_id, ts, value FROM readings "
+                        "WHERE ts >= %s AND ts < %s", (start, end))
+        return {(s, sensor, d, ts, float(v)) for s, sensor, d, ts, v in rows}
+
+    def count_between(self, start: datetime, end: datetime) -> int:
+        return int(self.sql("SELECT count(*) FROM readings WHERE ts >= %s AND ts < %s",
+                            (start, end))[0][0])
+
+    # -- the chart's simulator ------------------------------------------------------------
+
+    def chart_simulation(self) -> dict[str, Any]:
+        """The chart simulator's run, from its "simulating" log line (start, sites, ...)."""
+        [pod] = self.pods("app.kubernetes.io/name=simulator")
+        logs = self.kubectl("logs", pod["metadata"]["name"]).stdout
+        for line in logs.splitlines():
+            try:
+                record = json.loads(line[line.find("{"):]) if "{" in line else {}
+            except ValueError:
+                continue
+            if "simulating" in (record.get("message"), record.get("msg")):
+                return {**record, "restarts": pod["status"]["containerStatuses"][0]
+                        ["restartCount"]}
+        raise AssertionError(f"no 'simulating' line in the simulator's log:\n{logs[-2000:]}")
+
+    # -- memory ---------------------------------------------------------------------------
+
+    def pod_memory(self) -> dict[str, int]:
+        """Working set of each pod (usage minus inactive file pages, as the kubelet counts
+        it), read from the node's cgroup tree."""
+        memory = {}
+        base = Path("/sys/fs/cgroup/memory") / CGROUP_PARENT / "kubepods"
+        for pod in self.pods():
+            found = list(base.glob(f"**/pod{pod['metadata']['uid']}"))
+            if not found:
+                continue
+            usage = int((found[0] / "memory.usage_in_bytes").read_text())
+            stat = dict(line.split() for line in
+                        (found[0] / "memory.stat").read_text().splitlines())
+            memory[pod["metadata"]["name"]] = usage - int(stat.get("total_inactive_file", 0))
+        return memory
+
+
+def expected_window(run: dict[str, Any], end: datetime) -> tuple[datetime, set[Reading]]:
+    """The readings a simulator run (its "simulating" record) published before `end`:
+    its whole steps up to there, and where they end."""
+    start = datetime.fromisoformat(run["start"])
+    interval = timedelta(seconds=run["interval_s"])
+    steps = int((end - start) / interval)
+    args = [f"--sites={run['sites']}", f"--devices={run['devices']}",
+            f"--interval={int(interval.total_seconds())}s", f"--start={start.isoformat()}",
+            f"--duration={int(steps * interval.total_seconds())}s", f"--seed={run['seed']}"]
+    return start + steps * interval, expected_rows(args)
+
+
+def install_from_readme(kube: KubeControlPlane, images: dict[str, str],
+                        workdir: Path) -> tuple[Platform, float]:
+    """Run the README's commands; returns the platform and the seconds from `helm install`
+    to the end of the README's `kubectl wait` (the pipeline Ready)."""
+    for name in ("charts", "manifests"):
+        shutil.copytree(REPO / name, workdir / name,
+                        ignore=shutil.ignore_patterns("*.tgz", "__pycache__"))
+    # What a clone has: no chart dependencies built into the umbrella's charts/.
+    shutil.rmtree(workdir / "charts" / "energy-platform" / "charts", ignore_errors=True)
+    values = workdir / "node-values.yaml"
+    values.write_text(yaml.safe_dump(image_overrides(images)))
+    assert kube.tools is not None, "start the cluster first"
+    env = {**kube.env(),
+           "PATH": os.pathsep.join([str(kube.tools.bin_dir), str(kube.tools.helm.parent),
+                                    os.environ["PATH"]])}
+    started: float | None = None
+    for line in readme_commands():
+        command = line
+        if line.startswith("helm install "):
+            started = time.monotonic()
+            command = f"{line} -f {shlex.quote(str(values))}"
+        result = subprocess.run(["bash", "-c", command], cwd=workdir, env=env,
+                                capture_output=True, text=True, timeout=1200)
+        if result.returncode != 0:
+            raise AssertionError(f"README command failed: {command}\n"
+                                 f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    if started is None:
+        raise AssertionError("README: no helm install command")
+    return Platform(kube, images), time.monotonic() - started
