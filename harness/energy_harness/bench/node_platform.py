@@ -42,7 +42,7 @@ from energy_harness.node_platform import (
 from energy_harness.testing import wait_for
 
 IMAGES = ("worker", "kafka", "postgres", "hivemq")
-# 2 sites x 5 sensors x 4 devices, one reading a minute for 12 h: 57,600 readings, in the past
+# 2 sites x 5 sensors x 4 devices, one reading a minute for 12 h: 28,800 readings, in the past
 # (2025) so that none collides with the chart simulator's.
 LOAD_RUN = ["--sites=2", "--devices=4", "--interval=1m", "--start=2025-03-01T00:00:00+00:00",
             "--duration=12h", "--seed=11"]
