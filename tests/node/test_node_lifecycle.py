@@ -5,6 +5,7 @@ mount, link, iptables chain or cgroup), even with a pod running when it stops.""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -31,6 +32,13 @@ def _leftovers(base: Path) -> list[str]:
     for family in ("iptables-save", "ip6tables-save"):
         dump = subprocess.run([family], capture_output=True, text=True).stdout
         found += [f"{family} {c}" for c in re.findall(r"^:((?:KUBE|CNI)-\S+)", dump, re.M)]
+    found += [f"file {f}" for f in RUN_DIR.glob("*") if f.name != "lock"]
+    if node_module.KUBELET_DEVICE_SOCKET.exists():
+        found.append(f"file {node_module.KUBELET_DEVICE_SOCKET}")
+    found += [f"link {link}" for link in node_module.CONTAINER_LOG_LINKS.glob("*.log")
+              if link.is_symlink() and str(base) in os.readlink(link)]
+    found += [f"cni cache {r}" for r in node_module.CNI_RESULTS.glob(
+        f"{node_module.CNI_NETWORK}-*")]
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:

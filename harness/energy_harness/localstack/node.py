@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -566,6 +567,34 @@ def clean_machine(
         for directory in _cgroup_dirs_bottom_up(hierarchy / CGROUP_PARENT):
             with contextlib.suppress(OSError):
                 directory.rmdir()
+    remove_node_files()
+
+
+# Files the kubelet and the CNI library write at fixed places, whatever --root-dir says, and
+# which outlive pods killed without the CRI's teardown.
+KUBELET_DEVICE_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
+CNI_RESULTS = Path("/var/lib/cni/results")
+
+
+def remove_node_files() -> None:
+    """containerd's state and sockets, and what the kubelet and libcni leave elsewhere."""
+    for entry in RUN_DIR.glob("*"):
+        if entry.name == "lock":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    KUBELET_DEVICE_SOCKET.unlink(missing_ok=True)
+    if CONTAINER_LOG_LINKS.is_dir():
+        for link in CONTAINER_LOG_LINKS.glob("*.log"):
+            # The kubelet's links point into its podLogsDir, ours is named pod-logs.
+            if link.is_symlink() and "/pod-logs/" in os.readlink(link):
+                link.unlink(missing_ok=True)
+    if CNI_RESULTS.is_dir():
+        for result in (*CNI_RESULTS.glob(f"{CNI_NETWORK}-*"), *CNI_RESULTS.glob("cni-loopback-*")):
+            result.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
