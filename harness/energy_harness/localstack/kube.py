@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -489,18 +488,6 @@ def render_kwok_args(layout: Layout, ports: Ports) -> list[str]:
 # Readiness probes
 # ---------------------------------------------------------------------------------------------
 
-def _https_get(
-    port: int, path: str, context: ssl.SSLContext, timeout: float = 3.0, host: str = "127.0.0.1"
-) -> tuple[int, str]:
-    conn = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
 def _insecure_context() -> ssl.SSLContext:
     # The controller-manager and scheduler serve /healthz with certs they make up themselves.
     context = ssl.create_default_context()
@@ -783,7 +770,9 @@ class KubeControlPlane:
         context = self._admin_context()
 
         def ready() -> bool:
-            status, body = _https_get(self.ports.apiserver, "/readyz", context, host=self.address)
+            status, body = http_get(
+                self.ports.apiserver, "/readyz", host=self.address, context=context
+            )
             return status == 200 and body.strip() == "ok"
 
         wait_until(
@@ -814,7 +803,7 @@ class KubeControlPlane:
         ):
 
             def healthy(port: int = port) -> bool:
-                status, body = _https_get(port, "/healthz", insecure)
+                status, body = http_get(port, "/healthz", context=insecure)
                 return status == 200 and body.strip() == "ok"
 
             wait_until(

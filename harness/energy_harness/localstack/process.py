@@ -24,6 +24,7 @@ import os
 import pwd
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -269,10 +270,14 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def http_get(
-    port: int, path: str, timeout: float = 3.0, host: str = "127.0.0.1"
+    port: int, path: str, timeout: float = 3.0, host: str = "127.0.0.1",
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, str]:
-    """Status and body of one plain HTTP GET (health endpoints of local services)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    """Status and body of one GET (health endpoints of local services); HTTPS with `context`."""
+    conn: http.client.HTTPConnection = (
+        http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
+        if context is not None else http.client.HTTPConnection(host, port, timeout=timeout)
+    )
     try:
         conn.request("GET", path)
         response = conn.getresponse()
