@@ -163,6 +163,21 @@ class ContainerWorkers:
         result = self.engine.run([*args, self.image, *command], timeout=timeout)
         return result.stdout + result.stderr
 
+    def report(self, workers: tuple[tuple[str, int], ...]) -> str:
+        """Each worker's message counters and last log lines, for a failure message."""
+        parts = []
+        for name, port in workers:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+                    counters = [
+                        line for line in r.read().decode().splitlines()
+                        if line.startswith("energy_") and "_bucket" not in line
+                    ]  # fmt: skip
+            except OSError as exc:
+                counters = [f"/metrics: {exc}"]
+            parts.append(f"--- {name}\n" + "\n".join(counters) + "\n" + self.logs(name))
+        return "\n".join(parts)
+
     def logs(self, name: str) -> str:
         result = self.engine.run(["logs", "--tail", "30", name], check=False)
         return result.stdout + result.stderr
@@ -218,6 +233,13 @@ def test_workers_in_containers_store_every_reading_exactly_once(
 
     expected = expected_rows(SIMULATION)
     containers.run(["simulate", *SIMULATION])
-    wait_for(lambda: len(stored_rows(database)) >= len(expected), 180,
-             f"{len(expected)} readings stored", interval=1.0)  # fmt: skip
+    try:
+        wait_for(lambda: len(stored_rows(database)) >= len(expected), 180,
+                 f"{len(expected)} readings stored", interval=1.0)  # fmt: skip
+    except AssertionError as exc:
+        # Where the readings stopped: counts, each worker's counters and its last log lines.
+        raise AssertionError(
+            f"{exc}\nstored {len(stored_rows(database))} of {len(expected)}\n"
+            + containers.report((bridge, ingest))
+        ) from None
     assert stored_rows(database) == expected
