@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
+import psycopg2.extras
 import pytest
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess
@@ -173,3 +174,74 @@ def test_backlog_persists_while_inference_is_down_and_drains_when_it_returns(
         worker.stop()
         first.client.close()
         second.client.close()
+
+
+# -- the order history arrives in ---------------------------------------------------------
+
+
+def ingest_hours(url: str, scheduler: ForecastScheduler, site: str, hours: range) -> None:
+    """What ingest does for a batch: commit the readings' hourly features, then report them
+    to the scheduler, whose next round closes what they allow."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        psycopg2.extras.execute_values(
+            cur,
+            """INSERT INTO hourly_features (site_id, hour, sum_energyconsumption,
+                                            n_energyconsumption) VALUES %s
+               ON CONFLICT (site_id, hour) DO UPDATE SET
+                   sum_energyconsumption = hourly_features.sum_energyconsumption + 2,
+                   n_energyconsumption = hourly_features.n_energyconsumption + 2""",
+            [(site, hour(h), 2.0, 2) for h in hours],
+        )
+    conn.close()
+    scheduler.observe(
+        Reading(site, "energyconsumption", device, hour(h) + timedelta(minutes=m), 1.0)
+        for device in ("0", "1") for h in hours for m in (0, 30)
+    )
+    scheduler.step()
+
+
+def owed_hours(url: str, site: str) -> set[datetime]:
+    """Closed hours owed a forecast (origin - 1 h), whether forecast yet or not."""
+    rows = query(url, "SELECT origin FROM forecast_backlog WHERE site_id = %s", site)
+    return {origin.astimezone(UTC) - timedelta(hours=1) for (origin,) in rows}
+
+
+def test_the_owed_hours_do_not_depend_on_the_order_history_arrives_in(database: str) -> None:
+    """`simulate --duration 2h` and then a backfill of older days must owe the backfilled
+    hours as if the backfill had come first; before, the site "started" with the recent
+    hours and no forecast was ever owed for the history behind them."""
+    settings = ForecastSettings(inference_target=f"127.0.0.1:{free_port()}")
+    scheduler = ForecastScheduler(settings, database, close_every_s=0)
+    backfill = [range(start, start + 25) for start in range(0, 100, 25)]  # hours 0..99
+    recent = range(100, 130)
+    try:
+        # In time order: the backfill (in batches, as ingest commits it), then recent hours.
+        for batch in [*backfill, recent]:
+            ingest_hours(database, scheduler, "site-in-order", batch)
+        # Recent hours first, then the same backfill.
+        for batch in [recent, *backfill]:
+            ingest_hours(database, scheduler, "site-backfilled", batch)
+        in_order = owed_hours(database, "site-in-order")
+        # The watermark is 129:30 for both: hours up to 128 are closed, from hour 0.
+        assert in_order == {hour(h) for h in range(0, 129)}
+        assert owed_hours(database, "site-backfilled") == in_order
+        [(first,)] = query(database, "SELECT min(first_ts) FROM forecast_watermarks "
+                                     "WHERE site_id = 'site-backfilled'")
+        assert first == hour(0)
+        # Late hours wait for the rest of their readings (FORECAST_LATENESS_S on the clock);
+        # the hours closed by the watermark are due at once.
+        [(late_due, on_time_due)] = query(
+            database,
+            """SELECT bool_and(next_attempt_at > now()) FILTER (WHERE origin <= %s),
+                      bool_and(next_attempt_at <= now()) FILTER (WHERE origin > %s)
+               FROM forecast_backlog WHERE site_id = 'site-backfilled'""",
+            hour(100), hour(100),
+        )
+        assert late_due and on_time_due
+
+        # Readings already owed (a replay after an ingest restart) owe nothing new.
+        before = backlog(database)
+        ingest_hours(database, scheduler, "site-backfilled", range(90, 110))
+        assert backlog(database) == before
+    finally:
+        scheduler.client.close()

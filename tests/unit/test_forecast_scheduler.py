@@ -17,7 +17,9 @@ from energy_pipeline.dataplane.forecast_scheduler import (
     SERVICE_WIDE,
     ForecastSettings,
     last_closed_hour,
+    late_hours,
     merge_marks,
+    merge_oldest,
     row_backoff_s,
     service_backoff_s,
     stream_marks,
@@ -87,6 +89,26 @@ def test_watermarks_are_per_site_and_stream_and_only_move_forward() -> None:
     assert marks[("a", "temperature", "0")] == (at(1), at(65))
     merge_marks(marks, stream_marks([reading("a", "temperature", "1", 31)]))
     assert marks[("a", "temperature", "1")] == (at(30), at(31))
+
+
+def test_readings_for_closed_hours_reopen_exactly_those_hours() -> None:
+    """A backfill arriving after newer data reaches hours the watermark already closed; they
+    are owed as if they had come first (the range is then filtered to hours with data and no
+    forecast in the database)."""
+    oldest: dict[str, datetime] = {}
+    merge_oldest(oldest, stream_marks([reading("a", "temperature", "0", 130),
+                                       reading("a", "humidity", "1", 70),
+                                       reading("b", "temperature", "0", 600)]))
+    merge_oldest(oldest, stream_marks([reading("a", "temperature", "0", 200)]))
+    assert oldest == {"a": T0.replace(hour=1, minute=10), "b": T0.replace(hour=10)}
+    closed_through = T0.replace(hour=5)
+    # Site a's readings from 01:10 on fall into closed hours 01:00..05:00.
+    assert late_hours(oldest["a"], closed_through) == (T0.replace(hour=1), closed_through)
+    # The hour of site b's oldest reading is still open: the watermark closes it in time.
+    assert late_hours(oldest["b"], closed_through) is None
+    assert late_hours(closed_through + timedelta(minutes=59), closed_through) == (
+        closed_through, closed_through)
+    assert late_hours(None, closed_through) is None
 
 
 def test_backoffs_grow_and_are_capped() -> None:

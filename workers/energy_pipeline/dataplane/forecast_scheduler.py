@@ -16,6 +16,15 @@ closed hour that has data goes into `forecast_backlog` as origin H + 1 h and the
 reading ingest saw for it (history already in the database when forecasting was turned
 on is not owed).
 
+Late readings. What is owed must not depend on the order history arrives in: a site that
+first got a few recent hours and then a backfill of older ones (`simulate --duration 2h`,
+then `--start now-14d`) owes the backfilled hours as if they had come first. Readings
+for hours at or before `closed_through` are late: the hours they fall in (those with data
+and no forecast yet) go on the backlog too, due FORECAST_LATENESS_S of wall-clock time
+after the first late reading (the watermark is past them already, so the grace that lets
+the rest of the hour's readings in is counted on the clock instead), and the stream's
+`first_ts` moves back to the oldest reading seen.
+
 Draining. Each worker claims due backlog rows (`FOR UPDATE SKIP LOCKED`, newest first, so
 after an outage the current forecast comes first), reads each one's feature window (the
 FORECAST_HISTORY_HOURS hours before the origin) from hourly_features, calls Forecast for
@@ -107,7 +116,9 @@ class ForecastSettings:
     )
     forecast_lateness_s: int = env(
         "FORECAST_LATENESS_S", 120,
-        doc="an hour closes when the watermark passes its end plus this", minimum=0,
+        doc="an hour closes when the watermark passes its end plus this; an hour that gets "
+        "readings after it closed (a backfill) is forecast this long after the first of them",
+        minimum=0,
     )
     forecast_history_hours: int = env(
         "FORECAST_HISTORY_HOURS", 336, doc="hours of hourly_features sent with each call",
@@ -170,6 +181,23 @@ def merge_marks(into: Marks, marks: Marks) -> None:
         )
 
 
+def merge_oldest(into: dict[str, datetime], marks: Marks) -> None:
+    """Per site, the oldest reading timestamp among `marks` (and what `into` had)."""
+    for (site, _sensor, _device), (first, _last) in marks.items():
+        current = into.get(site)
+        if current is None or first < current:
+            into[site] = first
+
+
+def late_hours(
+    oldest: datetime | None, closed_through: datetime
+) -> tuple[datetime, datetime] | None:
+    """The closed hours (first, last) that readings from `oldest` on may have reached late."""
+    if oldest is None or floor_hour(oldest) > closed_through:
+        return None
+    return floor_hour(oldest), closed_through
+
+
 def row_backoff_s(attempts: int) -> float:
     """Delay before retrying one owed forecast after its `attempts`-th failure."""
     return min(MAX_ROW_BACKOFF_S, 2.0 ** min(attempts, 20))
@@ -183,8 +211,12 @@ def service_backoff_s(failures: int) -> float:
 
 _UPSERT_MARKS = """
 INSERT INTO forecast_watermarks AS w (site_id, stream, first_ts, max_ts) VALUES %s
-ON CONFLICT (site_id, stream) DO UPDATE SET max_ts = EXCLUDED.max_ts, advanced_at = now()
-WHERE EXCLUDED.max_ts > w.max_ts
+ON CONFLICT (site_id, stream) DO UPDATE SET
+    first_ts = least(w.first_ts, EXCLUDED.first_ts),
+    max_ts = greatest(w.max_ts, EXCLUDED.max_ts),
+    -- Only an advancing stream counts as alive: older readings (a backfill) do not.
+    advanced_at = CASE WHEN EXCLUDED.max_ts > w.max_ts THEN now() ELSE w.advanced_at END
+WHERE EXCLUDED.max_ts > w.max_ts OR EXCLUDED.first_ts < w.first_ts
 """
 
 _SITE_WATERMARKS = """
@@ -201,6 +233,21 @@ _ENQUEUE = """
 INSERT INTO forecast_backlog (site_id, origin)
 SELECT site_id, hour + interval '1 hour' FROM hourly_features
 WHERE site_id = %(site)s AND hour > %(after)s AND hour <= %(through)s AND n_readings > 0
+ON CONFLICT DO NOTHING
+"""
+
+# Hours already closed that got readings: owed unless forecast (or owed) already. The
+# forecasts primary key (site_id, issued_at, ...) answers NOT EXISTS from its index.
+_ENQUEUE_LATE = """
+INSERT INTO forecast_backlog (site_id, origin, next_attempt_at)
+SELECT h.site_id, h.hour + interval '1 hour', now() + %(quiet)s * interval '1 second'
+FROM hourly_features h
+WHERE h.site_id = %(site)s AND h.hour >= %(from)s AND h.hour <= %(through)s
+  AND h.n_readings > 0
+  AND NOT EXISTS (
+      SELECT 1 FROM forecasts f
+      WHERE f.site_id = h.site_id AND f.issued_at = h.hour + interval '1 hour'
+  )
 ON CONFLICT DO NOTHING
 """
 
@@ -292,6 +339,8 @@ class ForecastScheduler:
         self.close_every_s = close_every_s
         self.horizons = list(range(1, settings.forecast_horizons + 1))
         self._pending: Marks = {}
+        # site -> oldest reading flushed since the last close_hours (late-reading check).
+        self._flushed_from: dict[str, datetime] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -381,26 +430,45 @@ class ForecastScheduler:
             with self._lock:
                 merge_marks(self._pending, pending)
             raise
+        with self._lock:
+            merge_oldest(self._flushed_from, pending)
         return True
 
     def close_hours(self) -> int:
         """Put newly closed hours on the backlog; returns how many."""
         lateness = self.settings.forecast_lateness_s
         enqueued = 0
-        conn = self.db.get()
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CLOSE_LOCK,))
-            cur.execute(_SITE_WATERMARKS, {"idle": self.settings.forecast_stream_idle_s})
-            for site, watermark, first_ts, closed_through, last_watermark in cur.fetchall():
-                WATERMARK.labels(site).set(watermark.timestamp())
-                through = last_closed_hour(watermark, lateness)
-                # New site: owed from its oldest reading seen, not for older history.
-                after = floor_hour(first_ts) - HOUR if closed_through is None else closed_through
-                if through > after:
-                    cur.execute(_ENQUEUE, {"site": site, "after": after, "through": through})
-                    enqueued += cur.rowcount
-                if through > after or closed_through is None or watermark != last_watermark:
-                    cur.execute(_UPSERT_SITE, (site, watermark, max(through, after)))
+        with self._lock:
+            flushed_from, self._flushed_from = self._flushed_from, {}
+        try:
+            conn = self.db.get()
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CLOSE_LOCK,))
+                cur.execute(_SITE_WATERMARKS, {"idle": self.settings.forecast_stream_idle_s})
+                for site, watermark, first_ts, closed_through, last_watermark in cur.fetchall():
+                    WATERMARK.labels(site).set(watermark.timestamp())
+                    through = last_closed_hour(watermark, lateness)
+                    # New site: owed from its oldest reading seen, not for older history.
+                    if closed_through is None:
+                        after = floor_hour(first_ts) - HOUR
+                    else:
+                        after = closed_through
+                        late = late_hours(flushed_from.get(site), closed_through)
+                        if late is not None:
+                            cur.execute(_ENQUEUE_LATE, {"site": site, "from": late[0],
+                                                        "through": late[1], "quiet": lateness})
+                            enqueued += cur.rowcount
+                    if through > after:
+                        cur.execute(_ENQUEUE, {"site": site, "after": after, "through": through})
+                        enqueued += cur.rowcount
+                    if through > after or closed_through is None or watermark != last_watermark:
+                        cur.execute(_UPSERT_SITE, (site, watermark, max(through, after)))
+        except Exception:
+            with self._lock:  # checked again on the next round
+                for site, oldest in flushed_from.items():
+                    current = self._flushed_from.get(site)
+                    self._flushed_from[site] = oldest if current is None else min(current, oldest)
+            raise
         if enqueued:
             CLOSED.inc(enqueued)
             log.debug("hours closed", extra={"enqueued": enqueued})
