@@ -94,13 +94,35 @@ def register_docker(commands: argparse._SubParsersAction) -> None:  # type: igno
 def register_stack(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     stack = commands.add_parser("stack", help="real Kafka, PostgreSQL and MQTT as local processes")
     stack_commands = stack.add_subparsers(dest="stack_command", required=True)
-    install = stack_commands.add_parser("install", help="install system packages and Kafka jars")
-    install.add_argument("--kafka-version", default=None)
+    install = stack_commands.add_parser(
+        "install",
+        help="install system packages and Kafka jars",
+        description="Installs what the local stack needs and is missing: the Debian packages "
+        "(postgresql, mosquitto, a JDK, maven; needs root) and the Kafka and HiveMQ CE jars "
+        "from Maven Central, cached in ~/.cache/energy-pipeline (ENERGY_PIPELINE_CACHE). "
+        "Prints what it found.",
+    )
+    install.add_argument(
+        "--kafka-version", default=None, help="Apache Kafka version (default: the pinned one)"
+    )
     install.set_defaults(func=_stack_install)
-    up = stack_commands.add_parser("up", help="start the stack and keep it running until Ctrl-C")
-    up.add_argument("--kafka-nodes", type=int, default=3)
-    up.add_argument("--data-dir", default=None, help="default: a new temp dir")
-    up.add_argument("--keep-data", action="store_true")
+    up = stack_commands.add_parser(
+        "up",
+        help="start the stack and keep it running until Ctrl-C",
+        description="Starts a KRaft Kafka cluster, PostgreSQL and Mosquitto (not HiveMQ: the "
+        "demo and the tests start HiveMQ themselves) as local processes on free ports of "
+        "127.0.0.1, then prints the variables the workers need (KAFKA_BOOTSTRAP_SERVERS, "
+        "DATABASE_URL, MQTT_HOST, MQTT_PORT) as `export` lines on stderr and keeps them "
+        "running until Ctrl-C or SIGTERM, which stops every one.",
+    )
+    up.add_argument("--kafka-nodes", type=int, default=3, help="Kafka broker+controller nodes")
+    up.add_argument(
+        "--data-dir", default=None, help="where the services keep their data (default: a new "
+        "temporary directory)",
+    )
+    up.add_argument(
+        "--keep-data", action="store_true", help="leave the data directory behind when stopping"
+    )
     up.set_defaults(func=_stack_up)
 
 

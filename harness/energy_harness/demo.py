@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
+from energy_pipeline.core.settings import DURATION_FORMAT
 from energy_pipeline.core.timeutil import parse_duration
 
 from energy_harness.localstack import KafkaCluster, PostgresServer
@@ -398,15 +399,35 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p = commands.add_parser(
         "demo",
         help="the whole pipeline on this machine: real Kafka, PostgreSQL, HiveMQ, all workers",
+        description=(
+            "Starts a 3-node Kafka cluster, PostgreSQL and HiveMQ CE as local processes on free "
+            "ports, then the commands the operator deploys with the same environment "
+            "variables: topics create, migrate, bridge, two ingest workers, inference, a "
+            "simulator that backfills --history and then publishes live, and train once the "
+            "history is in. Shows a live view; when it stops it writes forecast.png and "
+            "summary.json to --out and stops every process it started. Needs no Docker and "
+            "no Kubernetes."
+        ),
+        epilog=f"--history is a duration: {DURATION_FORMAT}.",
     )
-    p.add_argument("--duration", type=float, default=0, help="seconds to run (0: until Ctrl-C)")
-    p.add_argument("--fast", action="store_true", help="less history, coarser interval (CI)")
-    p.add_argument("--sites", type=int, default=2)
-    p.add_argument("--devices", type=int, default=4)
     p.add_argument(
-        "--history", default="15d", help="history the simulator backfills first (15d, 360h)"
+        "--duration", type=float, default=0, help="seconds to run; 0: until Ctrl-C"
+    )
+    p.add_argument(
+        "--fast", action="store_true",
+        help="15 days of hourly history whatever --history and --duration say (what CI runs)",
+    )
+    p.add_argument("--sites", type=int, default=2, help="simulated buildings")
+    p.add_argument("--devices", type=int, default=4, help="devices per sensor type and site")
+    p.add_argument(
+        "--history", default="15d",
+        help="simulated history published before going live, a duration (15d, 360h); "
+        "the interval between readings is chosen to fit --duration",
     )
     p.add_argument("--out", default="demo-out", help="where forecast.png and summary.json go")
-    p.add_argument("--data-dir", default=None, help="keep service data here (default: temp)")
+    p.add_argument(
+        "--data-dir", default=None,
+        help="keep the services' data here (default: a temporary directory, removed at the end)",
+    )
     p.add_argument("--no-view", action="store_true", help="plain log lines instead of a live view")
     p.set_defaults(func=run)

@@ -282,6 +282,9 @@ def settings_table(classes: Iterable[type],
     everyone = set().union(*used_by.values())
 
     rows: dict[str, tuple[str, str, str]] = {}  # variable -> (class, default, meaning)
+    # variable -> {command: default}: a command's class redefines a base's field with the
+    # same meaning and its own default (HTTP_PORT: each worker its own port).
+    own_defaults: dict[str, dict[str, str]] = {}
     for name in used_by:
         cls = by_name[name]
         # A base's fields are the very objects its subclasses list; a redefined one is new.
@@ -293,6 +296,11 @@ def settings_table(classes: Iterable[type],
             variable = f.metadata["env"]
             row = (name, _default(f), " ".join(f.metadata["doc"].split()).replace("|", "\\|"))
             first = rows.setdefault(variable, row)
+            redefined = any(f.name == g.name for g in inherited)
+            if first[1:] != row[1:] and first[2] == row[2] and redefined and used_by[name]:
+                own_defaults.setdefault(variable, {}).update(
+                    dict.fromkeys(used_by[name], row[1]))
+                continue
             if first[1:] != row[1:]:
                 raise ValueError(
                     f"{variable}: {first[0]} gives default {first[1]} and meaning {first[2]!r}, "
@@ -304,6 +312,10 @@ def settings_table(classes: Iterable[type],
             raise ValueError(f"{variable}: no command in USED_BY loads a class that has it")
         commands = "all" if readers[variable] == everyone else ", ".join(
             sorted(readers[variable]))
+        if variable in own_defaults:
+            default += "; " + ", ".join(
+                f"{command} {value}" for command, value in
+                sorted(own_defaults[variable].items(), key=lambda item: (item[1], item[0])))
         lines.append(f"| `{variable}` | {default} | {commands} | {meaning} |")
     return "\n".join(lines) + "\n"
 

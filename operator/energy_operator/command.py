@@ -15,9 +15,12 @@ import signal
 import threading
 from types import FrameType
 
+from energy_pipeline.core.errors import CommandError
 from energy_pipeline.core.observability import HealthServer, Heartbeat
-from energy_pipeline.core.settings import load
+from energy_pipeline.core.settings import environment_help, load
 from prometheus_client import Gauge
+
+from energy_operator.settings import OperatorSettings
 
 log = logging.getLogger("energy_operator.command")
 
@@ -33,11 +36,12 @@ def _drop_kopf_extras(record: logging.LogRecord) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     import kopf
+    from kubernetes.config import ConfigException
 
     from energy_operator import handlers
     from energy_operator.election import LeaderElector
     from energy_operator.kube import Kube, new_api_client
-    from energy_operator.settings import OperatorSettings, identity
+    from energy_operator.settings import identity
 
     settings = load(OperatorSettings)
     # `kill -USR1 <pid>` prints every thread's stack: the way to see what a hung operator does.
@@ -48,7 +52,14 @@ def run(args: argparse.Namespace) -> int:
     heartbeat = Heartbeat(stale_after=60)
     role = {"value": "starting"}
     health = HealthServer(settings.http_port, heartbeat, lambda: (True, role["value"])).start()
-    kube = Kube(new_api_client())
+    try:
+        kube = Kube(new_api_client())
+    except ConfigException as exc:
+        health.stop()
+        raise CommandError(
+            f"no Kubernetes cluster to reconcile in: {exc}",
+            fix="run it in a pod, or set KUBECONFIG to a kubeconfig file",
+        ) from exc
     handlers.RUNTIME.settings = settings
     handlers.RUNTIME.kube = kube
     handlers.RUNTIME.heartbeat = heartbeat
@@ -108,5 +119,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p = commands.add_parser(
         "operator",
         help="the EnergyPipeline operator (kopf, leader election, /healthz on HTTP_PORT)",
+        description=(
+            "Reconciles EnergyPipeline resources (Deployments, the training CronJob, Kafka "
+            "topics, database migrations) in WATCH_NAMESPACES or OPERATOR_NAMESPACE (empty: "
+            "all namespaces), with the cluster credentials of its pod or, outside one, of "
+            "KUBECONFIG (or ~/.kube/config). With LEADER_ELECTION only the replica holding "
+            "the Lease reconciles; /healthz, /readyz (leader or standby) and /metrics on "
+            "HTTP_PORT. Runs until SIGTERM or Ctrl-C."
+        ),
+        epilog=environment_help(OperatorSettings),
     )
     p.set_defaults(func=run)

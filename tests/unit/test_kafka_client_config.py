@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from energy_pipeline.core.kafka import client_config
+from energy_pipeline.core.kafka import client_config, client_logging
 from energy_pipeline.core.settings import KafkaSettings, load
 
 pytestmark = pytest.mark.unit
@@ -11,6 +11,7 @@ pytestmark = pytest.mark.unit
 
 def test_plaintext_has_no_sasl_settings() -> None:
     assert client_config("k1:9092,k2:9092") == {
+        **client_logging(),
         "bootstrap.servers": "k1:9092,k2:9092",
         "security.protocol": "PLAINTEXT",
     }
@@ -25,6 +26,7 @@ def test_sasl_settings_come_with_a_user_name() -> None:
         sasl_password="s3cret",
     )
     assert config == {
+        **client_logging(),
         "bootstrap.servers": "k:9093",
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-512",
@@ -35,7 +37,7 @@ def test_sasl_settings_come_with_a_user_name() -> None:
 
 def test_an_empty_user_name_means_no_sasl() -> None:
     config = client_config("k:9092", "SSL", sasl_mechanism="PLAIN", sasl_password="unused")
-    assert config == {"bootstrap.servers": "k:9092", "security.protocol": "SSL"}
+    assert config == {**client_logging(), "bootstrap.servers": "k:9092", "security.protocol": "SSL"}
 
 
 def test_the_workers_settings_build_through_it() -> None:

@@ -19,8 +19,9 @@ from aiohttp import web
 from energy_pipeline.api.app import ApiState, create_app, create_ops_app
 from energy_pipeline.api.pool import ConnectionPool
 from energy_pipeline.api.settings import ApiSettings
+from energy_pipeline.core.errors import port_in_use
 from energy_pipeline.core.logs import configure_logging
-from energy_pipeline.core.settings import load
+from energy_pipeline.core.settings import environment_help, load
 from energy_pipeline.db.connect import worker_name
 
 log = logging.getLogger("energy_pipeline.api")
@@ -42,9 +43,13 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         runners.append(web.AppRunner(create_ops_app(state), access_log=None,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S))
     try:
-        for runner, port in zip(runners, (settings.api_port, settings.http_port), strict=False):
+        ports = (("API_PORT", settings.api_port), ("HTTP_PORT", settings.http_port))
+        for runner, (variable, port) in zip(runners, ports, strict=False):
             await runner.setup()
-            await web.TCPSite(runner, HOST, port).start()
+            try:
+                await web.TCPSite(runner, HOST, port).start()
+            except OSError as exc:
+                raise port_in_use(variable, port, exc) from exc
         log.info("api listening", extra={
             "pid": os.getpid(),
             "api": [list(a)[:2] for a in runners[0].addresses],
@@ -82,6 +87,14 @@ def run(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = commands.add_parser(
-        "api", help="read API over HTTP: sites, readings, hourly features, forecasts"
+        "api",
+        help="read API over HTTP: sites, readings, hourly features, forecasts",
+        description=(
+            "Serves the read API (/api/v1/sites, readings, hourly features and forecasts, "
+            "JSON) from DATABASE_URL's database, read-only, on API_PORT; health and metrics "
+            "on HTTP_PORT too (one listener when the two are equal). Runs until SIGTERM or "
+            "Ctrl-C."
+        ),
+        epilog=environment_help(ApiSettings),
     )
     p.set_defaults(func=run)

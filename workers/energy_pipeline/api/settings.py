@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from energy_pipeline.core.settings import CommonSettings, SettingsError, env
+from energy_pipeline.core.settings import CommonSettings, SettingsError, env, http_port_field
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,7 @@ class PageSizes:
 
 @dataclass(frozen=True, kw_only=True)
 class ApiSettings(CommonSettings):
+    http_port: int = http_port_field(9104)
     database_url: str = env(
         "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
     )

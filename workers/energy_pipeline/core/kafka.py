@@ -1,11 +1,130 @@
-"""How every Kafka client reaches the brokers: address, protocol and SASL credentials.
+"""How every Kafka client reaches the brokers: address, protocol and SASL credentials, and
+where librdkafka's own log lines and errors go.
 
 One builder for the workers (from their environment) and the operator (from the spec and
-its Secrets), so both connect the same way. Pure: what a client does on top (group, acks,
+its Secrets), so both connect the same way. What a client does on top (group, acks,
 timeouts) its caller adds to the returned dict.
+
+librdkafka logs a broker it cannot reach on every reconnect attempt: about 20 lines a second
+for a consumer, 577 lines in 30 s for `topics create`, on stderr unless a logger is set.
+Every client built here logs through the `librdkafka` logger with `ConnectionLogThrottle`:
+one line when a broker's state changes (a new error, or an error after a quiet spell), then
+at most one reminder a minute with the count of repeats. This module imports confluent_kafka
+only inside functions: core.settings imports it, and not every command uses Kafka.
 """
 
 from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from energy_pipeline.core.errors import CommandError
+
+LOGGER_NAME = "librdkafka"
+# A repeated line is let through again after this long, with how often it was repeated.
+REMIND_S = 60.0
+# A broker with no line for this long is taken to have recovered: its next error is news.
+QUIET_S = 30.0
+
+# "[thrd:<thread>]: <broker>: <text>", librdkafka's layout of a log line's message; <broker>
+# is `host:port/id` (or `.../bootstrap`).
+_LINE = re.compile(r"^(?:\[thrd:[^\]]*\]: )?(?:(?P<broker>[^\s:]+:\d+/\w+): )?(?P<text>.*)$", re.S)
+# What changes between two repeats of one state: timings, states, counts.
+_VOLATILE = re.compile(r"\(after \d+ms in state \w+(?:, \d+ identical error\(s\) suppressed)?\)"
+                       r"|\d+")
+
+
+@dataclass
+class _Seen:
+    state: str
+    logged: float  # when a line of this key was last let through
+    last: float  # when the last line of this key arrived
+    repeated: int = 0  # lines dropped since `logged`
+
+
+class ConnectionLogThrottle(logging.Filter):
+    """A filter for the `librdkafka` logger: one line per broker state change.
+
+    A line's key is (client, facility, broker); its state is its text without timings and
+    counts. A line passes when its key is new, its state differs from the last one passed,
+    its key was quiet for `quiet_s`, or `remind_s` passed since the last one passed (then it
+    carries `repeated`, the number of lines dropped since). Thread-safe: librdkafka's lines
+    arrive on whichever thread polls.
+    """
+
+    def __init__(
+        self,
+        remind_s: float = REMIND_S,
+        quiet_s: float = QUIET_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.remind_s = remind_s
+        self.quiet_s = quiet_s
+        self.clock = clock
+        self._seen: dict[tuple[str, ...], _Seen] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def classify(record: logging.LogRecord) -> tuple[tuple[str, ...], str]:
+        """(key, state) of a record: confluent-kafka logs `"%s [%s] %s" % (fac, client, msg)`."""
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 3:
+            facility, client, message = (str(a) for a in args)
+        else:
+            facility, client, message = "", "", record.getMessage()
+        match = _LINE.match(message)
+        broker = (match.group("broker") or "") if match else ""
+        text = match.group("text") if match else message
+        return (client, facility, broker), _VOLATILE.sub("#", text).strip()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, state = self.classify(record)
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if (
+                seen is None
+                or seen.state != state
+                or now - seen.last >= self.quiet_s
+                or now - seen.logged >= self.remind_s
+            ):
+                if seen is not None and seen.repeated:
+                    record.repeated = seen.repeated
+                self._seen[key] = _Seen(state, logged=now, last=now)
+                return True
+            seen.repeated += 1
+            seen.last = now
+            return False
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The `librdkafka` logger, with the throttle installed (once)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not any(isinstance(f, ConnectionLogThrottle) for f in logger.filters):
+        logger.addFilter(ConnectionLogThrottle())
+    return logger
+
+
+def log_error(error: Any) -> None:
+    """librdkafka's `error_cb`: client errors (a broker down, all brokers down) as log lines of
+    the `librdkafka` logger, so the throttle sees them; without it librdkafka logs each."""
+    level = logging.ERROR if error.fatal() else logging.WARNING
+    librdkafka_logger().log(level, "%s [%s] %s", "ERROR", error.name(), error.str())
+
+
+def client_logging() -> dict[str, Any]:
+    """The log settings of every client: throttled lines through Python logging (JSON on
+    stdout in the workers), none of librdkafka's own on stderr."""
+    return {"logger": librdkafka_logger(), "error_cb": log_error}
+
 
 
 def client_config(
@@ -15,11 +134,13 @@ def client_config(
     sasl_mechanism: str = "",
     sasl_username: str = "",
     sasl_password: str = "",
-) -> dict[str, str]:
-    """librdkafka's connection settings. No user name means no SASL (KAFKA_SASL_USERNAME)."""
-    config = {
+) -> dict[str, Any]:
+    """librdkafka's connection and log settings. No user name means no SASL
+    (KAFKA_SASL_USERNAME)."""
+    config: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
         "security.protocol": security_protocol,
+        **client_logging(),
     }
     if sasl_username:
         config.update(
@@ -30,3 +151,45 @@ def client_config(
             }
         )
     return config
+
+
+# librdkafka error codes that mean "no broker answered".
+_UNREACHABLE = ("_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "_RESOLVE")
+
+
+def unreachable(bootstrap_servers: str, detail: str, waited_s: float) -> CommandError:
+    """The one-line error of a command that got no answer from KAFKA_BOOTSTRAP_SERVERS."""
+    return CommandError(
+        f"no answer from Kafka at KAFKA_BOOTSTRAP_SERVERS={bootstrap_servers} within "
+        f"{waited_s:g} s ({detail})",
+        fix="start the brokers or set KAFKA_BOOTSTRAP_SERVERS to their host:port list",
+    )
+
+
+def check_reachable(client: Any, bootstrap_servers: str, timeout_s: float = 10.0) -> None:
+    """Raise `unreachable` unless the cluster's metadata arrives within `timeout_s`.
+
+    Commands call this first: librdkafka's admin requests otherwise wait 30 s or more on a
+    cluster that is not there, and then say only TimeoutError.
+    """
+    from confluent_kafka import KafkaException
+
+    try:
+        client.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise unreachable(bootstrap_servers, exc.args[0].str(), timeout_s) from exc
+
+
+def as_command_error(exc: BaseException) -> CommandError | None:
+    """The one-line form of an unreachable-cluster KafkaException a command did not handle."""
+    kafka = sys.modules.get("confluent_kafka")
+    if kafka is None or not isinstance(exc, kafka.KafkaException) or not exc.args:
+        return None
+    error = exc.args[0]
+    if not hasattr(error, "name") or error.name() not in _UNREACHABLE:
+        return None
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "(unset)")
+    return CommandError(
+        f"no answer from Kafka at KAFKA_BOOTSTRAP_SERVERS={servers} ({error.str()})",
+        fix="start the brokers or set KAFKA_BOOTSTRAP_SERVERS to their host:port list",
+    )

@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from energy_pipeline.core.errors import port_in_use
+
 
 class Heartbeat:
     """The main loop beats; liveness fails when it has not beaten for `stale_after` seconds."""
@@ -40,7 +42,10 @@ class HealthServer:
         heartbeat: Heartbeat,
         ready: Callable[[], tuple[bool, str]],
         host: str = "0.0.0.0",
+        variable: str = "HTTP_PORT",
     ) -> None:
+        """Raises CommandError naming `variable` (the setting that chose `port`) when the port
+        cannot be bound, e.g. another worker on this machine has it."""
         self.heartbeat = heartbeat
         self.ready = ready
         server = self
@@ -74,7 +79,10 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:
                 return  # probes every few seconds would drown the worker's own logs
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise port_in_use(variable, port, exc) from exc
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="health", daemon=True

@@ -8,7 +8,9 @@ All problems are reported at once, before the worker starts doing anything.
 from __future__ import annotations
 
 import os
+import re
 import socket
+import textwrap
 import types
 import typing
 from collections.abc import Mapping
@@ -98,13 +100,59 @@ def describe(cls: type) -> list[tuple[str, str, str]]:
     return rows
 
 
+# The unit a variable's name ends in, spelled out in --help.
+_UNITS = {"_S": "seconds", "_MS": "milliseconds", "_BYTES": "bytes", "_DAYS": "days",
+          "_HOURS": "hours"}
+
+# How every duration option is written (core.timeutil.parse_duration), for --help.
+DURATION_FORMAT = "a number and a unit: ms, s, m, h, d or w (500ms, 90s, 5m, 24h, 7d, 2w)"
+
+
+def unit_of(variable: str) -> str:
+    return next((unit for suffix, unit in _UNITS.items() if variable.endswith(suffix)), "")
+
+
+def environment_help(*classes: type, width: int = 100) -> str:
+    """The `environment variables:` part of a command's --help, from its settings classes
+    (`describe`): one entry per variable with its default, unit and meaning."""
+    rows: dict[str, tuple[str, str]] = {}
+    for cls in classes:
+        for name, default, doc in describe(cls):
+            if default in ("''", "()"):
+                default = "(empty)"
+            elif default in ("True", "False"):
+                default = default.lower()  # as the environment spells it
+            elif default != "(required)":
+                default = re.sub(r"^(\d+)\.0$", r"\1", default.strip("'"))
+                if unit_of(name):
+                    default = f"{default} {unit_of(name)}"
+            rows[name] = (default, " ".join(doc.split()))
+    column = max((len(name) for name in rows), default=0) + 4
+    lines = ["environment variables (default: meaning):"]
+    for name, (default, text) in rows.items():
+        lines += textwrap.wrap(
+            f"{default}: {text}", width, initial_indent=f"  {name:<{column - 2}}",
+            subsequent_indent=" " * column,
+        )
+    return "\n".join(lines)
+
+
+def http_port_field(default: int) -> Any:
+    """HTTP_PORT with a worker's own default: workers on one machine must not collide.
+
+    Each worker's settings class redefines `http_port` with this (bridge 9101, ingest 9102,
+    inference 9103, api 9104); pods get HTTP_PORT from the operator and the image anyway.
+    """
+    return env("HTTP_PORT", default, doc="port of /metrics, /healthz and /readyz", minimum=0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CommonSettings:
     pipeline_name: str = env(
         "PIPELINE_NAME", "local", doc="name of the EnergyPipeline, in every log line"
     )
     log_level: str = env("LOG_LEVEL", "INFO", doc="DEBUG, INFO, WARNING or ERROR")
-    http_port: int = env("HTTP_PORT", 8080, doc="port of /metrics, /healthz and /readyz", minimum=0)
+    http_port: int = http_port_field(8080)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +171,7 @@ class KafkaSettings:
     kafka_sasl_username: str = env("KAFKA_SASL_USERNAME", "", doc="SASL user (empty: no SASL)")
     kafka_sasl_password: str = env("KAFKA_SASL_PASSWORD", "", doc="SASL password")
 
-    def kafka_client_config(self) -> dict[str, str]:
+    def kafka_client_config(self) -> dict[str, Any]:
         return client_config(
             self.kafka_bootstrap_servers,
             self.kafka_security_protocol,

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from confluent_kafka.admin import AdminClient
 
 from energy_pipeline.core.contracts import all_kafka_topics
-from energy_pipeline.core.settings import CommonSettings, KafkaSettings, env, load
+from energy_pipeline.core.kafka import check_reachable
+from energy_pipeline.core.settings import (
+    CommonSettings,
+    KafkaSettings,
+    env,
+    environment_help,
+    load,
+)
 from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 from energy_pipeline.db.migrate import migrate
 
@@ -49,6 +56,7 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
 def _topics_create(args: argparse.Namespace) -> int:
     settings = load(TopicSettings)
     admin = AdminClient(settings.kafka_client_config())
+    check_reachable(admin, settings.kafka_bootstrap_servers, timeout_s=args.timeout)
     created = {spec.name: create_topic(admin, spec) for spec in topic_specs(settings)}
     print(
         json.dumps(
@@ -62,9 +70,30 @@ def _topics_create(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = commands.add_parser("migrate", help="apply pending database migrations (DATABASE_URL)")
+    p = commands.add_parser(
+        "migrate",
+        help="apply pending database migrations (DATABASE_URL)",
+        description="Applies the versioned SQL migrations that DATABASE_URL's database lacks, "
+        "under an advisory lock (several at once are safe), after checking the checksums of "
+        "those already applied. Prints {\"schema_version\": N}.",
+        epilog=environment_help(MigrateSettings),
+    )
     p.set_defaults(func=_migrate)
-    topics = commands.add_parser("topics", help="Kafka topics of a pipeline")
+    topics = commands.add_parser(
+        "topics", help="Kafka topics of a pipeline",
+        description="Kafka topics of a pipeline: `topics create`.",
+    )
     sub = topics.add_subparsers(dest="topics_command", required=True)
-    create = sub.add_parser("create", help="create the sensor and dead-letter topics if absent")
+    create = sub.add_parser(
+        "create",
+        help="create the sensor and dead-letter topics if absent",
+        description="Creates <prefix>.<sensor> for the five sensors and <prefix>.deadletter "
+        "with KAFKA_PARTITIONS partitions and KAFKA_REPLICATION_FACTOR replicas, unless they "
+        "exist. Prints the names created and those that existed.",
+        epilog=environment_help(TopicSettings),
+    )
+    create.add_argument(
+        "--timeout", type=float, default=10.0,
+        help="seconds to wait for the cluster to answer before giving up",
+    )
     create.set_defaults(func=_topics_create)

@@ -39,6 +39,8 @@ from energy_pipeline.core.settings import (
     ValidationSettings,
     default_client_id,
     env,
+    environment_help,
+    http_port_field,
     load,
 )
 from energy_pipeline.core.validation import Rejection
@@ -50,6 +52,7 @@ log = logging.getLogger("energy_pipeline.dataplane.bridge")
 
 @dataclass(frozen=True, kw_only=True)
 class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSettings):
+    http_port: int = http_port_field(9101)
     mqtt_topic_filter: str = env("MQTT_TOPIC_FILTER", "energy/#", doc="MQTT topics to bridge")
     mqtt_shared_group: str = env(
         "MQTT_SHARED_GROUP", "bridge", doc="shared-subscription group (empty: plain subscription)"
@@ -459,5 +462,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = commands.add_parser("bridge", help="move MQTT readings into Kafka without loss")
+    p = commands.add_parser(
+        "bridge",
+        help="move MQTT readings into Kafka without loss",
+        description=(
+            "Subscribes to MQTT_TOPIC_FILTER on the broker at MQTT_HOST:MQTT_PORT (a shared "
+            "subscription of group MQTT_SHARED_GROUP, in a persistent session) and produces "
+            "each reading to Kafka, <prefix>.<sensor> (rejected input with its reason to "
+            "<prefix>.deadletter), acknowledging an MQTT message only after Kafka confirmed "
+            "every record made from it. Waits for the topics (`topics create`). Metrics and "
+            "probes on HTTP_PORT. Runs until SIGTERM or Ctrl-C."
+        ),
+        epilog=environment_help(BridgeSettings),
+    )
     p.set_defaults(func=run)

@@ -39,6 +39,8 @@ from energy_pipeline.core.settings import (
     ValidationSettings,
     default_client_id,
     env,
+    environment_help,
+    http_port_field,
     load,
 )
 from energy_pipeline.core.validation import Rejection
@@ -52,6 +54,7 @@ log = logging.getLogger("energy_pipeline.dataplane.ingest")
 
 @dataclass(frozen=True, kw_only=True)
 class IngestSettings(CommonSettings, KafkaSettings, ValidationSettings, ForecastSettings):
+    http_port: int = http_port_field(9102)
     database_url: str = env(
         "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
     )
@@ -463,5 +466,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = commands.add_parser("ingest", help="store Kafka readings in PostgreSQL, exactly once")
+    p = commands.add_parser(
+        "ingest",
+        help="store Kafka readings in PostgreSQL, exactly once",
+        description=(
+            "Consumes the sensor topics as consumer group KAFKA_CONSUMER_GROUP, validates each "
+            "record and writes readings and hourly feature rollups to DATABASE_URL's "
+            "database, idempotently; offsets are committed only after the database "
+            "transaction, rejected records go to <prefix>.deadletter with their reason. With "
+            "INFERENCE_TARGET set it also asks the inference service for the forecasts each "
+            "closed hour owes. Metrics and probes on HTTP_PORT. Runs until SIGTERM or Ctrl-C."
+        ),
+        epilog=environment_help(IngestSettings),
+    )
     p.set_defaults(func=run)

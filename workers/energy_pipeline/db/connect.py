@@ -23,6 +23,8 @@ import functools
 import psycopg2
 import psycopg2.extensions
 
+from energy_pipeline.core.errors import CommandError, one_line, redact
+
 Connection = psycopg2.extensions.connection
 
 CONNECT_TIMEOUT_S = 5
@@ -77,6 +79,33 @@ def dsn(
     )
 
 
+class DatabaseUnreachable(CommandError, psycopg2.OperationalError):
+    """A connection that could not be opened: a CommandError (one line naming DATABASE_URL,
+    password redacted, for `energy-pipeline`) that is still the OperationalError the workers'
+    retry loops catch."""
+
+
+def address(url: str) -> str:
+    """`host:port` a DSN connects to (libpq's defaults for what it leaves out)."""
+    try:
+        parts = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError:
+        return "?"
+    host = parts.get("host") or parts.get("hostaddr") or "local socket"
+    return f"{host}:{parts.get('port') or 5432}"
+
+
+def unreachable(url: str, exc: psycopg2.OperationalError) -> DatabaseUnreachable:
+    # libpq says 'connection to server at "h" (addr), port p failed: <reason>' and then a hint
+    # on a line of its own: the address is named once, by us.
+    first = (str(exc).strip().splitlines() or [""])[0]
+    reason = one_line(first.split(" failed: ", 1)[-1])
+    return DatabaseUnreachable(
+        f"cannot connect to PostgreSQL at {address(url)} (DATABASE_URL={redact(url)}): {reason}",
+        fix="start the server or set DATABASE_URL to a reachable one",
+    )
+
+
 def connect(
     url: str,
     *,
@@ -86,16 +115,21 @@ def connect(
     autocommit: bool = False,
     readonly: bool = False,
 ) -> Connection:
-    """A new connection with the settings of `dsn`; the caller closes it."""
-    conn = psycopg2.connect(
-        dsn(
-            url,
-            application_name=application_name,
-            statement_timeout_ms=statement_timeout_ms,
-            connect_timeout_s=connect_timeout_s,
-            readonly=readonly,
+    """A new connection with the settings of `dsn`; the caller closes it.
+
+    Raises DatabaseUnreachable (a psycopg2.OperationalError) when it cannot be opened."""
+    try:
+        conn = psycopg2.connect(
+            dsn(
+                url,
+                application_name=application_name,
+                statement_timeout_ms=statement_timeout_ms,
+                connect_timeout_s=connect_timeout_s,
+                readonly=readonly,
+            )
         )
-    )
+    except psycopg2.OperationalError as exc:
+        raise unreachable(url, exc) from exc
     conn.autocommit = autocommit
     return conn
 

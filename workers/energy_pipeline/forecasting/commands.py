@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from energy_pipeline.core.errors import USAGE, CommandError
+from energy_pipeline.core.settings import DURATION_FORMAT
 from energy_pipeline.core.timeutil import parse_duration_hours, parse_time
 from energy_pipeline.forecasting.backtest import (
     BacktestConfig,
@@ -46,6 +48,10 @@ def register(commands: Any) -> None:
             "(vs seasonal naive 168 h), pinball loss and P10-P90 coverage for the chosen "
             "model beside naive24, naive168 and seed on the same origins."
         ),
+        epilog=f"Durations (--every, --retrain-every): {DURATION_FORMAT}; a bare number is "
+        "hours.\n\nExample:\n  energy-pipeline backtest --csv building.csv --time-col "
+        "timestamp --target-col energy_kwh \\\n    --future-covariates temperature "
+        "--plot backtest.png",
     )
     parser.add_argument("--csv", required=True, type=Path, help="input CSV with a header row")
     parser.add_argument("--time-col", required=True, help="ISO-8601 timestamps (UTC if naive)")
@@ -58,15 +64,21 @@ def register(commands: Any) -> None:
         default="",
         help="comma-separated columns known ahead (calendar facts, weather forecasts)",
     )
-    parser.add_argument("--horizon", type=int, default=24, help="hours ahead (default 24)")
-    parser.add_argument("--every", default="24h", help="time between origins (default 24h)")
+    parser.add_argument("--horizon", type=int, default=24, help="hours ahead")
+    parser.add_argument(
+        "--every", default="24h", help="time between origins, a duration in whole hours"
+    )
     parser.add_argument(
         "--test-start",
         default=None,
         help="first origin, ISO time (default: first midnight after 75%% of the data)",
     )
-    parser.add_argument("--retrain-every", default="7d", help="refit interval (default 7d)")
-    parser.add_argument("--model", choices=MODEL_NAMES, default="default")
+    parser.add_argument(
+        "--retrain-every", default="7d", help="refit interval, a duration in whole hours"
+    )
+    parser.add_argument(
+        "--model", choices=MODEL_NAMES, default="default", help="the model to backtest"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the chosen model's forecasts")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of forecasts vs actuals")
     parser.set_defaults(func=run_backtest_command)
@@ -109,9 +121,8 @@ def _test_start_index(frame: HourlyFrame, text: str | None, horizon: int) -> int
 def run_backtest_command(args: argparse.Namespace) -> int:
     try:
         return _run(args, sys.stdout, sys.stderr)
-    except (ValueError, OSError) as error:
-        print(f"backtest: error: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as error:  # the CSV or an option: cli.main prints the line
+        raise CommandError(str(error), status=USAGE) from error
 
 
 def compare(
@@ -140,8 +151,7 @@ def compare(
 
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     if args.plot is not None and not plotting_available():
-        print(f"backtest: error: {MISSING_MATPLOTLIB}", file=stderr)
-        return 2
+        raise CommandError(MISSING_MATPLOTLIB, status=USAGE)
     if args.horizon < 1:
         raise ValueError("--horizon must be at least 1")
     every = parse_duration_hours(args.every)

@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +28,15 @@ from typing import Any
 import numpy as np
 import psycopg2
 
+from energy_pipeline.core.errors import USAGE, CommandError
 from energy_pipeline.core.logs import configure_logging
-from energy_pipeline.core.settings import CommonSettings, SettingsError, env, load
+from energy_pipeline.core.settings import (
+    CommonSettings,
+    SettingsError,
+    env,
+    environment_help,
+    load,
+)
 from energy_pipeline.db.connect import connect, worker_name
 from energy_pipeline.forecasting.backtest import BacktestConfig, origins, run_backtest
 from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour
@@ -195,19 +201,15 @@ def train_site(
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = load(TrainSettings)
-        settings.model_params()
-    except SettingsError as exc:
-        print(f"train: {exc}", file=sys.stderr)
-        return 2
+    settings = load(TrainSettings)
+    settings.model_params()  # a bad TRAIN_MODEL_PARAMS fails here, before connecting
     configure_logging("train", settings.pipeline_name, settings.log_level)
     conn = connect(
         settings.database_url,
         application_name=worker_name("train", settings.pipeline_name),
         connect_timeout_s=10,  # a one-shot job with no retry loop: a little more patience
     )
-    failed = 0
+    failed: list[str] = []
     try:
         sites = [args.site] if args.site else all_sites(conn)
         conn.commit()
@@ -219,19 +221,29 @@ def run(args: argparse.Namespace) -> int:
                 result = train_site(conn, site, settings, force=args.force)
             except Exception:
                 conn.rollback()
-                failed += 1
+                failed.append(site)
                 log.exception("training failed", extra={"site_id": site})
                 continue
             if result is None:
                 log.error("no closed hours of hourly_features", extra={"site_id": site})
                 if args.site:
-                    return 2
+                    raise CommandError(
+                        f"--site {site}: no closed hours of hourly_features",
+                        fix="check the site id, or train once ingest has closed an hour of it",
+                        status=USAGE,
+                    )
                 continue
             # One JSON log line per site (stdout): what a CronJob's log should show.
             log.info("model registered", extra=result.summary())
     finally:
         conn.close()
-    return 1 if failed else 0
+    if failed:
+        # A CronJob's Job fails, and its one line names the sites; the log has each error.
+        raise CommandError(
+            f"training failed for {len(failed)} of {len(sites)} site(s): {', '.join(failed)}",
+            fix='their "training failed" log lines on stdout hold each error',
+        )
+    return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -243,8 +255,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
             "hourly_features, backtest on the last TRAIN_BACKTEST_DAYS days against "
             "seasonal naive 168 h, store a new version in `models` and promote it only if "
             "its backtest MASE is not worse than the promoted version's. Logs one JSON "
-            "line per site (message \"model registered\")."
+            "line per site (message \"model registered\"). Exits 1 naming the sites whose "
+            "training failed, if any."
         ),
+        epilog=environment_help(TrainSettings),
     )
     p.add_argument("--site", default=None, help="one site id (default: all sites)")
     p.add_argument(

@@ -38,9 +38,16 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram
 
 from energy_pipeline.core import metrics as shared_metrics
+from energy_pipeline.core.errors import port_in_use
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
-from energy_pipeline.core.settings import CommonSettings, env, load
+from energy_pipeline.core.settings import (
+    CommonSettings,
+    env,
+    environment_help,
+    http_port_field,
+    load,
+)
 from energy_pipeline.db.connect import worker_name
 from energy_pipeline.forecasting.rows import MAX_HORIZON
 from energy_pipeline.forecasting.window import forecast_window
@@ -81,6 +88,7 @@ MODEL_AGE = Gauge(
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceSettings(CommonSettings):
+    http_port: int = http_port_field(9103)
     database_url: str = env(
         "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
     )
@@ -242,7 +250,10 @@ class InferenceServer:
         except RuntimeError:
             bound = 0
         if not bound:  # no IPv6 in this network namespace
-            bound = self.server.add_insecure_port(f"0.0.0.0:{port}")
+            try:
+                bound = self.server.add_insecure_port(f"0.0.0.0:{port}")
+            except RuntimeError as exc:  # gRPC says only "Failed to bind"
+                raise port_in_use("GRPC_PORT", port) from exc
         return bound
 
     def _set_serving(self, serving: bool) -> None:
@@ -346,7 +357,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description=(
             "Serves the promoted model of every site from the `models` table on GRPC_PORT, "
             "hot-swapping newly promoted versions every MODEL_REFRESH_S seconds; metrics "
-            "and probes on HTTP_PORT."
+            "and probes on HTTP_PORT. Runs until SIGTERM or Ctrl-C."
         ),
+        epilog=environment_help(InferenceSettings),
     )
     p.set_defaults(func=run)
