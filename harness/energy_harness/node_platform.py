@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ import yaml
 from energy_harness.images import REPO
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.localstack.node import CGROUP_PARENT
+from energy_harness.readme_blocks import README, command_lines, recipe_blocks
 from energy_harness.testing import Reading, expected_rows
 
 NAMESPACE = "energy"
@@ -40,14 +40,11 @@ WORKER_UID = 10001
 Resources = dict[str, dict[str, str]]
 
 
-def readme_commands(readme: Path = REPO / "README.md") -> list[str]:
-    """The README's "On your own cluster" block, one command per line, as written."""
-    section = readme.read_text().split("On your own cluster", 1)[1]
-    match = re.search(r"```bash\n(.*?)```", section, re.S)
-    if not match:
-        raise ValueError(f"{readme}: no ```bash block after 'On your own cluster'")
-    return [line for line in match.group(1).splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+def readme_commands(readme: Path = README) -> list[str]:
+    """The README's "On your own cluster" block (`<!-- recipe: own-cluster -->`), one
+    command per line, as written."""
+    return [line for block in recipe_blocks("own-cluster", readme)
+            for line in command_lines(block)]
 
 
 def image_overrides(images: dict[str, str]) -> dict[str, Any]:
