@@ -7,14 +7,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The venv is brought up to date whenever the pinned dependencies change.
-VENV_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml harness/pyproject.toml | sha1sum | cut -c1-12)
+# The venv is brought up to date whenever the pinned dependencies change; the demo's stamp
+# stands for the smaller install `make demo` needs (no test tools).
+DEPS_HASH := $(shell cat pyproject.toml harness/pyproject.toml | sha1sum | cut -c1-12)
+VENV_STAMP := $(VENV)/.installed-$(DEPS_HASH)
+DEMO_STAMP := $(VENV)/.installed-demo-$(DEPS_HASH)
 # The runtime distribution (what the image holds) and the harness beside it (local services,
 # demo, benchmarks, generators): every make target that installs extras installs both.
-PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
+# -qq: pip prints errors only. -q still printed setuptools' build warnings, about 65 lines
+# per install (pip relays a build backend's warnings at warning level); a failed install
+# still shows its error and the build's output.
+PIP_INSTALL := $(BIN)/pip install -qq --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps lint generate test unit integration cluster container e2e node stack demo bench up down clean
+.PHONY: help venv demo-venv stack-deps deps lint generate test unit integration cluster container e2e node stack demo bench up down clean
 
 help:
 	@echo "make demo         the whole pipeline on this machine, live view, demo-out/forecast.png (DURATION=120)"
@@ -32,14 +38,27 @@ $(VENV_STAMP): pyproject.toml harness/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) -e '.[dev]' -e ./harness
+	touch $@ $(DEMO_STAMP)
+
+# What `make demo` runs on: the runtime with matplotlib, and the harness (the dev install
+# above includes it, so a venv made for tests needs nothing more).
+$(DEMO_STAMP): pyproject.toml harness/pyproject.toml
+	test -f $(VENV_STAMP) || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	  $(PIP_INSTALL) --upgrade pip && $(PIP_INSTALL) -e '.[demo]' -e ./harness; }
 	touch $@
 
 venv: $(VENV_STAMP)
 
-# apt packages (postgresql, mosquitto, Java 17, Maven) when missing, the Kafka jars, and
-# the Kubernetes control plane, kwok and helm built from the Go module proxy (all cached).
-deps: venv
+demo-venv: $(DEMO_STAMP)
+
+# apt packages (postgresql, mosquitto, Java 17, Maven) when missing, and the Kafka and
+# HiveMQ jars: what the local stack and the demo run on (cached).
+stack-deps: venv
 	$(BIN)/energy-pipeline stack install
+
+# ... and for the tests the Kubernetes control plane, kwok and helm built from the Go module
+# proxy, and the real node's programs (all cached).
+deps: stack-deps
 	$(BIN)/energy-pipeline kube install
 
 lint: venv
@@ -58,12 +77,13 @@ unit: venv
 integration cluster container e2e node: deps
 	$(BIN)/pytest -m $@ $(PYTEST_ARGS)
 
-stack: deps
+stack: stack-deps
 	$(BIN)/energy-pipeline stack up
 
 # The whole pipeline on this machine; DURATION=<seconds> stops it by itself, FAST=1 for CI.
-demo: deps
-	$(PIP_INSTALL) -e '.[demo]' -e ./harness
+# It installs what it runs on itself (Debian packages, Kafka and HiveMQ jars), nothing for
+# Kubernetes.
+demo: demo-venv
 	$(BIN)/energy-pipeline demo $(if $(DURATION),--duration $(DURATION)) $(if $(FAST),--fast)
 
 # Speed and quality figures of this machine; not timed tests. Writes bench/.

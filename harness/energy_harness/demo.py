@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 from energy_pipeline.core.settings import DURATION_FORMAT
@@ -46,6 +47,16 @@ STARTUP_S = 35.0
 TRAIN_S = 20.0
 BACKFILL_MSG_PER_S = 250.0
 SENSOR_TYPES = 5
+# The site the live view and the plot show: both name its model, and no other.
+SITE = "site-0"
+
+
+def consumption_unit(interval: str) -> str:
+    """What an hourly mean of consumption readings is in: each reading is the kWh used in
+    its own interval, so the hour's mean is kWh per interval (per 15 min, per 1 h)."""
+    minutes = parse_duration(interval) / timedelta(minutes=1)
+    span = f"{minutes / 60:g} h" if minutes >= 60 else f"{minutes:g} min"
+    return f"kWh per {span}"
 
 
 def history_hours(history: str) -> float:
@@ -127,7 +138,8 @@ class Rates:
         return max(0.0, (value - previous[1]) / (now - previous[0]))
 
 
-def database_summary(dsn: str) -> dict[str, object]:
+def database_summary(dsn: str, site: str = SITE) -> dict[str, object]:
+    """Totals of the whole pipeline; model and latest forecast of `site` only."""
     with psycopg2.connect(dsn, connect_timeout=3) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT count(*), count(DISTINCT (site_id, sensor, device_id)), max(ts) FROM readings"
@@ -136,18 +148,22 @@ def database_summary(dsn: str) -> dict[str, object]:
         cur.execute("SELECT count(*), max(issued_at) FROM forecasts")
         forecasts, issued = cur.fetchone()
         cur.execute(
-            "SELECT version FROM models WHERE promoted ORDER BY promoted_at DESC NULLS LAST LIMIT 1"
+            """SELECT version FROM models WHERE promoted AND site_id = %s
+               ORDER BY promoted_at DESC NULLS LAST LIMIT 1""",
+            (site,),
         )
         model = cur.fetchone()
         cur.execute(
             """SELECT f.target_time, f.p50, f.p10, f.p90, h.avg_energyconsumption
                FROM forecasts f JOIN hourly_features h
                  ON h.site_id = f.site_id AND h.hour = f.target_time
-               WHERE f.horizon = 1
-               ORDER BY f.target_time DESC LIMIT 1"""
+               WHERE f.horizon = 1 AND f.site_id = %s
+               ORDER BY f.target_time DESC LIMIT 1""",
+            (site,),
         )
         last_pair = cur.fetchone()
     return {
+        "site": site,
         "rows": rows,
         "streams": streams,
         "latest_reading": latest,
@@ -158,11 +174,13 @@ def database_summary(dsn: str) -> dict[str, object]:
     }
 
 
-def render_view(stage_rates: dict[str, float], lag: float, db: dict[str, object]) -> str:
+def render_view(
+    stage_rates: dict[str, float], lag: float, db: dict[str, object], unit: str
+) -> str:
     pair = db["last_pair"]
     pair_text = (
-        f"{pair[0]:%Y-%m-%d %H:%M} forecast {pair[1]:.1f} kWh [{pair[2]:.1f}, {pair[3]:.1f}]"
-        f" actual {pair[4]:.1f} kWh"
+        f"{pair[0]:%Y-%m-%d %H:%M} forecast {pair[1]:.1f} [{pair[2]:.1f}, {pair[3]:.1f}]"
+        f" actual {pair[4]:.1f} {unit}"
         if pair
         else "(none yet)"
     )
@@ -180,17 +198,45 @@ def render_view(stage_rates: dict[str, float], lag: float, db: dict[str, object]
             f"  Kafka -> ingest     {stage_rates.get('ingest', 0):9.0f} msg/s"
             f"   consumer lag {lag:,.0f}",
             f"  stored              {stored}",
-            f"  forecasts           {db['forecasts']:,} points, model {model}",
-            f"  latest 1 h ahead    {pair_text}",
+            f"  forecasts           {db['forecasts']:,} points",
+            f"  {db['site']} model        {model}",
+            f"  {db['site']} 1 h ahead    {pair_text}",
         ]
     )
 
 
-def write_plot(dsn: str, path: Path, site: str = "site-0") -> bool:
-    """Consumption (hourly) over the last days and the latest forecast with its P10-P90 band."""
+def forecast_figure(
+    actual: list[tuple[datetime, float]],
+    forecast: list[tuple[datetime, float, float, float, str]],
+    site: str,
+    unit: str,
+) -> Any:
+    """The plot of `site`: hourly consumption and its latest forecast (target time, p10,
+    p50, p90, model version) with the P10-P90 band; the model named is the forecast's."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from energy_pipeline.forecasting.plot import draw_forecast
+
+    fig, ax = plt.subplots(figsize=(11, 4.5), dpi=100)
+    model = forecast[-1][4] if forecast else ""
+    draw_forecast(
+        ax,
+        ([a[0] for a in actual], [a[1] for a in actual]),
+        tuple([f[i] for f in forecast] for i in range(4)),  # type: ignore[arg-type]
+        "forecast",
+        f"consumption, {unit} (hourly mean)",
+    )
+    ax.set_title(f"{site}: energy consumption and the latest forecast (model {model})"
+                 if forecast else f"{site}: energy consumption (no forecast yet)")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def write_plot(dsn: str, path: Path, unit: str, site: str = SITE) -> bool:
+    """`forecast_figure` of the last 7 days of `site` from the database, as a PNG."""
     import matplotlib.pyplot as plt
 
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
@@ -202,7 +248,7 @@ def write_plot(dsn: str, path: Path, site: str = "site-0") -> bool:
         )
         actual = sorted(cur.fetchall())
         cur.execute(
-            """SELECT target_time, p10, p50, p90 FROM forecasts
+            """SELECT target_time, p10, p50, p90, model_version FROM forecasts
                WHERE site_id = %s AND issued_at = (SELECT max(issued_at) FROM forecasts
                                                    WHERE site_id = %s)
                ORDER BY target_time""",
@@ -211,31 +257,7 @@ def write_plot(dsn: str, path: Path, site: str = "site-0") -> bool:
         forecast = cur.fetchall()
     if not actual:
         return False
-    fig, ax = plt.subplots(figsize=(11, 4.5), dpi=100)
-    ax.plot(
-        [a[0] for a in actual],
-        [a[1] for a in actual],
-        color="#1f4e79",
-        lw=1.4,
-        label="consumption (hourly mean, kWh)",
-    )
-    if forecast:
-        times = [f[0] for f in forecast]
-        ax.fill_between(
-            times,
-            [f[1] for f in forecast],
-            [f[3] for f in forecast],
-            color="#f4a261",
-            alpha=0.35,
-            label="forecast P10-P90",
-        )
-        ax.plot(times, [f[2] for f in forecast], color="#e76f51", lw=1.6, label="forecast P50")
-    ax.set_title(f"{site}: energy consumption and forecast")
-    ax.set_ylabel("kWh per reading interval")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    fig.autofmt_xdate()
-    fig.tight_layout()
+    fig = forecast_figure(actual, forecast, site, unit)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -276,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     interactive = sys.stdout.isatty() and not args.no_view
+    unit = consumption_unit(plan.interval)
     base = Path(args.data_dir) if args.data_dir else Path(f"/tmp/energy-demo-{os.getpid()}")
     base.mkdir(parents=True, exist_ok=True)
     print("installing what is missing (cached in ~/.cache/energy-pipeline) ...", flush=True)
@@ -364,15 +387,16 @@ def run(args: argparse.Namespace) -> int:
                 ),
             }
             lag = sum(w.metric("energy_consumer_lag") for w in workers[1 : 1 + plan.ingest_workers])
-            view = render_view(stage, lag, database_summary(postgres.dsn))
+            view = render_view(stage, lag, database_summary(postgres.dsn), unit)
             if interactive:
                 print("\033[2J\033[H" + view, flush=True)
             else:
                 print(view.replace("\n", " | "), flush=True)
             stop.wait(2.0)
         summary = database_summary(postgres.dsn)
-        plotted = write_plot(postgres.dsn, out / "forecast.png")
+        plotted = write_plot(postgres.dsn, out / "forecast.png", unit)
         result = {
+            "site": summary["site"],
             "rows": summary["rows"],
             "streams": summary["streams"],
             "forecasts": summary["forecasts"],

@@ -1,18 +1,27 @@
-"""The demo's plan: a run with a duration ends with forecasts, so its backfill must fit."""
+"""The demo's plan (a run with a duration ends with forecasts, so its backfill must fit),
+what its live view and plot say, and what `make demo` installs."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from energy_harness.demo import (
     BACKFILL_MSG_PER_S,
+    SITE,
     STARTUP_S,
     TRAIN_S,
     DemoPlan,
     choose_interval,
+    consumption_unit,
+    forecast_figure,
     history_hours,
+    render_view,
 )
+from energy_harness.images import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +66,70 @@ def test_the_simulator_gets_the_plan() -> None:
     assert command[command.index("--interval") + 1] == "1h"
     assert command[command.index("--start") + 1] == "now-15d"
     assert choose_interval(40, 360, 0) == "15m"
+
+
+# -- what the live view and the plot say ---------------------------------------------------
+
+VERSION = "site-0.20261201T203000Z.0a1b2c3d"
+
+
+def test_the_consumption_unit_follows_the_reading_interval() -> None:
+    # A reading is the kWh used in its interval, so an hourly mean is kWh per interval.
+    assert consumption_unit("15m") == "kWh per 15 min"
+    assert consumption_unit("5m") == "kWh per 5 min"
+    assert consumption_unit("1h") == "kWh per 1 h"
+
+
+def test_the_plot_gives_the_unit_on_its_axis_and_nowhere_else() -> None:
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    hours = [start + timedelta(hours=h) for h in range(48)]
+    actual = [(t, 10.0 + h % 24) for h, t in enumerate(hours[:24])]
+    forecast = [(t, 9.0, 10.0, 11.0, VERSION) for t in hours[24:]]
+    unit = consumption_unit("15m")
+    figure = forecast_figure(actual, forecast, "site-0", unit)
+    [ax] = figure.axes
+    assert unit in ax.get_ylabel()
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["actual", "forecast P10-P90", "forecast P50"]
+    assert not [label for label in legend if "kWh" in label]  # a unit here could disagree
+    # The plotted site and the model that made the plotted forecast.
+    assert "site-0" in ax.get_title() and VERSION in ax.get_title()
+
+
+def test_the_live_view_names_the_plotted_site_its_model_and_the_plot_unit() -> None:
+    db = {
+        "site": SITE, "rows": 1000, "streams": 40, "latest_reading": None, "forecasts": 168,
+        "latest_issue": None, "model": VERSION,
+        "last_pair": (datetime(2026, 12, 1, 5, tzinfo=UTC), 10.0, 9.0, 11.0, 10.5),
+    }
+    view = render_view({}, 0, db, consumption_unit("15m"))
+    assert f"{SITE} model" in view and VERSION in view
+    assert "actual 10.5 kWh per 15 min" in view
+    assert SITE == "site-0"  # the site write_plot draws by default
+
+
+# -- what `make demo` installs ---------------------------------------------------------------
+
+
+def make_dry_run(target: str, tmp_path: Path) -> list[str]:
+    """The commands `make TARGET` would run in a fresh clone (no venv yet), not run."""
+    result = subprocess.run(
+        ["make", "-n", "-B", "-C", str(REPO), target, f"VENV={tmp_path / 'venv'}"],
+        capture_output=True, text=True, check=True,
+    )
+    return result.stdout.splitlines()
+
+
+def test_make_demo_installs_no_kubernetes_and_keeps_pip_quiet(tmp_path: Path) -> None:
+    commands = make_dry_run("demo", tmp_path)
+    assert any(line.rstrip().endswith("energy-pipeline demo") for line in commands), commands
+    assert not [line for line in commands if "kube install" in line]
+    assert not [line for line in commands if "'.[dev]'" in line]  # no test tools either
+    pip = [line for line in commands if "pip install" in line]
+    assert pip, commands
+    # -qq: pip's errors only; -q let ~65 lines of setuptools build warnings through.
+    assert all(" -qq " in line for line in pip), pip
+
+
+def test_make_test_still_installs_the_kubernetes_tools(tmp_path: Path) -> None:
+    assert [line for line in make_dry_run("test", tmp_path) if "kube install" in line]

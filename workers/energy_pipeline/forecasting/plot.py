@@ -1,10 +1,12 @@
-"""Optional picture of a backtest; matplotlib comes with the `bench` extra only."""
+"""Pictures of forecasts against actuals (a backtest's, the demo's); matplotlib comes with
+the `bench`, `demo` and `dev` extras only, and is imported only when drawing."""
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +35,41 @@ def newest_per_target(result: BacktestResult) -> np.ndarray:
     return order[first]
 
 
+def draw_forecast(
+    ax: Any,
+    actual: tuple[Sequence[Any], Sequence[float]],
+    forecast: tuple[Sequence[Any], Sequence[float], Sequence[float], Sequence[float]],
+    model: str,
+    unit: str = "",
+    others: Sequence[tuple[str, Sequence[Any], Sequence[float]]] = (),
+) -> None:
+    """Actuals, one model's P50 with its P10-P90 band, and other models' P50 on `ax`.
+
+    The unit goes on the axis only, never into the legend, so that the two cannot disagree
+    (the demo's plot once said "kWh" in one and "kWh per reading interval" in the other).
+    """
+    ax.plot(actual[0], actual[1], color="black", linewidth=1.2, label="actual")
+    times, p10, p50, p90 = forecast
+    if len(times):
+        ax.fill_between(times, p10, p90, color="tab:blue", alpha=0.25, label=f"{model} P10-P90")
+        ax.plot(times, p50, color="tab:blue", linewidth=1.4, label=f"{model} P50")
+    for (label, other_times, other_p50), color in zip(
+        others, ("tab:gray", "tab:orange", "tab:green"), strict=False
+    ):
+        ax.plot(other_times, other_p50, linewidth=0.8, linestyle="--", color=color,
+                label=f"{label} P50")
+    if unit:
+        ax.set_ylabel(unit)
+    ax.legend(loc="upper left", ncols=3, fontsize="small")
+    ax.grid(alpha=0.3)
+
+
+def _times(result: BacktestResult, keep: np.ndarray) -> Any:
+    return result.target_time[keep].astype("datetime64[m]").astype(object)
+
+
 def plot_backtest(
-    path: Path, chosen: BacktestResult, others: Sequence[BacktestResult] = ()
+    path: Path, chosen: BacktestResult, others: Sequence[BacktestResult] = (), unit: str = ""
 ) -> None:
     """Actuals, the chosen model's P50 with its P10-P90 band, and other models' P50."""
     import matplotlib
@@ -44,25 +79,17 @@ def plot_backtest(
 
     fig, ax = plt.subplots(figsize=(14, 5))
     keep = newest_per_target(chosen)
-    times = chosen.target_time[keep].astype("datetime64[m]").astype(object)
-    ax.plot(times, chosen.actual[keep], color="black", linewidth=1.2, label="actual")
-    ax.fill_between(
-        times, chosen.p10[keep], chosen.p90[keep], color="tab:blue", alpha=0.25, label="P10-P90"
+    times = _times(chosen, keep)
+    draw_forecast(
+        ax,
+        (times, chosen.actual[keep]),
+        (times, chosen.p10[keep], chosen.p50[keep], chosen.p90[keep]),
+        chosen.model,
+        unit,
+        [(o.model, _times(o, sel), o.p50[sel]) for o in others
+         for sel in (newest_per_target(o),)],
     )
-    ax.plot(times, chosen.p50[keep], color="tab:blue", linewidth=1.2, label=f"{chosen.model} P50")
-    for other, color in zip(others, ("tab:gray", "tab:orange", "tab:green"), strict=False):
-        sel = newest_per_target(other)
-        ax.plot(
-            other.target_time[sel].astype("datetime64[m]").astype(object),
-            other.p50[sel],
-            linewidth=0.8,
-            linestyle="--",
-            color=color,
-            label=f"{other.model} P50",
-        )
     ax.set_title("Backtest: forecasts vs actuals")
-    ax.legend(loc="upper left", ncols=3, fontsize="small")
-    ax.grid(alpha=0.3)
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
