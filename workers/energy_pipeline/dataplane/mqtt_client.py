@@ -17,6 +17,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from energy_pipeline.core.errors import CommandError
+
 # The paho-mqtt release the internals below were read in (pyproject.toml pins it).
 PAHO_VERSION = "2.2.0"
 
@@ -231,3 +233,26 @@ def persistent_session(
     if receive_maximum is not None:
         props.ReceiveMaximum = receive_maximum
     return props
+
+
+def broker_unreachable(host: str, port: int, detail: str) -> CommandError:
+    """The one-line error of a client that cannot reach MQTT_HOST:MQTT_PORT."""
+    return CommandError(
+        f"cannot reach the MQTT broker at MQTT_HOST:MQTT_PORT {host}:{port} ({detail})",
+        fix="start the broker or set MQTT_HOST and MQTT_PORT to where it listens",
+    )
+
+
+def check_reachable(host: str, port: int, timeout: float = 5.0) -> None:
+    """Raise `broker_unreachable` unless a TCP connection to the broker opens in `timeout`.
+
+    For a command's first connection: paho's connect_async reports nothing, and its loop
+    retries a refused connection forever (which a long-running worker wants later on).
+    """
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        detail = exc.strerror or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            detail = f"no answer within {timeout:g} s"
+        raise broker_unreachable(host, port, detail) from exc

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -245,6 +246,14 @@ class InferenceServer:
         self.db_error: str | None = None
 
     def _bind(self, port: int) -> int:
+        if port:
+            # A taken port, found before gRPC's C core writes its own lines about it to stderr.
+            try:
+                with socket.socket() as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(("0.0.0.0", port))
+            except OSError as exc:
+                raise port_in_use("GRPC_PORT", port, exc) from exc
         try:
             bound = self.server.add_insecure_port(f"[::]:{port}")
         except RuntimeError:
