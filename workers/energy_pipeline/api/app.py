@@ -40,9 +40,9 @@ from energy_pipeline.api.queries import (
     fetch_hourly,
     fetch_readings,
     fetch_sites,
-    readiness,
     site_exists,
 )
+from energy_pipeline.api.queries import readiness as schema_ready
 from energy_pipeline.api.render import NotAcceptable, csv_page, json_page, negotiate, problem
 from energy_pipeline.api.settings import ApiSettings
 from energy_pipeline.api.spec import (
@@ -55,11 +55,16 @@ from energy_pipeline.api.spec import (
     routes,
 )
 from energy_pipeline.core.contracts import SENSORS
+from energy_pipeline.core.readiness import Prober, Readiness, Unready, track_ready
+from energy_pipeline.db.connect import worker_name
+from energy_pipeline.db.probe import DatabaseCheck
 
 log = logging.getLogger("energy_pipeline.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Pages bigger than this are rendered off the event loop, so probes stay prompt.
 RENDER_OFFLOAD_ROWS = 500
+# Only the first /readyz waits, at most this long, for the first database check: after that
+# it answers from the last check at once.
 READY_TIMEOUT_S = 2.5
 QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
 
@@ -88,11 +93,35 @@ class ApiState:
     routes: dict[str, Route] = field(init=False)
     openapi: bytes = field(init=False)
     draining: bool = False
+    # Readiness: the database answers and has the tables we read. Checked every few seconds
+    # on a connection of its own (started by `serve`), not in /readyz and not through the
+    # pool: a probe never waits behind slow queries, and a busy pool is not an outage.
+    readiness: Readiness = field(init=False)
+    probe: Prober = field(init=False)
+    schema_version: int | None = None
 
     def __post_init__(self) -> None:
         self.routes = {r.name: r for r in routes(self.settings.page_sizes)}
         document = openapi_document(self.settings.page_sizes, _version())
         self.openapi = json.dumps(document, indent=1).encode()
+        self.readiness = Readiness("api").add("database")
+        check = DatabaseCheck(
+            self.settings.database_url,
+            application_name=worker_name("api-ready", self.settings.pipeline_name),
+            query=self._check_schema,
+        )
+        self.probe = Prober(self.readiness, {"database": check})
+        track_ready("api", self.ready)
+
+    def _check_schema(self, conn: Any) -> None:
+        ok, detail, self.schema_version = schema_ready(conn)
+        if not ok:
+            raise Unready(detail)
+
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
+        return self.readiness.check()
 
 
 STATE = web.AppKey("state", ApiState)
@@ -262,19 +291,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    version = None
-    if state.draining:
-        ok, detail = False, "shutting down"
-    else:
-        try:
-            ok, detail, version = await asyncio.wait_for(
-                state.pool.run(readiness), READY_TIMEOUT_S
-            )
-        except TimeoutError:
-            ok, detail = False, f"database did not answer within {READY_TIMEOUT_S}s"
-        except (psycopg2.Error, QueryTimeout, PoolTimeout) as exc:
-            ok, detail = False, f"database: {str(exc).strip().splitlines()[0][:300]}"
-    body = {"status": "ready" if ok else "not ready", "detail": detail, "schema_version": version}
+    if not state.probe.wait_first_round(0):
+        # Just started: one wait for the first check beats answering "no answer yet".
+        await asyncio.to_thread(state.probe.wait_first_round, READY_TIMEOUT_S)
+    ok, detail = state.ready()
+    body = {
+        "status": "ready" if ok else "not ready",
+        "detail": detail,
+        "schema_version": state.schema_version,
+    }
     return web.json_response(body, status=200 if ok else 503)
 
 

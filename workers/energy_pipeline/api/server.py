@@ -37,6 +37,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
         application_name=worker_name("api", settings.pipeline_name),
     )
     state = ApiState(settings, pool)
+    state.probe.start()
     runners = [web.AppRunner(create_app(state), access_log=None,
                              shutdown_timeout=SHUTDOWN_TIMEOUT_S)]
     if settings.http_port != settings.api_port or settings.http_port == 0:
@@ -65,6 +66,7 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
     finally:
         for runner in runners:
             await runner.cleanup()
+        await asyncio.to_thread(state.probe.stop)
         pool.close()
     log.info("api stopped")
 

@@ -27,3 +27,10 @@ CONSUMER_LAG = Gauge(
 )
 INFLIGHT = Gauge("energy_bridge_inflight", "MQTT messages received but not yet acknowledged")
 ERRORS = Counter("energy_errors_total", "Transient errors that were retried", ["stage", "kind"])
+# Read at scrape time from each worker's readiness tracker (core/readiness.py).
+DEPENDENCY_UP = Gauge(
+    "energy_dependency_up",
+    "1 while a dependency of the worker answers (its /readyz detail says why not)",
+    ["worker", "dependency"],
+)
+READY = Gauge("energy_ready", "1 while the worker's /readyz answers 200", ["worker"])

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 import paho.mqtt.client as mqtt
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from energy_pipeline.core import metrics
 from energy_pipeline.core.contracts import (
@@ -32,6 +32,13 @@ from energy_pipeline.core.contracts import (
 )
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
+from energy_pipeline.core.readiness import (
+    KafkaMetadataCheck,
+    Prober,
+    Readiness,
+    describe,
+    track_ready,
+)
 from energy_pipeline.core.settings import (
     CommonSettings,
     KafkaSettings,
@@ -126,6 +133,24 @@ class Bridge:
         self.client_id = settings.mqtt_client_id or default_client_id()
         self.producer = Producer(producer_config(settings), logger=logging.getLogger("librdkafka"))
         self.partitions: dict[str, int] = {}
+        self.topics = [kafka_topic(self.prefix, s) for s in SENSOR_NAMES] + [self.deadletter]
+        self.broker = f"{settings.mqtt_host}:{settings.mqtt_port}"
+        # Ready while the MQTT subscription is confirmed (paho's callbacks keep that current;
+        # its keepalive notices a silent broker) and Kafka answered recently: asked on a
+        # thread of its own, since with no traffic there are no deliveries to go by.
+        self.readiness = (
+            Readiness("bridge")
+            .add("mqtt", stale_after=None, waiting_for=f"not connected to {self.broker} yet")
+            .add("kafka")
+        )
+        self.prober = Prober(
+            self.readiness,
+            {
+                "kafka": KafkaMetadataCheck(
+                    self.producer, settings.kafka_bootstrap_servers, self.topics
+                )
+            },
+        )
         self.heartbeat = Heartbeat()
         self.stopping = threading.Event()
         self.fatal: str | None = None
@@ -160,7 +185,7 @@ class Bridge:
         """Partition counts of our topics; returns the names of topics that do not exist."""
         metadata = self.producer.list_topics(timeout=timeout)
         missing = []
-        for topic in [kafka_topic(self.prefix, s) for s in SENSOR_NAMES] + [self.deadletter]:
+        for topic in self.topics:
             info = metadata.topics.get(topic)
             if info is None or info.error is not None:
                 missing.append(topic)
@@ -229,11 +254,15 @@ class Bridge:
     ) -> None:
         if reason_code.is_failure:
             log.error("mqtt connect refused", extra={"reason": str(reason_code)})
+            self.readiness.failed("mqtt", f"{self.broker} refused the connection: {reason_code}")
             return
         self._connect_delay = 1.0
         # Subscribing again is harmless and repairs a session the broker lost.
         client.subscribe(self.settings.subscription, qos=1)
         self.connected.set()
+        self.readiness.waiting(
+            "mqtt", f"subscription {self.settings.subscription} not confirmed yet"
+        )
         log.info(
             "mqtt connected",
             extra={
@@ -255,6 +284,7 @@ class Bridge:
             self.fail(f"subscription to {self.settings.subscription} refused: {failed}")
             return
         self.subscribed.set()
+        self.readiness.answered("mqtt")
 
     def _on_disconnect(
         self,
@@ -267,7 +297,9 @@ class Bridge:
         self.connected.clear()
         self.subscribed.clear()
         if not self.stopping.is_set():
-            log.warning("mqtt disconnected; reconnecting", extra={"reason": str(reason_code)})
+            # The readiness log says so once (and when it is back); not once per attempt.
+            self.readiness.failed("mqtt", f"connection to {self.broker} lost: {reason_code}")
+            log.info("mqtt disconnected; reconnecting", extra={"reason": str(reason_code)})
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if self.stopping.is_set():
@@ -334,7 +366,10 @@ class Bridge:
         try:
             self.mqtt.reconnect()
         except OSError as exc:
-            log.warning(
+            self.readiness.failed("mqtt", f"cannot connect to {self.broker}: {describe(exc)}")
+            # Every attempt at debug: the readiness log has one line per change and a
+            # reminder while the broker stays away.
+            log.debug(
                 "mqtt connect failed; retrying",
                 extra={"error": str(exc), "retry_in_s": self._next_connect - now},
             )
@@ -374,10 +409,14 @@ class Bridge:
         if self._stale_acks:
             metrics.ERRORS.labels("bridge", "stale_ack").inc(self._stale_acks)
             self._stale_acks = 0
+        delivered = False
         for topic, count in self._produced.items():
             if count:
                 metrics.PRODUCED.labels(topic).inc(count)
                 self._produced[topic] = 0
+                delivered = True
+        if delivered:
+            self.readiness.answered("kafka")  # a confirmed delivery is an answer too
         metrics.INFLIGHT.set(self._inflight)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -389,20 +428,35 @@ class Bridge:
         self.stopping.set()
 
     def ready(self) -> tuple[bool, str]:
+        """Ready while the MQTT subscription is confirmed and Kafka answered within the last
+        STALE_AFTER_S; never after a fatal error."""
         if self.fatal:
             return False, self.fatal
-        if not self.connected.is_set():
-            return False, "MQTT not connected"
-        if not self.subscribed.is_set():
-            return False, f"MQTT subscription {self.settings.subscription} not confirmed yet"
-        return True, "ok"
+        return self.readiness.check()
 
     def run(self) -> int:
+        self.prober.start()
+        try:
+            return self._run()
+        finally:
+            self.prober.stop()
+
+    def _run(self) -> int:
+        # Unready meanwhile, saying why: the readiness log has one line per change of that
+        # (and a reminder), so each attempt here logs at debug after the first.
+        level = logging.WARNING
         while True:
-            missing = self.load_partitions()
+            try:
+                missing = self.load_partitions()
+            except KafkaException as exc:
+                log.log(level, "waiting for Kafka", extra={"error": describe(exc)})
+                missing = self.topics
+            else:
+                if missing:
+                    log.log(level, "waiting for Kafka topics", extra={"missing": missing})
             if not missing:
                 break
-            log.warning("waiting for Kafka topics", extra={"missing": missing})
+            level = logging.DEBUG
             if self.stopping.wait(5):
                 return 0
         self.mqtt.connect_async(
@@ -424,8 +478,12 @@ class Bridge:
                 self.publish_metrics()
                 self.mqtt.loop_misc()  # keepalive pings, broker silence
             if now - last_metadata > 60:
-                self.load_partitions()  # notice partitions the operator added
                 last_metadata = now
+                try:
+                    self.load_partitions()  # notice partitions the operator added
+                except KafkaException as exc:
+                    # Kafka away: keep the counts we have; the readiness check reports it.
+                    log.debug("partition counts not refreshed", extra={"error": describe(exc)})
         return self.shutdown()
 
     def shutdown(self) -> int:
@@ -448,6 +506,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load(BridgeSettings)
     configure_logging("bridge", settings.pipeline_name, settings.log_level)
     bridge = Bridge(settings)
+    track_ready("bridge", bridge.ready)
     signal.signal(signal.SIGTERM, lambda *_: bridge.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: bridge.stopping.set())
     health = HealthServer(settings.http_port, bridge.heartbeat, bridge.ready).start()

@@ -33,6 +33,7 @@ from energy_pipeline.core import metrics
 from energy_pipeline.core.contracts import SENSOR_NAMES, Reading, deadletter_topic, kafka_topic
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
+from energy_pipeline.core.readiness import KafkaMetadataCheck, Prober, Readiness, track_ready
 from energy_pipeline.core.settings import (
     CommonSettings,
     KafkaSettings,
@@ -47,6 +48,7 @@ from energy_pipeline.core.validation import Rejection
 from energy_pipeline.core.validation_fast import parse_kafka_values
 from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
 from energy_pipeline.db.connect import LazyConnection, worker_name
+from energy_pipeline.db.probe import DatabaseCheck
 from energy_pipeline.db.writer import PreparedBatch, WriteResult, prepare, write_prepared
 
 log = logging.getLogger("energy_pipeline.dataplane.ingest")
@@ -166,7 +168,27 @@ class Ingest:
         self.db = LazyConnection(
             settings.database_url, application_name=worker_name("ingest", settings.pipeline_name)
         )
-        self.db_error: str | None = None
+        # Ready while Kafka and PostgreSQL both answered recently: each is checked on a thread
+        # of its own, and the consume loop and the writer report what they see.
+        self.readiness = Readiness("ingest").add("kafka").add("database")
+        self.prober = Prober(
+            self.readiness,
+            {
+                # The dead-letter producer asks: thread-safe, unlike parts of the consumer,
+                # which the main thread closes while this may still run.
+                "kafka": KafkaMetadataCheck(
+                    self.producer,
+                    settings.kafka_bootstrap_servers,
+                    [*self.topics, self.deadletter],
+                ),
+                "database": DatabaseCheck(
+                    settings.database_url,
+                    application_name=worker_name("ingest-ready", settings.pipeline_name),
+                ),
+            },
+        )
+        self._write_failures = 0
+        self._write_warned_at = 0.0
         self._last_lag = 0.0
         # The database connection is the writer thread's alone.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
@@ -187,20 +209,33 @@ class Ingest:
                 conn = self.db.get()
                 with conn:
                     result = write_prepared(conn, batch)
-                self.db_error = None
+                self.readiness.answered("database")
+                self._write_failures = 0
                 return result
             except psycopg2.Error as exc:
-                self.db_error = str(exc).strip()[:300]
+                error = str(exc).strip()[:300]
+                self.readiness.failed("database", error)
                 metrics.ERRORS.labels("ingest", type(exc).__name__).inc()
-                log.warning(
-                    "database write failed; retrying",
-                    extra={"error": str(exc).strip()[:300], "retry_in_s": delay},
-                )
+                self._warn_write_failed(error, delay)
                 self.db.close()
                 self.heartbeat.beat()  # retrying is progress, not a hang
                 if self.stopping.wait(delay):
                     return None
                 delay = min(delay * 2, self.settings.db_retry_max_s)
+
+    def _warn_write_failed(self, error: str, retry_in_s: float) -> None:
+        """The first failure of a streak, then one line a minute: retries are counted in
+        energy_errors_total, and the readiness log says when the database is back."""
+        self._write_failures += 1
+        now = time.monotonic()
+        if self._write_failures > 1 and now - self._write_warned_at < 60:
+            log.debug("database write failed; retrying", extra={"error": error})
+            return
+        self._write_warned_at = now
+        log.warning(
+            "database write failed; retrying",
+            extra={"error": error, "attempts": self._write_failures, "retry_in_s": retry_in_s},
+        )
 
     # --- Kafka -------------------------------------------------------------------------
 
@@ -383,6 +418,7 @@ class Ingest:
             self._finished.pop((tp.topic, tp.partition), None)
 
     def run(self) -> int:
+        self.prober.start()
         self.consumer.subscribe(self.topics, on_revoke=self._on_revoke)
         wait_s = self.settings.ingest_batch_max_wait_ms / 1000
         received = metrics.RECEIVED.labels("ingest")
@@ -399,6 +435,7 @@ class Ingest:
                         metrics.ERRORS.labels("ingest", "consume").inc()
                         log.warning("consume error", extra={"error": str(err)})
                 if messages:
+                    self.readiness.answered("kafka")  # a fetch is an answer too
                     received.inc(len(messages))
                     if not self.process(messages):
                         break
@@ -415,6 +452,7 @@ class Ingest:
         finally:
             log.info("stopping: leaving the consumer group")
             self.stopping.set()  # a writer still retrying gives up
+            self.prober.stop()
             self._writer.shutdown(wait=True, cancel_futures=True)
             self._in_flight.clear()
             self.consumer.close()
@@ -423,9 +461,8 @@ class Ingest:
         return 0
 
     def ready(self) -> tuple[bool, str]:
-        if self.db_error is not None:
-            return False, f"database: {self.db_error}"
-        return True, "ok"
+        """Ready while Kafka and the database answered within the last STALE_AFTER_S."""
+        return self.readiness.check()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -445,6 +482,7 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0002)
     signal.signal(signal.SIGTERM, lambda *_: ingest.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: ingest.stopping.set())
+    track_ready("ingest", ingest.ready)
     health = HealthServer(settings.http_port, ingest.heartbeat, ingest.ready).start()
     log.info(
         "ingest starting",
