@@ -42,6 +42,13 @@ from energy_pipeline.core import metrics as shared_metrics
 from energy_pipeline.core.errors import port_in_use
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
+from energy_pipeline.core.readiness import (
+    NO_ANSWER_YET,
+    STALE_AFTER_S,
+    Readiness,
+    describe,
+    track_ready,
+)
 from energy_pipeline.core.settings import (
     CommonSettings,
     env,
@@ -243,7 +250,14 @@ class InferenceServer:
         self._set_serving(False)
         self.heartbeat = Heartbeat(stale_after=max(120.0, 4 * settings.model_refresh_s))
         self.stopping = threading.Event()
-        self.db_error: str | None = None
+        # The registry is read by every refresh (no check of its own: that is one query
+        # every MODEL_REFRESH_S, or every second while no model is loaded), so an answer is
+        # stale after a few refreshes. It is optional: see ready().
+        self.readiness = Readiness("inference").add(
+            "registry",
+            required=False,
+            stale_after=max(STALE_AFTER_S, 3 * settings.model_refresh_s),
+        )
 
     def _bind(self, port: int) -> int:
         if port:
@@ -280,11 +294,12 @@ class InferenceServer:
             result = self.store.refresh()
         except psycopg2.Error as exc:
             # Keep serving what is loaded; the registry being unreachable is not our outage.
-            self.db_error = str(exc).strip()[:300]
+            # Logged once per change (and a reminder) by the readiness tracker, not per try.
+            self.readiness.failed("registry", describe(exc))
             shared_metrics.ERRORS.labels("inference", type(exc).__name__).inc()
-            log.warning("model registry not readable", extra={"error": self.db_error})
+            log.debug("model registry not readable", extra={"error": describe(exc)})
             return
-        self.db_error = None
+        self.readiness.answered("registry")
         MODEL_AGE.set(time.time())
         MODEL_LOADS.labels("ok").inc(len(result.loaded))
         MODEL_LOADS.labels("failed").inc(len(result.failed))
@@ -309,10 +324,23 @@ class InferenceServer:
             self._set_serving(self.store.loaded)
 
     def ready(self) -> tuple[bool, str]:
+        """Ready while a model is loaded, whether or not the registry answers.
+
+        The models are in memory and the registry is only polled for new promotions, so a
+        database outage does not stop forecasts: making every replica unready for it would
+        turn it into a forecasting outage as well (ingest's scheduler would find no
+        endpoint), while nothing newer could be promoted meanwhile anyway. The detail and
+        energy_dependency_up{dependency="registry"} say that the models may be stale.
+        """
+        registry = self.readiness.status().of("registry")
         if not self.store.loaded:
-            detail = f"registry: {self.db_error}" if self.db_error else "no promoted model yet"
-            return False, detail
-        return True, f"{len(self.store.models())} model(s) loaded"
+            if registry.up or registry.reason == NO_ANSWER_YET:
+                return False, "no promoted model yet"
+            return False, f"registry: {registry.reason}"
+        detail = f"{len(self.store.models())} model(s) loaded"
+        if not registry.up:
+            detail += f"; registry: {registry.reason} (serving the models loaded before)"
+        return True, detail
 
     def start(self) -> InferenceServer:
         self.server.start()
@@ -344,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
     warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
     server = InferenceServer(settings)
+    track_ready("inference", server.ready)
     signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: server.stopping.set())
     server.start()
