@@ -157,11 +157,12 @@ def client_config(
 _UNREACHABLE = ("_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "_RESOLVE")
 
 
-def unreachable(bootstrap_servers: str, detail: str, waited_s: float) -> CommandError:
+def unreachable(bootstrap_servers: str, detail: str, waited_s: float | None = None
+                ) -> CommandError:
     """The one-line error of a command that got no answer from KAFKA_BOOTSTRAP_SERVERS."""
+    within = "" if waited_s is None else f" within {waited_s:g} s"
     return CommandError(
-        f"no answer from Kafka at KAFKA_BOOTSTRAP_SERVERS={bootstrap_servers} within "
-        f"{waited_s:g} s ({detail})",
+        f"no answer from Kafka at KAFKA_BOOTSTRAP_SERVERS={bootstrap_servers}{within} ({detail})",
         fix="start the brokers or set KAFKA_BOOTSTRAP_SERVERS to their host:port list",
     )
 
@@ -188,8 +189,4 @@ def as_command_error(exc: BaseException) -> CommandError | None:
     error = exc.args[0]
     if not hasattr(error, "name") or error.name() not in _UNREACHABLE:
         return None
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "(unset)")
-    return CommandError(
-        f"no answer from Kafka at KAFKA_BOOTSTRAP_SERVERS={servers} ({error.str()})",
-        fix="start the brokers or set KAFKA_BOOTSTRAP_SERVERS to their host:port list",
-    )
+    return unreachable(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "(unset)"), error.str())
