@@ -204,13 +204,7 @@ def _settings_of() -> dict[str, list[type]]:
     return found
 
 
-# simulate's help is simulation/'s own (being reworked for the same issue).
-ALL_COMMANDS = [
-    pytest.param(name, marks=pytest.mark.xfail(reason="simulate's epilog is not written yet",
-                                                strict=False))
-    if name == "simulate" else name
-    for name in sorted(name for name, _ in _commands(cli.build_parser()))
-]
+ALL_COMMANDS = sorted(name for name, _ in _commands(cli.build_parser()))
 # Commands whose options have defaults worth showing (the issue's list), and what they show.
 DEFAULTS_SHOWN = {
     "demo": "(default: 15d)", "stack up": "(default: 3)", "topics create": "(default: 10",

@@ -1,4 +1,10 @@
-"""`energy-pipeline simulate`: publish simulated (or recorded) sensor readings over MQTT."""
+"""`energy-pipeline simulate`: publish simulated (or recorded) sensor readings over MQTT.
+
+Without --realtime a run publishes a window of simulated time as fast as the broker takes
+it, and that window ends at now unless --start says otherwise: the bridge rejects readings
+more than MAX_FUTURE_S ahead of its clock, so a window reaching into the future is announced
+before anything is published and its rejected part counted apart in the summary.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +18,20 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from energy_pipeline.core.settings import CommonSettings, MqttSettings, load
+from energy_pipeline.core.contracts import DEFAULT_LIMITS
+from energy_pipeline.core.errors import USAGE, CommandError
+from energy_pipeline.core.settings import (
+    DURATION_FORMAT,
+    CommonSettings,
+    MqttSettings,
+    environment_help,
+    load,
+)
 from energy_pipeline.core.timeutil import floor_time, parse_duration, parse_time
+from energy_pipeline.dataplane.mqtt_client import broker_unreachable, check_reachable
 from energy_pipeline.simulation.publisher import (
     Message,
     MqttPublisher,
@@ -28,27 +43,129 @@ from energy_pipeline.simulation.signals import SimulationConfig, generate
 
 log = logging.getLogger("energy_pipeline.simulate")
 
+# The bridge's default MAX_FUTURE_S: the simulator cannot see the bridge's setting, so it
+# warns against the default (a bridge configured to accept more simply stores more).
+BRIDGE_MAX_FUTURE = DEFAULT_LIMITS.max_future
+
 
 @dataclass(frozen=True, kw_only=True)
 class SimulatorSettings(CommonSettings, MqttSettings):
     pass
 
 
-def config_from_args(args: argparse.Namespace, now: datetime) -> SimulationConfig:
-    interval = parse_duration(args.interval)
-    start = floor_time(parse_time(args.start, now), interval)
-    span = parse_duration(args.duration) if args.duration else None
-    if span is None and not args.realtime:
-        raise SystemExit("--duration is required unless --realtime (then it runs until stopped)")
-    steps = int(span / interval) if span else sys.maxsize
-    return SimulationConfig(
+@dataclass(frozen=True)
+class Window:
+    """What a simulated run publishes, decided once from the options and the clock."""
+
+    config: SimulationConfig
+    # Steps (timestamps) more than the bridge's future limit ahead of the clock at start.
+    future_steps: int = 0
+
+    @property
+    def end(self) -> datetime:
+        """The end of the simulated window (exclusive)."""
+        return self.config.start + self.config.steps * self.config.interval
+
+    @property
+    def first_future(self) -> datetime | None:
+        if not self.future_steps:
+            return None
+        return self.config.start + (self.config.steps - self.future_steps) * self.config.interval
+
+
+def _duration(text: str, option: str, errors: list[str]) -> timedelta | None:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        errors.append(f"{option}: {exc}")
+        return None
+    if value <= timedelta(0):
+        errors.append(f"{option}: must be more than 0, got {text!r}")
+        return None
+    return value
+
+
+def future_steps(config: SimulationConfig, now: datetime, limit: timedelta) -> int:
+    """How many of the run's timestamps lie more than `limit` ahead of `now`."""
+    latest = now + limit
+    if config.start > latest:
+        return config.steps
+    in_time = int((latest - config.start) / config.interval) + 1
+    return max(0, config.steps - in_time)
+
+
+def window_from_args(
+    args: argparse.Namespace, now: datetime, limit: timedelta = BRIDGE_MAX_FUTURE
+) -> Window:
+    """The simulated window; every problem with the options in one CommandError (exit 2).
+
+    Without --start: a --realtime run starts at now and is paced to the clock; any other
+    run ends at now (start = now - duration, floored to the interval). An explicit --start
+    is taken as given, and its readings more than `limit` ahead of `now` are counted.
+    """
+    errors: list[str] = []
+    interval = _duration(args.interval, "--interval", errors)
+    span = _duration(args.duration, "--duration", errors) if args.duration else None
+    if args.duration is None and not args.realtime:
+        errors.append("--duration is required unless --realtime (which runs until stopped)")
+    for option, value, low in (
+        ("--sites", args.sites, 1), ("--devices", args.devices, 1),
+        ("--rate", args.rate, 0), ("--count", args.count, 0),
+    ):
+        if value < low:
+            errors.append(f"{option} must be at least {low}, got {value}")
+    if not 0 <= args.fault_rate <= 1:
+        errors.append(f"--fault-rate must be between 0 and 1, got {args.fault_rate}")
+    start: datetime | None = None
+    if args.start is not None:
+        try:
+            start = parse_time(args.start, now)
+        except ValueError:
+            errors.append(
+                f"--start: not a time: {args.start!r} (use ISO 8601 such as "
+                "2025-01-01T00:00:00Z, now, now-7d or now+1h)"
+            )
+    if interval is not None and span is not None and span < interval:
+        errors.append(f"--duration {args.duration} is shorter than --interval {args.interval}")
+    if errors or interval is None:
+        raise CommandError("; ".join(errors), status=USAGE)
+    if start is None:
+        start = now if args.realtime or span is None else now - span
+    config = SimulationConfig(
         sites=args.sites,
         devices=args.devices,
-        start=start,
+        start=floor_time(start, interval),
         interval=interval,
-        steps=steps,
+        steps=int(span / interval) if span else sys.maxsize,
         seed=args.seed,
         fault_rate=args.fault_rate,
+    )
+    # --realtime publishes nothing before its time comes.
+    ahead = 0 if args.realtime else future_steps(config, now, limit)
+    return Window(config, ahead)
+
+
+def config_from_args(args: argparse.Namespace, now: datetime) -> SimulationConfig:
+    return window_from_args(args, now).config
+
+
+def messages_per_step(config: SimulationConfig, fmt: str) -> int:
+    return config.sites * config.devices if fmt == "combined" else config.readings_per_step
+
+
+def future_warning(window: Window, fmt: str, limit: timedelta = BRIDGE_MAX_FUTURE) -> str:
+    """The one line printed before publishing a window that reaches into the future."""
+    per_step = messages_per_step(window.config, fmt)
+    ahead = window.future_steps * per_step
+    total = window.config.steps * per_step
+    first = window.first_future
+    assert first is not None
+    return (
+        f"energy-pipeline simulate: warning: {ahead:,} of {total:,} messages (timestamps from "
+        f"{first.isoformat()} to {(window.end - window.config.interval).isoformat()}) are more "
+        f"than {int(limit.total_seconds())} s ahead of now; the bridge rejects them as "
+        "future_timestamp (MAX_FUTURE_S). Omit --start to end the window at now, or add "
+        "--realtime to publish each reading when its time comes."
     )
 
 
@@ -79,14 +196,23 @@ def realtime(config: SimulationConfig, stop: threading.Event) -> Iterator:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The options first: a wrong one is reported before anything connects.
+    window = None if args.replay else window_from_args(args, datetime.now(UTC))
     settings = load(SimulatorSettings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if args.replay:
+    # Messages from this index on are ahead of the bridge's future limit (none: no limit).
+    in_time: int | None = None
+    if window is None:
         messages: Iterator[Message] = replay_messages(Path(args.replay), args.site)
         description: dict[str, object] = {"replay": args.replay}
     else:
-        config = config_from_args(args, datetime.now(UTC))
+        config = window.config
+        if window.future_steps:
+            print(future_warning(window, args.format), file=sys.stderr, flush=True)
+            in_time = (config.steps - window.future_steps) * messages_per_step(
+                config, args.format
+            )
         readings = realtime(config, stop) if args.realtime else generate(config)
         messages = (
             combined_messages(readings) if args.format == "combined" else single_messages(readings)
@@ -107,7 +233,16 @@ def run(args: argparse.Namespace) -> int:
         hold_unrouted=args.hold_until_subscribed,
     )
     # A restart would begin a new simulated run (another start, other values): wait instead.
-    publisher.connect(timeout=None if args.realtime else 30)
+    # A run that is not --realtime fails at once, in one line, when the broker is not there.
+    if not args.realtime:
+        check_reachable(settings.mqtt_host, settings.mqtt_port)
+    try:
+        publisher.connect(timeout=None if args.realtime else 30)
+    except ConnectionError:
+        publisher.close()
+        raise broker_unreachable(
+            settings.mqtt_host, settings.mqtt_port, "no CONNACK within 30 s"
+        ) from None
     log.info("simulating", extra=description)
     started = time.monotonic()
     try:
@@ -120,43 +255,103 @@ def run(args: argparse.Namespace) -> int:
     confirmed = publisher.wait_confirmed(timeout=120)
     publisher.stats.seconds = time.monotonic() - started
     publisher.close()
-    summary = {
-        "published": publisher.stats.published,
-        "confirmed": publisher.stats.confirmed,
+    published = publisher.stats.published
+    future = 0 if in_time is None else max(0, published - in_time)
+    summary: dict[str, object] = {
+        "published": published,
+        # Acknowledged by the broker and within the bridge's future limit: what the
+        # pipeline stores.
+        "confirmed": max(0, publisher.stats.confirmed - future),
+        # Published but ahead of the bridge's default future limit: rejected there.
+        "future": future,
         "seconds": round(publisher.stats.seconds, 3),
         "msg_per_s": round(publisher.stats.rate, 1),
         "held": publisher.stats.held,
     }
+    if window is not None:
+        summary.update(start=window.config.start.isoformat(),
+                       interval_s=window.config.interval.total_seconds())
     log.info("simulation finished", extra=summary)
     print(json.dumps(summary), flush=True)
     return 0 if confirmed else 1
+
+
+DESCRIPTION = f"""\
+Publishes simulated building sensor readings on energy/<site>/<sensor>/<device> (MQTT 5,
+QoS 1): --sites x 5 sensors x --devices streams, one reading each per --interval,
+reproducible from --seed (or a recorded CSV with --replay).
+
+Without --realtime it publishes --duration of simulated time as fast as the broker takes it,
+ending at now (start = now - duration) unless --start is given; a window reaching more than
+the bridge's MAX_FUTURE_S (300 s by default) past now is warned about before publishing, and
+those messages are counted as "future", not "confirmed", in the summary. With --realtime
+readings up to now go out at once and later ones when their time comes (from --start,
+default now, for --duration or until stopped).
+
+Durations (--interval, --duration) are {DURATION_FORMAT}. Times (--start) are ISO 8601 (UTC
+without an offset), now, now-<duration> or now+<duration>.
+
+At the end one JSON line on stdout: published, confirmed, future, seconds, msg_per_s, held,
+start, interval_s. Exit status 1 when the broker did not confirm everything within 120 s."""
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = commands.add_parser(
         "simulate",
         help="publish simulated building sensor readings over MQTT (MQTT_HOST, MQTT_PORT)",
-        description="Publishes energy/<site>/<sensor>/<device> readings, QoS 1. Without "
-        "--realtime it publishes --duration of simulated time as fast as possible.",
+        description=DESCRIPTION,
+        epilog=environment_help(SimulatorSettings),
     )
-    p.add_argument("--sites", type=int, default=4)
-    p.add_argument("--devices", type=int, default=4, help="devices per sensor type and site")
-    p.add_argument("--interval", default="5m", help="time between two readings of a device")
-    p.add_argument("--start", default="now", help="ISO time, now, or now-7d (default now)")
-    p.add_argument("--duration", default=None, help="simulated time span, e.g. 48h")
+    p.add_argument("--sites", type=int, default=4, help="number of sites")
     p.add_argument(
-        "--realtime", action="store_true", help="publish each reading when its time comes"
+        "--devices", type=int, default=4,
+        help="devices per sensor type and site",
     )
-    p.add_argument("--rate", type=float, default=0, help="max messages per second (0: no limit)")
-    p.add_argument("--count", type=int, default=0, help="stop after this many messages")
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument(
-        "--fault-rate", type=float, default=0.001, help="probability of a faulty reading"
+        "--interval", default="5m",
+        help="simulated time between two readings of a device, a duration",
     )
-    p.add_argument("--format", choices=["single", "combined"], default="single")
+    p.add_argument(
+        "--start", default=None,
+        help="first simulated time: ISO 8601, now, now-7d (default: now - duration, so "
+        "the window ends at now; with --realtime: now)",
+    )
+    p.add_argument(
+        "--duration", default=None,
+        help="simulated time span, a duration such as 48h (required unless --realtime, "
+        "which then runs until stopped)",
+    )
+    p.add_argument(
+        "--realtime", action="store_true",
+        help="publish each reading when its time comes (readings before now at once)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=0,
+        help="at most this many messages per second (default: %(default)s, no limit)",
+    )
+    p.add_argument(
+        "--count", type=int, default=0,
+        help="stop after this many messages (default: %(default)s, all)",
+    )
+    p.add_argument("--seed", type=int, default=42, help="random seed")
+    p.add_argument(
+        "--fault-rate", type=float, default=0.001,
+        help="probability of a faulty reading, 0..1",
+    )
+    p.add_argument(
+        "--format", choices=["single", "combined"], default="single",
+        help="single: one message per reading; combined: the original report's record of "
+        "all five sensors per device and time",
+    )
     p.add_argument("--replay", default=None, help="CSV file to publish instead of simulating")
-    p.add_argument("--site", default="site-0", help="site id for --replay files without one")
-    p.add_argument("--client-id", default=None)
+    p.add_argument(
+        "--site", default="site-0",
+        help="site id for --replay files without one",
+    )
+    p.add_argument(
+        "--client-id", default=None,
+        help="MQTT client id (default: simulator-<random>); the same id resumes its session",
+    )
     p.add_argument(
         "--hold-until-subscribed", action="store_true",
         help="send a reading the broker routed to no subscriber (MQTT 5 reason 0x10) again "

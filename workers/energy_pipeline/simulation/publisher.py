@@ -162,7 +162,8 @@ class MqttPublisher:
         properties: object,
     ) -> None:
         self._connected.clear()
-        log.warning("mqtt disconnected; will reconnect", extra={"reason": str(reason_code)})
+        if not self._closed:  # close() disconnects on purpose
+            log.warning("mqtt disconnected; will reconnect", extra={"reason": str(reason_code)})
 
     def _on_publish(
         self,
