@@ -230,8 +230,10 @@ def _logs(run: str) -> str:
     return "\n".join(parts)
 
 
+# A stack start, a 21-day backfill, training and a backtest on a shared 2-core machine.
+@pytest.mark.timeout(1800)
 def test_the_by_hand_recipe_ends_with_the_stored_forecast_served_by_the_api(
-    terminal: Terminal,
+    terminal: Terminal, tmp_path: Path
 ) -> None:
     blocks = recipe_blocks("by-hand")
     *start, stop = blocks
@@ -266,10 +268,9 @@ def test_the_by_hand_recipe_ends_with_the_stored_forecast_served_by_the_api(
              r["p10"], r["p50"], r["p90"], r["actual"])
             for r in served["data"]
         ] == rows
-        # The next 24 hours, hourly, after the run's origin.
+        # The next 24 hours, hourly, from the run's origin (horizon h targets origin + h - 1).
         assert [r[1] for r in rows] == list(range(1, HORIZONS + 1))
-        assert [r[0] for r in rows] == [issued + timedelta(hours=h)
-                                        for h in range(1, HORIZONS + 1)]
+        assert [r[0] for r in rows] == [issued + timedelta(hours=h) for h in range(HORIZONS)]
         assert all(r[3] <= r[4] <= r[5] for r in rows)
 
         # The backtest block wrote its plot.
@@ -291,5 +292,10 @@ def test_the_by_hand_recipe_ends_with_the_stored_forecast_served_by_the_api(
     except AssertionError as failure:
         raise AssertionError(f"{failure}\n\n{_logs(run)}") from None
     finally:
+        # What the reader would have seen, kept with pytest's temporary files.
+        (tmp_path / "transcript.txt").write_text("\n".join(terminal.transcript))
         if run:
+            for log in Path(run).glob("*.*"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(log, tmp_path / f"run-{log.name}")
             shutil.rmtree(run, ignore_errors=True)
