@@ -179,7 +179,9 @@ def test_backlog_persists_while_inference_is_down_and_drains_when_it_returns(
 # -- the order history arrives in ---------------------------------------------------------
 
 
-def ingest_hours(url: str, scheduler: ForecastScheduler, site: str, hours: range) -> None:
+def ingest_hours(
+    url: str, scheduler: ForecastScheduler, site: str, hours: range, close: bool = True
+) -> None:
     """What ingest does for a batch: commit the readings' hourly features, then report them
     to the scheduler, whose next round closes what they allow."""
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
@@ -197,7 +199,8 @@ def ingest_hours(url: str, scheduler: ForecastScheduler, site: str, hours: range
         Reading(site, "energyconsumption", device, hour(h) + timedelta(minutes=m), 1.0)
         for device in ("0", "1") for h in hours for m in (0, 30)
     )
-    scheduler.step()
+    if close:
+        scheduler.step()
 
 
 def owed_hours(url: str, site: str) -> set[datetime]:
@@ -245,3 +248,13 @@ def test_the_owed_hours_do_not_depend_on_the_order_history_arrives_in(database: 
         assert backlog(database) == before
     finally:
         scheduler.client.close()
+
+    # A worker stopping right after late readings (no round left to close them) owes their
+    # hours on its way out: nobody else knows they were late.
+    last = ForecastScheduler(settings, database, close_every_s=0)
+    for batch in [recent, *backfill[:-1]]:
+        ingest_hours(database, last, "site-stopping", batch)
+    ingest_hours(database, last, "site-stopping", backfill[-1], close=False)
+    last._stopping.set()
+    last._run()  # what stop() runs after the last round
+    assert owed_hours(database, "site-stopping") == in_order

@@ -390,6 +390,9 @@ class ForecastScheduler:
                 self._stopping.wait(self.poll_s)
         try:
             self.flush_watermarks()  # what the last batches advanced
+            if self._flushed_from:
+                # Late readings are known only here: owe their hours before going.
+                self.close_hours()
         except Exception as exc:
             log.warning("final watermark flush failed", extra={"error": str(exc)[:300]})
         self.db.close()
