@@ -29,6 +29,7 @@ import psycopg2
 import pytest
 from energy_harness import generate
 from energy_harness.images import REPO
+from energy_harness.localstack.node import _pids_mentioning
 from energy_harness.readme_blocks import recipe_blocks
 from energy_harness.testing import wait_for
 
@@ -69,18 +70,6 @@ def _session_pids(sid: int) -> dict[int, str]:
             if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
                 found[int(entry.name)] = cmdline.strip()
-    return found
-
-
-def _pids_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                cmdline = (entry / "cmdline").read_bytes()
-                if text.encode() in cmdline:
-                    words = cmdline.replace(b"\0", b" ").decode(errors="replace")
-                    found.append(f"{entry.name} {words[:200]}")
     return found
 
 
@@ -287,7 +276,7 @@ def test_the_by_hand_recipe_ends_with_the_stored_forecast_served_by_the_api(
         )
         terminal.run(stop, timeout=300)
         assert terminal.left_running() == {}, "the recipe's last block left these running"
-        assert _pids_mentioning(data_dir) == []
+        assert _pids_mentioning(data_dir) == set()  # the stack's services
         assert not Path(data_dir).exists()
     except AssertionError as failure:
         raise AssertionError(f"{failure}\n\n{_logs(run)}") from None
