@@ -145,7 +145,16 @@ def finish(pipeline: Pipeline, sim_args: list[str]) -> None:
     simulator = next(w for w in pipeline.workers if w.name == "simulate")
     assert simulator.wait(timeout=240) == 0, simulator.process.log_tail()  # type: ignore[union-attr]
     expected = expected_rows(sim_args)
-    wait_for_rows(pipeline.env["DATABASE_URL"], len(expected))
+    try:
+        wait_for_rows(pipeline.env["DATABASE_URL"], len(expected))
+    except AssertionError as exc:
+        # Where the readings stopped: every worker's last log lines.
+        tails = "\n".join(
+            f"--- {w.name}\n{w.process.log_tail(15)}"  # type: ignore[union-attr]
+            for w in pipeline.workers
+            if w.process is not None
+        )
+        raise AssertionError(f"{exc}\n{tails}") from None
     assert_exactly(pipeline.env["DATABASE_URL"], expected)
     assert_hourly_features_match_readings(pipeline.env["DATABASE_URL"])
 
