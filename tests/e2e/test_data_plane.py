@@ -15,6 +15,7 @@ import psycopg2
 import pytest
 from energy_harness.localstack import KafkaCluster, PostgresServer
 from energy_harness.localstack.hivemq import HiveMQBroker
+from energy_harness.localstack.workers import WorkerProcess
 from energy_pipeline.cli import build_parser
 from energy_pipeline.core.contracts import SENSOR_NAMES
 from energy_pipeline.simulation.commands import config_from_args
@@ -148,15 +149,24 @@ def finish(pipeline: Pipeline, sim_args: list[str]) -> None:
     try:
         wait_for_rows(pipeline.env["DATABASE_URL"], len(expected))
     except AssertionError as exc:
-        # Where the readings stopped: every worker's last log lines.
-        tails = "\n".join(
-            f"--- {w.name}\n{w.process.log_tail(15)}"  # type: ignore[union-attr]
-            for w in pipeline.workers
-            if w.process is not None
-        )
-        raise AssertionError(f"{exc}\n{tails}") from None
+        # Where the readings stopped: every worker's counters and last log lines.
+        raise AssertionError(f"{exc}\n" + "\n".join(map(_report, pipeline.workers))) from None
     assert_exactly(pipeline.env["DATABASE_URL"], expected)
     assert_hourly_features_match_readings(pipeline.env["DATABASE_URL"])
+
+
+def _report(worker: WorkerProcess) -> str:
+    counters = ""
+    if worker.alive():
+        try:
+            counters = "\n".join(
+                line for line in worker.metrics_text().splitlines()
+                if line.startswith("energy_") and "_bucket" not in line
+            )  # fmt: skip
+        except OSError as exc:
+            counters = f"/metrics: {exc}"
+    tail = worker.process.log_tail(15) if worker.process is not None else ""
+    return f"--- {worker.name}\n{counters}\n{tail}"
 
 
 def test_four_sites_two_days_stored_exactly_once(pipeline: Pipeline) -> None:
