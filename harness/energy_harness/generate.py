@@ -282,9 +282,9 @@ def settings_table(classes: Iterable[type],
     everyone = set().union(*used_by.values())
 
     rows: dict[str, tuple[str, str, str]] = {}  # variable -> (class, default, meaning)
-    # variable -> {command: default}: a command's class redefines a base's field with the
-    # same meaning and its own default (HTTP_PORT: each worker its own port).
-    own_defaults: dict[str, dict[str, str]] = {}
+    # variable -> {command: default}: one variable, one meaning, a default per command
+    # (HTTP_PORT: each worker its own port, so workers on one machine do not collide).
+    defaults: dict[str, dict[str, str]] = {}
     for name in used_by:
         cls = by_name[name]
         # A base's fields are the very objects its subclasses list; a redefined one is new.
@@ -296,26 +296,24 @@ def settings_table(classes: Iterable[type],
             variable = f.metadata["env"]
             row = (name, _default(f), " ".join(f.metadata["doc"].split()).replace("|", "\\|"))
             first = rows.setdefault(variable, row)
-            redefined = any(f.name == g.name for g in inherited)
-            if first[1:] != row[1:] and first[2] == row[2] and redefined and used_by[name]:
-                own_defaults.setdefault(variable, {}).update(
-                    dict.fromkeys(used_by[name], row[1]))
-                continue
-            if first[1:] != row[1:]:
+            if first[2] != row[2] or (first[1] != row[1] and not used_by[name]):
                 raise ValueError(
                     f"{variable}: {first[0]} gives default {first[1]} and meaning {first[2]!r}, "
                     f"{name} {row[1]} and {row[2]!r}; the table has one row: make them agree"
                 )
+    for name, commands in used_by.items():  # inherited fields too: what each command sees
+        for f in _env_fields(by_name[name]):
+            defaults.setdefault(f.metadata["env"], {}).update(dict.fromkeys(commands, _default(f)))
     lines = ["| variable | default | used by | meaning |", "|---|---|---|---|"]
     for variable, (_, default, meaning) in rows.items():
         if not readers[variable]:
             raise ValueError(f"{variable}: no command in USED_BY loads a class that has it")
         commands = "all" if readers[variable] == everyone else ", ".join(
             sorted(readers[variable]))
-        if variable in own_defaults:
-            default += "; " + ", ".join(
+        if len(set(defaults[variable].values())) > 1:
+            default = ", ".join(
                 f"{command} {value}" for command, value in
-                sorted(own_defaults[variable].items(), key=lambda item: (item[1], item[0])))
+                sorted(defaults[variable].items(), key=lambda item: (item[1], item[0])))
         lines.append(f"| `{variable}` | {default} | {commands} | {meaning} |")
     return "\n".join(lines) + "\n"
 

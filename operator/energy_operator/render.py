@@ -55,7 +55,8 @@ class Derived:
 
 DERIVED_SETTINGS = (
     Derived("PIPELINE_NAME", crd.WORKERS, "metadata.name of the EnergyPipeline"),
-    Derived("HTTP_PORT", crd.WORKERS, f"/metrics, /healthz and /readyz ({HTTP_PORT})"),
+    Derived("HTTP_PORT", ("bridge", "ingest", "inference", "api"),
+            f"/metrics, /healthz and /readyz ({HTTP_PORT})"),
     Derived("GRPC_PORT", ("inference",), f"gRPC port of the Forecaster service ({GRPC_PORT})"),
     Derived("API_PORT", ("api",), f"port of the read API, /api/v1/... ({API_PORT})"),
     Derived("INFERENCE_TARGET", ("ingest",),

@@ -154,7 +154,7 @@ class _Two(_Shared):
 
 @dataclass(frozen=True, kw_only=True)
 class _Disagrees(_Shared):
-    other: float = env("X_WAIT_S", 5.0, doc="seconds")
+    other: float = env("X_WAIT_S", 10.0, doc="seconds to wait")
 
 
 def _name(cls: type) -> str:
@@ -181,7 +181,8 @@ def test_settings_table_refuses_what_it_cannot_tell() -> None:
         generate.settings_table([_Shared, _One], {**used_by, _name(_Two): ("two",)})
     with pytest.raises(ValueError, match="X_URL: no command"):
         generate.settings_table([_Shared], {_name(_Shared): ()})
-    # One row per variable: two classes may not give it different defaults or meanings.
+    # One row per variable: two classes may not give it different meanings (a default of
+    # its own per command is fine: HTTP_PORT).
     with pytest.raises(ValueError, match=f"X_WAIT_S: {re.escape(_name(_One))}.*"
                        f"{re.escape(_name(_Disagrees))}"):
         generate.settings_table([_Shared, _One, _Disagrees],

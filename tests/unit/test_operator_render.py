@@ -114,7 +114,8 @@ def test_each_worker_reads_exactly_its_settings() -> None:
     }
     assert env_names(inference) == common | {
         "DATABASE_URL", "GRPC_PORT", "MODEL_REFRESH_S", "GRPC_MAX_WORKERS"}
-    assert env_names(train) == common | {
+    # A Job serves no probes: no HTTP_PORT.
+    assert env_names(train) == common - {"HTTP_PORT"} | {
         "DATABASE_URL", "TRAIN_HISTORY_DAYS", "TRAIN_BACKTEST_DAYS", "TRAIN_MODEL_PARAMS"}
 
 

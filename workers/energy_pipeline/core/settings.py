@@ -152,7 +152,8 @@ class CommonSettings:
         "PIPELINE_NAME", "local", doc="name of the EnergyPipeline, in every log line"
     )
     log_level: str = env("LOG_LEVEL", "INFO", doc="DEBUG, INFO, WARNING or ERROR")
-    http_port: int = http_port_field(8080)
+    # No HTTP_PORT here: only the long-running workers serve one (http_port_field), and the
+    # one-shot commands (migrate, topics, train, simulate) must not list a variable they ignore.
 
 
 @dataclass(frozen=True, kw_only=True)
