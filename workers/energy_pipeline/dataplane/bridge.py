@@ -115,6 +115,43 @@ class PendingAck:
         self.sock = sock
 
 
+class IdleResubscribe:
+    """When to send the SUBSCRIBE again: after `after_s` seconds with no MQTT message received
+    and none awaiting Kafka.
+
+    HiveMQ CE (2025.5) can stop handing a connection its shared subscription's messages: its
+    post-CONNECT poll reads the session's shared subscriptions on the connection's event loop
+    while the single-writer thread persists our SUBSCRIBE; if the poll read the session
+    before the SUBSCRIBE was stored but marks the connection "no shared subscription" only
+    after the writer cleared that mark (PublishPollServiceImpl.pollMessages against
+    ClientSessionSubscriptionPersistenceImpl.invalidateSharedSubscriptionCacheAndPoll), the
+    broker polls the shared queue for this connection only when the queue goes from empty
+    to one message. The first readings (what was queued when that poll ran) arrive, every
+    later one stays queued, another publish does not help, and a SUBSCRIBE does: it clears
+    the mark and polls the queue.
+    Silence is all the bridge can see of that, so it subscribes again whenever it is idle;
+    a connection that gets messages never does.
+    """
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._idle_since: float | None = None
+
+    def due(self, now: float, busy: bool) -> bool:
+        """`busy`: a message arrived since the last call, or some await their PUBACK."""
+        if busy or self._idle_since is None:
+            self._idle_since = now
+            return False
+        if now - self._idle_since < self.after_s:
+            return False
+        self._idle_since = now
+        return True
+
+    def reset(self, now: float) -> None:
+        """A new connection subscribes anyway: count its silence from now."""
+        self._idle_since = now
+
+
 class Bridge:
     """One thread runs everything: MQTT reads, Kafka produce and delivery reports, PUBACKs.
 
@@ -124,6 +161,9 @@ class Bridge:
     """
 
     READ_BUDGET = 1000  # MQTT packets read per round before serving Kafka deliveries
+    # Silence after which a shared subscription is sent again (IdleResubscribe): short enough
+    # that a broker which stopped delivering costs seconds, long enough to cost nothing.
+    IDLE_RESUBSCRIBE_S = 5.0
 
     def __init__(self, settings: BridgeSettings) -> None:
         self.settings = settings
@@ -163,6 +203,7 @@ class Bridge:
         # counter's inc() takes a lock, several times per message otherwise.
         self._received = 0
         self._acked = 0
+        self._idle = IdleResubscribe(self.IDLE_RESUBSCRIBE_S)
         self._stale_acks = 0
         self._now = datetime.now(UTC)
         self._produced: dict[str, int] = {}
@@ -284,6 +325,7 @@ class Bridge:
             self.fail(f"subscription to {self.settings.subscription} refused: {failed}")
             return
         self.subscribed.set()
+        self._idle.reset(time.monotonic())
         self.readiness.answered("mqtt")
 
     def _on_disconnect(
@@ -399,6 +441,20 @@ class Bridge:
         self.producer.poll(0)
         self._write_mqtt()
 
+    def resubscribe_when_idle(self, now: float) -> None:
+        """Send the shared subscription again after IDLE_RESUBSCRIBE_S of silence (see
+        IdleResubscribe); before publish_metrics(), which clears the count of received."""
+        busy = bool(self._received or self._inflight) or not self.subscribed.is_set()
+        if not self._idle.due(now, busy) or not self.settings.mqtt_shared_group:
+            return
+        # Same subscription, same options: the broker replaces it (no retained messages are
+        # sent to shared subscriptions) and polls its queue for this connection.
+        log.debug(
+            "no MQTT message for a while; subscribing again",
+            extra={"subscription": self.settings.subscription},
+        )
+        self.mqtt.subscribe(self.settings.subscription, qos=1)
+
     def publish_metrics(self) -> None:
         if self._received:
             metrics.RECEIVED.labels("bridge").inc(self._received)
@@ -475,6 +531,7 @@ class Bridge:
             if now - last_housekeeping > 0.5:
                 last_housekeeping = now
                 self.heartbeat.beat()
+                self.resubscribe_when_idle(now)
                 self.publish_metrics()
                 self.mqtt.loop_misc()  # keepalive pings, broker silence
             if now - last_metadata > 60:
