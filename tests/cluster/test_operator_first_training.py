@@ -219,11 +219,13 @@ def test_first_training_starts_once_enough_history_is_stored(
 
     # One hour short, two ways: site-a's newest hour is still open (no watermark); site-b has
     # more hours stored but ingest's forecasting watermark closed fewer of them.
+    # (site-b's watermark first: an operator pass between its hours and its watermark would
+    # count all of them closed and rightly start the training.)
     pipeline.seed("site-a", needed)
-    pipeline.seed("site-b", needed + 48)
     pipeline.sql("INSERT INTO forecast_sites (site_id, watermark, closed_through) "
                  "VALUES ('site-b', %s, %s)", START + timedelta(hours=needed - 1),
                  START + timedelta(hours=needed - 2))
+    pipeline.seed("site-b", needed + 48)
     # The operator counts as the training reads: the same hours for both sites.
     assert pipeline.closed_known_hours("site-a") == pipeline.closed_known_hours("site-b") == (
         needed - 1)
