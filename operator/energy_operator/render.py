@@ -280,9 +280,14 @@ def inference_service(name: str, namespace: str) -> dict[str, Any]:
         "metadata": {"name": ChildNames(name).inference_service, "namespace": namespace,
                      "labels": labels(name, "inference")},
         "spec": {
-            # Headless: DNS returns every ready pod, and gRPC clients balance over them
-            # (a ClusterIP would pin each long-lived HTTP/2 connection to one pod).
+            # Headless: DNS returns the pods, and gRPC clients balance over them (a
+            # ClusterIP would pin each long-lived HTTP/2 connection to one pod).
             "clusterIP": "None",
+            # Every pod, ready or not: the clients check grpc.health.v1 themselves and call
+            # only SERVING ones, the moment they turn SERVING. With ready pods only, a client
+            # that resolved while one pod had its model and the other not yet would learn of
+            # the second only at its next re-resolution (seen: one pod served all calls).
+            "publishNotReadyAddresses": True,
             "selector": selector_labels(name, "inference"),
             "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc",
                        "protocol": "TCP", "appProtocol": "grpc"}],

@@ -183,14 +183,25 @@ def test_the_operator_trains_by_itself_and_inference_pods_serve_the_forecasts(
              "inference pods ready with the first model", interval=5)
     wait_for(lambda: platform.sql("SELECT count(*) FROM forecasts")[0][0] > 0, 600,
              "forecasts stored", interval=5)
-    served = {}
-    for pod in platform.worker_pods("inference"):
-        status, body = http_get(8080, "/metrics", host=pod["status"]["podIP"])
-        assert status == 200
-        served[pod["metadata"]["name"]] = _metric(body, "energy_inference_requests_total",
-                                                  code="OK")
-    # Both pods behind the headless Service answered: ingest balances over its addresses.
-    assert served and all(count > 0 for count in served.values()), served
+    served: dict[str, float] = {}
+
+    def every_pod_served() -> bool:
+        served.clear()
+        for pod in platform.worker_pods("inference"):
+            status, body = http_get(8080, "/metrics", host=pod["status"]["podIP"])
+            assert status == 200
+            served[pod["metadata"]["name"]] = _metric(
+                body, "energy_inference_requests_total", code="OK")
+        return len(served) == 2 and all(count > 0 for count in served.values())
+
+    # Both pods behind the headless Service answer: ingest balances over its addresses. Both
+    # are SERVING by now and the backfilled hours' forecasts are still being asked for, so
+    # round-robin reaches the second within a few calls (not instantly: the check may come
+    # between the first and the second call).
+    try:
+        wait_for(every_pod_served, 120, "both inference pods serving forecasts", interval=3)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; requests served per pod: {served}") from None
     issued = platform.sql("SELECT count(DISTINCT (site_id, issued_at)) FROM forecasts")[0][0]
     _record(tmp_path_factory, "forecast_origins_after_first_model", issued)
     assert issued > 0

@@ -218,6 +218,8 @@ def test_selectors_match_pod_labels() -> None:
 def test_inference_service_is_headless_grpc() -> None:
     service = children()[("Service", "demo-inference")]["spec"]
     assert service["clusterIP"] == "None"
+    # Clients health-check each pod, so they must know the pods that have no model yet.
+    assert service["publishNotReadyAddresses"] is True
     assert service["ports"] == [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc",
                                  "protocol": "TCP", "appProtocol": "grpc"}]
 

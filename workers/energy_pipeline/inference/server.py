@@ -10,9 +10,9 @@ promoted versions (`store.ModelStore`). Deadlines: a request whose deadline has 
 passed is not computed, and one that expires while computing is answered with
 DEADLINE_EXCEEDED instead of a result nobody waits for.
 
-Connections are closed by the server after a few minutes (max_connection_age), so clients
+Connections are closed by the server after a minute (MAX_CONNECTION_AGE_MS), so clients
 balancing round-robin over a headless Service re-resolve its DNS name and spread onto
-new pods after a scale-up.
+new pods within about a minute of a scale-up.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ from energy_pipeline.proto import forecaster_pb2_grpc as pb_grpc
 log = logging.getLogger("energy_pipeline.inference")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Forecaster"].full_name
+# A client re-resolves the headless Service's DNS name when the server ages its connection
+# out: this bounds how long a new pod waits for traffic after a scale-up. The grace lets
+# calls in flight finish (their deadlines are seconds).
+MAX_CONNECTION_AGE_MS = 60_000
+MAX_CONNECTION_AGE_GRACE_MS = 30_000
 
 REQUESTS = Counter(
     "energy_inference_requests_total", "Forecaster RPCs handled", ["method", "code"]
@@ -233,8 +238,8 @@ class InferenceServer:
             options=[
                 # Without this a second server could bind the same port and steal requests.
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_connection_age_ms", 300_000),
-                ("grpc.max_connection_age_grace_ms", 30_000),
+                ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+                ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
             ],
             # No maximum_concurrent_rpcs: every client keeps a health Watch stream open per
             # connection, which would count against it. Overload is shed instead by the
