@@ -123,6 +123,21 @@ class Platform:
     def exec(self, pod: str, container: str, *command: str) -> str:
         return self.kubectl("exec", pod, "-c", container, "--", *command).stdout
 
+    def diagnosis(self, worker: str) -> str:
+        """What a failed wait on `worker`'s pods needs: their states, recent events, the
+        pipeline's status and each pod's log tail (a timeout alone says nothing)."""
+        parts = [
+            self.kubectl("get", "pods", "-o", "wide", check=False).stdout,
+            self.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False).stdout[-4000:],
+            self.kubectl("get", "energypipeline", PIPELINE, "-o", "jsonpath={.status}",
+                         check=False).stdout[-3000:],
+        ]
+        for pod in self.worker_pods(worker):
+            name = pod["metadata"]["name"]
+            logs = self.kubectl("logs", name, "--all-containers", "--tail=30", check=False)
+            parts.append(f"--- {name}\n{(logs.stdout + logs.stderr)[-4000:]}")
+        return "\n".join(parts)
+
     def pipeline_ready(self) -> bool:
         conditions = self.get("energypipeline", PIPELINE).get("status", {}).get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.localstack.node import NODE_NAME
-from energy_harness.localstack.process import http_get
+from energy_harness.localstack.process import ServiceError, http_get
 from energy_harness.node_platform import (
     NAMESPACE,
     PIPELINE,
@@ -176,11 +176,14 @@ def test_the_operator_trains_by_itself_and_inference_pods_serve_the_forecasts(
     events = platform.kubectl("get", "events", "--field-selector",
                               f"involvedObject.name={PIPELINE}").stdout
     assert "FirstTrainingStarted" in events, events
-    platform.kubectl("rollout", "status", f"deployment/{PIPELINE}-inference", "--timeout=600s",
-                     timeout=660)
-    wait_for(lambda: all(c["ready"] for p in platform.worker_pods("inference")
-                         for c in p["status"].get("containerStatuses", [])), 600,
-             "inference pods ready with the first model", interval=5)
+    try:
+        platform.kubectl("rollout", "status", f"deployment/{PIPELINE}-inference",
+                         "--timeout=600s", timeout=660)
+        wait_for(lambda: all(c["ready"] for p in platform.worker_pods("inference")
+                             for c in p["status"].get("containerStatuses", [])), 600,
+                 "inference pods ready with the first model", interval=5)
+    except (AssertionError, ServiceError) as exc:
+        raise AssertionError(f"{exc}\n{platform.diagnosis('inference')}") from None
     wait_for(lambda: platform.sql("SELECT count(*) FROM forecasts")[0][0] > 0, 600,
              "forecasts stored", interval=5)
     served: dict[str, float] = {}
