@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass
 from functools import cache
 from pathlib import Path
-from string import Template
 
 from energy_operator import crd, rbac
 
@@ -59,56 +58,21 @@ class Target:
 # RBAC: the operator's rules as YAML, once plain (manifests/) and once as a Helm template
 # ---------------------------------------------------------------------------------------------
 
-_RBAC_DOCS = Template("""\
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: ${name}
-  labels:
-${labels}
-rules:
-${cluster_rules}---
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: ${name}
-  labels:
-${labels}
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: ${name}
-subjects:
-  - kind: ServiceAccount
-    name: ${service_account}
-    namespace: ${namespace}
----
-# Leader election: one Lease, in the operator's own namespace.
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata:
-  name: ${name}${suffix}
-  namespace: ${namespace}
-  labels:
-${labels}
-rules:
-${leader_rules}---
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:
-  name: ${name}${suffix}
-  namespace: ${namespace}
-  labels:
-${labels}
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: Role
-  name: ${name}${suffix}
-subjects:
-  - kind: ServiceAccount
-    name: ${service_account}
-    namespace: ${namespace}
-""")
+def _role(kind: str, name: str, namespace: str | None, labels: str, rules: str) -> str:
+    meta = f"  namespace: {namespace}\n" if namespace else ""
+    return (f"apiVersion: rbac.authorization.k8s.io/v1\nkind: {kind}\nmetadata:\n"
+            f"  name: {name}\n{meta}  labels:\n{labels}\nrules:\n{rules}")
+
+
+def _binding(kind: str, name: str, namespace: str | None, labels: str,
+             service_account: str, account_namespace: str) -> str:
+    role_kind = "ClusterRole" if kind == "ClusterRoleBinding" else "Role"
+    meta = f"  namespace: {namespace}\n" if namespace else ""
+    return (f"apiVersion: rbac.authorization.k8s.io/v1\nkind: {kind}\nmetadata:\n"
+            f"  name: {name}\n{meta}  labels:\n{labels}\nroleRef:\n"
+            f"  apiGroup: rbac.authorization.k8s.io\n  kind: {role_kind}\n  name: {name}\n"
+            f"subjects:\n  - kind: ServiceAccount\n    name: {service_account}\n"
+            f"    namespace: {account_namespace}\n")
 
 
 def _flow(items: Iterable[str]) -> str:
@@ -118,14 +82,18 @@ def _flow(items: Iterable[str]) -> str:
     ) + "]"
 
 
-def _rules(rules: Iterable[rbac.Rule]) -> str:
+def _rules(rules: Iterable[rbac.Rule], names: Mapping[str, str] | None = None) -> str:
+    """The rules as YAML; `names` replaces resource names verbatim (the chart's Lease name is
+    a template expression)."""
     out = []
     for rule in rules:
         out += [f"  # {line}" for line in textwrap.wrap(rule.why, 92)]
         out.append(f"  - apiGroups: {_flow(rule.api_groups)}")
         out.append(f"    resources: {_flow(rule.resources)}")
         if rule.resource_names:
-            out.append(f"    resourceNames: {_flow(rule.resource_names)}")
+            resource_names = [(names or {}).get(n) or _flow([n])[1:-1]
+                              for n in rule.resource_names]
+            out.append(f"    resourceNames: [{', '.join(resource_names)}]")
         out.append(f"    verbs: {_flow(rule.verbs)}")
     return "\n".join(out) + "\n"
 
@@ -141,11 +109,14 @@ def _rbac_header(other: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rbac_docs(name: str, namespace: str, service_account: str, labels: str) -> str:
-    return _RBAC_DOCS.substitute(
-        name=name, namespace=namespace, service_account=service_account, labels=labels,
-        suffix=rbac.LEADER_ELECTION_SUFFIX, cluster_rules=_rules(rbac.CLUSTER_RULES),
-        leader_rules=_rules(rbac.LEADER_ELECTION_RULES),
+def _leader_election(name: str, namespace: str, service_account: str, labels: str,
+                     names: Mapping[str, str] | None = None) -> str:
+    role = name + rbac.LEADER_ELECTION_SUFFIX
+    return (
+        "# Leader election: one Lease, in the operator's own namespace.\n"
+        + _role("Role", role, namespace, labels, _rules(rbac.LEADER_ELECTION_RULES, names))
+        + "---\n"
+        + _binding("RoleBinding", role, namespace, labels, service_account, namespace)
     )
 
 
@@ -165,21 +136,47 @@ def rbac_manifest() -> str:
         + "  labels:\n"
         + f"{labels}\n"
         + "---\n"
-        + _rbac_docs(rbac.NAME, rbac.NAMESPACE, rbac.NAME, labels)
+        + _role("ClusterRole", rbac.NAME, None, labels, _rules(rbac.CLUSTER_RULES))
+        + "---\n"
+        + _binding("ClusterRoleBinding", rbac.NAME, None, labels, rbac.NAME, rbac.NAMESPACE)
+        + "---\n"
+        + _leader_election(rbac.NAME, rbac.NAMESPACE, rbac.NAME, labels)
     )
 
 
 def rbac_chart_template() -> str:
-    """charts/energy-operator/templates/rbac.yaml: the same rules, named by the release."""
+    """charts/energy-operator/templates/rbac.yaml: the same rules, named by the release.
+
+    Cluster-wide (a ClusterRole) unless `watchNamespaces` lists namespaces: then a Role and
+    RoleBinding with the same rules in each of them, and nothing cluster-scoped at all. The
+    Lease is named after the release (the Deployment sets LEADER_ELECTION_LEASE_NAME), so two
+    releases in one namespace, each watching its own namespaces, both lead.
+    """
+    name = '{{ include "energy-operator.fullname" $ }}'
+    account = '{{ include "energy-operator.serviceAccountName" $ }}'
+    labels = '    {{- include "energy-operator.labels" $ | nindent 4 }}'
+    release = "{{ $.Release.Namespace }}"
+    rules = _rules(rbac.CLUSTER_RULES)
     return (
         "{{- if .Values.rbac.create }}\n"
         + _rbac_header("manifests/rbac.yaml")
-        + _rbac_docs(
-            name='{{ include "energy-operator.fullname" . }}',
-            namespace="{{ .Release.Namespace }}",
-            service_account='{{ include "energy-operator.serviceAccountName" . }}',
-            labels='    {{- include "energy-operator.labels" . | nindent 4 }}',
-        )
+        + "{{- if not .Values.watchNamespaces }}\n"
+        + "# Every namespace: a ClusterRole.\n"
+        + _role("ClusterRole", name, None, labels, rules)
+        + "---\n"
+        + _binding("ClusterRoleBinding", name, None, labels, account, release)
+        + "---\n"
+        + "{{- else }}\n"
+        + "{{- range $namespace := .Values.watchNamespaces }}\n"
+        + "# Namespaced mode: the same rules in the watched namespace {{ $namespace }} only.\n"
+        + _role("Role", name, "{{ $namespace }}", labels, rules)
+        + "---\n"
+        + _binding("RoleBinding", name, "{{ $namespace }}", labels, account, release)
+        + "---\n"
+        + "{{- end }}\n"
+        + "{{- end }}\n"
+        + _leader_election(name, release, account, labels,
+                           {rbac.LEASE_NAME: '{{ include "energy-operator.fullname" $ | quote }}'})
         + "{{- end }}\n"
     )
 

@@ -132,3 +132,23 @@ class OperatorProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+OPERATOR_CHART = Path(__file__).resolve().parents[2] / "charts" / "energy-operator"
+
+
+def install_chart_rbac(kube: Any, release: str, namespace: str,
+                       set_values: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The operator chart's ServiceAccount and RBAC exactly as `helm template` renders them
+    (release `release` in `namespace`, `--set` each of `set_values`), applied with kubectl.
+
+    `kube` is a started KubeControlPlane (its helm and kubectl). The cluster tests run the
+    operator under these, so what they test is what the chart ships. Returns the objects.
+    """
+    args = ["template", release, str(OPERATOR_CHART), "--namespace", namespace,
+            "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"]
+    for value in set_values:
+        args += ["--set", value]
+    manifest = kube.helm(*args).stdout
+    kube.kubectl("apply", "-f", "-", input=manifest)
+    return [d for d in yaml.safe_load_all(manifest) if d]

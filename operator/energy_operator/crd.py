@@ -583,6 +583,43 @@ def spec_schema() -> dict[str, Any]:
         default={},
     )
 
+    def peers(doc: str, default: list[dict[str, Any]]) -> dict[str, Any]:
+        selector = {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                    "description": "A label selector (matchLabels, matchExpressions)."}
+        return {
+            "type": "array", "description": doc, "maxItems": 32, "default": default,
+            "items": obj(
+                "A NetworkPolicyPeer: podSelector and/or namespaceSelector, or ipBlock.",
+                {"podSelector": selector, "namespaceSelector": selector,
+                 "ipBlock": obj("Addresses (CIDR), minus `except`.",
+                                {"cidr": string("CIDR.", minLength=1, maxLength=64),
+                                 "except": {"type": "array", "maxItems": 32,
+                                            "description": "CIDRs left out.",
+                                            "items": {"type": "string", "maxLength": 64}}},
+                                required=("cidr",))},
+                minProperties=1,
+            ),
+        }
+
+    network_policy = obj(
+        "NetworkPolicies <name>-<worker> admitting only each worker's clients: gRPC (50051) "
+        "of inference from this pipeline's ingest, the read API (8000) from apiFrom, /metrics "
+        "(8080) from metricsFrom, nothing else (the kubelet's probes always pass). Ingress "
+        "only; enforced only where a NetworkPolicy controller runs.",
+        {
+            "enabled": boolean(
+                "Create the NetworkPolicies; false deletes them.", default=True),
+            "apiFrom": peers(
+                "Who may call the read API: the ingress controller (default: every pod in "
+                "namespace ingress-nginx).",
+                [{"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": "ingress-nginx"}}}]),
+            "metricsFrom": peers(
+                "Who may scrape the workers' /metrics (port http, 8080). Empty: no one.", []),
+        },
+        default={},
+    )
+
     return obj(
         "Desired state of one energy pipeline: MQTT -> bridge -> Kafka -> ingest -> "
         "PostgreSQL, with LightGBM forecasts served over gRPC.",
@@ -622,6 +659,7 @@ def spec_schema() -> dict[str, Any]:
             "inference": inference,
             "forecast": forecast,
             "api": api,
+            "networkPolicy": network_policy,
         },
         required=("mqtt", "kafka", "database"),
         rules=(

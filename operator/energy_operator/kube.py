@@ -32,6 +32,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("batch/v1", "CronJob"): "cronjobs",
     ("batch/v1", "Job"): "jobs",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("energy.pipeline.dev/v1alpha1", "EnergyPipeline"): "energypipelines",
 }

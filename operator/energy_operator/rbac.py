@@ -7,6 +7,12 @@ grants exactly what the tested manifests grant. Least privilege: a rule is here 
 some code path of the operator makes that call; the cluster tests run the operator under
 these rules as its ServiceAccount.
 
+Two scopes, one set of rules: by default a ClusterRole grants CLUSTER_RULES in every
+namespace; the chart's namespaced mode (`watchNamespaces`) grants the very same rules with a
+Role in each watched namespace, and the operator watches only those (WATCH_NAMESPACES, kopf's
+`--namespace`). Nothing the operator does needs a cluster-scoped object: no rule here is about
+nodes, namespaces or CRDs.
+
 Pure data only.
 """
 
@@ -47,15 +53,17 @@ class Rule:
 
 # What the operator does, as the header of the rendered files says it.
 SUMMARY = (
-    "Per EnergyPipeline, in any namespace, the operator watches the resource, writes its",
-    "status, server-side applies its children and lists them by label, reads the Secrets the",
-    "spec references and posts Events; while a pipeline has no model it starts (and retries)",
-    "its first training Job. It holds a Lease in its own namespace for leader election. It",
-    "needs no access to pods, nodes, namespaces or CRDs (kopf's resource scanning is off),",
-    "nor update on its children (server-side apply patches them).",
+    "Per EnergyPipeline, in any namespace (the chart's namespaced mode: in the watched ones",
+    "only), the operator watches the resource, writes its status, server-side applies its",
+    "children and lists them by label, reads the Secrets the spec references (get by name:",
+    "never list or watch) and posts Events; while a pipeline has no model it starts (and",
+    "retries) its first training Job. It holds a Lease in its own namespace for leader",
+    "election. It needs no access to pods, nodes, namespaces or CRDs (kopf's resource",
+    "scanning is off), nor update on its children (server-side apply patches them).",
 )
 
-# ClusterRole: what the operator does for each EnergyPipeline, in any namespace.
+# What the operator does for each EnergyPipeline: a ClusterRole (every namespace) or, in the
+# chart's namespaced mode, a Role in each watched namespace.
 CLUSTER_RULES = (
     Rule("watch every EnergyPipeline and patch it (kopf's annotations, the optional "
          "delete-topics finalizer)",
@@ -83,6 +91,11 @@ CLUSTER_RULES = (
     Rule("apply the PodDisruptionBudgets; delete the read API's once spec.api.enabled turns "
          "false",
          ("policy",), ("poddisruptionbudgets",), ("get", "list", "create", "patch", "delete")),
+    Rule("apply the NetworkPolicies that admit only each worker's clients; delete the read "
+         "API's once spec.api.enabled turns false (all of them once spec.networkPolicy.enabled "
+         "does)",
+         ("networking.k8s.io",), ("networkpolicies",), ("get", "list", "create", "patch",
+                                                         "delete")),
     Rule("read the Secrets the spec references (database URL, Kafka SASL credentials) for its "
          "own migrations and topic administration",
          ("",), ("secrets",), ("get",)),

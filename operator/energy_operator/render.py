@@ -34,6 +34,9 @@ from energy_operator.naming import (
     labels,
     selector_labels,
 )
+from energy_operator.network_policy import API_VERSION as NETWORK_POLICY_API
+from energy_operator.network_policy import KIND as NETWORK_POLICY
+from energy_operator.network_policy import network_policies
 
 # A numeric user, so the kubelet can verify runAsNonRoot whatever user the image names.
 RUN_AS_USER = 10001
@@ -427,13 +430,14 @@ def render_children(name: str, namespace: str, spec: Mapping[str, Any]) -> list[
         children.append(api_service(name, namespace))
     children.append(train_cronjob(name, namespace, spec, data))
     children += [pod_disruption_budget(name, namespace, w) for w in workers]
+    children += network_policies(name, namespace, spec, workers)
     return children
 
 
 # Kinds of children that exist only while an optional part of the spec is enabled. A child of
 # these kinds that this pipeline owns but no longer renders is deleted by the reconciler.
 PRUNABLE_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"),
-                  ("policy/v1", "PodDisruptionBudget"))
+                  ("policy/v1", "PodDisruptionBudget"), (NETWORK_POLICY_API, NETWORK_POLICY))
 
 
 def topic_names(spec: Mapping[str, Any]) -> list[str]:

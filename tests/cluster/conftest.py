@@ -58,12 +58,17 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeControlPlane]
 
 @pytest.fixture(scope="session")
 def energy_crd(kube: KubeControlPlane) -> str:
-    """The CRD and the operator's RBAC from manifests/, applied as a user would."""
+    """The CRD from manifests/ and the operator's RBAC exactly as the operator chart renders
+    it (release energy-operator in energy-system: ServiceAccount energy-operator), so the
+    operator under test has the permissions that ship, no more."""
     from pathlib import Path
+
+    from energy_harness.operator_local import install_chart_rbac
 
     manifests = Path(__file__).resolve().parents[2] / "manifests"
     kube.kubectl("create", "namespace", "energy-system", check=False)
-    kube.kubectl("apply", "-f", str(manifests / "crd"), "-f", str(manifests / "rbac.yaml"))
+    kube.kubectl("apply", "-f", str(manifests / "crd"))
+    install_chart_rbac(kube, "energy-operator", "energy-system")
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                  "crd/energypipelines.energy.pipeline.dev")
     return "energypipelines.energy.pipeline.dev"
@@ -73,7 +78,7 @@ def energy_crd(kube: KubeControlPlane) -> str:
 def operator_kubeconfig(
     kube: KubeControlPlane, energy_crd: str, tmp_path_factory: pytest.TempPathFactory
 ):
-    """A kubeconfig of ServiceAccount energy-system/energy-operator: the RBAC under test."""
+    """A kubeconfig of ServiceAccount energy-system/energy-operator: the chart's RBAC."""
     from energy_harness.operator_local import service_account_kubeconfig, service_account_token
     from energy_operator.kube import Kube
 

@@ -1,8 +1,9 @@
 """The operator against a real API server, real Kafka (3 brokers) and real PostgreSQL.
 
-`energy-pipeline operator` runs as a local process with the ServiceAccount token of
-manifests/rbac.yaml (so the RBAC is exercised too); kwok plays the kubelets, so pods turn
-Ready without running. The operator itself reaches Kafka and PostgreSQL on 127.0.0.1.
+`energy-pipeline operator` runs as a local process with the ServiceAccount token and the
+RBAC of the operator chart as helm renders it (so what ships is what is exercised); kwok
+plays the kubelets, so pods turn Ready without running. The operator itself reaches Kafka
+and PostgreSQL on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -720,6 +721,6 @@ def test_liveness_and_metrics(operator: OperatorProcess) -> None:
 
 
 def test_operator_runs_with_least_privilege(operator: OperatorProcess) -> None:
-    """It ran every test above with only manifests/rbac.yaml: no request was forbidden."""
+    """It ran every test above with only the chart's RBAC: no request was forbidden."""
     denied = [line for line in operator.log_text().splitlines() if "is forbidden: User" in line]
     assert not denied, denied[:3]

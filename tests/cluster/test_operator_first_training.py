@@ -1,7 +1,7 @@
 """The operator starts a pipeline's first training by itself once enough history is stored.
 
 Against a real API server, PostgreSQL and Kafka, with `energy-pipeline operator` running as
-its ServiceAccount (manifests/rbac.yaml), as in test_operator.py. The history is written
+its ServiceAccount (the chart's RBAC), as in test_operator.py. The history is written
 into `hourly_features` the way ingest leaves it. kwok plays the kubelets, and its Job pods
 "complete" at once without running anything, so the test runs the Job's container itself
 (`energy-pipeline train` with the Job's environment, as the kubelet would resolve it).

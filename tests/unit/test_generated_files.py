@@ -124,11 +124,20 @@ def test_manifest_grants_exactly_the_operator_rules() -> None:
 
 
 def test_chart_grants_exactly_what_the_manifest_grants() -> None:
-    chart = _by_kind(_chart_rbac_docs())
+    """Cluster-wide, the namespaced mode's Role per watched namespace and the leader-election
+    Role: the first two with exactly the manifest's ClusterRole rules."""
+    docs = _chart_rbac_docs()
     manifest = _by_kind([d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d])
-    assert set(chart) == {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-    for kind in ("ClusterRole", "Role"):
-        assert chart[kind]["rules"] == manifest[kind]["rules"], kind
+    assert [d["kind"] for d in docs] == ["ClusterRole", "ClusterRoleBinding", "Role",
+                                         "RoleBinding", "Role", "RoleBinding"]
+    cluster_role, _, namespaced_role, _, leader, _ = docs
+    assert cluster_role["rules"] == manifest["ClusterRole"]["rules"]
+    assert namespaced_role["rules"] == manifest["ClusterRole"]["rules"]
+    # The chart's Lease is the release's (a template expression here).
+    names = [r.pop("resourceNames", None) for r in leader["rules"]]
+    assert names == [None, ["release"]]
+    assert leader["rules"] == [{k: v for k, v in r.items() if k != "resourceNames"}
+                               for r in manifest["Role"]["rules"]]
     assert RBAC_IN_CHART.read_text().startswith("{{- if .Values.rbac.create }}\n")
 
 

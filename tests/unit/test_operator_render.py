@@ -59,6 +59,10 @@ def test_children_and_their_names() -> None:
         ("PodDisruptionBudget", "demo-bridge"),
         ("PodDisruptionBudget", "demo-ingest"),
         ("PodDisruptionBudget", "demo-inference"),
+        ("NetworkPolicy", "demo-bridge"),
+        ("NetworkPolicy", "demo-ingest"),
+        ("NetworkPolicy", "demo-inference"),
+        ("NetworkPolicy", "demo-train"),
     ])
     for obj in children().values():
         assert obj["metadata"]["namespace"] == "energy"
@@ -272,7 +276,7 @@ def test_topic_names_and_desired_replicas() -> None:
 # ---------------------------------------------------------------------------------------------
 
 API_CHILDREN = {("Deployment", "demo-api"), ("Service", "demo-api"),
-                ("PodDisruptionBudget", "demo-api")}
+                ("PodDisruptionBudget", "demo-api"), ("NetworkPolicy", "demo-api")}
 
 
 def test_api_children_exist_only_when_enabled() -> None:
