@@ -199,6 +199,7 @@ public final class AuthMain implements ExtensionMain {
 
     /** The users of the credentials file, read again whenever the file changes. */
     static final class Credentials {
+        private static final Object MISSING = new Object();
         private final Path path;
         private Object stamp = null;
         private Map<String, User> users = Map.of();
@@ -213,9 +214,9 @@ public final class AuthMain implements ExtensionMain {
                 final BasicFileAttributes attributes = Files.readAttributes(path, BasicFileAttributes.class);
                 now = List.of(attributes.lastModifiedTime(), attributes.size(), attributes.fileKey() == null ? "" : attributes.fileKey());
             } catch (final IOException e) {
-                if (stamp != "missing") {
+                if (stamp != MISSING) {
                     log.error("credentials file {} cannot be read ({}): every client is refused", path, e.toString());
-                    stamp = "missing";
+                    stamp = MISSING;
                     users = Map.of();
                 }
                 return users;
