@@ -17,7 +17,13 @@ from confluent_kafka.admin import AdminClient
 from energy_harness.images import IMAGES, build_image
 from energy_harness.localstack import KafkaCluster, MosquittoBroker, PostgresServer
 from energy_harness.localstack.docker import DockerEngine
-from energy_harness.localstack.hivemq import HiveMQBroker
+from energy_harness.localstack.hivemq import HiveMQBroker, SecureHiveMQBroker, SecureMqtt
+from energy_harness.localstack.hivemq_security import (
+    bridge_user,
+    device_user,
+    make_broker_tls,
+    write_credentials,
+)
 from energy_harness.localstack.install import ensure_kafka, ensure_system_packages
 from energy_harness.localstack.postgres import dsn
 from energy_harness.testing import admin_sql
@@ -110,6 +116,26 @@ def own_mqtt_broker(tmp_path: Path, system_packages: None) -> Iterator[HiveMQBro
     broker.start()
     try:
         yield broker
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture(scope="module")
+def secure_mqtt(
+    tmp_path_factory: pytest.TempPathFactory, system_packages: None
+) -> Iterator[SecureMqtt]:
+    """HiveMQ as the chart's secure mode runs it: a test CA made with openssl in a tmp dir, the
+    broker's certificate in a keystore, a credentials file with the bridge and one device per
+    site (site-a, site-b) and no plain listener. The plain `own_mqtt_broker` stays as it was."""
+    base = tmp_path_factory.mktemp("secure-mqtt")
+    users = [bridge_user(), device_user("device-a", "site-a"), device_user("device-b", "site-b")]
+    credentials = write_credentials(base / "credentials" / "users", users)
+    broker = SecureHiveMQBroker(
+        base / "mqtt", tls=make_broker_tls(base / "tls"), credentials_file=credentials
+    )
+    broker.start()
+    try:
+        yield SecureMqtt(broker, {u.name: u for u in users})
     finally:
         broker.cleanup()
 

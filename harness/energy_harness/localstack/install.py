@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -94,6 +95,12 @@ SYSTEM_DEPENDENCIES = (
     SystemDependency("javac", "openjdk-17-jdk-headless"),
     SystemDependency("jar", "openjdk-17-jdk-headless"),
     SystemDependency("mvn", "maven"),
+    # The secured HiveMQ test broker: its test CA and certificates (openssl), the keystore
+    # HiveMQ reads (keytool), and MQTT clients nobody here wrote, to show its refusals.
+    SystemDependency("openssl", "openssl"),
+    SystemDependency("keytool", "openjdk-17-jre-headless"),
+    SystemDependency("mosquitto_pub", "mosquitto-clients"),
+    SystemDependency("mosquitto_sub", "mosquitto-clients"),
 )
 
 
@@ -209,14 +216,90 @@ def ensure_kafka(version: str = KAFKA_VERSION) -> Path:
 @dataclass(frozen=True)
 class HiveMQInstall:
     libs: Path
+    # The allow-all authenticator (plain local test brokers).
     extension: Path
+    # The credentials-and-topic-permission extension (hivemq_auth/AuthMain.java).
+    auth_extension: Path
+
+
+@dataclass(frozen=True)
+class ExtensionSource:
+    """A HiveMQ extension of ours: Java source in this package, built with javac."""
+
+    source_dir: str  # package resource directory holding the .java and hivemq-extension.xml
+    main_class: str
+    folder: str  # the extension folder's name (HiveMQ wants it to match the id)
+    jar_name: str
+
+
+ALLOW_ALL_EXTENSION = ExtensionSource(
+    "hivemq_allow_all", "dev.energypipeline.allowall.AllowAllMain",
+    "energy-pipeline-allow-all", "allow-all.jar",
+)
+AUTH_EXTENSION = ExtensionSource(
+    "hivemq_auth", "dev.energypipeline.auth.AuthMain", "energy-pipeline-auth", "auth.jar"
+)
+
+
+def _build_extension(root: Path, libs: Path, ext: ExtensionSource) -> Path:
+    """Compile `ext` against the broker's extension SDK into root/extensions/<folder>, once.
+
+    The stamp is the source's digest, so an edited extension is rebuilt on the next start.
+    """
+    source = resources.files("energy_harness.localstack").joinpath(ext.source_dir)
+    digest = hashlib.sha256()
+    for item in sorted(source.iterdir(), key=lambda i: i.name):
+        if item.name.endswith((".java", ".xml")):
+            digest.update(item.name.encode() + b"\0" + item.read_bytes())
+    extension = root / "extensions" / ext.folder
+    stamp = extension / ".source-sha256"
+    if stamp.exists() and stamp.read_text().strip() == digest.hexdigest():
+        return extension
+    javac, jar = require("javac"), require("jar")
+    classpath = [
+        next(libs.glob(f"{name}-*.jar"), None) for name in ("hivemq-extension-sdk", "slf4j-api")
+    ]
+    if None in classpath:
+        raise ServiceError(f"hivemq-extension-sdk or slf4j-api jar missing from {libs}")
+    with tempfile.TemporaryDirectory() as tmp, resources.as_file(source) as src:
+        classes = Path(tmp) / "classes"
+        services = classes / "META-INF" / "services"
+        services.mkdir(parents=True)
+        (services / "com.hivemq.extension.sdk.api.ExtensionMain").write_text(ext.main_class + "\n")
+        for cmd in (
+            [
+                javac,
+                "--release",
+                "17",
+                "-cp",
+                os.pathsep.join(str(p) for p in classpath),
+                "-d",
+                str(classes),
+                *sorted(str(p) for p in Path(src).glob("*.java")),
+            ],
+            [jar, "cf", str(Path(tmp) / ext.jar_name), "-C", str(classes), "."],
+        ):
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise ServiceError(
+                    f"building the HiveMQ extension failed: {' '.join(cmd)}\n"
+                    f"{result.stderr[-2000:]}"
+                )
+        staging = Path(tempfile.mkdtemp(prefix="ext-", dir=root))
+        shutil.copy(Path(tmp) / ext.jar_name, staging / ext.jar_name)
+        shutil.copy(Path(src) / "hivemq-extension.xml", staging / "hivemq-extension.xml")
+    (staging / stamp.name).write_text(digest.hexdigest() + "\n")
+    extension.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(extension, ignore_errors=True)
+    staging.rename(extension)
+    return extension
 
 
 @functools.cache
 def ensure_hivemq(version: str = HIVEMQ_VERSION) -> HiveMQInstall:
-    """HiveMQ CE jars from Maven Central plus our allow-all security extension, built once.
+    """HiveMQ CE jars from Maven Central plus our two security extensions, built once.
 
-    The extension is compiled here from its source in this package (javac from the JDK);
+    The extensions are compiled here from their source in this package (javac from the JDK);
     HiveMQ CE accepts no client at all without a security extension.
     """
     root = cache_dir() / f"hivemq-{version}"
@@ -227,47 +310,11 @@ def ensure_hivemq(version: str = HIVEMQ_VERSION) -> HiveMQInstall:
         root / "libs",
         "hivemq-community-edition-embedded-*.jar",
     )
-    extension = root / "extensions" / "energy-pipeline-allow-all"
-    if (extension / "allow-all.jar").exists():
-        return HiveMQInstall(libs, extension)
-    javac, jar = require("javac"), require("jar")
-    sdk = next(libs.glob("hivemq-extension-sdk-*.jar"), None)
-    if sdk is None:
-        raise ServiceError(f"hivemq-extension-sdk jar missing from {libs}")
-    source = resources.files("energy_harness.localstack").joinpath("hivemq_allow_all")
-    with tempfile.TemporaryDirectory() as tmp, resources.as_file(source) as src:
-        classes = Path(tmp) / "classes"
-        services = classes / "META-INF" / "services"
-        services.mkdir(parents=True)
-        (services / "com.hivemq.extension.sdk.api.ExtensionMain").write_text(
-            "dev.energypipeline.allowall.AllowAllMain\n"
-        )
-        for cmd in (
-            [
-                javac,
-                "--release",
-                "11",
-                "-cp",
-                str(sdk),
-                "-d",
-                str(classes),
-                str(src / "AllowAllMain.java"),
-            ],
-            [jar, "cf", str(Path(tmp) / "allow-all.jar"), "-C", str(classes), "."],
-        ):
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise ServiceError(
-                    f"building the HiveMQ extension failed: {' '.join(cmd)}\n"
-                    f"{result.stderr[-2000:]}"
-                )
-        staging = Path(tempfile.mkdtemp(prefix="ext-", dir=root))
-        shutil.copy(Path(tmp) / "allow-all.jar", staging / "allow-all.jar")
-        shutil.copy(src / "hivemq-extension.xml", staging / "hivemq-extension.xml")
-    extension.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(extension, ignore_errors=True)
-    staging.rename(extension)
-    return HiveMQInstall(libs, extension)
+    return HiveMQInstall(
+        libs,
+        _build_extension(root, libs, ALLOW_ALL_EXTENSION),
+        _build_extension(root, libs, AUTH_EXTENSION),
+    )
 
 
 def install_all(kafka_version: str = KAFKA_VERSION) -> dict[str, str]:

@@ -49,14 +49,18 @@ def render_mosquitto_conf(
     return "\n".join(lines) + "\n"
 
 
-def mqtt_connack(host: str, port: int, timeout: float = 3.0) -> bool:
-    """True once the broker answers an MQTT 5 CONNECT with a successful CONNACK."""
+def mqtt_connack(
+    host: str, port: int, timeout: float = 3.0, ca_file: str = "", any_answer: bool = False
+) -> bool:
+    """True once the broker answers an MQTT 5 CONNECT with a successful CONNACK (with
+    `any_answer`, with any CONNACK: a secured broker refuses this anonymous probe). With
+    `ca_file`, over TLS verified against that CA."""
     import paho.mqtt.client as mqtt
 
     connected = threading.Event()
 
     def on_connect(client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
-        if not reason_code.is_failure:
+        if any_answer or not reason_code.is_failure:
             connected.set()
 
     client = mqtt.Client(
@@ -65,6 +69,8 @@ def mqtt_connack(host: str, port: int, timeout: float = 3.0) -> bool:
         protocol=mqtt.MQTTv5,
     )
     client.on_connect = on_connect
+    if ca_file:
+        client.tls_set(ca_certs=ca_file)
     try:
         client.connect(host, port, keepalive=10)
         client.loop_start()
@@ -116,12 +122,15 @@ class MqttBrokerProcess:
         self.process = process
         process.start()
         wait_until(
-            lambda: mqtt_connack(self.host, self.port),
+            self.answers,
             timeout=self.start_timeout,
             what="waiting for an MQTT CONNACK",
             process=process,
             interval=0.3,
         )
+
+    def answers(self) -> bool:
+        return mqtt_connack(self.host, self.port)
 
     def stop(self) -> None:
         # SIGTERM lets the broker write its persistence before it exits.

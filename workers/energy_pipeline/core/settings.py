@@ -193,6 +193,21 @@ class MqttSettings:
     mqtt_port: int = env("MQTT_PORT", 1883, doc="MQTT broker port", minimum=1)
     mqtt_username: str = env("MQTT_USERNAME", "", doc="MQTT user (empty: anonymous)")
     mqtt_password: str = env("MQTT_PASSWORD", "", doc="MQTT password")
+    mqtt_password_file: str = env(
+        "MQTT_PASSWORD_FILE", "",
+        doc="file holding the MQTT password (a mounted Secret), read at every connect so a "
+        "rotated password is used at the next reconnect; instead of MQTT_PASSWORD",
+    )
+    mqtt_tls: bool = env(
+        "MQTT_TLS", False,
+        doc="connect with TLS, verifying the broker's certificate and host name (on by "
+        "itself when MQTT_CA_FILE is set)",
+    )
+    mqtt_ca_file: str = env(
+        "MQTT_CA_FILE", "",
+        doc="PEM file of the CA that signed the MQTT broker's certificate (empty: the "
+        "system's CAs); turns MQTT_TLS on",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -52,7 +52,14 @@ from energy_pipeline.core.settings import (
 )
 from energy_pipeline.core.validation import Rejection
 from energy_pipeline.core.validation_fast import parse_mqtt
-from energy_pipeline.dataplane.mqtt_client import BufferedSocket, new_client, persistent_session
+from energy_pipeline.dataplane.mqtt_client import (
+    BufferedSocket,
+    connect_refused,
+    describe_connect_error,
+    new_client,
+    persistent_session,
+    refresh_login,
+)
 
 log = logging.getLogger("energy_pipeline.dataplane.bridge")
 
@@ -208,13 +215,7 @@ class Bridge:
         self._now = datetime.now(UTC)
         self._produced: dict[str, int] = {}
         # A BufferedClient: what paho sends waits for _write_mqtt(), one send() per round.
-        self.mqtt = new_client(
-            self.client_id,
-            settings.mqtt_username,
-            settings.mqtt_password,
-            manual_ack=True,
-            buffered=True,
-        )
+        self.mqtt = new_client(self.client_id, settings, manual_ack=True, buffered=True)
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = self._on_disconnect
         self.mqtt.on_message = self._on_message
@@ -294,8 +295,10 @@ class Bridge:
         properties: object,
     ) -> None:
         if reason_code.is_failure:
-            log.error("mqtt connect refused", extra={"reason": str(reason_code)})
-            self.readiness.failed("mqtt", f"{self.broker} refused the connection: {reason_code}")
+            refused = connect_refused(self.settings, reason_code)
+            log.error("mqtt connect refused", extra={"reason": str(reason_code),
+                                                     "error": str(refused)})
+            self.readiness.failed("mqtt", str(refused))
             return
         self._connect_delay = 1.0
         # Subscribing again is harmless and repairs a session the broker lost.
@@ -406,9 +409,12 @@ class Bridge:
         self._next_connect = now + self._connect_delay
         self._connect_delay = min(self._connect_delay * 2, 10.0)
         try:
+            # A rotated MQTT_PASSWORD_FILE is read again for each attempt.
+            refresh_login(self.mqtt, self.settings)
             self.mqtt.reconnect()
         except OSError as exc:
-            self.readiness.failed("mqtt", f"cannot connect to {self.broker}: {describe(exc)}")
+            detail, fix = describe_connect_error(exc)
+            self.readiness.failed("mqtt", f"cannot connect to {self.broker}: {detail}; {fix}")
             # Every attempt at debug: the readiness log has one line per change and a
             # reminder while the broker stays away.
             log.debug(

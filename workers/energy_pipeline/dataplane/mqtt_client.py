@@ -9,6 +9,7 @@ or a listed name is gone.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 from typing import Any
@@ -17,7 +18,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from energy_pipeline.core.errors import CommandError
+from energy_pipeline.core.errors import USAGE, CommandError
+from energy_pipeline.core.settings import MqttSettings
 
 # The paho-mqtt release the internals below were read in (pyproject.toml pins it).
 PAHO_VERSION = "2.2.0"
@@ -73,7 +75,9 @@ class BufferedSocket:
         return chunk
 
     def pending(self) -> int:
-        return len(self._in) - self._in_pos
+        # Over TLS the SSL object may hold decrypted bytes the kernel no longer signals.
+        inner = getattr(self._sock, "pending", None)
+        return len(self._in) - self._in_pos + (inner() if inner else 0)
 
     def send(self, data: bytes | bytearray) -> int:
         if self._error is not None:
@@ -94,7 +98,7 @@ class BufferedSocket:
         while self._out:
             try:
                 written = self._sock.send(self._out)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return False
             except OSError as exc:
                 # Reported to paho by the next recv(), which then handles the lost connection.
@@ -141,8 +145,8 @@ class BufferedClient(mqtt.Client):
     Use with loop_read()/loop_write()/loop_misc() from one thread, calling
     `socket().flush()` after each round; not with loop_start()/loop_forever(), whose select()
     does not know about unflushed writes. Packets paho sends are queued until the owner's
-    loop_write(). `_create_socket` is paho's own factory (as of PAHO_VERSION); plain TCP only,
-    which is what the bridge uses.
+    loop_write(). `_create_socket` is paho's own factory (as of PAHO_VERSION); over TLS the
+    buffer wraps paho's SSLSocket (handshake done), so it buffers decrypted bytes.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -202,11 +206,13 @@ class BufferedClient(mqtt.Client):
 
 def new_client(
     client_id: str,
-    username: str = "",
-    password: str = "",
+    settings: MqttSettings | None = None,
     manual_ack: bool = False,
     buffered: bool = False,
 ) -> mqtt.Client:
+    """An MQTT 5 client; with `settings`, logging in and encrypting as they say (MQTT_USERNAME,
+    MQTT_PASSWORD / MQTT_PASSWORD_FILE, MQTT_TLS, MQTT_CA_FILE). Raises CommandError for a CA
+    or password file that cannot be read."""
     client = (BufferedClient if buffered else mqtt.Client)(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -214,10 +220,96 @@ def new_client(
         reconnect_on_failure=True,
         manual_ack=manual_ack,
     )
-    if username:
-        client.username_pw_set(username, password or None)
+    if settings is not None:
+        refresh_login(client, settings)
+        context = tls_context(settings)
+        if context is not None:
+            client.tls_set_context(context)
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     return client
+
+
+def tls_enabled(settings: MqttSettings) -> bool:
+    return settings.mqtt_tls or bool(settings.mqtt_ca_file)
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    """TLS 1.2 or newer, the broker's certificate and host name verified against
+    MQTT_CA_FILE (else the system's CAs); None when TLS is off."""
+    if not tls_enabled(settings):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=settings.mqtt_ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandError(
+            f"cannot read MQTT_CA_FILE {settings.mqtt_ca_file}: "
+            f"{getattr(exc, 'strerror', None) or exc}",
+            fix="set MQTT_CA_FILE to a PEM file of the CA that signed the broker's certificate",
+            status=USAGE,
+        ) from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def login_password(settings: MqttSettings) -> str:
+    """MQTT_PASSWORD, or the content of MQTT_PASSWORD_FILE (without a final newline) read now."""
+    if not settings.mqtt_password_file:
+        return settings.mqtt_password
+    if settings.mqtt_password:
+        raise CommandError(
+            "both MQTT_PASSWORD and MQTT_PASSWORD_FILE are set",
+            fix="set only one of them", status=USAGE,
+        )
+    try:
+        with open(settings.mqtt_password_file, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise CommandError(
+            f"cannot read MQTT_PASSWORD_FILE {settings.mqtt_password_file}: "
+            f"{exc.strerror or exc}",
+            fix="mount the Secret holding the MQTT password there, or unset MQTT_PASSWORD_FILE",
+            status=USAGE,
+        ) from exc
+
+
+def refresh_login(client: mqtt.Client, settings: MqttSettings) -> None:
+    """Set the user and password for the next (re)connect: a rotated password file counts."""
+    if settings.mqtt_username:
+        client.username_pw_set(settings.mqtt_username, login_password(settings) or None)
+
+
+def connect_refused(settings: MqttSettings, reason: object) -> CommandError:
+    """The one-line error of a CONNECT the broker answered with a refusal (its reason code)."""
+    where = f"MQTT_HOST:MQTT_PORT {settings.mqtt_host}:{settings.mqtt_port}"
+    if not settings.mqtt_username:
+        return CommandError(
+            f"the MQTT broker at {where} refused an anonymous connection: {reason}",
+            fix="set MQTT_USERNAME and MQTT_PASSWORD_FILE (or MQTT_PASSWORD)",
+        )
+    return CommandError(
+        f"the MQTT broker at {where} refused MQTT_USERNAME {settings.mqtt_username!r}: {reason}",
+        fix="check MQTT_USERNAME and MQTT_PASSWORD_FILE (or MQTT_PASSWORD) against the broker's "
+        "credentials",
+    )
+
+
+def describe_connect_error(exc: OSError, timeout: float | None = None) -> tuple[str, str]:
+    """(what went wrong, what to do) for a failed TCP or TLS connect to the broker."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"its TLS certificate is not trusted: {exc.verify_message or exc.reason}",
+            "set MQTT_CA_FILE to the CA that signed the broker's certificate and MQTT_HOST to a "
+            "name the certificate holds",
+        )
+    if isinstance(exc, ssl.SSLError):
+        return (
+            f"TLS handshake failed: {exc.reason or exc}",
+            "set MQTT_PORT to the broker's TLS listener (8883), or MQTT_TLS=false for a plain one",
+        )
+    detail = exc.strerror or type(exc).__name__
+    if isinstance(exc, TimeoutError) and timeout is not None:
+        detail = f"no answer within {timeout:g} s"
+    return detail, "start the broker or set MQTT_HOST and MQTT_PORT to where it listens"
 
 
 def persistent_session(
@@ -235,24 +327,28 @@ def persistent_session(
     return props
 
 
-def broker_unreachable(host: str, port: int, detail: str) -> CommandError:
+def broker_unreachable(host: str, port: int, detail: str, fix: str = "") -> CommandError:
     """The one-line error of a client that cannot reach MQTT_HOST:MQTT_PORT."""
     return CommandError(
         f"cannot reach the MQTT broker at MQTT_HOST:MQTT_PORT {host}:{port} ({detail})",
-        fix="start the broker or set MQTT_HOST and MQTT_PORT to where it listens",
+        fix=fix or "start the broker or set MQTT_HOST and MQTT_PORT to where it listens",
     )
 
 
-def check_reachable(host: str, port: int, timeout: float = 5.0) -> None:
-    """Raise `broker_unreachable` unless a TCP connection to the broker opens in `timeout`.
+def check_reachable(
+    host: str, port: int, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+) -> None:
+    """Raise `broker_unreachable` unless a TCP connection to the broker opens in `timeout`
+    (and, with `tls`, the TLS handshake verifies the broker's certificate).
 
     For a command's first connection: paho's connect_async reports nothing, and its loop
     retries a refused connection forever (which a long-running worker wants later on).
     """
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        sock = socket.create_connection((host, port), timeout=timeout)
+        with sock:
+            if tls is not None:
+                tls.wrap_socket(sock, server_hostname=host).close()
     except OSError as exc:
-        detail = exc.strerror or type(exc).__name__
-        if isinstance(exc, TimeoutError):
-            detail = f"no answer within {timeout:g} s"
-        raise broker_unreachable(host, port, detail) from exc
+        detail, fix = describe_connect_error(exc, timeout)
+        raise broker_unreachable(host, port, detail, fix) from exc

@@ -31,10 +31,16 @@ from energy_pipeline.core.settings import (
     load,
 )
 from energy_pipeline.core.timeutil import floor_time, parse_duration, parse_time
-from energy_pipeline.dataplane.mqtt_client import broker_unreachable, check_reachable
+from energy_pipeline.dataplane.mqtt_client import (
+    broker_unreachable,
+    check_reachable,
+    connect_refused,
+    tls_context,
+)
 from energy_pipeline.simulation.publisher import (
     Message,
     MqttPublisher,
+    MqttRefused,
     combined_messages,
     replay_messages,
     single_messages,
@@ -228,16 +234,19 @@ def run(args: argparse.Namespace) -> int:
         settings.mqtt_host,
         settings.mqtt_port,
         args.client_id or f"simulator-{uuid.uuid4().hex[:8]}",
-        settings.mqtt_username,
-        settings.mqtt_password,
+        settings,
         hold_unrouted=args.hold_until_subscribed,
     )
     # A restart would begin a new simulated run (another start, other values): wait instead.
-    # A run that is not --realtime fails at once, in one line, when the broker is not there.
+    # A run that is not --realtime fails at once, in one line, when the broker is not there
+    # or its certificate is not trusted.
     if not args.realtime:
-        check_reachable(settings.mqtt_host, settings.mqtt_port)
+        check_reachable(settings.mqtt_host, settings.mqtt_port, tls=tls_context(settings))
     try:
         publisher.connect(timeout=None if args.realtime else 30)
+    except MqttRefused as exc:
+        publisher.close()
+        raise connect_refused(settings, exc.reason) from None
     except ConnectionError:
         publisher.close()
         raise broker_unreachable(

@@ -16,6 +16,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from energy_pipeline.core.contracts import COMBINED, SENSOR_TYPES, SENSORS, Reading, mqtt_topic
+from energy_pipeline.core.settings import MqttSettings
 from energy_pipeline.dataplane.mqtt_client import new_client, persistent_session
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,22 @@ class PublishStats:
     seconds: float = 0.0
     # Publishes the broker routed to no one and `hold_unrouted` sent again.
     held: int = 0
+    # Publishes the broker refused (PUBACK reason code 0x80 or above, e.g. 0x87 Not
+    # authorized for a topic outside the user's permission): not delivered, not resent.
+    refused: int = 0
 
     @property
     def rate(self) -> float:
         return self.confirmed / self.seconds if self.seconds else 0.0
+
+
+class MqttRefused(ConnectionError):
+    """The broker answered CONNECT with a refusal (bad user name or password, not authorized):
+    trying again with the same login would not help."""
+
+    def __init__(self, reason: object) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
 
 
 class MqttPublisher:
@@ -111,8 +124,7 @@ class MqttPublisher:
         host: str,
         port: int,
         client_id: str,
-        username: str = "",
-        password: str = "",
+        settings: MqttSettings | None = None,
         window: int = 1000,
         hold_unrouted: bool = False,
     ) -> None:
@@ -130,7 +142,9 @@ class MqttPublisher:
         self._cond = threading.Condition()
         self._connected = threading.Event()
         self.stats = PublishStats()
-        self.client = new_client(client_id, username, password)
+        # Login and TLS from `settings` (its host and port are not used: `host`, `port` are).
+        self.client = new_client(client_id, settings)
+        self.refused: object | None = None
         self.client.max_inflight_messages_set(window)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
@@ -148,6 +162,12 @@ class MqttPublisher:
         # After a reconnect paho resends every unacknowledged message at once; more than the
         # broker's Receive Maximum and the broker drops the connection again, forever. So
         # never have more unacknowledged messages than the broker accepts.
+        if getattr(reason_code, "is_failure", False):
+            # paho keeps trying; connect() gives up on this refusal.
+            self.refused = reason_code
+            log.error("mqtt connect refused", extra={"reason": str(reason_code)})
+            return
+        self.refused = None
         receive_maximum = getattr(properties, "ReceiveMaximum", 65535)
         with self._cond:
             self._limit = max(1, min(self._window, receive_maximum))
@@ -191,7 +211,12 @@ class MqttPublisher:
             self._unrouted.append(message)
             self.stats.held += 1
         else:
-            self.stats.confirmed += 1
+            if code >= 0x80:
+                self.stats.refused += 1
+                if self.stats.refused == 1:
+                    log.error("the broker refused a publish", extra={"reason_code": hex(code)})
+            else:
+                self.stats.confirmed += 1
             self._outstanding -= 1
         self._cond.notify_all()
 
@@ -223,13 +248,18 @@ class MqttPublisher:
         self.client.loop_start()
         if self._hold_unrouted:
             threading.Thread(target=self._resend_unrouted, name="mqtt-hold", daemon=True).start()
-        while timeout is None and not self._connected.wait(30):
-            log.warning("MQTT broker not answering yet; still trying",
-                        extra={"host": self.host, "port": self.port})
-        if not self._connected.wait(timeout):
-            raise ConnectionError(
-                f"no CONNACK from MQTT broker {self.host}:{self.port} within {timeout}s"
-            )
+        waited = 0.0
+        while not self._connected.wait(0.2):
+            waited += 0.2
+            if self.refused is not None:
+                raise MqttRefused(self.refused)
+            if timeout is not None and waited >= timeout:
+                raise ConnectionError(
+                    f"no CONNACK from MQTT broker {self.host}:{self.port} within {timeout}s"
+                )
+            if timeout is None and waited % 30 < 0.2:
+                log.warning("MQTT broker not answering yet; still trying",
+                            extra={"host": self.host, "port": self.port})
 
     def publish(self, topic: str, payload: bytes) -> None:
         # Publishing from this thread while paho's thread reconnects and resends corrupts
