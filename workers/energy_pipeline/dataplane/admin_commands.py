@@ -13,6 +13,7 @@ from energy_pipeline.core.contracts import all_kafka_topics
 from energy_pipeline.core.kafka import check_reachable
 from energy_pipeline.core.settings import (
     CommonSettings,
+    DatabaseSettings,
     KafkaSettings,
     env,
     environment_help,
@@ -25,10 +26,8 @@ log = logging.getLogger("energy_pipeline.admin")
 
 
 @dataclass(frozen=True, kw_only=True)
-class MigrateSettings(CommonSettings):
-    database_url: str = env(
-        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
-    )
+class MigrateSettings(CommonSettings, DatabaseSettings):
+    """DATABASE_URL and DATABASE_CA_FILE (DatabaseSettings), nothing else."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +40,7 @@ class TopicSettings(CommonSettings, KafkaSettings):
 
 def _migrate(args: argparse.Namespace) -> int:
     settings = load(MigrateSettings)
-    version = migrate(settings.database_url)
+    version = migrate(settings.database_dsn())
     print(json.dumps({"schema_version": version}))
     return 0
 

@@ -36,6 +36,7 @@ from energy_pipeline.core.observability import HealthServer, Heartbeat
 from energy_pipeline.core.readiness import KafkaMetadataCheck, Prober, Readiness, track_ready
 from energy_pipeline.core.settings import (
     CommonSettings,
+    DatabaseSettings,
     KafkaSettings,
     ValidationSettings,
     default_client_id,
@@ -55,11 +56,10 @@ log = logging.getLogger("energy_pipeline.dataplane.ingest")
 
 
 @dataclass(frozen=True, kw_only=True)
-class IngestSettings(CommonSettings, KafkaSettings, ValidationSettings, ForecastSettings):
+class IngestSettings(
+    CommonSettings, KafkaSettings, ValidationSettings, ForecastSettings, DatabaseSettings
+):
     http_port: int = http_port_field(9102)
-    database_url: str = env(
-        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
-    )
     kafka_consumer_group: str = env("KAFKA_CONSUMER_GROUP", "ingest", doc="consumer group id")
     ingest_batch_size: int = env(
         "INGEST_BATCH_SIZE", 20_000, doc="most records written per transaction", minimum=1
@@ -166,7 +166,7 @@ class Ingest:
         self.heartbeat = Heartbeat(stale_after=120)
         self.stopping = threading.Event()
         self.db = LazyConnection(
-            settings.database_url, application_name=worker_name("ingest", settings.pipeline_name)
+            settings.database_dsn(), application_name=worker_name("ingest", settings.pipeline_name)
         )
         # Ready while Kafka and PostgreSQL both answered recently: each is checked on a thread
         # of its own, and the consume loop and the writer report what they see.
@@ -182,7 +182,7 @@ class Ingest:
                     [*self.topics, self.deadletter],
                 ),
                 "database": DatabaseCheck(
-                    settings.database_url,
+                    settings.database_dsn(),
                     application_name=worker_name("ingest-ready", settings.pipeline_name),
                 ),
             },
@@ -472,7 +472,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.inference_target:
         forecasts = ForecastScheduler(
             settings,
-            settings.database_url,
+            settings.database_dsn(),
             application_name=worker_name("ingest-forecasts", settings.pipeline_name),
         )
     ingest = Ingest(settings, forecasts=forecasts)
