@@ -85,7 +85,7 @@ def pipeline_spec(
         },
         "database": {
             "urlSecret": {
-                "name": postgres.find("Secret")["metadata"]["name"],
+                "name": postgres.find("Secret", "energy-postgres-app")["metadata"]["name"],
                 "key": "DATABASE_URL",
             },
         },
@@ -124,7 +124,7 @@ def test_the_worker_image_stores_every_reading_through_the_charts_pods(
     operator = Manifests(tuple(render_children(PIPELINE, kafka.namespace, spec)))
     children = operator + postgres  # the Secret the pipeline's spec names
     config = operator.config_map(f"{PIPELINE}-config")
-    secret = postgres.secret()
+    secret = postgres.secret("energy-postgres-app")
     workers = {worker: children.workload(f"{PIPELINE}-{worker}") for worker in WORKERS}
     assert [workload.replicas for workload in workers.values()] == [1, 1, 1]
     # The names a cluster resolves, and the application role's URL, not the superuser's.
