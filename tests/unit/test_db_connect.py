@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg2
 import pytest
-from energy_pipeline.core.settings import DatabaseSettings, load
-from energy_pipeline.db.connect import dsn, unreachable, with_ca, worker_name
+from energy_pipeline.core.settings import load
+from energy_pipeline.db.connect import DatabaseSettings, dsn, unreachable, with_ca, worker_name
 from psycopg2.extensions import parse_dsn
 
 pytestmark = pytest.mark.unit

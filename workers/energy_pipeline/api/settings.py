@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from energy_pipeline.core.settings import (
     CommonSettings,
-    DatabaseSettings,
     SettingsError,
     env,
     http_port_field,
 )
+from energy_pipeline.db.connect import DatabaseSettings
 
 
 @dataclass(frozen=True)

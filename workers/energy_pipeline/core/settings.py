@@ -182,26 +182,6 @@ class KafkaSettings:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class DatabaseSettings:
-    database_url: str = env(
-        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
-    )
-    database_ca_file: str = env(
-        "DATABASE_CA_FILE", "",
-        doc="PEM file of the CA that signed the PostgreSQL server's certificate: connections "
-        "are then encrypted and verified (sslmode=verify-full) unless DATABASE_URL sets its "
-        "own sslmode; empty: libpq's default (sslmode=prefer, no verification)",
-    )
-
-    def database_dsn(self) -> str:
-        """DATABASE_URL with DATABASE_CA_FILE applied: what every connection of the worker uses."""
-        # Here, not at module level: the bridge reads settings too and never needs psycopg2.
-        from energy_pipeline.db.connect import with_ca
-
-        return with_ca(self.database_url, self.database_ca_file)
-
-
 def default_client_id() -> str:
     """Stable across restarts of the same pod or host, so a persistent MQTT session resumes."""
     return os.environ.get("HOSTNAME") or socket.gethostname()

@@ -13,13 +13,13 @@ from energy_pipeline.core.contracts import all_kafka_topics
 from energy_pipeline.core.kafka import check_reachable
 from energy_pipeline.core.settings import (
     CommonSettings,
-    DatabaseSettings,
     KafkaSettings,
     env,
     environment_help,
     load,
 )
 from energy_pipeline.dataplane.topics import TopicSpec, create_topic
+from energy_pipeline.db.connect import DatabaseSettings
 from energy_pipeline.db.migrate import migrate
 
 log = logging.getLogger("energy_pipeline.admin")

@@ -36,7 +36,6 @@ from energy_pipeline.core.observability import HealthServer, Heartbeat
 from energy_pipeline.core.readiness import KafkaMetadataCheck, Prober, Readiness, track_ready
 from energy_pipeline.core.settings import (
     CommonSettings,
-    DatabaseSettings,
     KafkaSettings,
     ValidationSettings,
     default_client_id,
@@ -48,7 +47,7 @@ from energy_pipeline.core.settings import (
 from energy_pipeline.core.validation import Rejection
 from energy_pipeline.core.validation_fast import parse_kafka_values
 from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
-from energy_pipeline.db.connect import LazyConnection, worker_name
+from energy_pipeline.db.connect import DatabaseSettings, LazyConnection, worker_name
 from energy_pipeline.db.probe import DatabaseCheck
 from energy_pipeline.db.writer import PreparedBatch, WriteResult, prepare, write_prepared
 

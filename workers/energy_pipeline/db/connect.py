@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import psycopg2
 import psycopg2.extensions
 
 from energy_pipeline.core.errors import CommandError, one_line, redact
+from energy_pipeline.core.settings import env
 
 Connection = psycopg2.extensions.connection
 
@@ -102,6 +104,26 @@ def with_ca(url: str, ca_file: str) -> str:
         separator = "&" if "?" in url else "?"
         return url + separator + "&".join(f"{k}={quote(v, safe='/')}" for k, v in extra.items())
     return psycopg2.extensions.make_dsn(url, **extra)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseSettings:
+    """The settings of every worker that connects to PostgreSQL (a base of its settings
+    class, as core.settings.KafkaSettings is for Kafka)."""
+
+    database_url: str = env(
+        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
+    )
+    database_ca_file: str = env(
+        "DATABASE_CA_FILE", "",
+        doc="PEM file of the CA that signed the PostgreSQL server's certificate: connections "
+        "are then encrypted and verified (sslmode=verify-full) unless DATABASE_URL sets its "
+        "own sslmode; empty: libpq's default (sslmode=prefer, no verification)",
+    )
+
+    def database_dsn(self) -> str:
+        """DATABASE_URL with DATABASE_CA_FILE applied: what every connection of the worker uses."""
+        return with_ca(self.database_url, self.database_ca_file)
 
 
 class DatabaseUnreachable(CommandError, psycopg2.OperationalError):

@@ -32,13 +32,12 @@ from energy_pipeline.core.errors import USAGE, CommandError
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.settings import (
     CommonSettings,
-    DatabaseSettings,
     SettingsError,
     env,
     environment_help,
     load,
 )
-from energy_pipeline.db.connect import connect, worker_name
+from energy_pipeline.db.connect import DatabaseSettings, connect, worker_name
 from energy_pipeline.forecasting.backtest import BacktestConfig, origins, run_backtest
 from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour
 from energy_pipeline.forecasting.hourly_db import all_sites, read_site_rows

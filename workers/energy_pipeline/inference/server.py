@@ -51,13 +51,12 @@ from energy_pipeline.core.readiness import (
 )
 from energy_pipeline.core.settings import (
     CommonSettings,
-    DatabaseSettings,
     env,
     environment_help,
     http_port_field,
     load,
 )
-from energy_pipeline.db.connect import worker_name
+from energy_pipeline.db.connect import DatabaseSettings, worker_name
 from energy_pipeline.forecasting.rows import MAX_HORIZON
 from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.convert import (
