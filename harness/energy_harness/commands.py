@@ -112,7 +112,8 @@ def register_stack(commands: argparse._SubParsersAction) -> None:  # type: ignor
         description="Starts a KRaft Kafka cluster, PostgreSQL and Mosquitto (not HiveMQ: the "
         "demo and the tests start HiveMQ themselves) as local processes on free ports of "
         "127.0.0.1, then prints the variables the workers need (KAFKA_BOOTSTRAP_SERVERS, "
-        "DATABASE_URL, MQTT_HOST, MQTT_PORT) as `export` lines on stderr and keeps them "
+        "DATABASE_URL, DATABASE_CA_FILE of its TLS-only PostgreSQL, MQTT_HOST, MQTT_PORT) as "
+        "`export` lines on stderr and keeps them "
         "running until Ctrl-C or SIGTERM, which stops every one.",
     )
     up.add_argument("--kafka-nodes", type=int, default=3, help="Kafka broker+controller nodes")

@@ -319,6 +319,8 @@ def run(args: argparse.Namespace) -> int:
             postgres.dsn,
             broker.host,
             broker.port,
+            # The server is TLS-only; the workers verify it as in a cluster (verify-full).
+            DATABASE_CA_FILE=str(postgres.ca_file),
             PIPELINE_NAME="demo",
             GRPC_PORT=str(grpc_port),
             INFERENCE_TARGET=f"127.0.0.1:{grpc_port}",

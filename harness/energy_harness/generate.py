@@ -196,6 +196,7 @@ SETTINGS_END = "<!-- settings-reference:end -->"
 USED_BY: dict[str, tuple[str, ...]] = {
     "energy_pipeline.core.settings.CommonSettings": (),
     "energy_pipeline.core.settings.KafkaSettings": (),
+    "energy_pipeline.db.connect.DatabaseSettings": (),
     "energy_pipeline.dataplane.admin_commands.TopicSettings": ("topics",),
     "energy_pipeline.core.settings.MqttSettings": (),
     "energy_pipeline.dataplane.bridge.BridgeSettings": ("bridge",),

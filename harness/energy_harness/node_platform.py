@@ -147,7 +147,7 @@ class Platform:
     def dsn(self) -> str:
         """The pipeline's DATABASE_URL pointed at the Service's ClusterIP: kube-proxy routes
         this machine's own connections too (cluster DNS is only for pods)."""
-        secret = self.get("secret", "energy-postgres")
+        secret = self.get("secret", "energy-postgres-app")  # the application role's
         url = base64.b64decode(secret["data"]["DATABASE_URL"]).decode()
         service = self.get("service", "energy-postgres")
         parts = urlsplit(url)

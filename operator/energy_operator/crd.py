@@ -387,6 +387,15 @@ def spec_schema() -> dict[str, Any]:
                 "api.databaseUrlSecret is set; the operator uses it for migrations).",
                 {"key": ("url", "the URL")},
             ),
+            "caSecret": secret_ref(
+                "Secret holding the PEM certificate of the CA that signed the PostgreSQL "
+                "server's certificate (the postgres chart's <release>-postgres-tls, key "
+                "ca.crt). Mounted into the ingest, inference, train and api pods, which then "
+                "connect with sslmode=verify-full (sets DATABASE_CA_FILE); the operator "
+                "verifies its own connections with it too. An sslmode in the URL wins. "
+                "Absent: libpq's default (sslmode=prefer, unverified).",
+                {"key": ("ca.crt", "the CA certificate")},
+            ),
         },
         required=("urlSecret",),
     )
@@ -485,7 +494,8 @@ def spec_schema() -> dict[str, Any]:
                                    {"memory": "256Mi"}),
             "databaseUrlSecret": secret_ref(
                 "Secret holding the API's own connection URL, ideally of a read-only role "
-                "(the postgres chart's READER_DATABASE_URL). Absent: spec.database.urlSecret. "
+                "(the postgres chart's <release>-postgres-reader, key DATABASE_URL). Absent: "
+                "spec.database.urlSecret. "
                 "Sets DATABASE_URL (api).",
                 {"key": ("url", "the URL")},
             ),

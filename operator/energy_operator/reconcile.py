@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -33,7 +36,7 @@ from energy_pipeline.dataplane.topics import (
     grow_partitions,
     plan_topic,
 )
-from energy_pipeline.db.connect import connect, worker_name
+from energy_pipeline.db.connect import DatabaseUnreachable, connect, with_ca, worker_name
 from energy_pipeline.db.migrate import MigrationError, latest_version, migrate, schema_version
 
 from energy_operator import crd, render
@@ -165,6 +168,34 @@ def _secret(kube: Kube, namespace: str, ref: Mapping[str, Any] | None, key_field
             f"create it, e.g. kubectl create secret generic {ref['name']} --from-literal={key}=...",
         )
     return value
+
+
+def database_url(kube: Kube, namespace: str, spec: Mapping[str, Any],
+                 outcome: Outcome) -> str | None:
+    """The operator's own DSN: the workers' URL, verified against spec.database.caSecret as
+    the workers verify it (DATABASE_CA_FILE), so the operator never migrates over a
+    connection they would refuse."""
+    database = spec["database"]
+    url = _secret(kube, namespace, database["urlSecret"], "key", "spec.database.urlSecret",
+                  outcome)
+    if url is None or not database.get("caSecret"):
+        return url
+    ca = _secret(kube, namespace, database["caSecret"], "key", "spec.database.caSecret",
+                 outcome)
+    return None if ca is None else with_ca(url, str(ca_file(ca)))
+
+
+def ca_file(pem: str) -> Path:
+    """A file holding `pem` (libpq reads a CA from a file only), named by its digest: one file
+    per distinct CA, written once, shared by every pipeline that uses it."""
+    path = Path(tempfile.gettempdir()) / "energy-operator-ca" / (
+        hashlib.sha256(pem.encode()).hexdigest()[:24] + ".crt")
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        partial = path.with_suffix(f".{threading.get_ident()}.tmp")
+        partial.write_text(pem)
+        partial.replace(path)  # atomic: a concurrent pass never reads half a file
+    return path
 
 
 def kafka_config(kube: Kube, namespace: str, spec: Mapping[str, Any],
@@ -386,10 +417,17 @@ def reconcile_schema(url: str | None, change: bool, outcome: Outcome,
         return
     except psycopg2.Error as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # db.connect's own fix names the workers' variables; the operator's are spec fields.
+        where = "spec.database.urlSecret"
+        if isinstance(exc, DatabaseUnreachable):
+            first_line = exc.message
+            if "DATABASE_CA_FILE" in exc.fix:
+                where = "spec.database.urlSecret, spec.database.caSecret"
         outcome.problem(
             "DatabaseUnreachable",
-            f"PostgreSQL (spec.database.urlSecret): {first_line}; check the URL in the Secret "
-            "and that the server is up",
+            f"PostgreSQL ({where}): {first_line}; check the URL in the Secret "
+            + ("and the CA certificate in spec.database.caSecret"
+               if "caSecret" in where else "and that the server is up"),
         )
         return
     outcome.database = facts
@@ -529,8 +567,7 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
     change = not paused
     outcome = Outcome()
 
-    db_url = _secret(kube, namespace, spec["database"]["urlSecret"], "key",
-                     "spec.database.urlSecret", outcome)
+    db_url = database_url(kube, namespace, spec, outcome)
     kafka = kafka_config(kube, namespace, spec, outcome)
 
     if change:

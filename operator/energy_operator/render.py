@@ -46,6 +46,13 @@ RUN_AS_USER = 10001
 API_PRESTOP_SLEEP_S = 5
 API_TERMINATION_GRACE_S = 30
 
+# spec.database.caSecret, mounted where DATABASE_CA_FILE points, in every pod that connects to
+# PostgreSQL (the workers of DATABASE_URL).
+DATABASE_CA_VOLUME = "database-ca"
+DATABASE_CA_DIR = "/etc/energy-pipeline/database-ca"
+DATABASE_CA_FILE = f"{DATABASE_CA_DIR}/ca.crt"
+DATABASE_WORKERS = next(s.workers for s in crd.SECRET_SETTINGS if s.env == "DATABASE_URL")
+
 
 @dataclass(frozen=True)
 class Derived:
@@ -66,6 +73,9 @@ DERIVED_SETTINGS = (
             "gRPC target of the headless inference Service, dns:///<name>-inference...:50051"),
     Derived("KAFKA_PARTITIONS", (), "spec.kafka.partitions (for `energy-pipeline topics create`)"),
     Derived("KAFKA_REPLICATION_FACTOR", (), "spec.kafka.replicationFactor (idem)"),
+    Derived("DATABASE_CA_FILE", DATABASE_WORKERS,
+            f"with spec.database.caSecret: where its CA certificate is mounted "
+            f"({DATABASE_CA_FILE})"),
 )
 # The bridge's persistent MQTT session is named after its pod (what it defaults to anyway).
 FIELD_REF_SETTINGS = {"bridge": {"MQTT_CLIENT_ID": "metadata.name"}}
@@ -96,6 +106,8 @@ def config_data(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str,
         "KAFKA_PARTITIONS": str(kafka["partitions"]),
         "KAFKA_REPLICATION_FACTOR": str(kafka["replicationFactor"]),
     })
+    if spec["database"].get("caSecret"):
+        data["DATABASE_CA_FILE"] = DATABASE_CA_FILE
     return dict(sorted(data.items()))
 
 
@@ -141,6 +153,11 @@ def config_hash(worker: str, env: list[dict[str, Any]], data: Mapping[str, str])
     values = {key: data[key] for key in config_keys(worker, data)}
     doc = json.dumps({"config": values, "env": env}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def database_ca(worker: str, spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """spec.database.caSecret when `worker` connects to PostgreSQL and the spec sets one."""
+    return spec["database"].get("caSecret") if worker in DATABASE_WORKERS else None
 
 
 def _image(spec: Mapping[str, Any], worker: str) -> str:
@@ -193,6 +210,9 @@ def container(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if database_ca(worker, spec):
+        out["volumeMounts"].append(
+            {"name": DATABASE_CA_VOLUME, "mountPath": DATABASE_CA_DIR, "readOnly": True})
     if worker != "train":
         # Startup allows a minute (inference loads its model first); then liveness is strict.
         out["startupProbe"] = _http_probe("/healthz", 2, 30)
@@ -221,6 +241,10 @@ def pod_spec(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
         # The root filesystem is read-only; libraries still want a scratch directory.
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
     }
+    ca = database_ca(worker, spec)
+    if ca:
+        pod["volumes"].append({"name": DATABASE_CA_VOLUME, "secret": {
+            "secretName": ca["name"], "items": [{"key": ca["key"], "path": "ca.crt"}]}})
     if spec.get("imagePullSecrets"):
         pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
     return pod

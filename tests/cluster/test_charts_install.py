@@ -144,8 +144,9 @@ def test_operator_crd_is_installed_and_the_example_pipeline_admitted(
     spec = pipeline["spec"]
     assert spec["kafka"]["bootstrapServers"] == f"energy-kafka.{release.namespace}.svc:9092"
     assert spec["mqtt"]["host"] == f"energy-hivemq.{release.namespace}.svc"
-    assert spec["database"]["urlSecret"] == {"name": "energy-postgres", "key": "DATABASE_URL"}
-    url = release.secret("energy-postgres")["DATABASE_URL"]
+    assert spec["database"]["urlSecret"] == {"name": "energy-postgres-app",
+                                             "key": "DATABASE_URL"}
+    url = release.secret("energy-postgres-app")["DATABASE_URL"]
     assert url.startswith("postgresql://energy:") and url.endswith(
         f"@energy-postgres.{release.namespace}.svc:5432/energy"
     )
@@ -237,14 +238,16 @@ def test_kafka_pods_get_node_ids_1_to_3(release: Release, tmp_path: Path) -> Non
 
 def test_upgrade_keeps_generated_passwords_and_cluster_id(release: Release) -> None:
     before = {
-        "postgres": release.secret("energy-postgres"),
+        **{role: release.secret(f"energy-postgres-{role}")
+           for role in ("superuser", "app", "reader")},
         "grafana": release.secret("energy-grafana-admin"),
         "kafka": release.core.read_namespaced_config_map(
             "energy-kafka-cluster-id", release.namespace).data,
     }
     release.upgrade()
     after = {
-        "postgres": release.secret("energy-postgres"),
+        **{role: release.secret(f"energy-postgres-{role}")
+           for role in ("superuser", "app", "reader")},
         "grafana": release.secret("energy-grafana-admin"),
         "kafka": release.core.read_namespaced_config_map(
             "energy-kafka-cluster-id", release.namespace).data,

@@ -64,6 +64,13 @@ while True:
 """
 
 
+def app_secret_name(postgres: Manifests) -> str:
+    """The postgres chart's Secret of the application role (one Secret per role)."""
+    (name,) = [s["metadata"]["name"] for s in postgres.of_kind("Secret")
+               if s["metadata"]["labels"].get("energy.pipeline.dev/database-role") == "app"]
+    return name
+
+
 def pipeline_spec(
     kafka: Workload, postgres: Manifests, hivemq: Workload, image: str
 ) -> dict[str, Any]:
@@ -85,7 +92,7 @@ def pipeline_spec(
         },
         "database": {
             "urlSecret": {
-                "name": postgres.find("Secret")["metadata"]["name"],
+                "name": app_secret_name(postgres),
                 "key": "DATABASE_URL",
             },
         },
@@ -124,7 +131,7 @@ def test_the_worker_image_stores_every_reading_through_the_charts_pods(
     operator = Manifests(tuple(render_children(PIPELINE, kafka.namespace, spec)))
     children = operator + postgres  # the Secret the pipeline's spec names
     config = operator.config_map(f"{PIPELINE}-config")
-    secret = postgres.secret()
+    secret = postgres.secret(app_secret_name(postgres))
     workers = {worker: children.workload(f"{PIPELINE}-{worker}") for worker in WORKERS}
     assert [workload.replicas for workload in workers.values()] == [1, 1, 1]
     # The names a cluster resolves, and the application role's URL, not the superuser's.

@@ -58,8 +58,11 @@ class Chart:
     def configmap(self) -> dict[str, Any]:
         return self.manifests.find("ConfigMap")
 
-    def secret_value(self, key: str) -> str:
-        return self.manifests.secret()[key]
+    def secret_value(self, role: str, key: str) -> str:
+        """`key` of the Secret of `role` (superuser, app, reader): one Secret per role."""
+        (name,) = [s["metadata"]["name"] for s in self.manifests.of_kind("Secret")
+                   if s["metadata"]["labels"].get("energy.pipeline.dev/database-role") == role]
+        return self.manifests.secret(name)[key]
 
     @property
     def env(self) -> dict[str, str]:
@@ -157,9 +160,9 @@ def roles(chart: Chart) -> dict[str, tuple[str, str]]:
     """admin / app / reader -> (role, password from the rendered Secret)."""
     env = chart.env
     return {
-        "admin": (env["POSTGRES_USER"], chart.secret_value("postgres-password")),
-        "app": (env["APP_USER"], chart.secret_value("password")),
-        "reader": (env["READER_USER"], chart.secret_value("reader-password")),
+        "admin": (env["POSTGRES_USER"], chart.secret_value("superuser", "password")),
+        "app": (env["APP_USER"], chart.secret_value("app", "password")),
+        "reader": (env["READER_USER"], chart.secret_value("reader", "password")),
     }
 
 
@@ -202,8 +205,8 @@ def test_each_role_logs_in_with_its_secret_password_and_only_with_it(
         with wrong, pod.connect(user, password + "x"):
             pass
     # The Secret's URLs hold the same credentials (pointed at the published port here).
-    for key, role in (("DATABASE_URL", "app"), ("READER_DATABASE_URL", "reader")):
-        url = urlsplit(chart.secret_value(key))
+    for role in ("app", "reader"):
+        url = urlsplit(chart.secret_value(role, "DATABASE_URL"))
         assert url.port == chart.port
         here = f"{url.username}:{url.password}@127.0.0.1:{pod.port}"
         local = urlunsplit(url._replace(netloc=here))

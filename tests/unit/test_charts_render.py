@@ -180,7 +180,7 @@ def test_no_secret_value_outside_its_secret(
     for secret in secrets:
         for key, encoded in secret.get("data", {}).items():
             value = base64.b64decode(encoded).decode()
-            if key in {"admin-user", "client-username"}:
+            if key in {"admin-user", "client-username", "username"}:
                 continue  # names, not secrets
             values.add(value)
             # Passwords in URLs: the password itself must not leak either.
@@ -205,7 +205,9 @@ def test_generated_passwords_differ_between_renders(helm: Path, platform_chart: 
          if d["kind"] == "Secret"}
         for _ in range(2)
     )
-    assert first["energy-postgres"]["password"] != second["energy-postgres"]["password"]
+    for role in ("superuser", "app", "reader"):
+        name = f"energy-postgres-{role}"
+        assert first[name]["password"] != second[name]["password"]
     assert first["energy-grafana-admin"]["admin-password"] != (
         second["energy-grafana-admin"]["admin-password"]
     )
@@ -279,14 +281,18 @@ def test_postgres(
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].startswith("postgres:")
     assert "pg_isready" in " ".join(container["readinessProbe"]["exec"]["command"])
-    secret = by_kind(production_docs, "Secret")["energy-postgres"]
-    # Kept by `helm uninstall` when the data outlives the release (persistence on).
-    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    for role in ("superuser", "app", "reader"):
+        # Kept by `helm uninstall` when the data outlives the release (persistence on).
+        annotations = by_kind(production_docs, "Secret")[f"energy-postgres-{role}"][
+            "metadata"]["annotations"]
+        assert annotations["helm.sh/resource-policy"] == "keep"
+    secret = by_kind(production_docs, "Secret")["energy-postgres-app"]
     url = base64.b64decode(secret["data"]["DATABASE_URL"]).decode()
     password = base64.b64decode(secret["data"]["password"]).decode()
     assert url == f"postgresql://energy:{password}@energy-postgres.energy.svc:5432/energy"
     example = by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]
-    assert example["database"]["urlSecret"] == {"name": "energy-postgres", "key": "DATABASE_URL"}
+    assert example["database"]["urlSecret"] == {
+        "name": "energy-postgres-app", "key": "DATABASE_URL"}
 
 
 def test_hivemq(default_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]]) -> None:
@@ -344,7 +350,7 @@ def test_grafana_datasource_credentials_come_from_the_secret(
     deploy = by_kind(default_docs, "Deployment")["energy-grafana"]
     env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["ENERGY_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "energy-postgres", "key": "reader-password",
+        "name": "energy-postgres-reader", "key": "password",
     }
     assert env["GF_SECURITY_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == (
         "energy-grafana-admin"
@@ -465,12 +471,12 @@ def test_example_api_connects_as_the_read_only_role(api_docs: list[dict[str, Any
     spec = by_kind(api_docs, "EnergyPipeline")["energy"]["spec"]
     assert spec["api"] == {
         "enabled": True, "replicas": 1,
-        "databaseUrlSecret": {"name": "energy-postgres", "key": "READER_DATABASE_URL"},
+        "databaseUrlSecret": {"name": "energy-postgres-reader", "key": "DATABASE_URL"},
     }
     assert set(spec["api"]) <= set(crd.spec_schema()["properties"]["api"]["properties"])
-    secret = by_kind(api_docs, "Secret")["energy-postgres"]["data"]
-    reader = base64.b64decode(secret["reader-password"]).decode()
-    assert base64.b64decode(secret["READER_DATABASE_URL"]).decode() == (
+    secret = by_kind(api_docs, "Secret")["energy-postgres-reader"]["data"]
+    reader = base64.b64decode(secret["password"]).decode()
+    assert base64.b64decode(secret["DATABASE_URL"]).decode() == (
         f"postgresql://grafana_reader:{reader}@energy-postgres.energy.svc:5432/energy"
     )
 

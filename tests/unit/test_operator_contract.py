@@ -21,7 +21,7 @@ SPEC = {
     "mqtt": {"host": "m", "credentialsSecret": {"name": "mqtt"}},
     "kafka": {"bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL",
               "sasl": {"credentialsSecret": {"name": "kafka"}}},
-    "database": {"urlSecret": {"name": "db"}},
+    "database": {"urlSecret": {"name": "db"}, "caSecret": {"name": "db-tls"}},
     "api": {"enabled": True},
 }
 

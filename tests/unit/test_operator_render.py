@@ -389,3 +389,47 @@ def test_api_settings_roll_only_the_api() -> None:
     # Enabling the API changes nothing for the other workers either.
     assert {k: v for k, v in before.items() if k != "demo-api"} == hashes(SPEC)
     assert hashes(with_changes(api={"enabled": True, "replicas": 3})) == before
+
+
+def test_database_ca_is_mounted_where_database_ca_file_points_in_every_database_worker() -> None:
+    spec = with_changes(database={"caSecret": {"name": "energy-postgres-tls"}},
+                        api={"enabled": True})
+    objs = children(spec)
+    assert objs[("ConfigMap", "demo-config")]["data"]["DATABASE_CA_FILE"] == (
+        "/etc/energy-pipeline/database-ca/ca.crt")
+    for worker in ("ingest", "inference", "train", "api"):
+        c = container(objs, worker)
+        env = {e["name"]: e for e in c["env"]}
+        assert env["DATABASE_CA_FILE"]["valueFrom"] == {"configMapKeyRef": {
+            "name": "demo-config", "key": "DATABASE_CA_FILE"}}, worker
+        assert {"name": "database-ca", "mountPath": "/etc/energy-pipeline/database-ca",
+                "readOnly": True} in c["volumeMounts"], worker
+        pod = (objs[("CronJob", "demo-train")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+               if worker == "train" else
+               objs[("Deployment", f"demo-{worker}")]["spec"]["template"]["spec"])
+        # Only the CA of the Secret (it may hold the server's key too), at a fixed name.
+        assert {"name": "database-ca", "secret": {
+            "secretName": "energy-postgres-tls",
+            "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in pod["volumes"], worker
+    # The bridge never connects to PostgreSQL.
+    bridge = container(objs, "bridge")
+    assert "DATABASE_CA_FILE" not in env_names(bridge)
+    assert [m["name"] for m in bridge["volumeMounts"]] == ["tmp"]
+    # The first-training Job is the CronJob's template, CA included.
+    job = render.first_training_job("demo", "energy", spec)
+    assert "DATABASE_CA_FILE" in env_names(job["spec"]["template"]["spec"]["containers"][0])
+    # A CA newly referenced rolls the database workers, not the bridge.
+    before, after = children(), objs
+    for worker, rolled in (("bridge", False), ("ingest", True), ("inference", True)):
+        hashes = [o[("Deployment", f"demo-{worker}")]["spec"]["template"]["metadata"][
+            "annotations"][CONFIG_HASH_ANNOTATION] for o in (before, after)]
+        assert (hashes[0] != hashes[1]) is rolled, worker
+
+
+def test_without_a_database_ca_nothing_is_mounted() -> None:
+    objs = children()
+    assert "DATABASE_CA_FILE" not in objs[("ConfigMap", "demo-config")]["data"]
+    for worker in ("ingest", "inference", "train"):
+        c = container(objs, worker)
+        assert "DATABASE_CA_FILE" not in env_names(c)
+        assert [m["name"] for m in c["volumeMounts"]] == ["tmp"]

@@ -37,6 +37,17 @@ app.kubernetes.io/part-of: energy-pipeline
 {{- required "database.existingSecret is required (the Secret holding the reader password)" (tpl .Values.database.existingSecret .) -}}
 {{- end -}}
 
+{{/* "true" when the datasource verifies the server's certificate (needs the CA mounted). */}}
+{{- define "grafana.databaseVerifies" -}}
+{{- if has .Values.database.sslmode (list "verify-ca" "verify-full") }}true{{ end -}}
+{{- end -}}
+
+{{- define "grafana.databaseCaSecret" -}}
+{{- required "database.caSecret is required with sslmode verify-ca or verify-full (the Secret holding the CA certificate)" (tpl .Values.database.caSecret .) -}}
+{{- end -}}
+
+{{- define "grafana.databaseCaFile" -}}/etc/grafana/database-ca/ca.crt{{- end -}}
+
 {{- define "grafana.databaseHost" -}}
 {{- required "database.host is required" (tpl .Values.database.host .) -}}
 {{- end -}}

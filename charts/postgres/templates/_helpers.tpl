@@ -29,6 +29,17 @@ app.kubernetes.io/component: database
 app.kubernetes.io/part-of: energy-pipeline
 {{- end -}}
 
+{{/* The Secret of one role: include "postgres.secretName" (list . "app"). */}}
 {{- define "postgres.secretName" -}}
-{{- default (include "postgres.fullname" .) .Values.auth.existingSecret -}}
+{{- $root := index . 0 -}}
+{{- $role := index . 1 -}}
+{{- default (printf "%s-%s" (include "postgres.fullname" $root) $role) (get $root.Values.auth.existingSecrets $role) -}}
 {{- end -}}
+
+{{- define "postgres.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "postgres.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{/* Where the server finds its certificate and its pg_hba.conf with tls.enabled. */}}
+{{- define "postgres.tlsDir" -}}/etc/postgresql/tls{{- end -}}
+{{- define "postgres.hbaFile" -}}/etc/postgresql/hba/pg_hba.conf{{- end -}}

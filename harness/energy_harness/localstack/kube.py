@@ -185,28 +185,40 @@ def render_openssl_cert_argv(openssl: str, pki: Path, spec: CertSpec, days: int 
     return argv
 
 
-def generate_pki(pki: Path) -> None:
-    """CA, leaf certificates and the service-account signing key pair, once per directory."""
+def issue_certificates(
+    pki: Path, ca_names: Sequence[str], specs: Sequence[CertSpec],
+    extra: Sequence[Sequence[str]] = (),
+) -> None:
+    """`<name>.crt`/`<name>.key` in `pki` for each CA, then each leaf signed by its issuer,
+    with the `openssl` CLI; once per directory. The control plane's PKI (`generate_pki`), and
+    any service's test CA and server certificate (e.g. PostgreSQL's TLS mode). `extra`:
+    further openssl commands (their first element is replaced by the openssl path)."""
     if (pki / ".complete").exists():
         return
     openssl = require("openssl")
     pki.mkdir(parents=True, exist_ok=True)
     pki.chmod(0o700)
     (pki / "openssl.cnf").write_text(_OPENSSL_CONFIG)
-    commands = [render_openssl_ca_argv(openssl, pki, name) for name in CA_NAMES]
-    commands += [render_openssl_cert_argv(openssl, pki, spec) for spec in render_cert_specs()]
-    # ES256 service-account tokens: the apiserver signs with the private key, verifies with
-    # the public one; the controller-manager signs legacy token Secrets with the same key.
-    commands += [
-        [openssl, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-out", str(pki / "sa.key")],
-        [openssl, "pkey", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub")],
-    ]
+    commands = [render_openssl_ca_argv(openssl, pki, name) for name in ca_names]
+    commands += [render_openssl_cert_argv(openssl, pki, spec) for spec in specs]
+    commands += [[openssl, *argv[1:]] for argv in extra]
     for argv in commands:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
             raise ServiceError(f"openssl failed: {' '.join(argv)}\n{result.stderr[-2000:]}")
     (pki / ".complete").write_text("ok\n")
+
+
+def generate_pki(pki: Path) -> None:
+    """CA, leaf certificates and the service-account signing key pair, once per directory."""
+    # ES256 service-account tokens: the apiserver signs with the private key, verifies with
+    # the public one; the controller-manager signs legacy token Secrets with the same key.
+    sa_key = [
+        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-out", str(pki / "sa.key")],
+        ["openssl", "pkey", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub")],
+    ]
+    issue_certificates(pki, CA_NAMES, render_cert_specs(), extra=sa_key)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,13 @@
-"""A real PostgreSQL server from the Debian install, in its own data directory."""
+"""A real PostgreSQL server from the Debian install, in its own data directory.
+
+TLS by default, as the chart runs it: a test CA and a server certificate for 127.0.0.1 and
+localhost (made with `openssl` in `<base_dir>/tls`, never committed), ssl=on, and a pg_hba.conf
+of our own that admits TCP clients through `hostssl` lines only, so an unencrypted connection
+is refused ("no pg_hba.conf entry ... no encryption"); the local socket stays `peer`.
+Clients that say nothing get TLS anyway (libpq's sslmode=prefer); `verify_dsn` verifies the
+server against `ca_file` as the workers do with DATABASE_CA_FILE. `tls=False`: the plain
+server of before, for showing what a client does against a server without TLS.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from energy_harness.localstack.install import require
+from energy_harness.localstack.kube import CertSpec, issue_certificates
 from energy_harness.localstack.process import (
     ManagedProcess,
     ServiceError,
@@ -39,11 +49,41 @@ def render_server_args(
     return args
 
 
+# Every TCP connection must be encrypted; password (SCRAM) on top. No `host` lines.
+HBA_TLS_ONLY = """\
+# TYPE   DATABASE  USER  ADDRESS       METHOD
+local    all       all                 peer
+hostssl  all       all   127.0.0.1/32  scram-sha-256
+hostssl  all       all   ::1/128       scram-sha-256
+"""
+# The server certificate: the names clients connect by (verify-full checks them).
+SERVER_CERT = CertSpec(
+    name="server", common_name="127.0.0.1", dns_names=("localhost",), ips=("127.0.0.1",),
+    server=True,
+)
+
+
 def dsn(port: int, password: str, database: str, user: str = SUPERUSER) -> str:
     return (
         f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
         f"@127.0.0.1:{port}/{quote(database, safe='')}"
     )
+
+
+def other_ca(directory: Path) -> Path:
+    """A CA of its own in `directory` (a stranger to the server's: for wrong-CA tests)."""
+    issue_certificates(directory, ("ca",), ())
+    return directory / "ca.crt"
+
+
+def render_tls_settings(tls_dir: Path, hba_file: Path) -> dict[str, str]:
+    return {
+        "ssl": "on",
+        "ssl_cert_file": str(tls_dir / "server.crt"),
+        "ssl_key_file": str(tls_dir / "server.key"),
+        "ssl_min_protocol_version": "TLSv1.2",
+        "hba_file": str(hba_file),
+    }
 
 
 @dataclass
@@ -56,6 +96,7 @@ class PostgresServer:
     base_dir: Path
     database: str = "energy"
     fast: bool = False
+    tls: bool = True
     settings: Mapping[str, str] = field(default_factory=dict)
     start_timeout: float = 60.0
     port: int = field(default_factory=free_port)
@@ -74,6 +115,20 @@ class PostgresServer:
     def admin_dsn(self) -> str:
         return dsn(self.port, self.password, "postgres")
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.base_dir / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The test CA that signed the server's certificate (DATABASE_CA_FILE of the workers)."""
+        return self.tls_dir / "ca.crt"
+
+    def verify_dsn(self, database: str | None = None) -> str:
+        """A URL that verifies the server as the workers do (sslmode=verify-full)."""
+        url = dsn(self.port, self.password, database or self.database)
+        return f"{url}?sslmode=verify-full&sslrootcert={quote(str(self.ca_file), safe='/')}"
+
     def start(self) -> None:
         postgres = require("postgres")
         run_as = user_for_service("postgres")
@@ -83,8 +138,21 @@ class PostgresServer:
             self._initdb(run_as)
         socket_dir = self.base_dir / "socket"
         socket_dir.mkdir(exist_ok=True)
+        tls: dict[str, str] = {}
+        if self.tls:
+            issue_certificates(self.tls_dir, ("ca",), (SERVER_CERT,))
+            hba = self.base_dir / "pg_hba.conf"
+            hba.write_text(HBA_TLS_ONLY)
+            tls = render_tls_settings(self.tls_dir, hba)
         chown_tree(self.base_dir, run_as)
-        settings = {**(FAST_SETTINGS if self.fast else {}), **self.settings}
+        if self.tls:
+            # The server refuses a key file others may read; clients need the CA (and the
+            # directory) readable, also when the server runs as another user.
+            (self.tls_dir / "server.key").chmod(0o600)
+            (self.tls_dir / "ca.key").chmod(0o600)
+            self.tls_dir.chmod(0o755)
+            self.ca_file.chmod(0o644)
+        settings = {**(FAST_SETTINGS if self.fast else {}), **tls, **self.settings}
         self.process = ManagedProcess(
             name="postgres",
             argv=[postgres, *render_server_args(self.data_dir, self.port, socket_dir, settings)],
@@ -133,6 +201,8 @@ class PostgresServer:
         return psycopg2.connect(
             host="127.0.0.1", port=self.port, user=SUPERUSER, password=self.password,
             dbname=database, connect_timeout=3,
+            # The harness checks its own server as strictly as the workers would.
+            **({"sslmode": "verify-full", "sslrootcert": str(self.ca_file)} if self.tls else {}),
         )
 
     def _accepts_queries(self) -> bool:

@@ -53,6 +53,8 @@ class LocalStack:
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
             "DATABASE_URL": self.postgres.dsn,
+            # The server's test CA: the workers verify it (sslmode=verify-full), as in a cluster.
+            **({"DATABASE_CA_FILE": str(self.postgres.ca_file)} if self.postgres.tls else {}),
             "MQTT_HOST": self.mqtt.host,
             "MQTT_PORT": str(self.mqtt.port),
         }

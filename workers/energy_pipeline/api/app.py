@@ -106,7 +106,7 @@ class ApiState:
         self.openapi = json.dumps(document, indent=1).encode()
         self.readiness = Readiness("api").add("database")
         check = DatabaseCheck(
-            self.settings.database_url,
+            self.settings.database_dsn(),
             application_name=worker_name("api-ready", self.settings.pipeline_name),
             query=self._check_schema,
         )

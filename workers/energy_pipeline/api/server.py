@@ -33,7 +33,7 @@ SHUTDOWN_TIMEOUT_S = 15.0
 
 async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
     pool = ConnectionPool(
-        settings.database_url, settings.api_db_pool_size, settings.api_statement_timeout_ms,
+        settings.database_dsn(), settings.api_db_pool_size, settings.api_statement_timeout_ms,
         application_name=worker_name("api", settings.pipeline_name),
     )
     state = ApiState(settings, pool)

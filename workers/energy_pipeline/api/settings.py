@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from energy_pipeline.core.settings import CommonSettings, SettingsError, env, http_port_field
+from energy_pipeline.core.settings import (
+    CommonSettings,
+    SettingsError,
+    env,
+    http_port_field,
+)
+from energy_pipeline.db.connect import DatabaseSettings
 
 
 @dataclass(frozen=True)
@@ -14,11 +20,8 @@ class PageSizes:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ApiSettings(CommonSettings):
+class ApiSettings(CommonSettings, DatabaseSettings):
     http_port: int = http_port_field(9104)
-    database_url: str = env(
-        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
-    )
     api_port: int = env(
         "API_PORT", 8000,
         doc="port of the read API (`/api/v1/...`, also `/healthz`, `/readyz`, `/metrics`)",

@@ -19,16 +19,15 @@ from energy_pipeline.core.settings import (
     load,
 )
 from energy_pipeline.dataplane.topics import TopicSpec, create_topic
+from energy_pipeline.db.connect import DatabaseSettings
 from energy_pipeline.db.migrate import migrate
 
 log = logging.getLogger("energy_pipeline.admin")
 
 
 @dataclass(frozen=True, kw_only=True)
-class MigrateSettings(CommonSettings):
-    database_url: str = env(
-        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
-    )
+class MigrateSettings(CommonSettings, DatabaseSettings):
+    """DATABASE_URL and DATABASE_CA_FILE (DatabaseSettings), nothing else."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +40,7 @@ class TopicSettings(CommonSettings, KafkaSettings):
 
 def _migrate(args: argparse.Namespace) -> int:
     settings = load(MigrateSettings)
-    version = migrate(settings.database_url)
+    version = migrate(settings.database_dsn())
     print(json.dumps({"schema_version": version}))
     return 0
 

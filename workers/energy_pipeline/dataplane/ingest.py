@@ -47,7 +47,7 @@ from energy_pipeline.core.settings import (
 from energy_pipeline.core.validation import Rejection
 from energy_pipeline.core.validation_fast import parse_kafka_values
 from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
-from energy_pipeline.db.connect import LazyConnection, worker_name
+from energy_pipeline.db.connect import DatabaseSettings, LazyConnection, worker_name
 from energy_pipeline.db.probe import DatabaseCheck
 from energy_pipeline.db.writer import PreparedBatch, WriteResult, prepare, write_prepared
 
@@ -55,11 +55,10 @@ log = logging.getLogger("energy_pipeline.dataplane.ingest")
 
 
 @dataclass(frozen=True, kw_only=True)
-class IngestSettings(CommonSettings, KafkaSettings, ValidationSettings, ForecastSettings):
+class IngestSettings(
+    CommonSettings, KafkaSettings, ValidationSettings, ForecastSettings, DatabaseSettings
+):
     http_port: int = http_port_field(9102)
-    database_url: str = env(
-        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
-    )
     kafka_consumer_group: str = env("KAFKA_CONSUMER_GROUP", "ingest", doc="consumer group id")
     ingest_batch_size: int = env(
         "INGEST_BATCH_SIZE", 20_000, doc="most records written per transaction", minimum=1
@@ -166,7 +165,7 @@ class Ingest:
         self.heartbeat = Heartbeat(stale_after=120)
         self.stopping = threading.Event()
         self.db = LazyConnection(
-            settings.database_url, application_name=worker_name("ingest", settings.pipeline_name)
+            settings.database_dsn(), application_name=worker_name("ingest", settings.pipeline_name)
         )
         # Ready while Kafka and PostgreSQL both answered recently: each is checked on a thread
         # of its own, and the consume loop and the writer report what they see.
@@ -182,7 +181,7 @@ class Ingest:
                     [*self.topics, self.deadletter],
                 ),
                 "database": DatabaseCheck(
-                    settings.database_url,
+                    settings.database_dsn(),
                     application_name=worker_name("ingest-ready", settings.pipeline_name),
                 ),
             },
@@ -472,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.inference_target:
         forecasts = ForecastScheduler(
             settings,
-            settings.database_url,
+            settings.database_dsn(),
             application_name=worker_name("ingest-forecasts", settings.pipeline_name),
         )
     ingest = Ingest(settings, forecasts=forecasts)

@@ -9,7 +9,13 @@ Every connection:
   noticed in about 25 s instead of the kernel's default of two hours: the worker sees a dead
   server, and the server ends a dead worker's idle session, releasing the locks it held
   (hourly rows, claimed backlog rows) for the other workers;
-- optionally carries a statement_timeout and default read-only transactions.
+- optionally carries a statement_timeout and default read-only transactions;
+- with a CA (DATABASE_CA_FILE, `with_ca`) is encrypted and verified: sslmode=verify-full, so
+  the server must present a certificate chaining to that CA and naming the host connected to.
+
+A connection that cannot be opened is one line naming its cause and what to do
+(`unreachable`): a refused port, a wrong password, a certificate the CA did not sign, a server
+without TLS, a server that refuses unencrypted connections.
 
 Server settings go in the startup packet (libpq `options`), so they hold from the first
 statement, cost no extra round trip, and show in `SHOW` like any session setting.
@@ -19,11 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
+from urllib.parse import quote
 
 import psycopg2
 import psycopg2.extensions
 
 from energy_pipeline.core.errors import CommandError, one_line, redact
+from energy_pipeline.core.settings import env
 
 Connection = psycopg2.extensions.connection
 
@@ -79,6 +88,44 @@ def dsn(
     )
 
 
+def with_ca(url: str, ca_file: str) -> str:
+    """`url` verifying the server against `ca_file`: sslmode=verify-full (encrypted; the
+    server's certificate chains to that CA and names the host connected to) and
+    sslrootcert=`ca_file`. What the URL says itself wins (an sslmode or sslrootcert of its
+    own is kept); no CA file: `url` as it is, with libpq's defaults (sslmode=prefer)."""
+    if not ca_file:
+        return url
+    given = psycopg2.extensions.parse_dsn(url)
+    extra = {k: v for k, v in (("sslmode", "verify-full"), ("sslrootcert", ca_file))
+             if k not in given}
+    if not extra:
+        return url
+    if "://" in url:  # a URI stays one, so that messages show it as the user wrote it
+        separator = "&" if "?" in url else "?"
+        return url + separator + "&".join(f"{k}={quote(v, safe='/')}" for k, v in extra.items())
+    return psycopg2.extensions.make_dsn(url, **extra)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseSettings:
+    """The settings of every worker that connects to PostgreSQL (a base of its settings
+    class, as core.settings.KafkaSettings is for Kafka)."""
+
+    database_url: str = env(
+        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
+    )
+    database_ca_file: str = env(
+        "DATABASE_CA_FILE", "",
+        doc="PEM file of the CA that signed the PostgreSQL server's certificate: connections "
+        "are then encrypted and verified (sslmode=verify-full) unless DATABASE_URL sets its "
+        "own sslmode; empty: libpq's default (sslmode=prefer, no verification)",
+    )
+
+    def database_dsn(self) -> str:
+        """DATABASE_URL with DATABASE_CA_FILE applied: what every connection of the worker uses."""
+        return with_ca(self.database_url, self.database_ca_file)
+
+
 class DatabaseUnreachable(CommandError, psycopg2.OperationalError):
     """A connection that could not be opened: a CommandError (one line naming DATABASE_URL,
     password redacted, for `energy-pipeline`) that is still the OperationalError the workers'
@@ -95,14 +142,35 @@ def address(url: str) -> str:
     return f"{host}:{parts.get('port') or 5432}"
 
 
+# libpq's words for a failure (in its first line) -> what to do about it. The TLS ones first:
+# they say why a server that is up still cannot be used.
+_FIXES = (
+    ("certificate verify failed",
+     "set DATABASE_CA_FILE to the CA that signed the server's certificate"),
+    ("does not match host name",
+     "connect by a name the server's certificate holds (its subjectAltName), or have it "
+     "reissued for this one"),
+    ("root certificate file",
+     "set DATABASE_CA_FILE to a readable PEM file with the CA certificate"),
+    ("server does not support SSL",
+     "turn TLS on in the server (ssl=on), or name a server that has it"),
+    ("no encryption",
+     "the server accepts TLS connections only: set DATABASE_CA_FILE (sslmode=verify-full)"),
+    ("password authentication failed",
+     "set DATABASE_URL with the role's current password"),
+)
+_DEFAULT_FIX = "start the server or set DATABASE_URL to a reachable one"
+
+
 def unreachable(url: str, exc: psycopg2.OperationalError) -> DatabaseUnreachable:
     # libpq says 'connection to server at "h" (addr), port p failed: <reason>' and then a hint
     # on a line of its own: the address is named once, by us.
     first = (str(exc).strip().splitlines() or [""])[0]
     reason = one_line(first.split(" failed: ", 1)[-1])
+    fix = next((fix for words, fix in _FIXES if words in reason), _DEFAULT_FIX)
     return DatabaseUnreachable(
         f"cannot connect to PostgreSQL at {address(url)} (DATABASE_URL={redact(url)}): {reason}",
-        fix="start the server or set DATABASE_URL to a reachable one",
+        fix=fix,
     )
 
 

@@ -37,7 +37,7 @@ from energy_pipeline.core.settings import (
     environment_help,
     load,
 )
-from energy_pipeline.db.connect import connect, worker_name
+from energy_pipeline.db.connect import DatabaseSettings, connect, worker_name
 from energy_pipeline.forecasting.backtest import BacktestConfig, origins, run_backtest
 from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour
 from energy_pipeline.forecasting.hourly_db import all_sites, read_site_rows
@@ -51,10 +51,7 @@ log = logging.getLogger("energy_pipeline.train")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainSettings(CommonSettings):
-    database_url: str = env(
-        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
-    )
+class TrainSettings(CommonSettings, DatabaseSettings):
     train_history_days: int = env(
         "TRAIN_HISTORY_DAYS", 90, doc="days of hourly_features a model is trained on", minimum=1
     )
@@ -205,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     settings.model_params()  # a bad TRAIN_MODEL_PARAMS fails here, before connecting
     configure_logging("train", settings.pipeline_name, settings.log_level)
     conn = connect(
-        settings.database_url,
+        settings.database_dsn(),
         application_name=worker_name("train", settings.pipeline_name),
         connect_timeout_s=10,  # a one-shot job with no retry loop: a little more patience
     )

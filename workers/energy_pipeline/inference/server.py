@@ -56,7 +56,7 @@ from energy_pipeline.core.settings import (
     http_port_field,
     load,
 )
-from energy_pipeline.db.connect import worker_name
+from energy_pipeline.db.connect import DatabaseSettings, worker_name
 from energy_pipeline.forecasting.rows import MAX_HORIZON
 from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.convert import (
@@ -100,11 +100,8 @@ MODEL_AGE = Gauge(
 
 
 @dataclass(frozen=True, kw_only=True)
-class InferenceSettings(CommonSettings):
+class InferenceSettings(CommonSettings, DatabaseSettings):
     http_port: int = http_port_field(9103)
-    database_url: str = env(
-        "DATABASE_URL", doc="PostgreSQL DSN, `postgresql://user:pass@host/db`"
-    )
     grpc_port: int = env("GRPC_PORT", 50051, doc="port of the Forecaster gRPC service", minimum=0)
     model_refresh_s: float = env(
         "MODEL_REFRESH_S", 30.0,
@@ -224,7 +221,7 @@ class InferenceServer:
     def __init__(self, settings: InferenceSettings) -> None:
         self.settings = settings
         self.store = ModelStore(
-            settings.database_url,
+            settings.database_dsn(),
             application_name=worker_name("inference", settings.pipeline_name),
         )
         self.health = health.HealthServicer(

@@ -1,0 +1,197 @@
+"""charts/postgres with TLS and one Secret per role, and everything that connects to it
+(Grafana's datasource, the umbrella's EnergyPipeline), as `helm template` renders them.
+
+Marked `cluster` like test_charts_render (the helm binary comes from the cached Kubernetes
+tools build; no API server is started here).
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from unit.test_charts_render import (  # noqa: F401 - its fixtures and helpers
+    by_kind,
+    default_docs,
+    grafana_provisioning,
+    helm,
+    platform_chart,
+    render,
+)
+
+pytestmark = pytest.mark.cluster
+
+TLS_VALUES = {
+    "postgres": {"tls": {"enabled": True}},
+    "grafana": {"database": {"sslmode": "verify-full"}},
+}
+
+
+@pytest.fixture(scope="module")
+def tls_docs(helm: Path, platform_chart: Path,  # noqa: F811
+             tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return render(helm, platform_chart, TLS_VALUES, tmp_path_factory.mktemp("tls"))
+
+
+def template_error(helm: Path, chart: Path, values: dict[str, Any], tmp: Path) -> str:  # noqa: F811
+    path = tmp / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = subprocess.run([str(helm), "template", "energy", str(chart), "--namespace", "energy",
+                           "--values", str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, "rendered, but should have been refused"
+    return done.stderr
+
+
+def postgres_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    sts = by_kind(docs, "StatefulSet")["energy-postgres"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def server_args(docs: list[dict[str, Any]]) -> dict[str, str]:
+    args = postgres_container(docs)["args"]
+    assert args[::2] == ["-c"] * (len(args) // 2)
+    return dict(a.split("=", 1) for a in args[1::2])
+
+
+def secret_data(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode()
+            for k, v in by_kind(docs, "Secret")[name]["data"].items()}
+
+
+def test_one_secret_per_role_and_each_consumer_reads_its_own(
+    default_docs: list[dict[str, Any]],  # noqa: F811
+) -> None:
+    secrets = {name: secret_data(default_docs, name) for name in by_kind(default_docs, "Secret")
+               if name.startswith("energy-postgres")}
+    assert set(secrets) == {"energy-postgres-superuser", "energy-postgres-app",
+                            "energy-postgres-reader"}
+    superuser, app, reader = (secrets[f"energy-postgres-{r}"] for r in ("superuser", "app",
+                                                                        "reader"))
+    assert set(superuser) == {"username", "password"} and superuser["username"] == "postgres"
+    host = "energy-postgres.energy.svc:5432/energy"
+    assert app["DATABASE_URL"] == f"postgresql://energy:{app['password']}@{host}"
+    assert reader["DATABASE_URL"] == f"postgresql://grafana_reader:{reader['password']}@{host}"
+    assert len({superuser["password"], app["password"], reader["password"]}) == 3
+    # The server gets each role's password from that role's Secret.
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef")
+           for e in postgres_container(default_docs)["env"]}
+    assert (env["POSTGRES_PASSWORD"], env["APP_PASSWORD"], env["READER_PASSWORD"]) == (
+        {"name": "energy-postgres-superuser", "key": "password"},
+        {"name": "energy-postgres-app", "key": "password"},
+        {"name": "energy-postgres-reader", "key": "password"},
+    )
+    # Grafana: the reader's Secret only. The example pipeline: the app's.
+    grafana = by_kind(default_docs, "Deployment")["energy-grafana"]
+    genv = {e["name"]: e for e in grafana["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert genv["ENERGY_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "energy-postgres-reader", "key": "password"}
+    spec = by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]
+    assert spec["database"] == {"urlSecret": {"name": "energy-postgres-app",
+                                              "key": "DATABASE_URL"}}
+    # Nothing refers to the single Secret of before.
+    text = yaml.safe_dump_all(default_docs)
+    assert "name: energy-postgres\n" not in text.replace("name: energy-postgres\n  namespace", "")
+
+
+def test_tls_is_off_by_default(default_docs: list[dict[str, Any]]) -> None:  # noqa: F811
+    assert not {"ssl", "hba_file", "ssl_cert_file"} & set(server_args(default_docs))
+    assert "energy-postgres-hba" not in by_kind(default_docs, "ConfigMap")
+    assert grafana_provisioning(default_docs)["datasources"][0]["jsonData"]["sslmode"] == (
+        "disable")
+    assert "caSecret" not in by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]["database"]
+
+
+def test_tls_serves_the_secrets_certificate_and_admits_tcp_clients_only_over_it(
+    tls_docs: list[dict[str, Any]],
+) -> None:
+    args = server_args(tls_docs)
+    assert {k: args[k] for k in ("ssl", "ssl_cert_file", "ssl_key_file",
+                                 "ssl_min_protocol_version", "hba_file")} == {
+        "ssl": "on",
+        "ssl_cert_file": "/etc/postgresql/tls/tls.crt",
+        "ssl_key_file": "/etc/postgresql/tls/tls.key",
+        "ssl_min_protocol_version": "TLSv1.2",
+        "hba_file": "/etc/postgresql/hba/pg_hba.conf",
+    }
+    hba = by_kind(tls_docs, "ConfigMap")["energy-postgres-hba"]["data"]["pg_hba.conf"]
+    rules = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
+    # TCP only through hostssl, with a password; no `host` (plain or TLS) line at all.
+    assert rules == [["local", "all", "all", "trust"],
+                     ["hostssl", "all", "all", "all", "scram-sha-256"]]
+    sts = by_kind(tls_docs, "StatefulSet")["energy-postgres"]
+    pod = sts["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"] == {
+        "secretName": "energy-postgres-tls",
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+        "defaultMode": 0o640,
+    }
+    assert volumes["hba"]["configMap"] == {"name": "energy-postgres-hba"}
+    mounts = {m["name"]: m for m in postgres_container(tls_docs)["volumeMounts"]}
+    assert mounts["tls"] == {"name": "tls", "mountPath": "/etc/postgresql/tls", "readOnly": True}
+    assert mounts["hba"] == {"name": "hba", "mountPath": "/etc/postgresql/hba", "readOnly": True}
+    # A changed pg_hba.conf restarts the server, which reads it at start.
+    assert "checksum/hba" in sts["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_with_tls_grafana_and_the_pipeline_verify_the_server(
+    tls_docs: list[dict[str, Any]],
+) -> None:
+    source = grafana_provisioning(tls_docs)["datasources"][0]
+    assert {k: source["jsonData"][k] for k in ("sslmode", "tlsConfigurationMethod",
+                                               "sslRootCertFile")} == {
+        "sslmode": "verify-full", "tlsConfigurationMethod": "file-path",
+        "sslRootCertFile": "/etc/grafana/database-ca/ca.crt"}
+    # verify-full checks the datasource's host name against the certificate's names.
+    assert source["url"] == "energy-postgres:5432"
+    pod = by_kind(tls_docs, "Deployment")["energy-grafana"]["spec"]["template"]["spec"]
+    assert {"name": "database-ca", "secret": {
+        "secretName": "energy-postgres-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]},
+    } in pod["volumes"]
+    assert {"name": "database-ca", "mountPath": "/etc/grafana/database-ca", "readOnly": True} in (
+        pod["containers"][0]["volumeMounts"])
+    spec = by_kind(tls_docs, "EnergyPipeline")["energy"]["spec"]
+    assert spec["database"] == {
+        "urlSecret": {"name": "energy-postgres-app", "key": "DATABASE_URL"},
+        "caSecret": {"name": "energy-postgres-tls", "key": "ca.crt"},
+    }
+
+
+def test_tls_without_a_verifying_grafana_is_refused(
+    helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
+) -> None:
+    error = template_error(helm, platform_chart, {"postgres": {"tls": {"enabled": True}}},
+                           tmp_path)
+    assert ("postgres.tls.enabled admits TLS clients only: set grafana.database.sslmode to "
+            'verify-full (now "disable")') in error
+
+
+def test_the_single_secret_of_before_is_refused_with_what_replaces_it(
+    helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
+) -> None:
+    error = template_error(helm, platform_chart.parent / "postgres",
+                           {"auth": {"existingSecret": "mine"}}, tmp_path)
+    assert "auth.existingSecret (one Secret for all roles) is now auth.existingSecrets" in error
+
+
+def test_secrets_of_your_own_replace_the_generated_ones(
+    helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
+) -> None:
+    docs = render(helm, platform_chart.parent / "postgres", {
+        "auth": {"existingSecrets": {"superuser": "su", "app": "app", "reader": "ro"}},
+        "tls": {"enabled": True, "existingSecret": "pg-cert"},
+    }, tmp_path)
+    assert "Secret" not in {d["kind"] for d in docs}
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef")
+           for e in postgres_container(docs)["env"]}
+    assert [env[k]["name"] for k in ("POSTGRES_PASSWORD", "APP_PASSWORD", "READER_PASSWORD")] == [
+        "su", "app", "ro"]
+    volumes = {v["name"]: v for v in by_kind(docs, "StatefulSet")["energy-postgres"][
+        "spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "pg-cert"
