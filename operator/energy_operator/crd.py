@@ -499,6 +499,24 @@ def spec_schema() -> dict[str, Any]:
                 "Sets DATABASE_URL (api).",
                 {"key": ("url", "the URL")},
             ),
+            "tokensSecret": secret_ref(
+                "Secret holding the API's tokens file: the clients that may read, one "
+                "<client>:<sha256 hex of its token> per line (energy-pipeline api-token makes "
+                "them), mounted into the API pods (API_TOKENS_FILE) and re-read when it "
+                "changes. Absent: the operator creates Secret <name>-api-tokens once, with one "
+                "random token for client default (key token; status.apiTokens.read says how "
+                "to read it) and its entry (key tokens), and never changes it.",
+                {"key": ("tokens", "the tokens file")},
+            ),
+            "rateLimit": number(
+                "Requests per second each client may make on average (a token bucket per "
+                "client; beyond it 429 with Retry-After); 0: no limit.",
+                env=Env("API_RATE_LIMIT", A), default=10.0, minimum=0, maximum=100000,
+            ),
+            "rateBurst": integer(
+                "Requests a client may make at once before rateLimit applies.",
+                env=Env("API_RATE_BURST", A), default=20, minimum=1, maximum=100000,
+            ),
             "defaultPageSize": integer(
                 "Rows per page when a request gives no limit.",
                 env=Env("API_DEFAULT_PAGE_SIZE", A), default=1000, minimum=1, maximum=100000,
@@ -766,6 +784,15 @@ def status_schema() -> dict[str, Any]:
                 },
             ),
             "lastForecastTime": string("When the newest forecast was issued.", format="date-time"),
+            "apiTokens": obj(
+                "While spec.api.enabled: the Secret with the read API's tokens file.",
+                {
+                    "secret": string("Its name (spec.api.tokensSecret, or <name>-api-tokens "
+                                     "made by the operator)."),
+                    "read": string("For a Secret the operator made: the command that prints "
+                                   "its token."),
+                },
+            ),
         },
     )
 

@@ -53,6 +53,11 @@ class ChildNames:
         return f"{self.pipeline}-api"
 
     @property
+    def api_tokens(self) -> str:
+        """The read API's tokens Secret, made by the operator when spec.api names none."""
+        return f"{self.pipeline}-api-tokens"
+
+    @property
     def train(self) -> str:
         return f"{self.pipeline}-train"
 

@@ -99,6 +99,9 @@ CLUSTER_RULES = (
     Rule("read the Secrets the spec references (database URL, Kafka SASL credentials) for its "
          "own migrations and topic administration",
          ("",), ("secrets",), ("get",)),
+    Rule("create the read API's tokens Secret <name>-api-tokens once, when spec.api names "
+         "none (never updated: create cannot be limited to a name, so no update or patch)",
+         ("",), ("secrets",), ("create",)),
     Rule("post Events on the resource",
          ("",), ("events",), ("create",)),
 )

@@ -25,6 +25,7 @@ from typing import Any
 import psycopg2
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+from energy_pipeline.api.auth import new_token
 from energy_pipeline.core.kafka import client_config
 from energy_pipeline.dataplane.topics import (
     TopicSpec,
@@ -304,6 +305,57 @@ def _version(obj: Mapping[str, Any]) -> str:
     return f"g{meta['generation']}" if "generation" in meta else str(meta["resourceVersion"])
 
 
+def ensure_api_tokens(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
+                      adopt: Adopt, change: bool, outcome: Outcome) -> dict[str, str] | None:
+    """The read API's tokens Secret, while spec.api.enabled: the one spec.api.tokensSecret
+    names must exist; without one, Secret <name>-api-tokens is created with a random token
+    when absent, and never touched again (rotating is the user's edit, not a new pass).
+
+    What status.apiTokens reports, or None without an API.
+    """
+    if not spec["api"]["enabled"]:
+        return None
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    ref = render.api_tokens_ref(name, spec)
+    ours = not spec["api"].get("tokensSecret")
+    report = {"secret": ref["name"]}
+    if ours:
+        report["read"] = render.read_token_command(name, namespace)
+    try:
+        found = kube.get("v1", "Secret", namespace, ref["name"])
+        if found is None and ours and change:
+            secret = render.api_tokens_secret(name, namespace, new_token())
+            adopt([secret], body)  # deleted with the pipeline, like every child
+            try:
+                kube.create(secret)
+            except KubeError as exc:
+                if exc.status != 409:  # 409: another pass or replica made it first: keep that
+                    raise
+            else:
+                outcome.did("ApiTokenCreated",
+                            f"created Secret {ref['name']} with a token for client "
+                            f"{render.DEFAULT_API_CLIENT} of the read API; print it with: "
+                            f"{report['read']}",
+                            f"created Secret {ref['name']}")
+            return report
+    except KubeError as exc:
+        outcome.problem("ApiTokensUnavailable",
+                        f"Secret {ref['name']} (spec.api.tokensSecret): {exc.message}",
+                        blocking=False)
+        return report
+    if found is None or ref["key"] not in (found.get("data") or {}):
+        outcome.problem(
+            "SecretMissing",
+            f"Secret {namespace}/{ref['name']} with key {ref['key']!r} (spec.api.tokensSecret) "
+            f"not found, so the read API pods cannot start; create it: energy-pipeline "
+            f"api-token <client> --file tokens && kubectl -n {namespace} create secret generic "
+            f"{ref['name']} --from-file={ref['key']}=tokens",
+            blocking=False,
+        )
+    return report
+
+
 def topic_specs(spec: Mapping[str, Any]) -> list[TopicSpec]:
     kafka = spec["kafka"]
     config = {"min.insync.replicas": str(kafka["minInSyncReplicas"])}
@@ -570,6 +622,8 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
     db_url = database_url(kube, namespace, spec, outcome)
     kafka = kafka_config(kube, namespace, spec, outcome)
 
+    # Before the API's Deployment, so its pods find the Secret they mount.
+    api_tokens = ensure_api_tokens(kube, body, spec, adopt, change, outcome)
     if change:
         restoring = "observedGeneration" in previous
         # Optional workers the last status did not report were just enabled: created, not
@@ -614,6 +668,7 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
         first_training=first,
         problems=outcome.problems,
         changes=outcome.changes,
+        api_tokens=api_tokens,
     )
     outcome.status = build_status(observed, name, previous, at)
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from energy_pipeline.api.auth import entry
 from energy_pipeline.core.contracts import MIN_TRAIN_HOURS, all_kafka_topics
 
 from energy_operator import crd
@@ -45,6 +46,12 @@ RUN_AS_USER = 10001
 # endpoints controller and the proxies time to stop routing new requests to a stopping pod.
 API_PRESTOP_SLEEP_S = 5
 API_TERMINATION_GRACE_S = 30
+# The read API's tokens Secret is mounted as a directory (not subPath): the kubelet then
+# swaps in a changed Secret, and the API re-reads the file without a restart.
+API_TOKENS_DIR = "/var/run/secrets/energy-pipeline/api-tokens"
+API_TOKENS_FILE = f"{API_TOKENS_DIR}/tokens"
+# The client of the token the operator makes when spec.api.tokensSecret names no Secret.
+DEFAULT_API_CLIENT = "default"
 
 # spec.database.caSecret, mounted where DATABASE_CA_FILE points, in every pod that connects to
 # PostgreSQL (the workers of DATABASE_URL).
@@ -69,6 +76,8 @@ DERIVED_SETTINGS = (
             f"/metrics, /healthz and /readyz ({HTTP_PORT})"),
     Derived("GRPC_PORT", ("inference",), f"gRPC port of the Forecaster service ({GRPC_PORT})"),
     Derived("API_PORT", ("api",), f"port of the read API, /api/v1/... ({API_PORT})"),
+    Derived("API_TOKENS_FILE", ("api",),
+            f"the tokens file from spec.api.tokensSecret, mounted ({API_TOKENS_FILE})"),
     Derived("INFERENCE_TARGET", ("ingest",),
             "gRPC target of the headless inference Service, dns:///<name>-inference...:50051"),
     Derived("KAFKA_PARTITIONS", (), "spec.kafka.partitions (for `energy-pipeline topics create`)"),
@@ -100,6 +109,7 @@ def config_data(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str,
         "HTTP_PORT": str(HTTP_PORT),
         "GRPC_PORT": str(GRPC_PORT),
         "API_PORT": str(API_PORT),
+        "API_TOKENS_FILE": API_TOKENS_FILE,
         "INFERENCE_TARGET": (
             inference_target(name, namespace) if spec["forecast"]["enabled"] else ""
         ),
@@ -221,7 +231,38 @@ def container(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
     if worker == "api":
         out["lifecycle"] = {
             "preStop": {"exec": {"command": ["sleep", str(API_PRESTOP_SLEEP_S)]}}}
+        out["volumeMounts"].append(
+            {"name": "api-tokens", "mountPath": API_TOKENS_DIR, "readOnly": True})
     return out
+
+
+def api_tokens_ref(name: str, spec: Mapping[str, Any]) -> dict[str, str]:
+    """The Secret and key of the read API's tokens file: spec.api.tokensSecret, else the one
+    the operator makes (`api_tokens_secret`)."""
+    ref = spec["api"].get("tokensSecret")
+    if ref:
+        return {"name": ref["name"], "key": ref.get("key", "tokens")}
+    return {"name": ChildNames(name).api_tokens, "key": "tokens"}
+
+
+def api_tokens_secret(name: str, namespace: str, token: str) -> dict[str, Any]:
+    """Secret <name>-api-tokens for a pipeline whose spec names none: `token` (made by the
+    reconciler, which creates this only when absent) for the user to read, and its entry,
+    the only key the API pods mount."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": ChildNames(name).api_tokens, "namespace": namespace,
+                     "labels": labels(name, "api")},
+        "type": "Opaque",
+        "stringData": {"token": token, "tokens": entry(DEFAULT_API_CLIENT, token) + "\n"},
+    }
+
+
+def read_token_command(name: str, namespace: str) -> str:
+    """What prints the token of the Secret the operator made."""
+    return (f"kubectl -n {namespace} get secret {ChildNames(name).api_tokens} "
+            "-o jsonpath='{.data.token}' | base64 -d")
 
 
 def pod_spec(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
@@ -245,6 +286,11 @@ def pod_spec(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
     if ca:
         pod["volumes"].append({"name": DATABASE_CA_VOLUME, "secret": {
             "secretName": ca["name"], "items": [{"key": ca["key"], "path": "ca.crt"}]}})
+    if worker == "api":
+        tokens = api_tokens_ref(name, spec)
+        pod["volumes"].append({"name": "api-tokens", "secret": {
+            "secretName": tokens["name"], "items": [{"key": tokens["key"], "path": "tokens"}],
+            "defaultMode": 0o440}})
     if spec.get("imagePullSecrets"):
         pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
     return pod

@@ -318,6 +318,9 @@ class Observed:
     problems: Sequence[Problem] = ()
     # Human-readable changes this reconcile made ("Deployment demo-ingest updated").
     changes: Sequence[str] = field(default_factory=tuple)
+    # While spec.api.enabled: status.apiTokens (the Secret; `read`, the command printing the
+    # token of one the operator made).
+    api_tokens: Mapping[str, str] | None = None
 
 
 def _ratio(workloads: Mapping[str, Workload], names: Sequence[str]) -> str:
@@ -369,6 +372,8 @@ def _ready(observed: Observed, pipeline: str) -> tuple[str, str, str]:
     message = (f"{_workload_summary(observed.workloads)}; {len(observed.topics.names)} topics "
                f"with {observed.topics.partitions} partitions; schema version "
                f"{observed.schema_version}")
+    if observed.api_tokens and observed.api_tokens.get("read"):
+        message += f"; read API token: {observed.api_tokens['read']}"
     # Whether or not its pods claim to be ready: without a model there is nothing to serve.
     if observed.promoted_models == 0:
         message += "; inference waits for its first model"
@@ -443,6 +448,8 @@ def build_status(
     }
     if "api" in observed.workloads:  # only while spec.api.enabled
         status["api"] = _ratio(observed.workloads, ("api",))
+    if observed.api_tokens:
+        status["apiTokens"] = dict(observed.api_tokens)
     if observed.schema_version is not None:
         status["schemaVersion"] = observed.schema_version
     elif "schemaVersion" in previous:

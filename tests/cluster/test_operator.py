@@ -334,11 +334,21 @@ def test_rendered_workers_run_locally_with_the_rendered_environment(
     cron = pipeline.client.get("batch/v1", "CronJob", pipeline.namespace, f"{pipeline.name}-train")
     containers["train"] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
 
+    # The API's tokens file, as the kubelet mounts it from the Secret the operator made.
+    api_pod = pipeline.deployment("api")["spec"]["template"]["spec"]
+    (tokens_volume,) = [v["secret"] for v in api_pod["volumes"] if v["name"] == "api-tokens"]
+    tokens_secret = pipeline.client.get("v1", "Secret", pipeline.namespace,
+                                        tokens_volume["secretName"])
+    (item,) = tokens_volume["items"]
+    tokens_file = tmp_path / "api-tokens"
+    tokens_file.write_bytes(base64.b64decode(tokens_secret["data"][item["key"]]))
+    api_token = base64.b64decode(tokens_secret["data"]["token"]).decode()
+
     grpc_port, api_port = free_port(), free_port()
     plumbing = {
         "inference": {"GRPC_PORT": str(grpc_port)},
         "ingest": {"INFERENCE_TARGET": f"dns:///127.0.0.1:{grpc_port}"},
-        "api": {"API_PORT": str(api_port)},
+        "api": {"API_PORT": str(api_port), "API_TOKENS_FILE": str(tokens_file)},
     }
     basics = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TZ"}}
     envs: dict[str, dict[str, str]] = {}
@@ -377,8 +387,9 @@ def test_rendered_workers_run_locally_with_the_rendered_environment(
         assert stored() == expected
         # The read API, as the read-only role, serves what ingest stored.
         workers[0].wait_ready(30)
-        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/api/v1/sites",
-                                    timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{api_port}/api/v1/sites",
+                headers={"Authorization": f"Bearer {api_token}"}), timeout=10) as response:
             sites = json.loads(response.read())
         assert [s["site"] for s in sites["data"]] == ["site-0"], sites
         for process in workers:
@@ -509,6 +520,12 @@ def test_the_read_api_comes_and_goes_with_spec_api_enabled(pipeline: Pipeline) -
     assert service["selector"]["app.kubernetes.io/component"] == "api"
     assert body["status"]["api"] == "1/1"
     assert body["status"]["workloads"]["api"]["desired"] == 1
+    # No spec.api.tokensSecret: the operator made one, mounted it, and says how to read it.
+    assert body["status"]["apiTokens"]["secret"] == "demo-api-tokens"
+    assert body["status"]["apiTokens"]["read"] in pipeline.condition("Ready", body)["message"]
+    assert env["API_TOKENS_FILE"] == "/var/run/secrets/energy-pipeline/api-tokens/tokens"
+    assert {"name": "api-tokens", "mountPath": "/var/run/secrets/energy-pipeline/api-tokens",
+            "readOnly": True} in container["volumeMounts"]
     assert "api 1/1" in pipeline.condition("Ready", body)["message"]
     # Newly enabled is "created", not "restored"; the other workers did not roll.
     created = [e["message"] for e in pipeline.events() if e["reason"] == "Created"]

@@ -24,6 +24,7 @@ from energy_harness.localstack.docker import LABEL, DockerEngine
 from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.process import free_port
 from energy_harness.testing import expected_rows, stored_rows, wait_for
+from energy_pipeline.api.auth import entry
 
 pytestmark = pytest.mark.container
 
@@ -127,13 +128,16 @@ class ContainerWorkers:
     env: dict[str, str]
     names: list[str] = field(default_factory=list)
 
-    def start(self, command: list[str], **extra_env: str) -> tuple[str, int]:
-        """Start `energy-pipeline COMMAND`; its container name and HTTP port once /healthz
-        answers."""
+    def start(self, command: list[str], volumes: tuple[str, ...] = (),
+              **extra_env: str) -> tuple[str, int]:
+        """Start `energy-pipeline COMMAND` (with `-v` mounts `volumes`); its container name and
+        HTTP port once /healthz answers."""
         port = free_port()
         name = f"energy-{command[0]}-{uuid.uuid4().hex[:8]}"
         env = {**self.env, **extra_env, "HTTP_PORT": str(port)}
         args = ["run", "-d", "--name", name, "--label", LABEL, "--network", "host", *HARDENED]
+        for volume in volumes:
+            args += ["-v", volume]
         for key, value in env.items():
             args += ["-e", f"{key}={value}"]
         self.engine.run([*args, self.image, *command])
@@ -214,7 +218,7 @@ def containers(
 
 
 def test_workers_in_containers_store_every_reading_exactly_once(
-    containers: ContainerWorkers, database: str
+    containers: ContainerWorkers, database: str, tmp_path: Path
 ) -> None:
     """bridge, ingest, inference and api start hardened; readings published by the simulator
     (itself in a container) arrive in PostgreSQL exactly as generated."""
@@ -224,7 +228,12 @@ def test_workers_in_containers_store_every_reading_exactly_once(
     bridge = containers.start(["bridge"])
     ingest = containers.start(["ingest"], KAFKA_SESSION_TIMEOUT_MS="6000")
     inference = containers.start(["inference"], GRPC_PORT=str(free_port()))
-    api = containers.start(["api"], API_PORT=str(free_port()))
+    # The read API's tokens file, mounted read-only as the operator mounts its Secret.
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text(entry("tests", "token") + "\n")
+    tokens.chmod(0o644)  # the container's non-root user reads it
+    api = containers.start(["api"], volumes=(f"{tokens}:/run/api-tokens/tokens:ro",),
+                           API_PORT=str(free_port()), API_TOKENS_FILE="/run/api-tokens/tokens")
     for name, port in (bridge, ingest, api):
         wait_for(lambda n=name, p=port: containers.status(n, p, "/readyz") == 200, 60,
                  f"{name} /readyz")  # fmt: skip

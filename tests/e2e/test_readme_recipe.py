@@ -178,8 +178,9 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
         shell.close()
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def _get(url: str, token: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -248,7 +249,10 @@ def test_the_by_hand_recipe_ends_with_the_stored_forecast_served_by_the_api(
         # Once every closed hour is forecast, the API serves exactly the stored latest run.
         wait_for(lambda: _settled(dsn), timeout=180, what="every owed forecast stored")
         issued, rows = _stored_forecast(dsn, SITE)
-        served = _get(f"{API}/sites/{SITE}/forecasts?issued=latest")
+        # The client token the recipe made for its API (energy-pipeline api-token).
+        token = terminal.value("$API_TOKEN")
+        assert len(token) >= 43, "the recipe makes a token for the read API"
+        served = _get(f"{API}/sites/{SITE}/forecasts?issued=latest", token)
         assert served["site"] == SITE
         assert datetime.fromisoformat(served["issued_at"]) == issued
         assert served["next"] is None

@@ -6,6 +6,10 @@ inserted as the scheduler stores them. The API connects as a read-only role, lik
 the postgres chart creates for dashboards. Every answer is checked against the database and
 against the OpenAPI document the server publishes; a seeded random fuzzer (schemathesis is
 not installed here) sends thousands of generated requests and accepts no server error.
+
+Every data request carries a client's bearer token (`request` adds it unless told not to);
+the refusals without one, the rotation of a token by editing the tokens file while the API
+runs, and the per-client rate limit are tested against processes of their own.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import random
 import re
 import secrets
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,8 +38,9 @@ import pytest
 from energy_harness.localstack import PostgresServer
 from energy_harness.localstack.postgres import dsn
 from energy_harness.localstack.process import free_port
-from energy_harness.localstack.workers import WorkerProcess
-from energy_harness.testing import admin_sql
+from energy_harness.localstack.workers import WorkerProcess, energy_pipeline_argv
+from energy_harness.testing import admin_sql, wait_for
+from energy_pipeline.api.auth import entry
 from energy_pipeline.api.pool import ConnectionPool, QueryTimeout
 from energy_pipeline.core.contracts import SENSOR_NAMES, Reading
 from energy_pipeline.db.migrate import migrate
@@ -53,6 +59,8 @@ BASE = {"temperature": 20.0, "humidity": 45.0, "squarefootage": 1500.0,
 DEFAULT_PAGE, MAX_PAGE = 500, 5000
 RUN_1 = START + timedelta(hours=24)  # issued with 48 horizons
 RUN_2 = START + timedelta(hours=60)  # the latest, 168 horizons, mostly beyond the data
+# The client every request of these tests is made as (`request` sends its token).
+CLIENT, TOKEN = "tests", secrets.token_urlsafe(32)
 
 
 def value(sensor: str, device: str, i: int) -> float:
@@ -102,8 +110,13 @@ class Reply:
         return self.headers.get("Content-Type", "").split(";")[0].strip()
 
 
-def request(url: str, headers: Mapping[str, str] | None = None, method: str = "GET") -> Reply:
-    req = urllib.request.Request(url, headers=dict(headers or {}), method=method)
+def request(url: str, headers: Mapping[str, str] | None = None, method: str = "GET",
+            token: str | None = TOKEN) -> Reply:
+    """One request; as client CLIENT unless `token` says otherwise (None: no Authorization)."""
+    headers = dict(headers or {})
+    if token is not None:
+        headers.setdefault("Authorization", f"Bearer {token}")
+    req = urllib.request.Request(url, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return Reply(r.status, dict(r.headers), r.read())
@@ -194,7 +207,15 @@ def database(postgres: PostgresServer) -> Iterator[tuple[str, str]]:
         admin_sql(postgres, f"DROP ROLE IF EXISTS {reader}")
 
 
-def api_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tokens file of the shared API process: client CLIENT only."""
+    path = tmp_path_factory.mktemp("api-tokens") / "tokens"
+    path.write_text(entry(CLIENT, TOKEN) + "\n")
+    return path
+
+
+def api_env(database_url: str, port: int, tokens: Path, **extra: str) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TZ"}}
@@ -204,16 +225,20 @@ def api_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
         "PIPELINE_NAME": "api-test",
         "API_DEFAULT_PAGE_SIZE": str(DEFAULT_PAGE),
         "API_MAX_PAGE_SIZE": str(MAX_PAGE),
+        "API_TOKENS_FILE": str(tokens),
+        # The fuzzer sends thousands of requests as one client; the limit has its own test.
+        "API_RATE_LIMIT": "0",
         **extra,
     })
     return env
 
 
 @pytest.fixture(scope="module")
-def api(database: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(database: tuple[str, str], tokens_file: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     owner_url, reader_url = database
     port = free_port()
-    worker = WorkerProcess("api", ["api"], api_env(reader_url, port),
+    worker = WorkerProcess("api", ["api"], api_env(reader_url, port, tokens_file),
                            tmp_path_factory.mktemp("api-logs"))
     worker.start()
     try:
@@ -545,14 +570,180 @@ def test_answers_match_the_documented_schemas(api: Api) -> None:
                    get(api, "/api/v1/sites/nowhere/hourly"))
 
 
+# ---- no token, no data; rotation; rate limit ----------------------------------------------
+
+DATA_PATHS = ("/api/v1/sites", "/api/v1/sites/site-a/readings", "/api/v1/sites/site-a/hourly",
+              "/api/v1/sites/site-a/forecasts")
+MISSING = "this endpoint needs an Authorization: Bearer <token> header"
+UNKNOWN = "the token is not one of a client in the tokens file"
+
+
+def refused(detail: str) -> dict[str, Any]:
+    return {"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": detail,
+            "errors": [{"parameter": "Authorization", "in": "header", "message": detail}]}
+
+
+def test_no_token_no_data(api: Api) -> None:
+    def count(reason: str) -> float:
+        return api.process.metric("energy_api_auth_refused_total", {"reason": reason})
+
+    before = {r: count(r) for r in ("missing", "malformed", "unknown")}
+    for path in DATA_PATHS:
+        for headers, challenge, detail in (
+            ({}, 'Bearer realm="energy-pipeline"', MISSING),
+            ({"Authorization": f"Basic {base64.b64encode(b'tests:x').decode()}"},
+             'Bearer realm="energy-pipeline", error="invalid_token"',
+             "the Authorization header must be Bearer <token>"),
+            ({"Authorization": "Bearer " + secrets.token_urlsafe(32)},
+             'Bearer realm="energy-pipeline", error="invalid_token"', UNKNOWN),
+            # The stored hash is not a token.
+            ({"Authorization": "Bearer " + entry(CLIENT, TOKEN).split(":")[1]},
+             'Bearer realm="energy-pipeline", error="invalid_token"', UNKNOWN),
+        ):
+            reply = request(api.base + path + "?format=csv", headers, token=None)
+            assert (reply.status, reply.headers["WWW-Authenticate"], reply.content_type,
+                    reply.json) == (401, challenge, "application/problem+json", refused(detail))
+        assert request(api.base + path).status == 200
+    assert {r: count(r) - before[r] for r in before} == {"missing": 4, "malformed": 4,
+                                                         "unknown": 8}
+    # The description of the API stays public; it holds no data.
+    assert request(api.base + "/api/v1/openapi.json", token=None).status == 200
+
+
+def test_curl_is_refused_without_the_token_and_served_with_it(api: Api) -> None:
+    """The same with curl, a client nobody here wrote."""
+    url = api.base + "/api/v1/sites/site-a/forecasts?format=csv"
+
+    def curl(*args: str) -> list[str]:
+        done = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", *args, url],
+                              capture_output=True, text=True, timeout=30, check=True)
+        return done.stdout.rsplit("\n", 1)
+
+    body, status = curl()
+    assert (status, json.loads(body)["detail"]) == ("401", MISSING)
+    body, status = curl("-H", "Authorization: Bearer wrong")
+    assert (status, json.loads(body)["detail"]) == ("401", UNKNOWN)
+    body, status = curl("--oauth2-bearer", TOKEN)
+    assert status == "200" and body.startswith("site,issued_at,target_time,horizon"), body[:200]
+
+
+@pytest.fixture
+def own_api(database: tuple[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Start an API process of this test's own: `own_api(tokens_file, **env)`."""
+    started: list[WorkerProcess] = []
+
+    def start(tokens: Path, **extra: str) -> Api:
+        port = free_port()
+        worker = WorkerProcess(f"api-{len(started)}", ["api"],
+                               api_env(database[1], port, tokens, **extra), tmp_path)
+        started.append(worker)
+        worker.start()
+        worker.wait_ready(timeout=30)
+        return Api(worker, port, database[1], database[0])
+
+    yield start
+    for worker in started:
+        assert worker.stop(timeout=30) == 0
+
+
+def api_token(*args: str) -> str:
+    """`energy-pipeline api-token ...`, as a user runs it; its standard output."""
+    done = subprocess.run(energy_pipeline_argv(["api-token", *args]), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_token_rotated_in_the_file_takes_effect_without_a_restart(
+    own_api: Any, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    old = api_token("dashboard", "--file", str(tokens))
+    api = own_api(tokens)
+    pid = api.process.process.pid
+    sites = api.base + "/api/v1/sites"
+    assert request(sites, token=old).status == 200
+
+    new = api_token("dashboard", "--file", str(tokens))  # rotation: the old entry replaced
+    other = api_token("ci", "--file", str(tokens))  # and a second client added
+    assert len(tokens.read_text().splitlines()) == 2
+    wait_for(lambda: request(sites, token=old).status == 401, timeout=15,
+             what="the old token refused")
+    assert request(sites, token=new).status == 200
+    assert request(sites, token=other).status == 200
+    assert api.process.process.pid == pid  # the same process: no restart
+    assert api.process.metric("energy_api_token_reloads_total", {"result": "ok"}) >= 1
+    assert api.process.metric("energy_api_clients") == 2
+
+    # A broken edit keeps the clients of the last good file, and says so.
+    tokens.write_text("dashboard:not-a-hash\n")
+    wait_for(lambda: api.process.metric("energy_api_token_reloads_total",
+                                        {"result": "error"}) >= 1,
+             timeout=15, what="the broken file noticed")
+    assert request(sites, token=new).status == 200
+    lines = [json.loads(line) for line in Path(api.process.process.log_path).read_text()
+             .splitlines() if line.startswith("{")]
+    assert any(e["msg"] == "tokens file reloaded" and e["rotated"] == ["dashboard"]
+               and e["added"] == ["ci"] for e in lines)
+    assert any(e["msg"] == "tokens file not reloaded; the previous clients stay valid"
+               for e in lines)
+
+
+def test_each_client_is_held_to_its_own_rate(own_api: Any, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    alice = api_token("alice", "--file", str(tokens))
+    bob = api_token("bob", "--file", str(tokens))
+    # One request per 100 s after a burst of 3: the fourth is refused however slow this is.
+    api = own_api(tokens, API_RATE_LIMIT="0.01", API_RATE_BURST="3")
+    url = api.base + "/api/v1/sites"
+    assert [request(url, token=alice).status for _ in range(3)] == [200, 200, 200]
+    limited = request(url, token=alice)
+    assert limited.status == 429 and limited.content_type == "application/problem+json"
+    assert 99 <= int(limited.headers["Retry-After"]) <= 100
+    assert limited.json["detail"] == (
+        f"client 'alice' exceeded 0.01 requests per second (burst 3); retry after "
+        f"{limited.headers['Retry-After']} s")
+    # Bob has a bucket of his own; a refused token takes nothing from anyone's.
+    assert request(url, token="nobody").status == 401
+    assert [request(url, token=bob).status for _ in range(4)] == [200, 200, 200, 429]
+    assert api.process.metric("energy_api_rate_limited_total", {"client": "alice"}) == 1
+    assert api.process.metric("energy_api_rate_limited_total", {"client": "bob"}) == 1
+    # Probes are never limited.
+    assert all(request(api.base + "/readyz", token=None).status == 200 for _ in range(10))
+
+
+def test_the_api_refuses_to_start_without_a_usable_tokens_file(
+    database: tuple[str, str], tmp_path: Path
+) -> None:
+    env = api_env(database[1], free_port(), tmp_path / "absent", HTTP_PORT="0")
+    done = subprocess.run(energy_pipeline_argv(["api"]), env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stderr.splitlines()) == (2, [
+        f"energy-pipeline api: error: API_TOKENS_FILE {tmp_path}/absent: No such file or "
+        f"directory; write a client into it with `energy-pipeline api-token <client> --file "
+        f"{tmp_path}/absent`"])
+    # Knowingly open: it starts, with a warning.
+    env.update(API_AUTH="none", API_TOKENS_FILE="")
+    worker = WorkerProcess("api-open", ["api"], env, tmp_path).start()
+    try:
+        base = f"http://127.0.0.1:{env['API_PORT']}"
+        assert request(base + "/api/v1/sites", token=None).status == 200
+        lines = [json.loads(line) for line in Path(worker.process.log_path).read_text()
+                 .splitlines() if line.startswith("{")]
+        assert [e["level"] for e in lines if e["msg"].startswith("API_AUTH=none")] == ["warning"]
+    finally:
+        assert worker.stop(timeout=30) == 0
+
+
 # ---- health, metrics, logs, failure -------------------------------------------------------
 
 
 def test_health_readiness_and_metrics_on_both_ports(api: Api) -> None:
     ops = f"http://127.0.0.1:{api.process.http_port}"
-    for base in (api.base, ops):
-        assert request(base + "/healthz").status == 200
-        ready = request(base + "/readyz")
+    for base in (api.base, ops):  # for probes and scrapers: no token needed
+        assert request(base + "/healthz", token=None).status == 200
+        assert request(base + "/metrics", token=None).status == 200
+        ready = request(base + "/readyz", token=None)
         assert ready.status == 200
         assert json.loads(ready.body) == {"status": "ready", "detail": "ok", "schema_version": 2}
     # The ops port serves only those three.
@@ -588,11 +779,12 @@ def test_logs_are_json_lines_with_the_pipeline_name(api: Api) -> None:
 
 
 def test_database_down_means_unready_and_503_not_a_crash(
-    tmp_path: Path, postgres: PostgresServer
+    tmp_path: Path, postgres: PostgresServer, tokens_file: Path
 ) -> None:
     dead = dsn(free_port(), "x", "nowhere")
     port = free_port()
-    worker = WorkerProcess("api-nodb", ["api"], api_env(dead, port), tmp_path).start()
+    worker = WorkerProcess("api-nodb", ["api"], api_env(dead, port, tokens_file),
+                           tmp_path).start()
     try:
         base = f"http://127.0.0.1:{port}"
         assert request(base + "/healthz").status == 200
@@ -606,12 +798,14 @@ def test_database_down_means_unready_and_503_not_a_crash(
         assert worker.stop(timeout=30) == 0
 
 
-def test_unready_until_the_schema_is_migrated(tmp_path: Path, postgres: PostgresServer) -> None:
+def test_unready_until_the_schema_is_migrated(tmp_path: Path, postgres: PostgresServer,
+                                              tokens_file: Path) -> None:
     name = f"empty_{uuid.uuid4().hex[:10]}"
     admin_sql(postgres, f'CREATE DATABASE "{name}"')
     url = dsn(postgres.port, postgres.password, name)
     port = free_port()
-    worker = WorkerProcess("api-empty", ["api"], api_env(url, port), tmp_path).start()
+    worker = WorkerProcess("api-empty", ["api"], api_env(url, port, tokens_file),
+                           tmp_path).start()
     try:
         base = f"http://127.0.0.1:{port}"
         ready = request(base + "/readyz")

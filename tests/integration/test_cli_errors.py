@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -17,6 +18,7 @@ from energy_harness.localstack.mqtt import MosquittoBroker
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import energy_pipeline_argv
 from energy_harness.synthetic import synthetic_building
+from energy_pipeline.api.auth import entry
 from energy_pipeline.core.errors import CommandError
 from energy_pipeline.dataplane.mqtt_client import check_reachable
 from energy_pipeline.forecasting.hourly_db import write_hourly_frame
@@ -88,11 +90,15 @@ def taken_port() -> Iterator[int]:
 @pytest.mark.parametrize(("command", "variable"), [
     ("ingest", "HTTP_PORT"), ("bridge", "HTTP_PORT"), ("api", "API_PORT"),
     ("inference", "GRPC_PORT")])
-def test_a_taken_port_is_named_in_one_line(command: str, variable: str, taken_port: int) -> None:
+def test_a_taken_port_is_named_in_one_line(command: str, variable: str, taken_port: int,
+                                           tmp_path: Path) -> None:
     dead = free_port()
+    tokens = tmp_path / "api-tokens"  # the read API starts only with a client that may read
+    tokens.write_text(entry("tests", "token") + "\n")
     env = {
         "DATABASE_URL": dead_database()[0], "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{dead}",
         "MQTT_PORT": str(dead), "HTTP_PORT": "0", variable: str(taken_port),
+        "API_TOKENS_FILE": str(tokens),
     }
     done = run([command], env, timeout=60)
     assert done.returncode == 1, done.stdout[-2000:]

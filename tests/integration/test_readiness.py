@@ -25,6 +25,7 @@ from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess, service_env
 from energy_harness.testing import wait_for
+from energy_pipeline.api.auth import entry
 from energy_pipeline.forecasting.models import SeasonalNaive
 from energy_pipeline.forecasting.registry import register_model
 
@@ -297,11 +298,14 @@ def test_inference_without_a_model_or_a_registry_says_why(
 def test_api_is_ready_only_while_the_database_answers(
     postgres: PostgresServer, database: str, tmp_path: Path
 ) -> None:
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text(entry("tests", "token") + "\n")
     env = {
         **{k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}},
         "DATABASE_URL": database,
         "API_PORT": str(free_port()),
         "PIPELINE_NAME": "ready",
+        "API_TOKENS_FILE": str(tokens),
     }
     api = WorkerProcess("api", ["api"], env, tmp_path / "logs").start()
     try:

@@ -18,7 +18,8 @@ from energy_pipeline.api.spec import openapi_document, page_schema_name, routes
 pytestmark = pytest.mark.unit
 
 SETTINGS = ApiSettings(database_url="postgresql://nobody@127.0.0.1:1/none",
-                       api_default_page_size=50, api_max_page_size=700)
+                       api_default_page_size=50, api_max_page_size=700,
+                       api_tokens_file="/nowhere/tokens")
 
 
 @pytest.fixture
@@ -98,8 +99,13 @@ def test_data_routes_document_json_csv_and_errors(state: ApiState) -> None:
         responses = doc["paths"][route.path]["get"]["responses"]
         assert set(responses["200"]["content"]) == {"application/json", "text/csv"}
         assert "Link" in responses["200"]["headers"]
-        expected = {"200", "400", "406", "503"} | ({"404"} if "{site}" in route.path else set())
+        expected = {"200", "400", "401", "406", "429", "503"} | (
+            {"404"} if "{site}" in route.path else set())
         assert set(responses) == expected
+        # No token, no data: every data route names the bearer scheme and its refusals.
+        assert doc["paths"][route.path]["get"]["security"] == [{"bearerToken": []}]
+        assert set(responses["401"]["headers"]) == {"WWW-Authenticate"}
+        assert set(responses["429"]["headers"]) == {"Retry-After"}
         for status in expected - {"200"}:
             assert set(responses[status]["content"]) == {"application/problem+json"}
         row = doc["components"]["schemas"][route.table.schema_name]
@@ -126,3 +132,12 @@ def test_list_parameters_are_documented_as_comma_separated(state: ApiState) -> N
     sensor = next(p for p in params if p["name"] == "sensor")
     assert (sensor["style"], sensor["explode"], sensor["schema"]["type"]) == ("form", False,
                                                                              "array")
+
+
+def test_only_data_routes_need_the_bearer_token(state: ApiState) -> None:
+    doc = document(state)
+    assert doc["components"]["securitySchemes"]["bearerToken"]["type"] == "http"
+    assert doc["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
+    secured = {path for path, item in doc["paths"].items() if "security" in item["get"]}
+    assert secured == {r.path for r in routes(SETTINGS.page_sizes) if r.table is not None}
+    assert {"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"}.isdisjoint(secured)

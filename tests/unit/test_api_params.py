@@ -165,12 +165,12 @@ def test_site_ids(site: str, ok: bool) -> None:
 
 
 def test_settings_defaults_and_consistency() -> None:
-    s = load(ApiSettings, {"DATABASE_URL": "postgresql://x/y"})
+    s = load(ApiSettings, {"DATABASE_URL": "postgresql://x/y", "API_TOKENS_FILE": "/t"})
     assert (s.api_port, s.http_port, s.api_default_page_size, s.api_max_page_size,
             s.api_statement_timeout_ms, s.api_db_pool_size) == (8000, 9104, 1000, 10000, 5000, 4)
     with pytest.raises(SettingsError, match=r"API_DEFAULT_PAGE_SIZE .* must not exceed"):
         load(ApiSettings, {"DATABASE_URL": "x", "API_DEFAULT_PAGE_SIZE": "20",
-                           "API_MAX_PAGE_SIZE": "10"})
+                           "API_MAX_PAGE_SIZE": "10", "API_TOKENS_FILE": "/t"})
     with pytest.raises(SettingsError, match="DATABASE_URL is required"):
         load(ApiSettings, {})
     with pytest.raises(SettingsError, match="API_MAX_PAGE_SIZE must be at least 1"):

@@ -485,9 +485,13 @@ def test_api_ingress_routes_the_prefix_to_the_operator_created_service(
     api_docs: list[dict[str, Any]],
 ) -> None:
     ingress = by_kind(api_docs, "Ingress")["energy-api"]
-    assert not ingress["metadata"].get("annotations")  # no rewrite: the API serves /api/v1
+    # No rewrite (the API serves /api/v1); plain HTTP is redirected to HTTPS.
+    assert ingress["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/ssl-redirect": "true",
+        "nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}
     spec = ingress["spec"]
-    assert spec["ingressClassName"] == "nginx" and "tls" not in spec
+    # TLS by default; without a Secret, the controller's default (self-signed) certificate.
+    assert spec["ingressClassName"] == "nginx" and spec["tls"] == [{}]
     (rule,) = spec["rules"]
     assert "host" not in rule
     assert rule["http"]["paths"] == [{
@@ -520,9 +524,39 @@ def test_api_ingress_for_another_pipeline_with_host_and_tls(
     assert spec["rules"][0]["host"] == "api.example"
     assert spec["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "campus-api"
     assert spec["tls"] == [{"hosts": ["api.example"], "secretName": "api-tls"}]
+    assert by_kind(docs, "Ingress")["energy-api"]["metadata"]["annotations"] == {
+        "a.example/b": "c", "nginx.ingress.kubernetes.io/ssl-redirect": "true",
+        "nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}
     path = tmp_path / "lint.yaml"
     path.write_text(yaml.safe_dump(values))
     run_helm(helm, "lint", "--strict", str(platform_chart), "--values", str(path))
+
+
+def test_api_ingress_with_a_host_but_no_certificate_falls_back_to_the_default_one(
+    helm: Path, platform_chart: Path, tmp_path: Path
+) -> None:
+    values = {**API_VALUES, "api": {"ingress": {"enabled": True, "host": "api.example"}}}
+    spec = by_kind(render(helm, platform_chart, values, tmp_path), "Ingress")["energy-api"]["spec"]
+    # The host is TLS-served (so ingress-nginx redirects it), with no secretName.
+    assert spec["tls"] == [{"hosts": ["api.example"]}]
+
+
+def test_api_ingress_plain_http_only_when_asked(
+    helm: Path, platform_chart: Path, tmp_path: Path
+) -> None:
+    values = {**API_VALUES, "api": {"ingress": {
+        "enabled": True, "tls": False,
+        "annotations": {"nginx.ingress.kubernetes.io/ssl-redirect": "false"}}}}
+    ingress = by_kind(render(helm, platform_chart, values, tmp_path), "Ingress")["energy-api"]
+    assert "tls" not in ingress["spec"]
+    assert ingress["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/ssl-redirect": "false"}
+    # The user's annotation wins over the default redirect.
+    values["api"]["ingress"]["tls"] = True
+    ingress = by_kind(render(helm, platform_chart, values, tmp_path), "Ingress")["energy-api"]
+    assert ingress["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/ssl-redirect": "false",
+        "nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}
 
 
 def test_api_values_lint_strict(helm: Path, platform_chart: Path, tmp_path: Path) -> None:
@@ -537,6 +571,7 @@ def test_api_values_lint_strict(helm: Path, platform_chart: Path, tmp_path: Path
     ({"api": {"ingress": {"enabled": True}}}, "example.api.enabled"),
     ({**API_VALUES, "api": {"ingress": {"enabled": True, "path": "api"}}}, "path"),
     ({"example": {"api": {"enabled": True, "replicas": -1}}}, "replicas"),
+    ({**API_VALUES, "api": {"ingress": {"enabled": True, "tls": "yes"}}}, "tls"),
 ])
 def test_bad_api_values_are_refused(
     helm: Path, platform_chart: Path, tmp_path: Path, values: dict[str, Any], message: str

@@ -318,7 +318,8 @@ def test_api_deployment() -> None:
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert env_names(c) == {"PIPELINE_NAME", "LOG_LEVEL", "HTTP_PORT", "DATABASE_URL",
                             "API_PORT", "API_DEFAULT_PAGE_SIZE", "API_MAX_PAGE_SIZE",
-                            "API_STATEMENT_TIMEOUT_MS", "API_DB_POOL_SIZE"}
+                            "API_STATEMENT_TIMEOUT_MS", "API_DB_POOL_SIZE", "API_TOKENS_FILE",
+                            "API_RATE_LIMIT", "API_RATE_BURST"}
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector["app.kubernetes.io/component"] == "api"
     assert objs[("PodDisruptionBudget", "demo-api")]["spec"] == {
@@ -433,3 +434,56 @@ def test_without_a_database_ca_nothing_is_mounted() -> None:
         c = container(objs, worker)
         assert "DATABASE_CA_FILE" not in env_names(c)
         assert [m["name"] for m in c["volumeMounts"]] == ["tmp"]
+def test_api_pods_mount_the_tokens_secret_the_operator_makes_by_default() -> None:
+    objs = children(with_changes(api={"enabled": True}))
+    pod = objs[("Deployment", "demo-api")]["spec"]["template"]["spec"]
+    c = container(objs, "api")
+    data = objs[("ConfigMap", "demo-config")]["data"]
+    assert data["API_TOKENS_FILE"] == "/var/run/secrets/energy-pipeline/api-tokens/tokens"
+    assert (data["API_RATE_LIMIT"], data["API_RATE_BURST"]) == ("10", "20")
+    # A directory mount (no subPath), so the kubelet swaps in a changed Secret.
+    assert {"name": "api-tokens", "mountPath": "/var/run/secrets/energy-pipeline/api-tokens",
+            "readOnly": True} in c["volumeMounts"]
+    assert all("subPath" not in m for m in c["volumeMounts"])
+    assert {"name": "api-tokens", "secret": {
+        "secretName": "demo-api-tokens", "items": [{"key": "tokens", "path": "tokens"}],
+        "defaultMode": 0o440}} in pod["volumes"]
+    # Only the API mounts it, and the operator's Secret is not a rendered (applied) child.
+    for worker in ("bridge", "ingest", "inference", "train"):
+        assert all(v["name"] != "api-tokens" for v in (
+            objs[("CronJob", "demo-train")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            if worker == "train" else
+            objs[("Deployment", f"demo-{worker}")]["spec"]["template"]["spec"])["volumes"])
+    assert not [k for k in objs if k[0] == "Secret"]
+
+
+def test_api_pods_mount_the_named_tokens_secret() -> None:
+    spec = with_changes(api={"enabled": True, "rateLimit": 2.5, "rateBurst": 5,
+                             "tokensSecret": {"name": "readers", "key": "clients"}})
+    objs = children(spec)
+    pod = objs[("Deployment", "demo-api")]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "api-tokens"]
+    assert volume["secret"]["secretName"] == "readers"
+    assert volume["secret"]["items"] == [{"key": "clients", "path": "tokens"}]
+    data = objs[("ConfigMap", "demo-config")]["data"]
+    assert (data["API_RATE_LIMIT"], data["API_RATE_BURST"]) == ("2.5", "5")
+    assert render.api_tokens_ref("demo", crd.with_defaults(with_changes(
+        api={"enabled": True, "tokensSecret": {"name": "readers"}})))["key"] == "tokens"
+
+
+def test_the_operator_made_tokens_secret() -> None:
+    from energy_pipeline.api.auth import parse_tokens
+
+    secret = render.api_tokens_secret("demo", "energy", "the-token")
+    assert secret["metadata"]["name"] == "demo-api-tokens"
+    assert secret["metadata"]["namespace"] == "energy"
+    assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+    assert secret["type"] == "Opaque"
+    assert set(secret["stringData"]) == {"token", "tokens"}
+    assert secret["stringData"]["token"] == "the-token"
+    # The mounted key is a valid tokens file with the token's client.
+    assert list(parse_tokens(secret["stringData"]["tokens"], "x")) == ["default"]
+    assert render.read_token_command("demo", "energy") == (
+        "kubectl -n energy get secret demo-api-tokens -o jsonpath='{.data.token}' | base64 -d")
+    # Pure: the same token gives the same Secret.
+    assert secret == render.api_tokens_secret("demo", "energy", "the-token")

@@ -196,3 +196,21 @@ def test_an_unready_or_missing_api_blocks_ready() -> None:
     c = conditions(build_status(observed(workloads=rolling), "demo", None, T0))
     assert (c["Progressing"]["status"], c["Progressing"]["reason"]) == ("True", "RollingOut")
     assert "demo-api" in c["Progressing"]["message"]
+
+
+def test_the_api_tokens_secret_and_how_to_read_its_token_are_reported() -> None:
+    read = "kubectl -n energy get secret demo-api-tokens -o jsonpath='{.data.token}' | base64 -d"
+    workloads = {**READY, "api": Workload(1, 1, 1)}
+    status = build_status(observed(workloads=workloads, api_tokens={
+        "secret": "demo-api-tokens", "read": read}), "demo", None, T0)
+    assert status["apiTokens"] == {"secret": "demo-api-tokens", "read": read}
+    ready = conditions(status)["Ready"]
+    assert ready["status"] == "True" and ready["message"].endswith(f"; read API token: {read}")
+    # A Secret the user named: no command (its tokens are the user's), nothing in Ready.
+    named = build_status(observed(workloads=workloads, api_tokens={"secret": "readers"}),
+                         "demo", None, T0)
+    assert named["apiTokens"] == {"secret": "readers"}
+    assert "API token" not in conditions(named)["Ready"]["message"]
+    # The API turned off: the field goes away.
+    off = build_status(observed(), "demo", status, T0)
+    assert "apiTokens" not in off and status_patch(off, status)["apiTokens"] is None

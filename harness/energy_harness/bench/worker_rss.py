@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from energy_pipeline.api.auth import add_client, new_token
+
 from energy_harness.localstack import LocalStack
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess, energy_pipeline_argv, service_env
@@ -41,8 +43,12 @@ def measure(settle_s: float, extra_env: dict[str, str]) -> dict[str, object]:
         env.update(extra_env)
         for command in (["topics", "create"], ["migrate"]):
             subprocess.run(energy_pipeline_argv(command), env=env, check=True, timeout=120)
+        # The read API starts only with a tokens file naming a client (API_TOKENS_FILE).
+        tokens = Path(stack.base_dir) / "api-tokens"
+        add_client(str(tokens), "bench", new_token())
         for name in WORKERS:
-            worker_env = {**env, "API_PORT": str(free_port()), "GRPC_PORT": str(free_port())}
+            worker_env = {**env, "API_PORT": str(free_port()), "GRPC_PORT": str(free_port()),
+                          "API_TOKENS_FILE": str(tokens)}
             worker = WorkerProcess(name, [name], worker_env, stack.base_dir)
             worker.start(timeout=120)
             try:

@@ -1,9 +1,11 @@
 """aiohttp applications: the read API, and the small ops app (/healthz, /readyz, /metrics)
 served on HTTP_PORT like every other worker, so probes and scraping look the same for all.
 
-Request flow: parse and validate parameters (400), negotiate the format (406), then one call
-into a query thread for the page (and, only when the page is empty, whether the site exists
-at all: 404). Every error is an RFC 9457 problem document, whatever format was asked for.
+Request flow: on data routes, the bearer token (401) and the client's rate (429) first, so a
+client without a token learns nothing else; then parse and validate parameters (400),
+negotiate the format (406), then one call into a query thread for the page (and, only when
+the page is empty, whether the site exists at all: 404). Every error is an RFC 9457 problem
+document, whatever format was asked for.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from energy_pipeline.api import metrics
+from energy_pipeline.api.auth import (
+    ANONYMOUS,
+    RateLimiter,
+    Refusal,
+    Tokens,
+    bearer_token,
+    retry_after,
+)
 from energy_pipeline.api.paging import encode_cursor, iso, page_link
 from energy_pipeline.api.params import (
     BadRequest,
@@ -99,9 +109,13 @@ class ApiState:
     readiness: Readiness = field(init=False)
     probe: Prober = field(init=False)
     schema_version: int | None = None
+    # The clients that may read (None: API_AUTH=none, every request is ANONYMOUS).
+    tokens: Tokens | None = None
+    limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.routes = {r.name: r for r in routes(self.settings.page_sizes)}
+        self.limiter = RateLimiter(self.settings.api_rate_limit, self.settings.api_rate_burst)
         document = openapi_document(self.settings.page_sizes, _version())
         self.openapi = json.dumps(document, indent=1).encode()
         self.readiness = Readiness("api").add("database")
@@ -125,6 +139,8 @@ class ApiState:
 
 
 STATE = web.AppKey("state", ApiState)
+# The client a data request was authenticated as (for the request's log line).
+CLIENT = web.RequestKey("client", str)
 
 
 # ---- helpers -----------------------------------------------------------------------------
@@ -304,7 +320,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    in_use, idle = request.app[STATE].pool.stats()
+    state = request.app[STATE]
+    if state.tokens is not None:
+        # Requests check the tokens file as they come; a scrape too, so that the clients'
+        # gauge and a broken file show up even while nobody reads.
+        state.tokens.refresh()
+    in_use, idle = state.pool.stats()
     metrics.DB_CONNECTIONS.labels("in_use").set(in_use)
     metrics.DB_CONNECTIONS.labels("idle").set(idle)
     return web.Response(body=generate_latest(REGISTRY),
@@ -378,11 +399,50 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             "method": request.method, "path": request.path_qs[:500], "route": route,
             "status": status, "duration_ms": round(elapsed * 1000, 2),
             "rows": request.get("rows"), "remote": request.remote,
+            "client": request.get(CLIENT),
         })
 
 
+def _authenticate(state: ApiState, request: web.Request) -> str:
+    """The client making `request`, or ApiError 401."""
+    if state.tokens is None:
+        return ANONYMOUS
+    token = bearer_token(request.headers)
+    if isinstance(token, str):
+        client = state.tokens.identify(token)
+        if client is not None:
+            return client
+        token = Refusal("unknown", "the token is not one of a client in the tokens file")
+    metrics.AUTH_REFUSED.labels(token.reason).inc()
+    raise ApiError(401, "Unauthorized", token.detail,
+                   [{"parameter": "Authorization", "in": "header", "message": token.detail}],
+                   headers={"WWW-Authenticate": token.challenge})
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No token, no data: data routes need a client's bearer token, within its rate."""
+    state = request.app[STATE]
+    route = state.routes.get(request.match_info.route.name or "")
+    if route is None or route.table is None:  # health, metrics, the OpenAPI document, 404s
+        return await handler(request)
+    client = _authenticate(state, request)
+    request[CLIENT] = client
+    wait = state.limiter.take(client)
+    if wait > 0:
+        metrics.RATE_LIMITED.labels(client).inc()
+        raise ApiError(
+            429, "Too Many Requests",
+            f"client {client!r} exceeded {state.settings.api_rate_limit:g} requests per second "
+            f"(burst {state.settings.api_rate_burst}); retry after {retry_after(wait)} s",
+            headers={"Retry-After": retry_after(wait)},
+        )
+    return await handler(request)
+
+
 def _app(state: ApiState, names: Sequence[str]) -> web.Application:
-    app = web.Application(middlewares=[observe])
+    # observe outermost: refusals are logged, counted and turned into problem documents too.
+    app = web.Application(middlewares=[observe, guard])
     app[STATE] = state
     for name in names:
         # GET only: HEAD would run the query to throw the body away.

@@ -21,3 +21,19 @@ DB_ERRORS = Counter(
 DB_CONNECTIONS = Gauge(
     "energy_api_db_connections", "Database connections of the pool", ["state"]
 )
+AUTH_REFUSED = Counter(
+    "energy_api_auth_refused_total",
+    "Data requests answered 401: no Authorization header (missing), not `Bearer <token>` "
+    "(malformed), or a token of no client in the tokens file (unknown)",
+    ["reason"],
+)
+RATE_LIMITED = Counter(
+    "energy_api_rate_limited_total", "Requests answered 429 because the client exceeded its "
+    "rate (API_RATE_LIMIT, API_RATE_BURST)", ["client"],
+)
+CLIENTS = Gauge("energy_api_clients", "Clients in the tokens file as last read")
+TOKEN_RELOADS = Counter(
+    "energy_api_token_reloads_total",
+    "Re-reads of the changed tokens file: ok, or error (the previous clients stay valid)",
+    ["result"],
+)

@@ -2,7 +2,10 @@
 
 API_PORT serves /api/v1/... (plus health and metrics); HTTP_PORT serves only /healthz,
 /readyz and /metrics, as on every worker, so probes and scrape configs are uniform. When
-the two are equal, one listener serves everything.
+the two are equal, one listener serves everything. The data routes need a client's bearer
+token from API_TOKENS_FILE; without a readable tokens file the API does not start, unless
+API_AUTH=none says, knowingly, that anyone may read.
+`energy-pipeline api-token` (api/token_command.py) makes the tokens file's entries.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import signal
 from aiohttp import web
 
 from energy_pipeline.api.app import ApiState, create_app, create_ops_app
+from energy_pipeline.api.auth import Tokens, TokensFileError
 from energy_pipeline.api.pool import ConnectionPool
 from energy_pipeline.api.settings import ApiSettings
-from energy_pipeline.core.errors import port_in_use
+from energy_pipeline.core.errors import USAGE, CommandError, port_in_use
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.settings import environment_help, load
 from energy_pipeline.db.connect import worker_name
@@ -31,12 +35,33 @@ HOST = "0.0.0.0"
 SHUTDOWN_TIMEOUT_S = 15.0
 
 
+def load_tokens(settings: ApiSettings) -> Tokens | None:
+    """The clients of API_TOKENS_FILE (None with API_AUTH=none); CommandError when unusable."""
+    if settings.api_auth == "none":
+        log.warning("API_AUTH=none: the read API serves every request without a token; "
+                    "anyone who reaches API_PORT reads everything")
+        return None
+    try:
+        tokens = Tokens(settings.api_tokens_file)
+    except TokensFileError as exc:
+        raise CommandError(
+            f"API_TOKENS_FILE {exc}",
+            fix=f"write a client into it with `energy-pipeline api-token <client> --file "
+            f"{settings.api_tokens_file}`",
+            status=USAGE,
+        ) from exc
+    log.info("tokens file read", extra={"path": settings.api_tokens_file,
+                                        "clients": list(tokens.clients)})
+    return tokens
+
+
 async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
+    tokens = load_tokens(settings)
     pool = ConnectionPool(
         settings.database_dsn(), settings.api_db_pool_size, settings.api_statement_timeout_ms,
         application_name=worker_name("api", settings.pipeline_name),
     )
-    state = ApiState(settings, pool)
+    state = ApiState(settings, pool, tokens=tokens)
     state.probe.start()
     runners = [web.AppRunner(create_app(state), access_log=None,
                              shutdown_timeout=SHUTDOWN_TIMEOUT_S)]
@@ -57,6 +82,9 @@ async def serve(settings: ApiSettings, stop: asyncio.Event) -> None:
             "ops": [list(a)[:2] for a in runners[-1].addresses],
             "pool_size": settings.api_db_pool_size,
             "statement_timeout_ms": settings.api_statement_timeout_ms,
+            "auth": settings.api_auth,
+            "rate_limit": settings.api_rate_limit,
+            "rate_burst": settings.api_rate_burst,
         })
         await stop.wait()
         log.info("api stopping")
@@ -100,3 +128,4 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         epilog=environment_help(ApiSettings),
     )
     p.set_defaults(func=run)
+

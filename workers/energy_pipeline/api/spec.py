@@ -22,6 +22,8 @@ FORMATS = ("json", "csv")
 JSON_TYPE = "application/json"
 CSV_TYPE = "text/csv"
 PROBLEM_TYPE = "application/problem+json"
+# The security scheme of the data routes in the OpenAPI document.
+BEARER = "bearerToken"
 
 DATE_TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
 
@@ -359,7 +361,11 @@ def _components(tables: list[Table]) -> dict[str, Any]:
         }
         page["required"] += ["data", "next"]
         schemas[page_schema_name(table)] = page
-    return {"schemas": schemas}
+    return {"schemas": schemas, "securitySchemes": {BEARER: {
+        "type": "http", "scheme": "bearer",
+        "description": "A client's token from the API's tokens file (API_TOKENS_FILE); "
+                       "`energy-pipeline api-token` makes one.",
+    }}}
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -384,6 +390,12 @@ def _data_responses(route: Route) -> dict[str, Any]:
             },
         },
         "400": _problem("a parameter is invalid; `errors` names each one"),
+        "401": {**_problem("no `Authorization: Bearer <token>` header, or a token of no client"),
+                "headers": {"WWW-Authenticate": {"description": "`Bearer realm=...`",
+                                                 "schema": {"type": "string"}}}},
+        "429": {**_problem("the client exceeded its request rate"),
+                "headers": {"Retry-After": {"description": "seconds until it may ask again",
+                                            "schema": {"type": "integer"}}}},
         "406": _problem("the Accept header allows neither JSON nor CSV"),
         "503": _problem("the database is unreachable or the query took too long"),
     }
@@ -406,6 +418,7 @@ def openapi_document(pages: PageSizes, version: str) -> dict[str, Any]:
         if route.table is not None:
             tables.append(route.table)
             operation["responses"] = _data_responses(route)
+            operation["security"] = [{BEARER: []}]
         else:
             operation["responses"] = dict(route.responses)
         paths[route.path] = {"get": operation}
@@ -418,7 +431,9 @@ def openapi_document(pages: PageSizes, version: str) -> dict[str, Any]:
                 "Read-only access to the readings, hourly features and forecasts the pipeline "
                 "stores. JSON by default, CSV with `Accept: text/csv` or `?format=csv`. Lists "
                 "are paginated: follow `next` (in the body and the `Link` header) until it is "
-                "null. Errors are RFC 9457 problem details naming the bad parameter."
+                "null. Errors are RFC 9457 problem details naming the bad parameter. Data "
+                "routes need `Authorization: Bearer <token>` (401 without) and are "
+                "rate-limited per client (429 with Retry-After)."
             ),
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
