@@ -385,3 +385,35 @@ def test_api_settings_roll_only_the_api() -> None:
     # Enabling the API changes nothing for the other workers either.
     assert {k: v for k, v in before.items() if k != "demo-api"} == hashes(SPEC)
     assert hashes(with_changes(api={"enabled": True, "replicas": 3})) == before
+
+
+def test_each_kafka_role_logs_in_as_itself_and_trusts_the_ca() -> None:
+    user = {"usernameKey": "u", "passwordKey": "p"}
+    objs = children(with_changes(kafka={
+        "securityProtocol": "SASL_SSL",
+        "sasl": {"credentialsSecret": {"name": "operator-user", **user},
+                 "bridgeCredentialsSecret": {"name": "bridge-user", **user},
+                 "ingestCredentialsSecret": {"name": "ingest-user", **user}},
+        "tls": {"caSecret": {"name": "kafka-tls", "key": "ca.crt"}},
+    }))
+    for worker in ("bridge", "ingest"):
+        c = container(objs, worker)
+        env = {e["name"]: e for e in c["env"]}
+        assert env["KAFKA_SASL_USERNAME"]["valueFrom"] == {
+            "secretKeyRef": {"name": f"{worker}-user", "key": "u"}}
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"] == {
+            "secretKeyRef": {"name": f"{worker}-user", "key": "p"}}
+        assert env["KAFKA_CA_FILE"]["valueFrom"] == {
+            "configMapKeyRef": {"name": "demo-config", "key": "KAFKA_CA_FILE"}}
+        assert {"name": "kafka-ca", "mountPath": "/etc/energy-pipeline/kafka-ca",
+                "readOnly": True} in c["volumeMounts"]
+        pod = objs[("Deployment", f"demo-{worker}")]["spec"]["template"]["spec"]
+        assert {"name": "kafka-ca", "secret": {
+            "secretName": "kafka-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in \
+            pod["volumes"]
+    assert objs[("ConfigMap", "demo-config")]["data"]["KAFKA_CA_FILE"] == (
+        "/etc/energy-pipeline/kafka-ca/ca.crt")
+    # Workers that never talk to Kafka get neither.
+    inference = container(objs, "inference")
+    assert "KAFKA_CA_FILE" not in env_names(inference)
+    assert [m["name"] for m in inference["volumeMounts"]] == ["tmp"]
