@@ -94,6 +94,10 @@ SYSTEM_DEPENDENCIES = (
     SystemDependency("javac", "openjdk-17-jdk-headless"),
     SystemDependency("jar", "openjdk-17-jdk-headless"),
     SystemDependency("mvn", "maven"),
+    # Test certificates (localstack.certs), and a Kafka client nobody here wrote, to show the
+    # secured cluster's refusals with.
+    SystemDependency("openssl", "openssl"),
+    SystemDependency("kcat", "kcat"),
 )
 
 
