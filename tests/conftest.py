@@ -79,6 +79,8 @@ def secured_kafka(services_dir: Path, system_packages: None) -> Iterator[KafkaCl
     cluster = KafkaCluster(
         services_dir / "kafka-secured", size=3,
         security=KafkaSecurity(services_dir / "kafka-secured-auth"),
+        # TLS on every link makes the first election slower; a loaded CI machine slower still.
+        start_timeout=600,
     )
     cluster.start()
     try:

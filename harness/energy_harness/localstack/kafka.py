@@ -239,6 +239,13 @@ def secured_properties(node: KafkaNodeSpec, security: KafkaSecurity) -> dict[str
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "super.users": f"User:{BROKER_PRINCIPAL}",
         "allow.everyone.if.no.acl.found": "false",
+        # TLS handshakes on every quorum link cost three cold JVMs on two shared cores seconds
+        # each at start; with the defaults (1 s election, 2 s fetch and request timeouts) the
+        # leadership flapped for minutes on a loaded machine before any broker registered.
+        "controller.quorum.election.timeout.ms": "5000",
+        "controller.quorum.fetch.timeout.ms": "10000",
+        "controller.quorum.request.timeout.ms": "10000",
+        "broker.session.timeout.ms": "30000",
     }
 
 
