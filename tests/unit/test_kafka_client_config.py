@@ -148,6 +148,9 @@ def test_refusals_name_the_variables_to_fix() -> None:
         "KAFKA_CA_FILE to the CA certificate that signed the brokers' certificates"
     )
     assert refusal(FakeError("_TRANSPORT", "k:9092/1: Connection refused"), "k:9092") is None
+    # A broker gone in the middle of a handshake is no reason to give up.
+    assert refusal(FakeError("_SSL", "k:9092/1: SSL handshake failed: unexpected eof while "
+                             "reading"), "k:9092") is None
 
 
 def test_a_client_remembers_its_refusal_and_raises_it() -> None:

@@ -121,8 +121,10 @@ def log_error(error: Any) -> None:
 
 
 # librdkafka errors that mean a broker answered and refused this client: the same settings
-# will be refused again, so a worker stops with one line instead of retrying for ever.
-_REFUSED = ("_AUTHENTICATION", "_SSL")
+# will be refused again, so a worker stops with one line instead of retrying for ever. Only
+# these texts: a broker that dies mid-handshake is an _SSL error too, and only a reason to
+# wait.
+_REFUSED = {"_AUTHENTICATION": "Authentication failed", "_SSL": "certificate verify failed"}
 # "sasl_ssl://host:port/bootstrap: " before, "(after 12ms in state X)" after librdkafka's text.
 _BROKER_PREFIX = re.compile(r"^\w+://[^\s/]+/\w+: ")
 _AFTER = re.compile(
@@ -133,7 +135,7 @@ def refusal(error: Any, bootstrap_servers: str, username: str = "",
             ca_file: str = "") -> CommandError | None:
     """The one-line error of a client the brokers refused (wrong password, wrong CA), naming
     the variables to fix; None for any other error."""
-    if not hasattr(error, "name") or error.name() not in _REFUSED:
+    if not hasattr(error, "name") or _REFUSED.get(error.name(), "\0") not in error.str():
         return None
     detail = _AFTER.sub("", _BROKER_PREFIX.sub("", error.str()))
     where = f"Kafka at KAFKA_BOOTSTRAP_SERVERS={bootstrap_servers}"
