@@ -25,6 +25,7 @@ from energy_harness.localstack.hivemq_security import (
     write_credentials,
 )
 from energy_harness.localstack.install import ensure_kafka, ensure_system_packages
+from energy_harness.localstack.kafka import KafkaSecurity
 from energy_harness.localstack.postgres import dsn
 from energy_harness.testing import admin_sql
 from energy_pipeline.core.contracts import all_kafka_topics
@@ -67,6 +68,26 @@ def kafka_cluster(services_dir: Path, system_packages: None) -> Iterator[KafkaCl
     """A 3-node KRaft cluster; tests that stop a node must start it again before they end."""
     ensure_kafka()
     cluster = KafkaCluster(services_dir / "kafka", size=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(services_dir: Path, system_packages: None) -> Iterator[KafkaCluster]:
+    """A second 3-node cluster, secured as the chart runs it (SASL_SSL + SCRAM-SHA-512 for
+    clients, mutual TLS between nodes, StandardAuthorizer, one user per role): started only
+    by the tests that ask for it. Its `security` holds the CA and the users' password files;
+    tests that rotate a password must leave the cluster usable."""
+    ensure_kafka()
+    cluster = KafkaCluster(
+        services_dir / "kafka-secured", size=3,
+        security=KafkaSecurity(services_dir / "kafka-secured-auth"),
+        # TLS on every link makes the first election slower; a loaded CI machine slower still.
+        start_timeout=600,
+    )
     cluster.start()
     try:
         yield cluster

@@ -114,13 +114,25 @@ class SecretSetting:
         return get_path(spec, self.ref)
 
 
+# One Kafka principal per role: a worker's own credentials, when the spec names them, instead
+# of kafka.sasl.credentialsSecret (which stays the operator's own).
+KAFKA_ROLE_SECRETS = (
+    ("bridge", ("kafka", "sasl", "bridgeCredentialsSecret")),
+    ("ingest", ("kafka", "sasl", "ingestCredentialsSecret")),
+)
+# Where the bridge and ingest pods find spec.kafka.tls.caSecret (KAFKA_CA_FILE).
+KAFKA_CA_DIR = "/etc/energy-pipeline/kafka-ca"
+KAFKA_CA_FILE = f"{KAFKA_CA_DIR}/ca.crt"
+
 SECRET_SETTINGS = (
     SecretSetting("MQTT_USERNAME", ("bridge",), ("mqtt", "credentialsSecret"), "usernameKey"),
     SecretSetting("MQTT_PASSWORD", ("bridge",), ("mqtt", "credentialsSecret"), "passwordKey"),
     SecretSetting("KAFKA_SASL_USERNAME", ("bridge", "ingest"),
-                  ("kafka", "sasl", "credentialsSecret"), "usernameKey"),
+                  ("kafka", "sasl", "credentialsSecret"), "usernameKey",
+                  overrides=KAFKA_ROLE_SECRETS),
     SecretSetting("KAFKA_SASL_PASSWORD", ("bridge", "ingest"),
-                  ("kafka", "sasl", "credentialsSecret"), "passwordKey"),
+                  ("kafka", "sasl", "credentialsSecret"), "passwordKey",
+                  overrides=KAFKA_ROLE_SECRETS),
     SecretSetting("DATABASE_URL", ("ingest", "inference", "train", "api"),
                   ("database", "urlSecret"), "key",
                   overrides=(("api", ("api", "databaseUrlSecret")),)),
@@ -348,13 +360,38 @@ def spec_schema() -> dict[str, Any]:
                         enum=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
                     ),
                     "credentialsSecret": secret_ref(
-                        "Secret with the SASL user name and password (sets "
+                        "Secret with the SASL user name and password of the operator (topics), "
+                        "and of the bridge and ingest workers unless their own are set (sets "
                         "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD).",
+                        {"usernameKey": ("username", "the user name"),
+                         "passwordKey": ("password", "the password")},
+                    ),
+                    "bridgeCredentialsSecret": secret_ref(
+                        "The bridge's own SASL user (write to the topics), instead of "
+                        "credentialsSecret.",
+                        {"usernameKey": ("username", "the user name"),
+                         "passwordKey": ("password", "the password")},
+                    ),
+                    "ingestCredentialsSecret": secret_ref(
+                        "The ingest workers' own SASL user (read the topics, commit the "
+                        "consumer group), instead of credentialsSecret.",
                         {"usernameKey": ("username", "the user name"),
                          "passwordKey": ("password", "the password")},
                     ),
                 },
                 required=("credentialsSecret",),
+            ),
+            "tls": obj(
+                "TLS towards the brokers (securityProtocol SSL or SASL_SSL).",
+                {
+                    "caSecret": secret_ref(
+                        "Secret holding the PEM certificate of the CA that signed the brokers' "
+                        f"certificates: mounted into the bridge and ingest pods at {KAFKA_CA_DIR} "
+                        "(sets KAFKA_CA_FILE) and read by the operator for its own connection. "
+                        "Unset: the system's CAs.",
+                        {"key": ("ca.crt", "the CA certificate")},
+                    ),
+                },
             ),
             "consumerGroup": string(
                 "Consumer group of the ingest workers.",
@@ -375,6 +412,8 @@ def spec_schema() -> dict[str, Any]:
                  "minInSyncReplicas must not exceed replicationFactor", ".minInSyncReplicas"),
             rule("!has(self.sasl) || self.securityProtocol.startsWith('SASL_')",
                  "sasl needs securityProtocol SASL_PLAINTEXT or SASL_SSL", ".securityProtocol"),
+            rule("!has(self.tls) || self.securityProtocol.endsWith('SSL')",
+                 "tls needs securityProtocol SSL or SASL_SSL", ".securityProtocol"),
         ),
     )
 

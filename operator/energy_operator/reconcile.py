@@ -213,10 +213,17 @@ def kafka_config(kube: Kube, namespace: str, spec: Mapping[str, Any],
         password = _secret(kube, namespace, ref, "passwordKey", field_name, outcome)
         if user is None or password is None:
             return None
+    # The workers get the CA as a mounted file; the operator reads the same Secret.
+    ca_ref = (kafka.get("tls") or {}).get("caSecret")
+    ca_pem: str | None = ""
+    if ca_ref:
+        ca_pem = _secret(kube, namespace, ca_ref, "key", "spec.kafka.tls.caSecret", outcome)
+        if ca_pem is None:
+            return None
     return {
         **client_config(kafka["bootstrapServers"], kafka["securityProtocol"],
                         sasl_mechanism=sasl.get("mechanism", ""), sasl_username=user,
-                        sasl_password=password),
+                        sasl_password=password, ca_pem=ca_pem),
         # An unreachable broker costs one pass seconds, not librdkafka's default 30.
         "socket.connection.setup.timeout.ms": "5000",
     }

@@ -85,6 +85,8 @@ DERIVED_SETTINGS = (
     Derived("DATABASE_CA_FILE", DATABASE_WORKERS,
             f"with spec.database.caSecret: where its CA certificate is mounted "
             f"({DATABASE_CA_FILE})"),
+    Derived("KAFKA_CA_FILE", ("bridge", "ingest"),
+            f"{crd.KAFKA_CA_FILE}, where spec.kafka.tls.caSecret is mounted (when set)"),
 )
 # The bridge's persistent MQTT session is named after its pod (what it defaults to anyway).
 FIELD_REF_SETTINGS = {"bridge": {"MQTT_CLIENT_ID": "metadata.name"}}
@@ -118,6 +120,8 @@ def config_data(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str,
     })
     if spec["database"].get("caSecret"):
         data["DATABASE_CA_FILE"] = DATABASE_CA_FILE
+    if crd.get_path(spec, ("kafka", "tls", "caSecret")):
+        data["KAFKA_CA_FILE"] = crd.KAFKA_CA_FILE
     return dict(sorted(data.items()))
 
 
@@ -139,6 +143,23 @@ def secret_env(worker: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
             "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref[setting.key_field]}},
         })
     return out
+
+
+def kafka_ca_secret(worker: str, spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """spec.kafka.tls.caSecret when `worker` talks to Kafka, else None."""
+    if worker not in ("bridge", "ingest"):
+        return None
+    return crd.get_path(spec, ("kafka", "tls", "caSecret")) or None
+
+
+def kafka_ca_volume(worker: str, spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Kafka CA Secret's one key as the file KAFKA_CA_FILE names (a Secret volume follows
+    a renewed CA without a restart; librdkafka reads it when a client is made)."""
+    ref = kafka_ca_secret(worker, spec)
+    if ref is None:
+        return None
+    return {"name": "kafka-ca", "secret": {
+        "secretName": ref["name"], "items": [{"key": ref["key"], "path": "ca.crt"}]}}
 
 
 def container_env(name: str, worker: str, spec: Mapping[str, Any],
@@ -223,6 +244,9 @@ def container(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
     if database_ca(worker, spec):
         out["volumeMounts"].append(
             {"name": DATABASE_CA_VOLUME, "mountPath": DATABASE_CA_DIR, "readOnly": True})
+    if kafka_ca_volume(worker, spec):
+        out["volumeMounts"].append(
+            {"name": "kafka-ca", "mountPath": crd.KAFKA_CA_DIR, "readOnly": True})
     if worker != "train":
         # Startup allows a minute (inference loads its model first); then liveness is strict.
         out["startupProbe"] = _http_probe("/healthz", 2, 30)
@@ -291,6 +315,9 @@ def pod_spec(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
         pod["volumes"].append({"name": "api-tokens", "secret": {
             "secretName": tokens["name"], "items": [{"key": tokens["key"], "path": "tokens"}],
             "defaultMode": 0o440}})
+    ca_volume = kafka_ca_volume(worker, spec)
+    if ca_volume:
+        pod["volumes"].append(ca_volume)
     if spec.get("imagePullSecrets"):
         pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
     return pod

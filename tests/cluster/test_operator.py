@@ -694,6 +694,22 @@ def test_the_operator_reaches_kafka_with_the_workers_credentials(kube: KubeContr
             "KAFKA_SASL_PASSWORD": "s3cret"})
         assert config == {**workers.kafka_client_config(),
                           "socket.connection.setup.timeout.ms": "5000"}
+
+        # The brokers' CA: the workers get the Secret as a file, the operator its text.
+        with_ca = crd.with_defaults({**spec, "kafka": {
+            **spec["kafka"], "tls": {"caSecret": {"name": "kafka-ca"}}}})
+        unread = Outcome()
+        assert kafka_config(client, namespace, with_ca, unread) is None
+        assert [p.reason for p in unread.problems] == ["SecretMissing"]
+        assert "spec.kafka.tls.caSecret" in unread.problems[0].message
+        pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+        client.create({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "kafka-ca", "namespace": namespace},
+                       "stringData": {"ca.crt": pem}})
+        trusted = Outcome()
+        config = kafka_config(client, namespace, with_ca, trusted)
+        assert not trusted.problems
+        assert config is not None and config["ssl.ca.pem"] == pem
     finally:
         client.request("DELETE", f"/api/v1/namespaces/{namespace}")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from energy_harness.localstack.kafka import role_acls
 from energy_harness.localstack.kube_install import ensure_kube_tools
 
 pytestmark = pytest.mark.cluster
@@ -181,6 +182,7 @@ def test_no_secret_value_outside_its_secret(
         for key, encoded in secret.get("data", {}).items():
             value = base64.b64decode(encoded).decode()
             if key in {"admin-user", "client-username", "username"}:
+            if key in {"admin-user", "client-username"} or key.endswith("-username"):
                 continue  # names, not secrets
             values.add(value)
             # Passwords in URLs: the password itself must not leak either.
@@ -254,24 +256,83 @@ def test_kafka_production_values_secure_the_listeners(
     production_docs: list[dict[str, Any]],
 ) -> None:
     config = by_kind(production_docs, "ConfigMap")["energy-kafka-config"]
-    props = config["data"]["server.properties"]
-    assert "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL" in props
-    assert "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512" in props
+    props = dict(
+        line.strip().split("=", 1) for line in config["data"]["server.properties"].splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    )
+    assert props["listeners"] == "CLIENT://:9092,INTERNAL://:9094,CONTROLLER://:9093"
+    assert props["listener.security.protocol.map"] == "CLIENT:SASL_SSL,INTERNAL:SSL,CONTROLLER:SSL"
+    assert props["inter.broker.listener.name"] == "INTERNAL"
+    assert props["listener.name.internal.ssl.client.auth"] == "required"
+    assert props["listener.name.controller.ssl.client.auth"] == "required"
+    assert props["listener.name.client.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["authorizer.class.name"] == (
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer")
+    assert props["super.users"] == "User:kafka-broker"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    # No password in the ConfigMap, none formatted into the metadata log either.
+    assert "password" not in config["data"]["server.properties"]
+    assert "--add-scram" not in config["data"]["start.sh"]
     sts = by_kind(production_docs, "StatefulSet")["energy-kafka"]
     claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["storageClassName"] == "fast-ssd"
     assert claim["resources"]["requests"]["storage"] == "100Gi"
-    assert "requiredDuringSchedulingIgnoredDuringExecution" in (
-        sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
-    )
+    pod = sts["spec"]["template"]["spec"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAntiAffinity"]
+    # The users container upserts the users from the Secret on every start.
+    kafka, users = pod["containers"]
+    assert users["command"] == ["/bin/sh", "/etc/kafka-base/users.sh"]
+    users_env = {e["name"]: e.get("value") for e in users["env"]}
+    assert users_env["KAFKA_USERS"] == "bridge ingest operator"
+    assert users_env["KAFKA_INTERNAL_PORT"] == "9094"
+    mounts = {m["name"]: m["mountPath"] for m in users["volumeMounts"]}
+    assert mounts["users"] == "/etc/kafka/users" and mounts["tls"] == "/etc/kafka/tls"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["users"]["secret"]["secretName"] == "energy-kafka-sasl"
+    assert volumes["tls"]["secret"]["secretName"] == "kafka-tls"
+    assert not [e for e in kafka["env"] if "PASSWORD" in e["name"]]
+    assert {p["name"]: p["containerPort"] for p in kafka["ports"]}["internal"] == 9094
+    secret = by_kind(production_docs, "Secret")["energy-kafka-sasl"]
+    assert set(secret["data"]) == {f"{u}-{k}" for u in ("bridge", "ingest", "operator")
+                                   for k in ("username", "password")}
+    assert base64.b64decode(secret["data"]["ingest-username"]).decode() == "ingest"
     example = by_kind(production_docs, "EnergyPipeline")["energy"]["spec"]["kafka"]
     assert example["securityProtocol"] == "SASL_SSL"
-    assert example["sasl"]["credentialsSecret"] == {
-        "name": "energy-kafka-sasl", "usernameKey": "client-username",
-        "passwordKey": "client-password",
-    }
-    secret = by_kind(production_docs, "Secret")["energy-kafka-sasl"]
-    assert {"client-username", "client-password", "inter-broker-password"} <= set(secret["data"])
+    assert example["tls"] == {"caSecret": {"name": "kafka-tls", "key": "ca.crt"}}
+    for role, field in (("operator", "credentialsSecret"), ("bridge", "bridgeCredentialsSecret"),
+                        ("ingest", "ingestCredentialsSecret")):
+        assert example["sasl"][field] == {"name": "energy-kafka-sasl",
+                                          "usernameKey": f"{role}-username",
+                                          "passwordKey": f"{role}-password"}
+
+
+def test_kafka_acls_are_the_roles_of_the_local_secured_cluster(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    """The chart's acls.txt and the harness's role_acls (what the integration tests prove
+    against real brokers) grant exactly the same."""
+    config = by_kind(production_docs, "ConfigMap")["energy-kafka-config"]
+    rendered = set()
+    for line in config["data"]["acls.txt"].splitlines():
+        if line.strip():
+            # <principal> <Op,Op...> --<resource> <name> [--<resource> <name>...]
+            principal, operations, *resources = line.split()
+            for flag, name in zip(resources[::2], resources[1::2], strict=True):
+                rendered |= {(principal, op, flag, name) for op in operations.split(",")}
+    expected = {(f"User:{a.principal}", a.operation.capitalize(), f"--{a.resource}", a.name)
+                for a in role_acls("energy", "ingest")}
+    assert rendered == expected
+
+
+def test_kafka_sasl_without_tls_is_refused(helm: Path, platform_chart: Path,
+                                          tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"auth": {"sasl": {"enabled": True}}}))
+    result = subprocess.run(
+        [str(helm), "template", "energy", str(platform_chart.parent / "kafka"),
+         "--values", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "auth.sasl.enabled needs auth.tls.enabled" in result.stderr
 
 
 def test_postgres(

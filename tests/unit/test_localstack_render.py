@@ -11,8 +11,10 @@ import pytest
 from energy_harness.localstack.install import SystemDependency, missing_system_dependencies
 from energy_harness.localstack.kafka import (
     KafkaNodeSpec,
+    KafkaSecurity,
     new_cluster_id,
     render_server_properties,
+    role_acls,
 )
 from energy_harness.localstack.mqtt import render_mosquitto_conf
 from energy_harness.localstack.postgres import dsn, render_server_args
@@ -68,6 +70,46 @@ def test_kafka_overrides_win() -> None:
     )
     assert props["num.partitions"] == "8"
     assert props["x.y"] == "z"
+
+
+def test_secured_kafka_puts_clients_on_sasl_ssl_and_nodes_on_mutual_tls() -> None:
+    specs = [KafkaNodeSpec(i, 9000 + i, 9100 + i, Path(f"/data/{i}"), 9200 + i)
+             for i in (1, 2, 3)]
+    security = KafkaSecurity(Path("/auth"))
+    props = parse_properties(render_server_properties(specs[0], specs, security=security))
+    assert props["listeners"] == (
+        "CLIENT://127.0.0.1:9001,INTERNAL://127.0.0.1:9201,CONTROLLER://127.0.0.1:9101")
+    assert props["advertised.listeners"] == "CLIENT://127.0.0.1:9001,INTERNAL://127.0.0.1:9201"
+    assert props["listener.security.protocol.map"] == (
+        "CLIENT:SASL_SSL,INTERNAL:SSL,CONTROLLER:SSL")
+    assert props["inter.broker.listener.name"] == "INTERNAL"
+    assert props["listener.name.client.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["listener.name.internal.ssl.client.auth"] == "required"
+    assert props["listener.name.controller.ssl.client.auth"] == "required"
+    assert props["authorizer.class.name"] == (
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer")
+    assert props["super.users"] == "User:kafka-broker"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:9101,2@127.0.0.1:9102,3@127.0.0.1:9103"
+
+
+def test_each_role_gets_only_what_its_code_does() -> None:
+    rules = {(a.principal, a.resource, a.name, a.operation) for a in role_acls("energy", "ingest")}
+    sensors = ("temperature", "humidity", "squarefootage", "renewableenergy", "energyconsumption")
+    readings = [f"energy.{s}" for s in sensors]
+    everything = [*readings, "energy.deadletter"]
+    assert {r for r in rules if r[0] == "bridge"} == {
+        ("bridge", "topic", t, op) for t in everything for op in ("WRITE", "DESCRIBE")}
+    assert {r for r in rules if r[0] == "ingest"} == {
+        *(("ingest", "topic", t, op) for t in readings for op in ("READ", "DESCRIBE")),
+        ("ingest", "topic", "energy.deadletter", "WRITE"),
+        ("ingest", "topic", "energy.deadletter", "DESCRIBE"),
+        ("ingest", "group", "ingest", "READ"),
+        ("ingest", "group", "ingest", "DESCRIBE"),
+    }
+    assert {r for r in rules if r[0] == "operator"} == {
+        ("operator", "topic", t, op) for t in everything
+        for op in ("CREATE", "DESCRIBE", "ALTER", "DELETE")}
 
 
 def test_cluster_ids_are_kafka_uuids() -> None:

@@ -487,3 +487,33 @@ def test_the_operator_made_tokens_secret() -> None:
         "kubectl -n energy get secret demo-api-tokens -o jsonpath='{.data.token}' | base64 -d")
     # Pure: the same token gives the same Secret.
     assert secret == render.api_tokens_secret("demo", "energy", "the-token")
+def test_each_kafka_role_logs_in_as_itself_and_trusts_the_ca() -> None:
+    user = {"usernameKey": "u", "passwordKey": "p"}
+    objs = children(with_changes(kafka={
+        "securityProtocol": "SASL_SSL",
+        "sasl": {"credentialsSecret": {"name": "operator-user", **user},
+                 "bridgeCredentialsSecret": {"name": "bridge-user", **user},
+                 "ingestCredentialsSecret": {"name": "ingest-user", **user}},
+        "tls": {"caSecret": {"name": "kafka-tls", "key": "ca.crt"}},
+    }))
+    for worker in ("bridge", "ingest"):
+        c = container(objs, worker)
+        env = {e["name"]: e for e in c["env"]}
+        assert env["KAFKA_SASL_USERNAME"]["valueFrom"] == {
+            "secretKeyRef": {"name": f"{worker}-user", "key": "u"}}
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"] == {
+            "secretKeyRef": {"name": f"{worker}-user", "key": "p"}}
+        assert env["KAFKA_CA_FILE"]["valueFrom"] == {
+            "configMapKeyRef": {"name": "demo-config", "key": "KAFKA_CA_FILE"}}
+        assert {"name": "kafka-ca", "mountPath": "/etc/energy-pipeline/kafka-ca",
+                "readOnly": True} in c["volumeMounts"]
+        pod = objs[("Deployment", f"demo-{worker}")]["spec"]["template"]["spec"]
+        assert {"name": "kafka-ca", "secret": {
+            "secretName": "kafka-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in \
+            pod["volumes"]
+    assert objs[("ConfigMap", "demo-config")]["data"]["KAFKA_CA_FILE"] == (
+        "/etc/energy-pipeline/kafka-ca/ca.crt")
+    # Workers that never talk to Kafka get neither.
+    inference = container(objs, "inference")
+    assert "KAFKA_CA_FILE" not in env_names(inference)
+    assert [m["name"] for m in inference["volumeMounts"]] == ["tmp"]

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Starts one Kafka node of the StatefulSet: node.id from the pod ordinal, per-node settings
-# and secrets appended to the chart's server.properties in a private runtime directory
-# (never in a ConfigMap), storage formatted on the first start only.
+# and the TLS key store appended to the chart's server.properties in a private runtime
+# directory (never in a ConfigMap), storage formatted on the first start only. SCRAM users
+# and ACLs are not made here: users.sh, the pod's second container, upserts them on every
+# start (users bootstrapped at format time would never see a rotated password).
 # POSIX sh: the official image is Alpine-based and its shell is busybox ash.
 set -eu
 
@@ -36,17 +38,13 @@ config=$KAFKA_RUNTIME_DIR/server.properties
   echo "# Per node, written by start.sh"
   echo "node.id=$node_id"
   echo "log.dirs=$KAFKA_DATA_DIR"
-  echo "advertised.listeners=CLIENT://$POD_NAME.$KAFKA_ADVERTISED_DOMAIN:$KAFKA_CLIENT_PORT"
+  advertised="CLIENT://$POD_NAME.$KAFKA_ADVERTISED_DOMAIN:$KAFKA_CLIENT_PORT"
+  # With TLS the brokers replicate over their own mutual-TLS listener.
+  if [ -n "${KAFKA_INTERNAL_PORT:-}" ]; then
+    advertised="$advertised,INTERNAL://$POD_NAME.$KAFKA_ADVERTISED_DOMAIN:$KAFKA_INTERNAL_PORT"
+  fi
+  echo "advertised.listeners=$advertised"
 } >"$config"
-
-if [ "${KAFKA_SASL_ENABLED:-false}" = true ]; then
-  : "${KAFKA_SASL_MECHANISM:?}" "${KAFKA_INTER_BROKER_USER:?}" "${KAFKA_INTER_BROKER_PASSWORD:?}"
-  : "${KAFKA_CLIENT_USER:?}" "${KAFKA_CLIENT_PASSWORD:?}"
-  mechanism_lower=$(echo "$KAFKA_SASL_MECHANISM" | tr '[:upper:]' '[:lower:]')
-  {
-    echo "listener.name.client.$mechanism_lower.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$KAFKA_INTER_BROKER_USER\" password=\"$KAFKA_INTER_BROKER_PASSWORD\";"
-  } >>"$config"
-fi
 
 if [ "${KAFKA_TLS_ENABLED:-false}" = true ]; then
   tls_dir=${KAFKA_TLS_DIR:-/etc/kafka/tls}
@@ -61,16 +59,8 @@ if [ "${KAFKA_TLS_ENABLED:-false}" = true ]; then
 fi
 
 # --ignore-formatted: a restarted node keeps its data; only an empty volume is formatted.
-# SCRAM users are bootstrapped into the metadata log at that first format.
-if [ "${KAFKA_SASL_ENABLED:-false}" = true ]; then
-  "$KAFKA_HOME/bin/kafka-storage.sh" format --cluster-id "$KAFKA_CLUSTER_ID" \
-    --config "$config" --ignore-formatted \
-    --add-scram "$KAFKA_SASL_MECHANISM=[name=$KAFKA_INTER_BROKER_USER,password=$KAFKA_INTER_BROKER_PASSWORD]" \
-    --add-scram "$KAFKA_SASL_MECHANISM=[name=$KAFKA_CLIENT_USER,password=$KAFKA_CLIENT_PASSWORD]"
-else
-  "$KAFKA_HOME/bin/kafka-storage.sh" format --cluster-id "$KAFKA_CLUSTER_ID" \
-    --config "$config" --ignore-formatted
-fi
+"$KAFKA_HOME/bin/kafka-storage.sh" format --cluster-id "$KAFKA_CLUSTER_ID" \
+  --config "$config" --ignore-formatted
 
 echo "start.sh: node.id=$node_id cluster.id=$KAFKA_CLUSTER_ID" >&2
 exec "$KAFKA_HOME/bin/kafka-server-start.sh" "$config"

@@ -101,6 +101,8 @@ SYSTEM_DEPENDENCIES = (
     SystemDependency("keytool", "openjdk-17-jre-headless"),
     SystemDependency("mosquitto_pub", "mosquitto-clients"),
     SystemDependency("mosquitto_sub", "mosquitto-clients"),
+    # A Kafka client nobody here wrote, to show the secured cluster's refusals with.
+    SystemDependency("kcat", "kcat"),
 )
 
 

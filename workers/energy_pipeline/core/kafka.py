@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from energy_pipeline.core.errors import CommandError
@@ -120,11 +120,79 @@ def log_error(error: Any) -> None:
     librdkafka_logger().log(level, "%s [%s] %s", "ERROR", error.name(), error.str())
 
 
-def client_logging() -> dict[str, Any]:
-    """The log settings of every client: throttled lines through Python logging (JSON on
-    stdout in the workers), none of librdkafka's own on stderr."""
-    return {"logger": librdkafka_logger(), "error_cb": log_error}
+# librdkafka errors that mean a broker answered and refused this client: the same settings
+# will be refused again, so a worker stops with one line instead of retrying for ever. Only
+# these texts: a broker that dies mid-handshake is an _SSL error too, and only a reason to
+# wait.
+_REFUSED = {"_AUTHENTICATION": "Authentication failed", "_SSL": "certificate verify failed"}
+# "sasl_ssl://host:port/bootstrap: " before, "(after 12ms in state X)" after librdkafka's text.
+_BROKER_PREFIX = re.compile(r"^\w+://[^\s/]+/\w+: ")
+_AFTER = re.compile(
+    r"\s*\(after \d+ms in state \w+(?:, \d+ identical error\(s\) suppressed)?\)$")
 
+
+def refusal(error: Any, bootstrap_servers: str, username: str = "",
+            ca_file: str = "") -> CommandError | None:
+    """The one-line error of a client the brokers refused (wrong password, wrong CA), naming
+    the variables to fix; None for any other error."""
+    if not hasattr(error, "name") or _REFUSED.get(error.name(), "\0") not in error.str():
+        return None
+    detail = _AFTER.sub("", _BROKER_PREFIX.sub("", error.str()))
+    where = f"Kafka at KAFKA_BOOTSTRAP_SERVERS={bootstrap_servers}"
+    if error.name() == "_AUTHENTICATION":
+        return CommandError(
+            f"{where} refused the login of KAFKA_SASL_USERNAME={username or '(unset)'} "
+            f"({detail})",
+            fix="check KAFKA_SASL_USERNAME and its password (KAFKA_SASL_PASSWORD_FILE or "
+            "KAFKA_SASL_PASSWORD) against the users Secret the brokers read",
+        )
+    return CommandError(
+        f"TLS with {where} failed, KAFKA_CA_FILE={ca_file or '(unset: system CAs)'} ({detail})",
+        fix="set KAFKA_CA_FILE to the CA certificate that signed the brokers' certificates",
+    )
+
+
+@dataclass(eq=True)
+class ClientErrors:
+    """librdkafka's `error_cb` of one client: logs every error (`log_error`), a refusal as its
+    one clear line, and keeps the last refusal for `raise_if_refused`.
+
+    librdkafka calls it from the client's poll()/consume()/flush(), on the caller's thread.
+    """
+
+    bootstrap_servers: str = ""
+    username: str = ""
+    ca_file: str = ""
+    refused: CommandError | None = field(default=None, compare=False)
+
+    def __call__(self, error: Any) -> None:
+        refused = refusal(error, self.bootstrap_servers, self.username, self.ca_file)
+        if refused is None:
+            log_error(error)
+            return
+        self.refused = refused
+        librdkafka_logger().log(logging.ERROR, "%s [%s] %s", "ERROR", error.name(), str(refused))
+
+
+def raise_if_refused(client: Any, config: dict[str, Any]) -> None:
+    """Raise the refusal the client's `ClientErrors` saw, if any, after handing it the queued
+    errors (`client.poll(0)`; None: a loop that polls anyway): a wrong password or CA ends a
+    worker with one line, and its restart reads a rotated password again."""
+    errors = config.get("error_cb")
+    if not isinstance(errors, ClientErrors):
+        return
+    if errors.refused is None and client is not None:
+        client.poll(0)
+    if errors.refused is not None:
+        raise errors.refused
+
+
+def client_logging(bootstrap_servers: str = "", username: str = "",
+                   ca_file: str = "") -> dict[str, Any]:
+    """The log settings of every client: throttled lines through Python logging (JSON on
+    stdout in the workers), none of librdkafka's own on stderr; refusals in one clear line."""
+    return {"logger": librdkafka_logger(),
+            "error_cb": ClientErrors(bootstrap_servers, username, ca_file)}
 
 
 def client_config(
@@ -134,14 +202,21 @@ def client_config(
     sasl_mechanism: str = "",
     sasl_username: str = "",
     sasl_password: str = "",
+    ca_file: str = "",
+    ca_pem: str = "",
 ) -> dict[str, Any]:
     """librdkafka's connection and log settings. No user name means no SASL
-    (KAFKA_SASL_USERNAME)."""
+    (KAFKA_SASL_USERNAME); no CA means the system's CAs. The CA comes as a file
+    (KAFKA_CA_FILE, the workers) or as PEM text (the operator, from the Secret)."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
         "security.protocol": security_protocol,
-        **client_logging(),
+        **client_logging(bootstrap_servers, sasl_username, ca_file),
     }
+    if ca_file:
+        config["ssl.ca.location"] = ca_file
+    if ca_pem:
+        config["ssl.ca.pem"] = ca_pem
     if sasl_username:
         config.update(
             {
@@ -151,6 +226,19 @@ def client_config(
             }
         )
     return config
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The content of a mounted Secret's file (`variable` names it), without the trailing
+    newline an editor or `echo` adds; unreadable is a CommandError naming the variable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise CommandError(
+            f"cannot read {variable}={path}: {exc.strerror or exc}",
+            fix=f"mount the Secret there or set {variable} to the file that holds it",
+        ) from exc
 
 
 # librdkafka error codes that mean "no broker answered".
@@ -167,8 +255,9 @@ def unreachable(bootstrap_servers: str, detail: str, waited_s: float | None = No
     )
 
 
-def check_reachable(client: Any, bootstrap_servers: str, timeout_s: float = 10.0) -> None:
-    """Raise `unreachable` unless the cluster's metadata arrives within `timeout_s`.
+def check_reachable(client: Any, config: dict[str, Any], timeout_s: float = 10.0) -> None:
+    """Raise `unreachable`, or the refusal (wrong password or CA), unless the cluster's
+    metadata arrives within `timeout_s`; `config` is the client's (client_config).
 
     Commands call this first: librdkafka's admin requests otherwise wait 30 s or more on a
     cluster that is not there, and then say only TimeoutError.
@@ -178,7 +267,8 @@ def check_reachable(client: Any, bootstrap_servers: str, timeout_s: float = 10.0
     try:
         client.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise unreachable(bootstrap_servers, exc.args[0].str(), timeout_s) from exc
+        raise_if_refused(client, config)
+        raise unreachable(config["bootstrap.servers"], exc.args[0].str(), timeout_s) from exc
 
 
 def as_command_error(exc: BaseException) -> CommandError | None:

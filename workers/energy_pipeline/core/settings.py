@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from energy_pipeline.core.contracts import Limits
-from energy_pipeline.core.kafka import client_config
+from energy_pipeline.core.kafka import client_config, read_secret_file
 
 T = TypeVar("T")
 
@@ -171,6 +171,22 @@ class KafkaSettings:
     kafka_sasl_mechanism: str = env("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512", doc="SASL mechanism")
     kafka_sasl_username: str = env("KAFKA_SASL_USERNAME", "", doc="SASL user (empty: no SASL)")
     kafka_sasl_password: str = env("KAFKA_SASL_PASSWORD", "", doc="SASL password")
+    kafka_sasl_password_file: str = env(
+        "KAFKA_SASL_PASSWORD_FILE", "",
+        doc="file holding the SASL password (a mounted Secret); wins over KAFKA_SASL_PASSWORD",
+    )
+    kafka_ca_file: str = env(
+        "KAFKA_CA_FILE", "",
+        doc="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL); "
+        "empty: the system's CAs",
+    )
+
+    def kafka_sasl_secret(self) -> str:
+        """The SASL password: KAFKA_SASL_PASSWORD_FILE's content if set, read now (a rotated
+        Secret is read at the next start), else KAFKA_SASL_PASSWORD."""
+        if self.kafka_sasl_password_file:
+            return read_secret_file("KAFKA_SASL_PASSWORD_FILE", self.kafka_sasl_password_file)
+        return self.kafka_sasl_password
 
     def kafka_client_config(self) -> dict[str, Any]:
         return client_config(
@@ -178,7 +194,8 @@ class KafkaSettings:
             self.kafka_security_protocol,
             sasl_mechanism=self.kafka_sasl_mechanism,
             sasl_username=self.kafka_sasl_username,
-            sasl_password=self.kafka_sasl_password,
+            sasl_password=self.kafka_sasl_secret() if self.kafka_sasl_username else "",
+            ca_file=self.kafka_ca_file,
         )
 
 

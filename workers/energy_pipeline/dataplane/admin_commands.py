@@ -54,8 +54,9 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
 
 def _topics_create(args: argparse.Namespace) -> int:
     settings = load(TopicSettings)
-    admin = AdminClient(settings.kafka_client_config())
-    check_reachable(admin, settings.kafka_bootstrap_servers, timeout_s=args.timeout)
+    config = settings.kafka_client_config()
+    admin = AdminClient(config)
+    check_reachable(admin, config, timeout_s=args.timeout)
     created = {spec.name: create_topic(admin, spec) for spec in topic_specs(settings)}
     print(
         json.dumps(

@@ -30,6 +30,7 @@ from energy_pipeline.core.contracts import (
     kafka_topic,
     partition_for,
 )
+from energy_pipeline.core.kafka import raise_if_refused
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
 from energy_pipeline.core.readiness import (
@@ -178,7 +179,8 @@ class Bridge:
         self.deadletter = deadletter_topic(self.prefix)
         self.limits = settings.limits()
         self.client_id = settings.mqtt_client_id or default_client_id()
-        self.producer = Producer(producer_config(settings), logger=logging.getLogger("librdkafka"))
+        self.kafka_config = producer_config(settings)
+        self.producer = Producer(self.kafka_config, logger=logging.getLogger("librdkafka"))
         self.partitions: dict[str, int] = {}
         self.topics = [kafka_topic(self.prefix, s) for s in SENSOR_NAMES] + [self.deadletter]
         self.broker = f"{settings.mqtt_host}:{settings.mqtt_port}"
@@ -511,6 +513,7 @@ class Bridge:
             try:
                 missing = self.load_partitions()
             except KafkaException as exc:
+                raise_if_refused(self.producer, self.kafka_config)  # wrong password or CA
                 log.log(level, "waiting for Kafka", extra={"error": describe(exc)})
                 missing = self.topics
             else:
@@ -536,6 +539,7 @@ class Bridge:
             now = time.monotonic()
             if now - last_housekeeping > 0.5:
                 last_housekeeping = now
+                raise_if_refused(None, self.kafka_config)  # e.g. a password rotated since
                 self.heartbeat.beat()
                 self.resubscribe_when_idle(now)
                 self.publish_metrics()

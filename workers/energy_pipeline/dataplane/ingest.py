@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from energy_pipeline.core import metrics
 from energy_pipeline.core.contracts import SENSOR_NAMES, Reading, deadletter_topic, kafka_topic
+from energy_pipeline.core.kafka import raise_if_refused
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
 from energy_pipeline.core.readiness import KafkaMetadataCheck, Prober, Readiness, track_ready
@@ -149,10 +150,8 @@ class Ingest:
         self.forecasts = forecasts
         self.topics = [kafka_topic(settings.kafka_topic_prefix, s) for s in SENSOR_NAMES]
         self.deadletter = deadletter_topic(settings.kafka_topic_prefix)
-        self.consumer = Consumer(
-            {**consumer_config(settings), "on_commit": self._on_commit},
-            logger=logging.getLogger("librdkafka"),
-        )
+        self.kafka_config = {**consumer_config(settings), "on_commit": self._on_commit}
+        self.consumer = Consumer(self.kafka_config, logger=logging.getLogger("librdkafka"))
         self.producer = Producer(
             {
                 **settings.kafka_client_config(),
@@ -425,6 +424,7 @@ class Ingest:
             while not self.stopping.is_set():
                 self.heartbeat.beat()
                 polled = self.consumer.consume(self.settings.ingest_batch_size, timeout=wait_s)
+                raise_if_refused(None, self.kafka_config)  # wrong password or CA: one line
                 messages = []
                 for msg in polled:
                     err = msg.error()
