@@ -371,7 +371,7 @@ def test_bridge_with_refused_credentials_says_so(
             time.sleep(0.3)
         where = f"{secure_mqtt.broker.host}:{secure_mqtt.broker.port}"
         assert detail == (
-            f"the MQTT broker at MQTT_HOST:MQTT_PORT {where} refused MQTT_USERNAME 'bridge': "
+            f"mqtt: the MQTT broker at MQTT_HOST:MQTT_PORT {where} refused MQTT_USERNAME 'bridge': "
             "Bad user name or password; check MQTT_USERNAME and MQTT_PASSWORD_FILE (or "
             "MQTT_PASSWORD) against the broker's credentials"
         )
