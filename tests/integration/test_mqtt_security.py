@@ -232,7 +232,9 @@ def test_mosquitto_clients_see_the_same_refusals(secure_mqtt: SecureMqtt) -> Non
     # mosquitto_pub reports the PUBACK's reason code and reason string but exits 0.
     forged = mosquitto("mosquitto_pub", secure_mqtt, *ca, *v5, *login(secure_mqtt, "device-a"),
                        "-t", "energy/site-b/temperature/0", "-m", "{}")
-    assert forged.stderr.splitlines() == [
+    # Then HiveMQ disconnects it; when that lands before mosquitto_pub's own DISCONNECT, it
+    # adds "Error: The client is not currently connected." (seen under load): not compared.
+    assert forged.stderr.splitlines()[:2] == [
         "Warning: Publish 1 failed: Not authorized.",
         "Not authorized to publish on topic 'energy/site-b/temperature/0' with QoS '1' and "
         "retain 'false'",
