@@ -232,7 +232,9 @@ def test_mosquitto_clients_see_the_same_refusals(secure_mqtt: SecureMqtt) -> Non
     # mosquitto_pub reports the PUBACK's reason code and reason string but exits 0.
     forged = mosquitto("mosquitto_pub", secure_mqtt, *ca, *v5, *login(secure_mqtt, "device-a"),
                        "-t", "energy/site-b/temperature/0", "-m", "{}")
-    assert forged.stderr.splitlines() == [
+    # Then HiveMQ disconnects it; when that lands before mosquitto_pub's own DISCONNECT, it
+    # adds "Error: The client is not currently connected." (seen under load): not compared.
+    assert forged.stderr.splitlines()[:2] == [
         "Warning: Publish 1 failed: Not authorized.",
         "Not authorized to publish on topic 'energy/site-b/temperature/0' with QoS '1' and "
         "retain 'false'",
@@ -371,7 +373,7 @@ def test_bridge_with_refused_credentials_says_so(
             time.sleep(0.3)
         where = f"{secure_mqtt.broker.host}:{secure_mqtt.broker.port}"
         assert detail == (
-            f"the MQTT broker at MQTT_HOST:MQTT_PORT {where} refused MQTT_USERNAME 'bridge': "
+            f"mqtt: the MQTT broker at MQTT_HOST:MQTT_PORT {where} refused MQTT_USERNAME 'bridge': "
             "Bad user name or password; check MQTT_USERNAME and MQTT_PASSWORD_FILE (or "
             "MQTT_PASSWORD) against the broker's credentials"
         )

@@ -205,6 +205,9 @@ class Bridge:
         self.fatal: str | None = None
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        # The last CONNACK refused us (bad login): the readiness detail says that, not the
+        # disconnect that follows.
+        self._refused = False
         self._inflight = 0
         self._next_connect = 0.0
         self._connect_delay = 1.0
@@ -301,7 +304,10 @@ class Bridge:
             log.error("mqtt connect refused", extra={"reason": str(reason_code),
                                                      "error": str(refused)})
             self.readiness.failed("mqtt", str(refused))
+            # The broker closes the connection next: _on_disconnect keeps this reason.
+            self._refused = True
             return
+        self._refused = False
         self._connect_delay = 1.0
         # Subscribing again is harmless and repairs a session the broker lost.
         client.subscribe(self.settings.subscription, qos=1)
@@ -343,7 +349,7 @@ class Bridge:
     ) -> None:
         self.connected.clear()
         self.subscribed.clear()
-        if not self.stopping.is_set():
+        if not self.stopping.is_set() and not self._refused:
             # The readiness log says so once (and when it is back); not once per attempt.
             self.readiness.failed("mqtt", f"connection to {self.broker} lost: {reason_code}")
             log.info("mqtt disconnected; reconnecting", extra={"reason": str(reason_code)})
