@@ -49,10 +49,11 @@ class Rule:
 SUMMARY = (
     "Per EnergyPipeline, in any namespace, the operator watches the resource, writes its",
     "status, server-side applies its children and lists them by label, reads the Secrets the",
-    "spec references and posts Events; while a pipeline has no model it starts (and retries)",
-    "its first training Job. It holds a Lease in its own namespace for leader election. It",
-    "needs no access to pods, nodes, namespaces or CRDs (kopf's resource scanning is off),",
-    "nor update on its children (server-side apply patches them).",
+    "spec references, writes its gRPC certificate Secrets and posts Events; while a pipeline",
+    "has no model it starts (and retries) its first training Job. It holds a Lease in its own",
+    "namespace for leader election. It needs no access to pods, nodes, namespaces or CRDs",
+    "(kopf's resource scanning is off), nor update on its children other than those Secrets",
+    "(server-side apply patches them).",
 )
 
 # ClusterRole: what the operator does for each EnergyPipeline, in any namespace.
@@ -86,6 +87,9 @@ CLUSTER_RULES = (
     Rule("read the Secrets the spec references (database URL, Kafka SASL credentials) for its "
          "own migrations and topic administration",
          ("",), ("secrets",), ("get",)),
+    Rule("create the gRPC CA once and issue and renew the inference and ingest "
+         "certificates in their Secrets (spec.inference.tls)",
+         ("",), ("secrets",), ("create", "update")),
     Rule("post Events on the resource",
          ("",), ("events",), ("create",)),
 )

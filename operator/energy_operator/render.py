@@ -20,7 +20,7 @@ from typing import Any
 
 from energy_pipeline.core.contracts import MIN_TRAIN_HOURS, all_kafka_topics
 
-from energy_operator import crd
+from energy_operator import certificates, crd
 from energy_operator.naming import (
     API_PORT,
     CLUSTER_DOMAIN,
@@ -61,6 +61,10 @@ DERIVED_SETTINGS = (
     Derived("API_PORT", ("api",), f"port of the read API, /api/v1/... ({API_PORT})"),
     Derived("INFERENCE_TARGET", ("ingest",),
             "gRPC target of the headless inference Service, dns:///<name>-inference...:50051"),
+    *(Derived(env, ("ingest", "inference"),
+              f"{certificates.MOUNT_PATH}/{key} while spec.inference.tls.enabled (each side's "
+              "own Secret, mounted there)")
+      for env, key in certificates.TLS_FILES.items()),
     Derived("KAFKA_PARTITIONS", (), "spec.kafka.partitions (for `energy-pipeline topics create`)"),
     Derived("KAFKA_REPLICATION_FACTOR", (), "spec.kafka.replicationFactor (idem)"),
 )
@@ -93,7 +97,14 @@ def config_data(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str,
         "KAFKA_PARTITIONS": str(kafka["partitions"]),
         "KAFKA_REPLICATION_FACTOR": str(kafka["replicationFactor"]),
     })
+    if grpc_tls(spec):
+        data.update(certificates.file_settings())
     return dict(sorted(data.items()))
+
+
+def grpc_tls(spec: Mapping[str, Any]) -> bool:
+    """Whether ingest and inference talk mutual TLS (and mount their certificates)."""
+    return bool(spec["inference"]["tls"]["enabled"])
 
 
 def config_keys(worker: str, data: Mapping[str, str]) -> list[str]:
@@ -190,6 +201,8 @@ def container(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if worker in certificates.SIDES and grpc_tls(spec):
+        out["volumeMounts"].append(certificates.volume_mount())
     if worker != "train":
         # Startup allows a minute (inference loads its model first); then liveness is strict.
         out["startupProbe"] = _http_probe("/healthz", 2, 30)
@@ -218,6 +231,9 @@ def pod_spec(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
         # The root filesystem is read-only; libraries still want a scratch directory.
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
     }
+    if worker in certificates.SIDES and grpc_tls(spec):
+        # The kubelet updates the files in place when the Secret is renewed.
+        pod["volumes"].append(certificates.volume(name, spec, worker))
     if spec.get("imagePullSecrets"):
         pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
     return pod
