@@ -534,3 +534,42 @@ def test_inference_with_unusable_certificate_files_stops_with_one_line(
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines()[-1] == line
+
+
+def test_the_operators_certificates_work_between_real_workers(db: str, tmp_path: Path) -> None:
+    """What the operator issues (energy_operator.certificates, made with `cryptography`) is
+    what gRPC's TLS stack accepts: the inference process serves with the server Secret, the
+    client presents the client Secret and checks the Service's name."""
+    from energy_operator import certificates, crd
+
+    spec = crd.with_defaults({"mqtt": {"host": "m"}, "kafka": {"bootstrapServers": "k:1"},
+                              "database": {"urlSecret": {"name": "pg"}},
+                              "inference": {"tls": {"enabled": True}}})
+    ca = certificates.new_ca("ns/ep gRPC CA", datetime.now(UTC))
+    mounts = {}
+    for side in ("server", "client"):
+        secret = certificates.issue_for("ep", "ns", spec, side, ca, datetime.now(UTC))
+        mounts[side] = tmp_path / side
+        project_secret(mounts[side], {k: v.encode() for k, v in
+                                      certificates.secret_data(secret).items()})
+    assert certificates.server_names("ep", "ns")[-1] == SERVICE_NAME
+    version = train(db)
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}},
+        "DATABASE_URL": db, "GRPC_PORT": str(port), "MODEL_REFRESH_S": "0.5",
+        **{var: str(mounts["server"] / key) for var, key in certificates.TLS_FILES.items()},
+    }
+    worker = WorkerProcess("inference", ["inference"], env, tmp_path / "logs").start()
+    client = ForecasterClient(
+        f"127.0.0.1:{port}",
+        CertFiles(*(str(mounts["client"] / k) for k in ("tls.crt", "tls.key", "ca.crt"))),
+        server_name=SERVICE_NAME,
+    )
+    try:
+        worker.wait_ready(30)
+        request = forecast_request("site-a", window(db), HORIZONS, ORIGIN)
+        assert client.forecast(request, 5).model_version == version
+    finally:
+        client.close()
+        worker.stop(timeout=30)
