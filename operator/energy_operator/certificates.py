@@ -189,21 +189,15 @@ def read_ca(data: Mapping[str, str]) -> KeyPair:
         cert, key = pair.certificate(), pair.private_key()
     except ValueError as exc:
         raise ValueError(f"unreadable: {exc}") from exc
-    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value \
-        if _has(cert, x509.BasicConstraints) else None
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
     if constraints is None or not constraints.ca:
         raise ValueError("tls.crt is not a CA certificate (basicConstraints CA:TRUE)")
     if cert.public_key() != key.public_key():
         raise ValueError("tls.key is not the key of tls.crt")
     return pair
-
-
-def _has(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bool:
-    try:
-        cert.extensions.get_extension_for_class(kind)
-    except x509.ExtensionNotFound:
-        return False
-    return True
 
 
 def reissue_reason(data: Mapping[str, str], ca: KeyPair, dns_names: list[str],
