@@ -34,6 +34,7 @@ from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.install import install_all
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess, energy_pipeline_argv, service_env
+from energy_harness.pki import grpc_tls_env
 
 log = logging.getLogger("energy_harness.demo")
 
@@ -348,9 +349,14 @@ def run(args: argparse.Namespace) -> int:
             ).start()
         )
         workers[0].wait_ready()
+        # Mutual TLS between ingest and inference, as on Kubernetes: certificates of a
+        # CA made for this demo, in Secret-volume layout under the data directory.
+        grpc_tls = grpc_tls_env(base / "grpc-tls")
         for i in range(plan.ingest_workers):
-            workers.append(WorkerProcess(f"ingest-{i}", ["ingest"], env, logs).start())
-        workers.append(WorkerProcess("inference", ["inference"], env, logs).start())
+            workers.append(WorkerProcess(
+                f"ingest-{i}", ["ingest"], {**env, **grpc_tls["ingest"]}, logs).start())
+        workers.append(WorkerProcess(
+            "inference", ["inference"], {**env, **grpc_tls["inference"]}, logs).start())
         history_end = datetime.now(UTC)
         workers.append(
             WorkerProcess("simulate", plan.simulate_command(), env, logs).start(wait_ready=False)

@@ -203,6 +203,7 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "energy_pipeline.core.settings.ValidationSettings": (),
     "energy_pipeline.dataplane.ingest.IngestSettings": ("ingest",),
     "energy_pipeline.dataplane.forecast_scheduler.ForecastSettings": (),
+    "energy_pipeline.inference.tls.GrpcTlsSettings": (),
     "energy_pipeline.inference.server.InferenceSettings": ("inference",),
     "energy_pipeline.forecasting.train.TrainSettings": ("train",),
     "energy_pipeline.api.settings.ApiSettings": ("api",),

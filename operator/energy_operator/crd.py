@@ -513,6 +513,39 @@ def spec_schema() -> dict[str, Any]:
                 "Threads handling Forecast calls in each inference pod.",
                 env=Env("GRPC_MAX_WORKERS", F), default=4, minimum=1, maximum=64,
             ),
+            "tls": obj(
+                "Mutual TLS between ingest (client) and inference (server). The operator "
+                "issues both certificates from the CA, stores them in the Secrets "
+                "<name>-inference-tls and <name>-ingest-tls (tls.crt, tls.key, ca.crt) mounted "
+                "at /etc/energy-pipeline/grpc-tls, and issues them again after two thirds of "
+                "their lifetime; the workers reload them without a restart.",
+                {
+                    "enabled": boolean(
+                        "Require client certificates on the Forecaster service. false: "
+                        "plaintext gRPC (the workers log a warning).",
+                        env=Env("GRPC_TLS", ("ingest", "inference")), default=False,
+                    ),
+                    "caSecret": secret_ref(
+                        "Your CA (tls.crt, tls.key) to issue from. Absent: the operator "
+                        "creates <name>-grpc-ca once and never regenerates it.", {},
+                    ),
+                    "serverSecret": secret_ref(
+                        "A Secret with the inference server certificate made by someone else "
+                        "(e.g. a cert-manager Certificate: tls.crt, tls.key, ca.crt; DNS name "
+                        "<name>-inference.<namespace>.svc.cluster.local). The operator then "
+                        "issues none for the server.", {},
+                    ),
+                    "clientSecret": secret_ref(
+                        "Likewise for ingest's client certificate.", {},
+                    ),
+                    "certificateLifetimeHours": integer(
+                        "Lifetime of the certificates the operator issues; they are issued "
+                        "again after two thirds of it.",
+                        default=2160, minimum=1, maximum=87600,
+                    ),
+                },
+                default={},
+            ),
         },
         default={},
     )

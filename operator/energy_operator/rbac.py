@@ -56,10 +56,12 @@ SUMMARY = (
     "Per EnergyPipeline, in any namespace (the chart's namespaced mode: in the watched ones",
     "only), the operator watches the resource, writes its status, server-side applies its",
     "children and lists them by label, reads the Secrets the spec references (get by name:",
-    "never list or watch) and posts Events; while a pipeline has no model it starts (and",
+    "never list or watch), creates the read API's tokens Secret once, writes its gRPC",
+    "certificate Secrets and posts Events; while a pipeline has no model it starts (and",
     "retries) its first training Job. It holds a Lease in its own namespace for leader",
     "election. It needs no access to pods, nodes, namespaces or CRDs (kopf's resource",
-    "scanning is off), nor update on its children (server-side apply patches them).",
+    "scanning is off), nor update on its children other than those certificate Secrets",
+    "(server-side apply patches them).",
 )
 
 # What the operator does for each EnergyPipeline: a ClusterRole (every namespace) or, in the
@@ -102,6 +104,9 @@ CLUSTER_RULES = (
     Rule("create the read API's tokens Secret <name>-api-tokens once, when spec.api names "
          "none (never updated: create cannot be limited to a name, so no update or patch)",
          ("",), ("secrets",), ("create",)),
+    Rule("create the gRPC CA once and issue and renew the inference and ingest "
+         "certificates in their Secrets (spec.inference.tls)",
+         ("",), ("secrets",), ("create", "update")),
     Rule("post Events on the resource",
          ("",), ("events",), ("create",)),
 )

@@ -40,7 +40,7 @@ from energy_pipeline.dataplane.topics import (
 from energy_pipeline.db.connect import DatabaseUnreachable, connect, with_ca, worker_name
 from energy_pipeline.db.migrate import MigrationError, latest_version, migrate, schema_version
 
-from energy_operator import crd, render
+from energy_operator import certificates, crd, render
 from energy_operator.kube import Kube, KubeError
 from energy_operator.naming import OPTIONAL_WORKERS, ChildNames, instance_selector
 from energy_operator.status import (
@@ -293,6 +293,63 @@ def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
     if deleted:
         outcome.did("Deleted", "deleted " + ", ".join(deleted)
                     + " (no longer asked for by the spec)", "deleted " + ", ".join(deleted))
+
+
+def reconcile_certificates(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
+                           adopt: Adopt, outcome: Outcome, now: datetime) -> None:
+    """The gRPC CA (created once, never regenerated) and the server and client certificates
+    (issued when missing, renewed when due: `certificates.reissue_reason`)."""
+    if not render.grpc_tls(spec):
+        return
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    ca_name = certificates.ca_secret_name(name, spec)
+    try:
+        found = kube.get("v1", "Secret", namespace, ca_name)
+        if found is None and certificates.operator_owns_ca(spec):
+            manifest = certificates.ca_secret(
+                name, namespace, spec, certificates.new_ca(f"{namespace}/{name} gRPC CA", now))
+            adopt([manifest], body)
+            try:
+                found = kube.create(manifest)
+                outcome.did("CertificateAuthorityCreated", f"created the gRPC CA {ca_name}",
+                            f"created Secret {ca_name}")
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                found = kube.get("v1", "Secret", namespace, ca_name)  # created meanwhile
+        if found is None:
+            outcome.problem("SecretMissing", f"Secret {namespace}/{ca_name} "
+                            "(spec.inference.tls.caSecret) not found; create it with the CA's "
+                            f"tls.crt and tls.key, e.g. kubectl create secret tls {ca_name} "
+                            "--cert=ca.crt --key=ca.key")
+            return
+        try:
+            ca = certificates.read_ca(certificates.secret_data(found))
+        except ValueError as exc:
+            outcome.problem("CertificateAuthorityInvalid", f"Secret {namespace}/{ca_name}: {exc}")
+            return
+        for side in certificates.managed_sides(spec):
+            secret = certificates.secret_name(name, spec, side)
+            existing = kube.get("v1", "Secret", namespace, secret)
+            reason = certificates.reissue_reason(
+                certificates.secret_data(existing), ca,
+                certificates.expected_names(name, namespace, side), now)
+            if reason is None:
+                continue
+            manifest = certificates.issue_for(name, namespace, spec, side, ca, now)
+            adopt([manifest], body)
+            if existing is None:
+                kube.create(manifest)
+            else:  # optimistic: a concurrent writer makes this fail (409), the next pass retries
+                manifest["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+                kube.replace(manifest)
+            verb = "issued" if existing is None else "renewed"
+            outcome.did(f"Certificate{verb.capitalize()}", f"{verb} the gRPC {side} "
+                        f"certificate in Secret {secret} ({reason})", f"{verb} Secret {secret}")
+    except KubeError as exc:
+        outcome.problem("CertificatesFailed", f"gRPC certificates (Secret {ca_name} and the "
+                        f"ones issued from it): {exc.message}")
 
 
 def _controlled_by(obj: Mapping[str, Any], owner_meta: Mapping[str, Any]) -> bool:
@@ -637,6 +694,8 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
         # restored.
         fresh = frozenset(w for w in OPTIONAL_WORKERS
                           if w not in (previous.get("workloads") or {}))
+        # Before the Deployments: their pods mount these Secrets.
+        reconcile_certificates(kube, body, spec, adopt, outcome, now())
         apply_children(kube, body, spec, adopt, outcome, restoring=restoring, fresh=fresh)
 
     admin = ADMIN_CLIENTS.get(kafka) if kafka is not None else None

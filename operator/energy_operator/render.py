@@ -21,7 +21,7 @@ from typing import Any
 from energy_pipeline.api.auth import entry
 from energy_pipeline.core.contracts import MIN_TRAIN_HOURS, all_kafka_topics
 
-from energy_operator import crd
+from energy_operator import certificates, crd
 from energy_operator.naming import (
     API_PORT,
     CLUSTER_DOMAIN,
@@ -80,6 +80,10 @@ DERIVED_SETTINGS = (
             f"the tokens file from spec.api.tokensSecret, mounted ({API_TOKENS_FILE})"),
     Derived("INFERENCE_TARGET", ("ingest",),
             "gRPC target of the headless inference Service, dns:///<name>-inference...:50051"),
+    *(Derived(env, ("ingest", "inference"),
+              f"{certificates.MOUNT_PATH}/{key} while spec.inference.tls.enabled (each side's "
+              "own Secret, mounted there)")
+      for env, key in certificates.TLS_FILES.items()),
     Derived("KAFKA_PARTITIONS", (), "spec.kafka.partitions (for `energy-pipeline topics create`)"),
     Derived("KAFKA_REPLICATION_FACTOR", (), "spec.kafka.replicationFactor (idem)"),
     Derived("DATABASE_CA_FILE", DATABASE_WORKERS,
@@ -122,7 +126,14 @@ def config_data(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str,
         data["DATABASE_CA_FILE"] = DATABASE_CA_FILE
     if crd.get_path(spec, ("kafka", "tls", "caSecret")):
         data["KAFKA_CA_FILE"] = crd.KAFKA_CA_FILE
+    if grpc_tls(spec):
+        data.update(certificates.file_settings())
     return dict(sorted(data.items()))
+
+
+def grpc_tls(spec: Mapping[str, Any]) -> bool:
+    """Whether ingest and inference talk mutual TLS (and mount their certificates)."""
+    return bool(spec["inference"]["tls"]["enabled"])
 
 
 def config_keys(worker: str, data: Mapping[str, str]) -> list[str]:
@@ -247,6 +258,8 @@ def container(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
     if kafka_ca_volume(worker, spec):
         out["volumeMounts"].append(
             {"name": "kafka-ca", "mountPath": crd.KAFKA_CA_DIR, "readOnly": True})
+    if worker in certificates.SIDES and grpc_tls(spec):
+        out["volumeMounts"].append(certificates.volume_mount())
     if worker != "train":
         # Startup allows a minute (inference loads its model first); then liveness is strict.
         out["startupProbe"] = _http_probe("/healthz", 2, 30)
@@ -318,6 +331,9 @@ def pod_spec(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
     ca_volume = kafka_ca_volume(worker, spec)
     if ca_volume:
         pod["volumes"].append(ca_volume)
+    if worker in certificates.SIDES and grpc_tls(spec):
+        # The kubelet updates the files in place when the Secret is renewed.
+        pod["volumes"].append(certificates.volume(name, spec, worker))
     if spec.get("imagePullSecrets"):
         pod["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
     return pod

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 import pytest
 from energy_harness.localstack.process import free_port
+from energy_harness.pki import grpc_tls_env
 from energy_harness.testing import wait_for
 from energy_pipeline.cli import build_parser
 from energy_pipeline.forecasting.hourly_db import read_window
@@ -96,10 +97,15 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
     dsn = pipeline.env["DATABASE_URL"]
     ports = [free_port(), free_port()]
     target = ",".join(f"127.0.0.1:{port}" for port in ports)
+    # Mutual TLS as deployed. A list of addresses (pod IPs) names no host: the client checks
+    # the server certificate for GRPC_TLS_SERVER_NAME instead (the Service's name on
+    # Kubernetes, `localhost` in these certificates).
+    tls = grpc_tls_env(pipeline.log_dir.parent / "grpc-tls")
+    client_tls = {**tls["ingest"], "GRPC_TLS_SERVER_NAME": "localhost"}
     bridge = pipeline.start("bridge", ["bridge"], MQTT_CLIENT_ID="bridge-forecast")
     bridge.wait_ready()
     ingests = [
-        pipeline.start(f"ingest-{i}", ["ingest"], INFERENCE_TARGET=target,
+        pipeline.start(f"ingest-{i}", ["ingest"], INFERENCE_TARGET=target, **client_tls,
                        FORECAST_HORIZONS=str(HORIZONS), FORECAST_HISTORY_HOURS=str(HISTORY))
         for i in range(2)
     ]
@@ -126,7 +132,8 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
 
     # Inference processes without a model are alive but NOT_SERVING, and get no calls.
     servers = [
-        pipeline.start(f"inference-{i}", ["inference"], GRPC_PORT=str(port), MODEL_REFRESH_S="1")
+        pipeline.start(f"inference-{i}", ["inference"], GRPC_PORT=str(port), MODEL_REFRESH_S="1",
+                       **tls["inference"])
         for i, port in enumerate(ports)
     ]
     time.sleep(3)
@@ -181,7 +188,7 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
 
     # ... never lost: a restarted server (same address) takes the backlog.
     pipeline.start("inference-0-again", ["inference"], GRPC_PORT=str(ports[0]),
-                   MODEL_REFRESH_S="1").wait_ready(60)
+                   MODEL_REFRESH_S="1", **tls["inference"]).wait_ready(60)
     wait_for(lambda: backlog(dsn) == 0, 150, "the backlog to drain after the outage", POLL_S)
     phase("backlog drained after the outage")
     assert forecast_origins(dsn) == expected

@@ -19,6 +19,7 @@ import psycopg2.extras
 import pytest
 from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess
+from energy_harness.pki import grpc_tls_env
 from energy_harness.synthetic import synthetic_building
 from energy_pipeline.core.contracts import Reading
 from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
@@ -90,8 +91,13 @@ def test_backlog_persists_while_inference_is_down_and_drains_when_it_returns(
     db: str, tmp_path: Path
 ) -> None:
     port = free_port()
+    # Mutual TLS, as deployed: the scheduler's client presents ingest's certificate.
+    tls = grpc_tls_env(tmp_path / "grpc-tls")
     settings = ForecastSettings(
-        inference_target=f"127.0.0.1:{port}", forecast_horizons=24, forecast_stream_idle_s=300
+        inference_target=f"127.0.0.1:{port}", forecast_horizons=24, forecast_stream_idle_s=300,
+        grpc_tls_cert_file=tls["ingest"]["GRPC_TLS_CERT_FILE"],
+        grpc_tls_key_file=tls["ingest"]["GRPC_TLS_KEY_FILE"],
+        grpc_tls_ca_file=tls["ingest"]["GRPC_TLS_CA_FILE"],
     )
     first = ForecastScheduler(settings, db, close_every_s=0)
     second = ForecastScheduler(settings, db, close_every_s=0)
@@ -119,6 +125,7 @@ def test_backlog_persists_while_inference_is_down_and_drains_when_it_returns(
     env = {
         **{k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}},
         "DATABASE_URL": db, "GRPC_PORT": str(port), "MODEL_REFRESH_S": "0.5",
+        **tls["inference"],
     }
     worker = WorkerProcess("inference", ["inference"], env, tmp_path / "logs").start()
     try:
@@ -213,7 +220,7 @@ def test_the_owed_hours_do_not_depend_on_the_order_history_arrives_in(database: 
     """`simulate --duration 2h` and then a backfill of older days must owe the backfilled
     hours as if the backfill had come first; before, the site "started" with the recent
     hours and no forecast was ever owed for the history behind them."""
-    settings = ForecastSettings(inference_target=f"127.0.0.1:{free_port()}")
+    settings = ForecastSettings(inference_target=f"127.0.0.1:{free_port()}", grpc_tls=False)
     scheduler = ForecastScheduler(settings, database, close_every_s=0)
     backfill = [range(start, start + 25) for start in range(0, 100, 25)]  # hours 0..99
     recent = range(100, 130)

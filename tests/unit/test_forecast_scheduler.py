@@ -30,6 +30,7 @@ from energy_pipeline.forecasting.train import plan_backtest
 from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.client import SERVICE_CONFIG, channel_target, forecast_request
 from energy_pipeline.inference.convert import forecast_to_proto, hour_of, proto_to_rows
+from energy_pipeline.inference.tls import CertFiles
 
 pytestmark = pytest.mark.unit
 
@@ -126,7 +127,8 @@ def test_forecast_settings_names_defaults_and_bounds() -> None:
     assert settings.inference_target == ""
     assert (settings.forecast_horizons, settings.forecast_lateness_s) == (168, 120)
     assert (settings.forecast_history_hours, settings.forecast_deadline_ms) == (336, 2000)
-    custom = load(ForecastSettings, {"INFERENCE_TARGET": "a:1,b:2", "FORECAST_HORIZONS": "24"})
+    custom = load(ForecastSettings, {"INFERENCE_TARGET": "a:1,b:2", "FORECAST_HORIZONS": "24",
+                                     "GRPC_TLS": "false"})
     assert custom.inference_target == "a:1,b:2" and custom.forecast_horizons == 24
     with pytest.raises(SettingsError, match="FORECAST_HORIZONS"):
         load(ForecastSettings, {"FORECAST_HORIZONS": "169"})
@@ -140,10 +142,46 @@ def test_ingest_settings_carry_the_forecast_settings() -> None:
     settings = load(
         IngestSettings,
         {"DATABASE_URL": "postgresql://x", "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
-         "INFERENCE_TARGET": "dns:///ep-inference.ns.svc.cluster.local:50051"},
+         "INFERENCE_TARGET": "dns:///ep-inference.ns.svc.cluster.local:50051", **TLS_FILES},
     )
     assert settings.inference_target.startswith("dns:///")
     assert settings.forecast_lateness_s == 120
+    assert settings.tls_files() == CertFiles("/t/tls.crt", "/t/tls.key", "/t/ca.crt")
+
+
+TLS_FILES = {"GRPC_TLS_CERT_FILE": "/t/tls.crt", "GRPC_TLS_KEY_FILE": "/t/tls.key",
+             "GRPC_TLS_CA_FILE": "/t/ca.crt"}
+
+
+def test_grpc_is_mutual_tls_unless_turned_off_explicitly() -> None:
+    from energy_pipeline.inference.server import InferenceSettings
+
+    db = {"DATABASE_URL": "postgresql://x"}
+    # Both sides: the three files are required, every missing one named at once.
+    for cls, base in ((ForecastSettings, {"INFERENCE_TARGET": "h:1"}), (InferenceSettings, db)):
+        with pytest.raises(SettingsError) as error:
+            load(cls, base)
+        assert str(error.value) == (
+            "invalid settings: "
+            "GRPC_TLS_CERT_FILE is required while GRPC_TLS is true (GRPC_TLS=false for "
+            "plaintext); GRPC_TLS_KEY_FILE is required while GRPC_TLS is true (GRPC_TLS=false "
+            "for plaintext); GRPC_TLS_CA_FILE is required while GRPC_TLS is true "
+            "(GRPC_TLS=false for plaintext)"
+        )
+        assert load(cls, {**base, **TLS_FILES}).tls_files() is not None
+        assert load(cls, {**base, "GRPC_TLS": "false"}).tls_files() is None
+    # With forecasting off, ingest needs no certificate.
+    assert load(ForecastSettings, {}).inference_target == ""
+    with pytest.raises(SettingsError) as both:
+        load(ForecastSettings, {"INFERENCE_TARGET": "h:1", "FORECAST_HORIZONS": "169",
+                                "GRPC_TLS_CERT_FILE": "c", "GRPC_TLS_KEY_FILE": "k"})
+    assert str(both.value) == (
+        "invalid settings: GRPC_TLS_CA_FILE is required while GRPC_TLS is true "
+        "(GRPC_TLS=false for plaintext); FORECAST_HORIZONS must be at most 168, got 169"
+    )
+    client = load(ForecastSettings, {"GRPC_TLS_SERVER_NAME": "ep-inference.ns.svc.cluster.local"})
+    assert (client.grpc_tls_server_name, client.grpc_tls_reload_s) == (
+        "ep-inference.ns.svc.cluster.local", 10.0)
 
 
 # -- the gRPC client -------------------------------------------------------------------

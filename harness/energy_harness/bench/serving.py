@@ -188,12 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "DATABASE_URL": url,
                 "GRPC_PORT": str(port),
                 "LOG_LEVEL": "WARNING",
+                # Latency of the service itself, on loopback: plaintext, said explicitly.
+                "GRPC_TLS": "false",
             }
             server = WorkerProcess("inference", ["inference"], env, Path(tmp) / "logs")
             server.start()
             server.wait_ready(60)
             assert server.process is not None and server.process.pid is not None
-            client = ForecasterClient(f"127.0.0.1:{port}")
+            client = ForecasterClient(f"127.0.0.1:{port}", None)
             origin = datetime(2024, 12, 30, tzinfo=UTC)  # a Monday, a year of history before
             conn = psycopg2.connect(url)
             try:

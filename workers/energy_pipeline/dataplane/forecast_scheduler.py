@@ -62,6 +62,7 @@ from energy_pipeline.db.connect import LazyConnection, worker_name
 from energy_pipeline.forecasting.rows import MAX_HORIZON, HourlyRow
 from energy_pipeline.inference.client import ForecasterClient, forecast_request
 from energy_pipeline.inference.convert import datetime_of
+from energy_pipeline.inference.tls import GrpcTlsSettings
 
 log = logging.getLogger("energy_pipeline.forecasts")
 
@@ -105,7 +106,7 @@ MAX_SERVICE_BACKOFF_S = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class ForecastSettings:
+class ForecastSettings(GrpcTlsSettings):
     inference_target: str = env(
         "INFERENCE_TARGET", "",
         doc="gRPC target of the inference service (`dns:///host:port`, `host:port`, or a comma "
@@ -133,11 +134,32 @@ class ForecastSettings:
         minimum=1,
     )
 
+    grpc_tls_server_name: str = env(
+        "GRPC_TLS_SERVER_NAME", "",
+        doc="name the inference certificate must carry when INFERENCE_TARGET does not say it "
+        "(a list of pod addresses); empty: the target's host",
+    )
+    grpc_tls_reload_s: float = env(
+        "GRPC_TLS_RELOAD_S", 10.0,
+        doc="how often ingest looks for renewed certificate files (a new channel takes over "
+        "once ready; calls in flight finish on the old one)", minimum=0.1,
+    )
+
     def __post_init__(self) -> None:
+        problems = self.tls_problems() if self.inference_target else []
         if self.forecast_horizons > MAX_HORIZON:
-            raise SettingsError(
+            problems.append(
                 f"FORECAST_HORIZONS must be at most {MAX_HORIZON}, got {self.forecast_horizons}"
             )
+        if problems:
+            raise SettingsError("invalid settings: " + "; ".join(problems))
+
+    def forecaster_client(self) -> ForecasterClient:
+        """The client for INFERENCE_TARGET, with TLS as these settings say."""
+        return ForecasterClient(
+            self.inference_target, self.tls_files(), server_name=self.grpc_tls_server_name,
+            reload_s=self.grpc_tls_reload_s,
+        )
 
 
 # -- pure parts ------------------------------------------------------------------------
@@ -333,7 +355,7 @@ class ForecastScheduler:
     ) -> None:
         self.settings = settings
         self.db = LazyConnection(database_url, application_name=application_name)
-        self.client = client or ForecasterClient(settings.inference_target)
+        self.client = client or settings.forecaster_client()
         self.batch_size = batch_size
         self.poll_s = poll_s
         self.close_every_s = close_every_s

@@ -14,13 +14,21 @@ Every call carries a deadline. UNAVAILABLE calls are retried by gRPC itself (ser
 config retry policy), which with round_robin lands on the next endpoint, so one dead pod
 costs a retry, not a failure. Reconnect backoff is capped at a few seconds so that
 forecasts resume soon after the service returns.
+
+TLS (energy_pipeline.inference.tls): mutual, with the client certificate of
+GRPC_TLS_CERT_FILE. The server's certificate must name the host of the target (the
+headless Service's DNS name, or 127.0.0.1 locally); for a list of pod addresses,
+GRPC_TLS_SERVER_NAME says which name to expect instead. Renewed files are picked up
+without a restart and without losing a call (ForecasterClient).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import socket
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -28,8 +36,17 @@ import grpc
 
 from energy_pipeline.forecasting.rows import HourlyRow
 from energy_pipeline.inference.convert import rows_to_proto, timestamp
+from energy_pipeline.inference.tls import (
+    CertFiles,
+    KeyMaterial,
+    Reloader,
+    channel_credentials,
+    warn_plaintext,
+)
 from energy_pipeline.proto import forecaster_pb2 as pb
 from energy_pipeline.proto import forecaster_pb2_grpc as pb_grpc
+
+log = logging.getLogger("energy_pipeline.inference.client")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Forecaster"].full_name
 
@@ -121,25 +138,169 @@ def forecast_request(
     return request
 
 
-class ForecasterClient:
-    """One channel to all endpoints; thread-safe, calls may run concurrently."""
+class _Channel:
+    """One channel and the calls running on it, so it is closed only once they are done."""
 
-    def __init__(self, target: str) -> None:
-        self.target = channel_target(target)
-        self.channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None,
+                 server_name: str, *, connect: bool = False) -> None:
+        options = list(CHANNEL_OPTIONS)
+        if credentials is not None and server_name:
+            # The name checked against the server certificate's SANs when the target does
+            # not carry it (a list of pod addresses).
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self.channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=options)
+        )
         self.stub = pb_grpc.ForecasterStub(self.channel)
+        self.in_flight = 0
+        self.retired = False
+        self.closed = False
+        self.state: grpc.ChannelConnectivity | None = None
+        self.channel.subscribe(self._observe, try_to_connect=connect)
+
+    def _observe(self, state: grpc.ChannelConnectivity) -> None:
+        self.state = state
+
+    def close(self) -> None:
+        self.closed = True
+        self.channel.unsubscribe(self._observe)
+        self.channel.close()
+
+
+class ForecasterClient:
+    """One channel to all endpoints; thread-safe, calls may run concurrently.
+
+    `tls` None means plaintext (GRPC_TLS=false), and says so in the log. With TLS, the
+    certificate files are looked at every `reload_s`; when they changed, a new channel with
+    the new credentials takes over once it has a ready endpoint (or at once if the current
+    one has none either), and the old channel is closed when its last call has ended, so a
+    renewal costs no call.
+    """
+
+    def __init__(self, target: str, tls: CertFiles | None, *, server_name: str = "",
+                 reload_s: float = 10.0) -> None:
+        self.target = channel_target(target)
+        self.server_name = server_name
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._reloader: Reloader | None = None
+        self._thread: threading.Thread | None = None
+        self.renewals = 0  # channels replaced after a certificate renewal
+        if tls is None:
+            warn_plaintext("client")
+            self._current = _Channel(self.target, None, server_name)
+            return
+        self._reloader = Reloader(tls, "client")
+        self._current = self._open(self._reloader.material)
+        self.reload_s = reload_s
+        self._thread = threading.Thread(
+            target=self._watch, name="grpc-tls-reload", daemon=True
+        )
+        self._thread.start()
+
+    def _open(self, material: KeyMaterial, *, connect: bool = False) -> _Channel:
+        return _Channel(
+            self.target, channel_credentials(material), self.server_name, connect=connect
+        )
+
+    @property
+    def certificate_fingerprint(self) -> str | None:
+        """SHA-256 of the client certificate the current channel presents (None: plaintext)."""
+        return None if self._reloader is None else self._reloader.material.fingerprint
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self._current.channel
+
+    # -- certificate renewal -----------------------------------------------------------
+
+    def _watch(self) -> None:
+        pending: _Channel | None = None
+        while not self._stopping.wait(self.reload_s):
+            assert self._reloader is not None
+            try:
+                material = self._reloader.changed()
+            except Exception:  # never end the watcher: the next look may succeed
+                log.exception("looking for renewed gRPC certificate files failed")
+                continue
+            if material is not None:
+                if pending is not None:
+                    pending.close()
+                # Connected now, so that it has a ready endpoint when it takes over.
+                pending = self._open(material, connect=True)
+            if pending is not None and (
+                pending.state == grpc.ChannelConnectivity.READY
+                or self._current.state != grpc.ChannelConnectivity.READY
+            ):
+                self._switch(pending)
+                pending = None
+        if pending is not None:
+            pending.close()
+
+    def _switch(self, new: _Channel) -> None:
+        with self._lock:
+            old, self._current = self._current, new
+            old.retired = True
+            idle = old.in_flight == 0
+            old.closed = old.closed or idle
+            self.renewals += 1
+        log.info("gRPC channel renewed with the new certificate",
+                 extra={"target": self.target, "calls_in_flight": old.in_flight})
+        if idle:
+            old.close()
+
+    def _acquire(self) -> _Channel:
+        with self._lock:
+            current = self._current
+            current.in_flight += 1
+            return current
+
+    def _release(self, used: _Channel) -> None:
+        with self._lock:
+            used.in_flight -= 1
+            close = used.retired and used.in_flight == 0 and not used.closed
+            if close:
+                used.closed = True
+        if close:
+            used.close()
+
+    # -- calls -------------------------------------------------------------------------
 
     def forecast_future(
         self, request: pb.ForecastRequest, timeout_s: float
     ) -> grpc.Future:
         """Start one Forecast call; `.result()` gives the response or raises grpc.RpcError."""
-        return self.stub.Forecast.future(request, timeout=timeout_s)
+        used = self._acquire()
+        try:
+            call = used.stub.Forecast.future(request, timeout=timeout_s)
+        except BaseException:
+            self._release(used)
+            raise
+        call.add_done_callback(lambda _: self._release(used))
+        return call
 
     def forecast(self, request: pb.ForecastRequest, timeout_s: float) -> pb.ForecastResponse:
-        return self.stub.Forecast(request, timeout=timeout_s)
+        used = self._acquire()
+        try:
+            return used.stub.Forecast(request, timeout=timeout_s)
+        finally:
+            self._release(used)
 
     def model_info(self, site_id: str = "", timeout_s: float = 5.0) -> pb.ModelInfo:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest(site_id=site_id), timeout=timeout_s)
+        used = self._acquire()
+        try:
+            return used.stub.GetModelInfo(
+                pb.GetModelInfoRequest(site_id=site_id), timeout=timeout_s
+            )
+        finally:
+            self._release(used)
 
     def close(self) -> None:
-        self.channel.close()
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        with self._lock:
+            current = self._current
+        current.close()

@@ -10,6 +10,10 @@ promoted versions (`store.ModelStore`). Deadlines: a request whose deadline has 
 passed is not computed, and one that expires while computing is answered with
 DEADLINE_EXCEEDED instead of a result nobody waits for.
 
+Mutual TLS (energy_pipeline.inference.tls) unless GRPC_TLS=false: a client must present
+a certificate signed by GRPC_TLS_CA_FILE, or its handshake fails. The certificate files
+are looked at before every handshake, so a renewed Secret is served without a restart.
+
 Connections are closed by the server after a minute (MAX_CONNECTION_AGE_MS), so clients
 balancing round-robin over a headless Service re-resolve its DNS name and spread onto
 new pods within about a minute of a scale-up.
@@ -51,6 +55,7 @@ from energy_pipeline.core.readiness import (
 )
 from energy_pipeline.core.settings import (
     CommonSettings,
+    SettingsError,
     env,
     environment_help,
     http_port_field,
@@ -65,6 +70,7 @@ from energy_pipeline.inference.convert import (
     proto_to_rows,
 )
 from energy_pipeline.inference.store import LoadedModel, ModelStore
+from energy_pipeline.inference.tls import GrpcTlsSettings, ServerCertificates, warn_plaintext
 from energy_pipeline.proto import forecaster_pb2 as pb
 from energy_pipeline.proto import forecaster_pb2_grpc as pb_grpc
 
@@ -100,7 +106,7 @@ MODEL_AGE = Gauge(
 
 
 @dataclass(frozen=True, kw_only=True)
-class InferenceSettings(CommonSettings, DatabaseSettings):
+class InferenceSettings(CommonSettings, DatabaseSettings, GrpcTlsSettings):
     http_port: int = http_port_field(9103)
     grpc_port: int = env("GRPC_PORT", 50051, doc="port of the Forecaster gRPC service", minimum=0)
     model_refresh_s: float = env(
@@ -111,6 +117,11 @@ class InferenceSettings(CommonSettings, DatabaseSettings):
         "GRPC_MAX_WORKERS", 4,
         doc="threads handling RPCs (forecasting holds the GIL much of the time)", minimum=1,
     )
+
+    def __post_init__(self) -> None:
+        problems = self.tls_problems()
+        if problems:
+            raise SettingsError("invalid settings: " + "; ".join(problems))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -248,6 +259,11 @@ class InferenceServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
+        # Client certificates required (mutual TLS) unless GRPC_TLS=false.
+        files = settings.tls_files()
+        self.certificates = ServerCertificates(files) if files is not None else None
+        if self.certificates is None:
+            warn_plaintext("server")
         self.port = self._bind(settings.grpc_port)
         self._set_serving(False)
         self.heartbeat = Heartbeat(stale_after=max(120.0, 4 * settings.model_refresh_s))
@@ -271,15 +287,20 @@ class InferenceServer:
             except OSError as exc:
                 raise port_in_use("GRPC_PORT", port, exc) from exc
         try:
-            bound = self.server.add_insecure_port(f"[::]:{port}")
+            bound = self._add_port(f"[::]:{port}")
         except RuntimeError:
             bound = 0
         if not bound:  # no IPv6 in this network namespace
             try:
-                bound = self.server.add_insecure_port(f"0.0.0.0:{port}")
+                bound = self._add_port(f"0.0.0.0:{port}")
             except RuntimeError as exc:  # gRPC says only "Failed to bind"
                 raise port_in_use("GRPC_PORT", port) from exc
         return bound
+
+    def _add_port(self, address: str) -> int:
+        if self.certificates is None:
+            return self.server.add_insecure_port(address)
+        return self.server.add_secure_port(address, self.certificates.credentials())
 
     def _set_serving(self, serving: bool) -> None:
         status = (
