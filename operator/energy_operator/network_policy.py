@@ -58,16 +58,22 @@ def ingress_rules(name: str, worker: str, spec: Mapping[str, Any]) -> list[dict[
 
 def network_policy(name: str, namespace: str, worker: str,
                    spec: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "podSelector": {"matchLabels": selector_labels(name, worker)},
+        "policyTypes": ["Ingress"],
+    }
+    rules = ingress_rules(name, worker, spec)
+    # No rules: the key is left out (policyTypes Ingress alone admits no one). The API server
+    # stores an empty list as absent, and applying `ingress: []` again would be a change on
+    # every pass.
+    if rules:
+        out["ingress"] = rules
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": ChildNames(name).deployment(worker), "namespace": namespace,
                      "labels": labels(name, worker)},
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(name, worker)},
-            "policyTypes": ["Ingress"],
-            "ingress": ingress_rules(name, worker, spec),
-        },
+        "spec": out,
     }
 
 

@@ -164,7 +164,8 @@ class Pipeline:
         found = {}
         for api_version, kind in (("v1", "ConfigMap"), ("v1", "ServiceAccount"),
                                   ("v1", "Service"), ("apps/v1", "Deployment"),
-                                  ("batch/v1", "CronJob"), ("policy/v1", "PodDisruptionBudget")):
+                                  ("batch/v1", "CronJob"), ("policy/v1", "PodDisruptionBudget"),
+                                  ("networking.k8s.io/v1", "NetworkPolicy")):
             for item in self.client.list(api_version, kind, self.namespace,
                                          f"app.kubernetes.io/instance={self.name}"):
                 found[(kind, item["metadata"]["name"])] = item
@@ -479,7 +480,7 @@ def test_changes_update_the_right_child_and_roll_pods_on_config_changes(
 
 
 API_CHILDREN = {("Deployment", "demo-api"), ("Service", "demo-api"),
-                ("PodDisruptionBudget", "demo-api")}
+                ("PodDisruptionBudget", "demo-api"), ("NetworkPolicy", "demo-api")}
 
 
 def test_the_read_api_comes_and_goes_with_spec_api_enabled(pipeline: Pipeline) -> None:
@@ -542,7 +543,7 @@ def test_the_read_api_comes_and_goes_with_spec_api_enabled(pipeline: Pipeline) -
 
     pipeline.patch({"api": {"enabled": False}})
     wait_for(lambda: not API_CHILDREN & set(pipeline.children()), 6 * INTERVAL,
-             "the API's Deployment, Service and PodDisruptionBudget to be deleted")
+             "the API's Deployment, Service, PodDisruptionBudget and NetworkPolicy to be deleted")
     body = pipeline.wait_ready()
     assert "api" not in body["status"] and "api" not in body["status"]["workloads"]
     assert "api 1/1" not in pipeline.condition("Ready", body)["message"]
