@@ -111,11 +111,13 @@ def grants(rules: tuple[rbac.Rule, ...]) -> list[tuple[str, str, str, str]]:
 
 
 RBAC = "rbac.authorization.k8s.io"
-# Never granted, in any namespace: reading Secrets in bulk or writing them, running arbitrary
-# pods or workloads it does not own, touching RBAC (which would let it grant itself anything).
+# Never granted, in any namespace: reading Secrets in bulk, patching or deleting them (create
+# is granted for the read API's tokens and the gRPC certificates, update for the latter's
+# renewal), running arbitrary pods or workloads it does not own, touching RBAC (which would
+# let it grant itself anything).
 NEVER = [
-    ("list", "", "secrets"), ("watch", "", "secrets"), ("create", "", "secrets"),
-    ("update", "", "secrets"), ("patch", "", "secrets"), ("delete", "", "secrets"),
+    ("list", "", "secrets"), ("watch", "", "secrets"),
+    ("patch", "", "secrets"), ("delete", "", "secrets"),
     ("create", "", "pods"), ("get", "", "pods"), ("create", "apps", "daemonsets"),
     ("update", "apps", "deployments"), ("create", RBAC, "roles"), ("create", RBAC, "rolebindings"),
     ("escalate", RBAC, "roles"), ("bind", RBAC, "clusterroles"),

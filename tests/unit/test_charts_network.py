@@ -121,6 +121,7 @@ CLIENTS = {
     ("energy-kafka", 9092): {"energy-kafka", "energy-bridge", "energy-ingest",
                              "energy-operator"},
     ("energy-kafka", 9093): {"energy-kafka"},
+    ("energy-kafka", 9094): {"energy-kafka"},  # the brokers' mutual-TLS listener (auth.tls)
     ("energy-postgres", 5432): {"energy-ingest", "energy-inference", "energy-train",
                                 "energy-train-first", "energy-api", "energy-grafana",
                                 "energy-operator"},
@@ -159,7 +160,8 @@ def test_kafka_policy(platform: list[dict[str, Any]]) -> None:
                      "values": ["bridge", "ingest"]}]}},
                 {"podSelector": {"matchLabels": OPERATOR}},
             ]},
-            {"ports": [{"port": 9093, "protocol": TCP}], "from": [brokers]},
+            {"ports": [{"port": 9093, "protocol": TCP}, {"port": 9094, "protocol": TCP}],
+             "from": [brokers]},
         ],
     }
 
@@ -225,7 +227,7 @@ def test_options_namespaces_devices_extra_clients_and_tls_port(
     values = {
         "kafka": {"networkPolicy": {"clientNamespaces": namespaces, "extraClients": [backup]}},
         "postgres": {"networkPolicy": {"clientNamespaces": namespaces}},
-        "hivemq": {"mqtt": {"tls": {"port": 8884}},
+        "hivemq": {"tls": {"port": 8884},
                    "networkPolicy": {"devices": [device], "clientNamespaces": namespaces}},
         "grafana": {"networkPolicy": {"ingressFrom": []}},
         "operator": {"networkPolicy": {"metricsFrom": metrics}},
@@ -290,9 +292,10 @@ def test_operator_rbac_cluster_wide_by_default(helm: Path, tmp_path: Path) -> No
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["LEADER_ELECTION_LEASE_NAME"] == "ops-energy-operator"
     assert "WATCH_NAMESPACES" not in env
-    # Secrets: get by name only, never list or watch, anywhere.
+    # Secrets: get by name, create (the API's tokens, the gRPC certificates) and update (the
+    # certificates' renewal); never list or watch, anywhere.
     secrets = [r for r in _rules(cluster_role) if "secrets" in r["resources"]]
-    assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    assert {verb for r in secrets for verb in r["verbs"]} == {"get", "create", "update"}
 
 
 def test_operator_rbac_namespaced_mode(helm: Path, tmp_path: Path) -> None:
