@@ -227,7 +227,8 @@ def test_workers_in_containers_store_every_reading_exactly_once(
     assert "no hourly_features yet; nothing to train" in containers.run(["train"])
     bridge = containers.start(["bridge"])
     ingest = containers.start(["ingest"], KAFKA_SESSION_TIMEOUT_MS="6000")
-    inference = containers.start(["inference"], GRPC_PORT=str(free_port()))
+    # Nothing calls it here; plaintext gRPC knowingly (mutual TLS: test_inference_server.py).
+    inference = containers.start(["inference"], GRPC_PORT=str(free_port()), GRPC_TLS="false")
     # The read API's tokens file, mounted read-only as the operator mounts its Secret.
     tokens = tmp_path / "api-tokens"
     tokens.write_text(entry("tests", "token") + "\n")

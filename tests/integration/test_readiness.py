@@ -228,6 +228,9 @@ def inference_env(database_url: str) -> dict[str, str]:
         **{k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}},
         "DATABASE_URL": database_url,
         "GRPC_PORT": str(free_port()),
+        # Readiness, not transport: plaintext gRPC on loopback, knowingly (mutual TLS is
+        # tested in test_inference_server.py).
+        "GRPC_TLS": "false",
         "MODEL_REFRESH_S": "0.5",
         "PIPELINE_NAME": "ready",
     }
