@@ -271,14 +271,23 @@ def test_a_disruption_budget_refuses_the_second_eviction(platform: Platform) -> 
     # ones. So the refusal is asserted in the state it is about: the first pod evicted and
     # counted out, the other Ready and the only one counted. A readiness probe that times out
     # on this busy machine can spoil that state (the other pod unready while the first one's
-    # replacement is already counted): then the scenario starts again, at most three times.
+    # replacement is already counted, or one pod unready right before the first eviction):
+    # then the scenario starts again, at most three times.
     for _attempt in range(3):
         wait_for(lambda: platform.ready_count("ingest") == 2
                  and budget().get("currentHealthy") == 2
                  and budget().get("disruptionsAllowed") == 1,
                  300, "two ready ingest pods, counted by their budget")  # fmt: skip
         first, second = (p["metadata"]["name"] for p in platform.worker_pods("ingest"))
-        evict(first)
+        try:
+            evict(first)
+        except ApiException as refused:
+            # A probe timeout between the wait and the eviction: the budget counted one pod
+            # unready and rightly refused the first eviction (seen in CI). Not the state this
+            # test is about: start again.
+            if refused.status == 429:
+                continue
+            raise
         seen = wait_for(counted_out, 60, "the budget counting the evicted pod out")
         if seen == "replaced" or budget().get("currentHealthy") != 1 or not ready(second):
             continue  # the replacement was counted already, or the other pod is not Ready
