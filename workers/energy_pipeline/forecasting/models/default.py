@@ -200,8 +200,18 @@ class DefaultModel:
         valid: np.ndarray | None = None,
     ) -> dict[float, lgb.Booster]:
         """One booster per quantile; with `valid`, early stopping on those rows."""
+        # The Dataset is built with the boosters' own parameters (they differ only in
+        # `alpha`, which is not a Dataset parameter), so LightGBM checks them once, here,
+        # in this thread. Built without them, each `lgb.train` below re-checks them against
+        # the shared Dataset, and a check that fails frees its handle while the other
+        # threads train on it: a bad TRAIN_MODEL_PARAMS (num_leaves 1) crashed `train`
+        # with SIGSEGV about every second run instead of failing the site.
         data = lgb.Dataset(
-            rows.x[train], rows.z[train], feature_name=list(rows.names), free_raw_data=False
+            rows.x[train],
+            rows.z[train],
+            feature_name=list(rows.names),
+            free_raw_data=False,
+            params=self._booster_config(QUANTILES[0]),
         )
         valid_data = None
         if valid is not None:
