@@ -30,9 +30,11 @@ from energy_harness.images import REPO
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.localstack.node import CGROUP_PARENT
 from energy_harness.readme_blocks import README, command_lines, recipe_blocks
-from energy_harness.testing import Reading, expected_rows
+from energy_harness.testing import Reading, expected_rows, wait_for
 
 NAMESPACE = "energy"
+# The README's `helm install energy ...`.
+RELEASE = "energy"
 PIPELINE = "demo"
 # The project image's user (Dockerfile).
 WORKER_UID = 10001
@@ -64,10 +66,16 @@ def image_overrides(images: dict[str, str]) -> dict[str, Any]:
 
 
 def simulator_pod(name: str, image: str, args: list[str]) -> dict[str, Any]:
-    """A one-shot `energy-pipeline simulate` pod, hardened like the chart's simulator."""
+    """A one-shot `energy-pipeline simulate` pod, hardened like the chart's simulator.
+
+    Labelled as a simulator (an instance of its own): the chart's HiveMQ NetworkPolicy
+    admits the pods so labelled as devices, and no other pod may publish.
+    """
+    labels = {"app.kubernetes.io/name": "simulator", "app.kubernetes.io/component": "simulator",
+              "app.kubernetes.io/instance": name}
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "simulator-run"}},
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "restartPolicy": "Never",
             "securityContext": {"runAsNonRoot": True, "runAsUser": WORKER_UID,
@@ -83,6 +91,50 @@ def simulator_pod(name: str, image: str, args: list[str]) -> dict[str, Any]:
                                     "capabilities": {"drop": ["ALL"]}},
                 "resources": {"requests": {"cpu": "20m", "memory": "96Mi"},
                               "limits": {"memory": "256Mi"}},
+            }],
+        },
+    }
+
+
+# Run inside a probe pod: one TCP connect per "host:port" argument, each judged as the
+# connecting program sees it. A NetworkPolicy that refuses drops the SYN: "timeout".
+PROBE_SCRIPT = """
+import json, socket, sys
+found = {}
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=4).close()
+        found[target] = "open"
+    except TimeoutError:
+        found[target] = "timeout"
+    except ConnectionRefusedError:
+        found[target] = "refused"
+    except OSError as exc:
+        found[target] = type(exc).__name__
+print(json.dumps(found))
+"""
+
+
+def probe_pod(name: str, image: str, labels: dict[str, str], targets: list[str]) -> dict[str, Any]:
+    """A pod that tries a TCP connection to each target once and prints what happened."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": WORKER_UID,
+                                "runAsGroup": WORKER_UID,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "probe", "image": image,
+                "command": ["python", "-c", PROBE_SCRIPT, *targets],
+                "securityContext": {"allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
+                              "limits": {"memory": "64Mi"}},
             }],
         },
     }
@@ -122,6 +174,18 @@ class Platform:
 
     def exec(self, pod: str, container: str, *command: str) -> str:
         return self.kubectl("exec", pod, "-c", container, "--", *command).stdout
+
+    def probe(self, name: str, labels: dict[str, str], targets: list[str]) -> dict[str, str]:
+        """What a pod labelled `labels` meets connecting to each "host:port" (probe_pod)."""
+        self.apply(probe_pod(name, self.images["worker"], labels, targets))
+        try:
+            wait_for(lambda: self.pod_phase(name) in {"Succeeded", "Failed"}, 180,
+                     f"probe pod {name} finished", interval=2)
+            logs = self.kubectl("logs", name).stdout
+            assert self.pod_phase(name) == "Succeeded", logs[-2000:]
+            return json.loads(logs.strip().splitlines()[-1])
+        finally:
+            self.kubectl("delete", "pod", name, "--wait=false", check=False)
 
     def diagnosis(self, worker: str) -> str:
         """What a failed wait on `worker`'s pods needs: their states, recent events, the
@@ -176,7 +240,7 @@ class Platform:
 
     def chart_simulation(self) -> dict[str, Any]:
         """The chart simulator's run, from its "simulating" log line (start, sites, ...)."""
-        [pod] = self.pods("app.kubernetes.io/name=simulator")
+        [pod] = self.pods(f"app.kubernetes.io/name=simulator,app.kubernetes.io/instance={RELEASE}")
         logs = self.kubectl("logs", pod["metadata"]["name"]).stdout
         for line in logs.splitlines():
             try:

@@ -1,6 +1,6 @@
 """The real node starts and stops like the rest of the harness: a component that fails is
 named with its log tail, and a stopped node leaves nothing on the machine (no process, pod,
-mount, link, iptables chain or cgroup), even with a pod running when it stops."""
+mount, link, iptables chain, nftables table or cgroup), even with a pod running when it stops."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ def _leftovers(base: Path) -> list[str]:
     for family in ("iptables-save", "ip6tables-save"):
         dump = subprocess.run([family], capture_output=True, text=True).stdout
         found += [f"{family} {c}" for c in re.findall(r"^:((?:KUBE|CNI)-\S+)", dump, re.M)]
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    if f"table inet {node_module.NETPOL_TABLE}" in tables.splitlines():
+        found.append(f"nftables table inet {node_module.NETPOL_TABLE}")
     found += [f"file {f}" for f in RUN_DIR.glob("*") if f.name != "lock"]
     if node_module.KUBELET_DEVICE_SOCKET.exists():
         found.append(f"file {node_module.KUBELET_DEVICE_SOCKET}")

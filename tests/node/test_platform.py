@@ -11,6 +11,8 @@ every test, in file order:
   forecasts ingest stores, over gRPC through the headless Service;
 - readiness probes really gate readiness (HiveMQ down: the bridges go unready and back);
 - a PodDisruptionBudget refuses an eviction through the Eviction API;
+- NetworkPolicies are enforced (kube-network-policies on the node): a stray pod reaches no
+  service, a device reaches MQTT only, while every other test passes under the same policies;
 - faults mid-stream (bridge, ingest, inference and Kafka broker pods deleted, the operator
   deleted mid-rollout of a new image tag) and still every reading stored exactly once.
 
@@ -208,6 +210,36 @@ def test_the_operator_trains_by_itself_and_inference_pods_serve_the_forecasts(
     issued = platform.sql("SELECT count(DISTINCT (site_id, issued_at)) FROM forecasts")[0][0]
     _record(tmp_path_factory, "forecast_origins_after_first_model", issued)
     assert issued > 0
+
+
+# -- network policies -------------------------------------------------------------------------
+
+def _pod_ip(platform: Platform, selector: str) -> str:
+    return platform.pods(selector)[0]["status"]["podIP"]
+
+
+def test_network_policies_keep_a_stray_pod_out_and_let_a_device_reach_mqtt_only(
+    platform: Platform,
+) -> None:
+    """The node enforces NetworkPolicies (kube-network-policies). A pod of no role in the
+    release's own namespace reaches none of Kafka (client and controller listeners),
+    PostgreSQL, MQTT or inference's gRPC; a pod labelled as the chart's devices are reaches
+    MQTT and nothing else. Every other test here runs with the same policies enforced."""
+    kafka = _pod_ip(platform, "statefulset.kubernetes.io/pod-name=energy-kafka-0")
+    postgres = _pod_ip(platform, "app.kubernetes.io/name=postgres")
+    hivemq = _pod_ip(platform, "app.kubernetes.io/name=hivemq")
+    inference = _pod_ip(platform, f"app.kubernetes.io/instance={PIPELINE},"
+                                  "app.kubernetes.io/component=inference")
+    targets = {"kafka": f"{kafka}:9092", "kafka-controller": f"{kafka}:9093",
+               "postgres": f"{postgres}:5432", "mqtt": f"{hivemq}:1883",
+               "grpc": f"{inference}:50051"}
+    stray = platform.probe("stray", {"app.kubernetes.io/name": "stray"}, list(targets.values()))
+    assert stray == dict.fromkeys(targets.values(), "timeout")
+    device = platform.probe("device", {"app.kubernetes.io/name": "simulator",
+                                       "app.kubernetes.io/component": "simulator",
+                                       "app.kubernetes.io/instance": "device"},
+                            list(targets.values()))
+    assert device == {**dict.fromkeys(targets.values(), "timeout"), targets["mqtt"]: "open"}
 
 
 # -- probes, budgets --------------------------------------------------------------------------

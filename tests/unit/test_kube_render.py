@@ -33,8 +33,8 @@ from energy_harness.localstack.kube_install import (
     KUBE_VERSION,
     parse_go_version,
     render_go_install_argv,
-    render_kube_build_argv,
     render_version_ldflags,
+    render_wrapper_build_argv,
 )
 
 pytestmark = pytest.mark.unit
@@ -71,7 +71,8 @@ def test_version_ldflags_reject_non_release_versions(bad: str) -> None:
 
 
 def test_build_argv_is_stripped_and_trimmed() -> None:
-    argv = render_kube_build_argv(Path("/usr/local/go/bin/go"), Path("/c/bin/kube"), "v1.33.13")
+    argv = render_wrapper_build_argv(
+        Path("/usr/local/go/bin/go"), Path("/c/bin/kube"), render_version_ldflags("v1.33.13"))
     assert argv[:3] == ["/usr/local/go/bin/go", "build", "-trimpath"]
     ldflags = argv[argv.index("-ldflags") + 1]
     assert ldflags.startswith("-s -w ")

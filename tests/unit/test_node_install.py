@@ -153,6 +153,7 @@ def test_node_packages() -> None:
         "iptables-save": "iptables",
         "iptables-restore": "iptables",
         "conntrack": "conntrack",
+        "nft": "nftables",
         **dict.fromkeys(CNI_PLUGINS, "containernetworking-plugins"),
     }
     assert set(CNI_PLUGINS) == {"bridge", "host-local", "loopback", "firewall", "portmap"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import tomllib
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ from energy_harness.localstack.node import (
     BRIDGE,
     CGROUP_PARENT,
     CNI_NETWORK,
+    NETPOL_QUEUE,
+    NETPOL_TABLE,
     NODE_IP,
     NODE_NAME,
     POD_SUBNET,
@@ -46,9 +49,15 @@ from energy_harness.localstack.node import (
     render_kube_proxy_args,
     render_kubelet_args,
     render_kubelet_config,
+    render_netpol_args,
     unmount_under,
 )
-from energy_harness.localstack.node_install import PAUSE_IMAGE, NodeTools
+from energy_harness.localstack.node_install import (
+    NETPOL_VERSION,
+    PAUSE_IMAGE,
+    NodeTools,
+    netpol_source_dir,
+)
 
 from .test_kube_render import LAYOUT, PORTS, flag, flag_names
 
@@ -58,7 +67,7 @@ pytestmark = pytest.mark.unit
 NODE_LAYOUT = NodeLayout(Path("/tmp/pytest-of-someone/pytest-123") / ("deep-" * 20) / "node")
 NODE_PORTS = NodePorts(
     kubelet_healthz=20001, proxy_healthz=20002, proxy_metrics=20003, coredns_health=20004,
-    coredns_ready=20005,
+    coredns_ready=20005, netpol_metrics=20006,
 )
 TOOLS = NodeTools(
     containerd=Path("/usr/bin/containerd"),
@@ -67,6 +76,8 @@ TOOLS = NodeTools(
     ctr=Path("/usr/bin/ctr"),
     cni_bin_dir=Path("/usr/lib/cni"),
     coredns=Path("/cache/coredns-v1.15.0/bin/coredns"),
+    netpol=Path("/cache/netpol-v0.8.0/bin/netpol"),
+    nft=Path("/usr/sbin/nft"),
     pause_image=Path("/cache/pause-3.10/pause.tar"),
     iptables=Path("/usr/sbin/iptables"),
     conntrack=Path("/usr/sbin/conntrack"),
@@ -80,6 +91,7 @@ CLUSTER = ClusterFacts(
     kubelet_key=Path("/tmp/plane/pki/kubelet-server.key"),
     proxy_kubeconfig=Path("/tmp/plane/kube-proxy.kubeconfig"),
     coredns_kubeconfig=Path("/tmp/plane/admin.kubeconfig"),
+    netpol_kubeconfig=Path("/tmp/plane/admin.kubeconfig"),
     cluster_domain=CLUSTER_DOMAIN,
     pod_cidr=POD_CIDR,
 )
@@ -259,6 +271,23 @@ def test_kube_proxy_args() -> None:
     assert conntrack
     for name in conntrack:
         assert flag(args, name) == "0", name
+
+
+def test_netpol_args_name_our_node_table_and_queue() -> None:
+    args = render_netpol_args(NODE_PORTS, CLUSTER)
+    assert len(flag_names(args)) == len(set(flag_names(args)))
+    assert flag(args, "--kubeconfig") == str(CLUSTER.netpol_kubeconfig)
+    assert flag(args, "--hostname-override") == NODE_NAME
+    assert flag(args, "--metrics-bind-address") == f"127.0.0.1:{NODE_PORTS.netpol_metrics}"
+    # Our own table and queue: a leftover is recognisably ours, and clean_machine removes it.
+    assert flag(args, "--nftables-table") == NETPOL_TABLE == "energy-node-netpol"
+    assert flag(args, "--nfqueue-id") == str(NETPOL_QUEUE)
+
+
+def test_netpol_wrapper_pins_the_release_node_install_names() -> None:
+    go_mod = (netpol_source_dir() / "go.mod").read_text()
+    assert re.search(
+        rf"^\s*sigs\.k8s\.io/kube-network-policies {re.escape(NETPOL_VERSION)}$", go_mod, re.M)
 
 
 def test_corefile_serves_the_cluster_domain_on_the_node_address() -> None:

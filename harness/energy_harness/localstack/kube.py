@@ -748,6 +748,9 @@ class KubeControlPlane:
             # CoreDNS reads Services, EndpointSlices and Namespaces of the whole cluster; the
             # admin identity is simplest for a test harness that runs it as a local process.
             coredns_kubeconfig=layout.admin_kubeconfig,
+            # The NetworkPolicy enforcer watches Pods, Namespaces and NetworkPolicies of the
+            # whole cluster; the same reasoning.
+            netpol_kubeconfig=layout.admin_kubeconfig,
             cluster_domain=CLUSTER_DOMAIN,
             pod_cidr=POD_CIDR,
         )

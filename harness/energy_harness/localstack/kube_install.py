@@ -178,9 +178,10 @@ def render_version_ldflags(kube_version: str) -> list[str]:
     return flags
 
 
-def render_kube_build_argv(go: Path, output: Path, kube_version: str) -> list[str]:
-    ldflags = " ".join(["-s", "-w", *render_version_ldflags(kube_version)])
-    return [str(go), "build", "-trimpath", "-ldflags", ldflags, "-o", str(output), "."]
+def render_wrapper_build_argv(go: Path, output: Path, ldflags: list[str]) -> list[str]:
+    """`go build` of a wrapper module (tools/kube, tools/netpol), stripped."""
+    flags = " ".join(["-s", "-w", *ldflags])
+    return [str(go), "build", "-trimpath", "-ldflags", flags, "-o", str(output), "."]
 
 
 def render_go_install_argv(go: Path, package: str, version: str, ldflags: list[str]) -> list[str]:
@@ -272,15 +273,23 @@ def _stamp_matches(target: Path, stamp_text: str) -> bool:
     return stamp.is_file() and stamp.read_text() == stamp_text
 
 
-def ensure_kube_binary(go: Path, version: str = KUBE_VERSION) -> Path:
-    """The multi-call `kube` binary, built from tools/kube when missing or outdated."""
-    source = wrapper_source_dir()
-    target = kube_dir(version)
-    stamp_text = f"{version} {wrapper_source_hash(source)}\n"
-    binary = target / "bin" / "kube"
+def ensure_wrapper_binary(
+    go: Path,
+    source: Path,
+    target: Path,
+    binary_name: str,
+    *,
+    ldflags: list[str],
+    stamp_prefix: str,
+    aliases: tuple[str, ...] = (),
+) -> Path:
+    """`target/bin/binary_name` built from the wrapper module in `source` (go.mod, go.sum,
+    main.go), when missing or when those sources changed; `aliases` become symlinks."""
+    stamp_text = f"{stamp_prefix} {wrapper_source_hash(source)}\n"
+    binary = target / "bin" / binary_name
     if _stamp_matches(target, stamp_text):
         return binary
-    with _build_lock(f"kube-{version}"):
+    with _build_lock(target.name):
         if _stamp_matches(target, stamp_text):
             return binary
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -289,18 +298,26 @@ def ensure_kube_binary(go: Path, version: str = KUBE_VERSION) -> Path:
             bin_dir = staging / "bin"
             bin_dir.mkdir()
             _run_logged(
-                render_kube_build_argv(go, bin_dir / "kube", version),
+                render_wrapper_build_argv(go, bin_dir / binary_name, ldflags),
                 cwd=source,
                 env=go_build_env(go),
-                log=_logs_dir() / f"kube-{version}-build.log",
-                what=f"building Kubernetes {version} (go build in {source})",
+                log=_logs_dir() / f"{target.name}-build.log",
+                what=f"building {binary_name} {stamp_prefix} (go build in {source})",
             )
-            for name in KUBE_COMPONENTS:
-                (bin_dir / name).symlink_to("kube")
+            for name in aliases:
+                (bin_dir / name).symlink_to(binary_name)
             _publish(staging, target, stamp_text)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return binary
+
+
+def ensure_kube_binary(go: Path, version: str = KUBE_VERSION) -> Path:
+    """The multi-call `kube` binary, built from tools/kube when missing or outdated."""
+    return ensure_wrapper_binary(
+        go, wrapper_source_dir(), kube_dir(version), "kube",
+        ldflags=render_version_ldflags(version), stamp_prefix=version, aliases=KUBE_COMPONENTS,
+    )
 
 
 def _ensure_go_install(

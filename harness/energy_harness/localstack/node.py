@@ -76,10 +76,11 @@ class NodePorts:
     proxy_metrics: int
     coredns_health: int
     coredns_ready: int
+    netpol_metrics: int
 
     @classmethod
     def allocate(cls) -> NodePorts:
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port(), free_port())
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class ClusterFacts:
     kubelet_key: Path
     proxy_kubeconfig: Path
     coredns_kubeconfig: Path
+    netpol_kubeconfig: Path
     cluster_domain: str
     pod_cidr: str
 
@@ -350,6 +352,24 @@ def render_kubelet_args(layout: NodeLayout, cluster: ClusterFacts) -> list[str]:
         f"--hostname-override={NODE_NAME}",
         f"--node-ip={NODE_IP}",
         f"--node-labels={REAL_NODE_LABEL}=true",
+        "--v=1",
+    ]
+
+
+# kube-network-policies' nftables table and nfqueue: names of our own, so that a leftover
+# is recognisably ours and nothing else on the machine is touched.
+NETPOL_TABLE = "energy-node-netpol"
+NETPOL_QUEUE = 104
+
+
+def render_netpol_args(ports: NodePorts, cluster: ClusterFacts) -> list[str]:
+    """The NetworkPolicy enforcer (tools/netpol) for the pods of this node."""
+    return [
+        f"--kubeconfig={cluster.netpol_kubeconfig}",
+        f"--hostname-override={NODE_NAME}",
+        f"--nfqueue-id={NETPOL_QUEUE}",
+        f"--metrics-bind-address=127.0.0.1:{ports.netpol_metrics}",
+        f"--nftables-table={NETPOL_TABLE}",
         "--v=1",
     ]
 
@@ -563,6 +583,9 @@ def clean_machine(
     _run([str(kube_proxy), "--cleanup", "--proxy-mode=iptables"], check=False,
          env=component_env(tools))
     delete_iptables_chains(("KUBE-", "CNI-"), tools.iptables)
+    # The enforcer removes its table when stopped; killed, it leaves one that would queue
+    # every pod packet to a queue nobody reads (the packets are dropped: it fails closed).
+    _run([str(tools.nft), "delete", "table", "inet", NETPOL_TABLE], check=False)
     for hierarchy in cgroup_hierarchies():
         for directory in _cgroup_dirs_bottom_up(hierarchy / CGROUP_PARENT):
             with contextlib.suppress(OSError):
@@ -603,7 +626,8 @@ def remove_node_files() -> None:
 
 @dataclass
 class RealNode:
-    """containerd + kubelet + kube-proxy + CoreDNS: one real Node named NODE_NAME.
+    """containerd + kubelet + kube-proxy + CoreDNS + a NetworkPolicy enforcer: one real Node
+    named NODE_NAME.
 
     `prepare()` (before the API server starts: it binds NODE_IP) takes the machine lock,
     cleans up leftovers and creates the node's link and cgroup root. `start()` runs the
@@ -679,6 +703,7 @@ class RealNode:
                                    *render_kube_proxy_args(self.ports, cluster)],
                     env=component_env(self.tools))
         self._start("coredns", [str(self.tools.coredns), "-conf", str(layout.corefile)])
+        self._start("netpol", [str(self.tools.netpol), *render_netpol_args(self.ports, cluster)])
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
         """Every component's own health endpoint (the Node's Ready condition is kube.py's)."""
@@ -687,6 +712,7 @@ class RealNode:
             ("kube-proxy", self.ports.proxy_healthz, "/healthz"),
             ("coredns", self.ports.coredns_health, "/health"),
             ("coredns", self.ports.coredns_ready, "/ready"),
+            ("netpol", self.ports.netpol_metrics, "/metrics"),
         ):
             wait_until(
                 lambda port=port, path=path: (

@@ -4,6 +4,9 @@
   come from Debian, through the same `ensure_system_packages` as the local stack;
 - CoreDNS is built with `go install` from the Go module proxy into
   `cache_dir()/coredns-<COREDNS_VERSION>/bin/coredns`, like kwok and helm;
+- the NetworkPolicy enforcer is kube-network-policies' controller, built from the wrapper
+  module `tools/netpol` (Go module proxy) into `cache_dir()/netpol-<NETPOL_VERSION>/bin/netpol`;
+  nftables (`nft`, Debian) removes its table when it was killed;
 - the pause image (each pod's sandbox) is compiled from upstream's own `build/pause/linux/pause.c`
   in the Kubernetes module the control plane is built from, and written as an OCI image archive
   `cache_dir()/pause-<PAUSE_VERSION>/pause.tar` that `ctr -n k8s.io images import` tags as
@@ -43,8 +46,10 @@ from energy_harness.localstack.kube_install import (
     _run_logged,
     _stamp_matches,
     ensure_go,
+    ensure_wrapper_binary,
     go_build_env,
     render_go_install_argv,
+    wrapper_source_dir,
 )
 from energy_harness.localstack.process import ServiceError
 
@@ -63,6 +68,10 @@ _PAUSE_RECIPE = "1"
 COREDNS_VERSION = "v1.15.0"
 COREDNS_PACKAGE = "github.com/coredns/coredns"
 
+# sigs.k8s.io/kube-network-policies, as tools/netpol/go.mod requires it: the newest release
+# the Go module proxy serves here.
+NETPOL_VERSION = "v0.8.0"
+
 # The plugins a pod network of a single node needs: a bridge with host-local IPAM, the
 # loopback in every sandbox, and hostPort mappings.
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "firewall", "portmap")
@@ -79,6 +88,7 @@ NODE_SYSTEM_DEPENDENCIES = (
     SystemDependency("iptables-save", "iptables"),
     SystemDependency("iptables-restore", "iptables"),
     SystemDependency("conntrack", "conntrack"),
+    SystemDependency("nft", "nftables"),
     *(
         SystemDependency(plugin, "containernetworking-plugins", directories=CNI_DIRECTORIES)
         for plugin in CNI_PLUGINS
@@ -115,6 +125,9 @@ class NodeTools:
     # Holds bridge, host-local, loopback and portmap: containerd's CRI `bin_dir`.
     cni_bin_dir: Path
     coredns: Path
+    # kube-network-policies' controller (tools/netpol), and nft to remove its table.
+    netpol: Path
+    nft: Path
     # An OCI image archive tagged PAUSE_IMAGE, for `ctr -n k8s.io images import`.
     pause_image: Path
     iptables: Path
@@ -136,6 +149,8 @@ class NodeTools:
             "ctr": str(self.ctr),
             "cni-bin-dir": str(self.cni_bin_dir),
             "coredns": str(self.coredns),
+            "netpol": str(self.netpol),
+            "nft": str(self.nft),
             "pause-image": str(self.pause_image),
             "iptables": str(self.iptables),
             "conntrack": str(self.conntrack),
@@ -144,6 +159,22 @@ class NodeTools:
 
 def coredns_dir(version: str = COREDNS_VERSION) -> Path:
     return cache_dir() / f"coredns-{version}"
+
+
+def netpol_dir(version: str = NETPOL_VERSION) -> Path:
+    return cache_dir() / f"netpol-{version}"
+
+
+def netpol_source_dir() -> Path:
+    """`tools/netpol`, beside the control plane's wrapper module `tools/kube`."""
+    return wrapper_source_dir().parent / "netpol"
+
+
+def ensure_netpol(go: Path, version: str = NETPOL_VERSION) -> Path:
+    return ensure_wrapper_binary(
+        go, netpol_source_dir(), netpol_dir(version), "netpol", ldflags=[],
+        stamp_prefix=version,
+    )
 
 
 def pause_dir(version: str = PAUSE_VERSION) -> Path:
@@ -381,6 +412,8 @@ def ensure_node_tools() -> NodeTools:
         ctr=found["ctr"],
         cni_bin_dir=cni_bin_dir,
         coredns=ensure_coredns(go),
+        netpol=ensure_netpol(go),
+        nft=found["nft"],
         pause_image=ensure_pause_image(go),
         iptables=found["iptables"],
         conntrack=found["conntrack"],
