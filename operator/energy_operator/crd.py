@@ -521,9 +521,9 @@ def spec_schema() -> dict[str, Any]:
                 "their lifetime; the workers reload them without a restart.",
                 {
                     "enabled": boolean(
-                        "Require client certificates on the Forecaster service. false: "
-                        "plaintext gRPC (the workers log a warning).",
-                        env=Env("GRPC_TLS", ("ingest", "inference")), default=False,
+                        "Require client certificates on the Forecaster service (the default). "
+                        "false: plaintext gRPC, knowingly (the workers log a warning).",
+                        env=Env("GRPC_TLS", ("ingest", "inference")), default=True,
                     ),
                     "caSecret": secret_ref(
                         "Your CA (tls.crt, tls.key) to issue from. Absent: the operator "

@@ -30,7 +30,7 @@ from energy_harness.localstack.process import free_port
 from energy_harness.localstack.workers import WorkerProcess
 from energy_harness.operator_local import OperatorProcess
 from energy_harness.testing import admin_sql, wait_for
-from energy_operator import crd, render
+from energy_operator import certificates, crd, render
 from energy_operator.kube import Kube
 from energy_operator.reconcile import Outcome, kafka_config
 from energy_pipeline.core.settings import KafkaSettings, load
@@ -335,29 +335,37 @@ def test_rendered_workers_run_locally_with_the_rendered_environment(
     cron = pipeline.client.get("batch/v1", "CronJob", pipeline.namespace, f"{pipeline.name}-train")
     containers["train"] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
 
-    # The API's tokens file, as the kubelet mounts it from the Secret the operator made.
-    api_pod = pipeline.deployment("api")["spec"]["template"]["spec"]
-    (tokens_volume,) = [v["secret"] for v in api_pod["volumes"] if v["name"] == "api-tokens"]
+    # The Secrets the operator made, as the kubelet mounts them: the API's tokens file and
+    # (mutual TLS is the default) each gRPC side's certificate, key and CA.
+    tokens = mount_secret_volume(pipeline, "api", "api-tokens", tmp_path / "api")
     tokens_secret = pipeline.client.get("v1", "Secret", pipeline.namespace,
-                                        tokens_volume["secretName"])
-    (item,) = tokens_volume["items"]
-    tokens_file = tmp_path / "api-tokens"
-    tokens_file.write_bytes(base64.b64decode(tokens_secret["data"][item["key"]]))
+                                        f"{pipeline.name}-api-tokens")
     api_token = base64.b64decode(tokens_secret["data"]["token"]).decode()
+    grpc_files = {
+        worker: mount_secret_volume(pipeline, worker, "grpc-tls", tmp_path / f"{worker}-grpc")
+        for worker in ("ingest", "inference")
+    }
 
     grpc_port, api_port = free_port(), free_port()
     plumbing = {
-        "inference": {"GRPC_PORT": str(grpc_port)},
-        "ingest": {"INFERENCE_TARGET": f"dns:///127.0.0.1:{grpc_port}"},
-        "api": {"API_PORT": str(api_port), "API_TOKENS_FILE": str(tokens_file)},
+        "inference": {"GRPC_PORT": str(grpc_port), **grpc_tls_files(grpc_files["inference"])},
+        "ingest": {"INFERENCE_TARGET": f"dns:///127.0.0.1:{grpc_port}",
+                   **grpc_tls_files(grpc_files["ingest"])},
+        "api": {"API_PORT": str(api_port), "API_TOKENS_FILE": str(tokens["tokens"])},
     }
+    # The one addition: in a cluster the target's host is the Service name the server's
+    # certificate carries; here it is 127.0.0.1, so ingest is told which name to expect.
+    added = {"ingest": {"GRPC_TLS_SERVER_NAME": certificates.server_names(
+        pipeline.name, pipeline.namespace)[-1]}}
     basics = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TZ"}}
     envs: dict[str, dict[str, str]] = {}
     for worker, container in containers.items():
         assert container["command"] == ["energy-pipeline", worker]
         env = resolve_env(pipeline.client, pipeline.namespace, container, f"{worker}-0")
         assert set(plumbing.get(worker, {})) <= set(env)  # replaced, never added
-        envs[worker] = {**basics, **env, **plumbing.get(worker, {})}
+        assert not set(added.get(worker, {})) & set(env)
+        envs[worker] = {**basics, **env, **plumbing.get(worker, {}), **added.get(worker, {})}
+    assert envs["ingest"]["GRPC_TLS"] == envs["inference"]["GRPC_TLS"] == "true"
     assert envs["ingest"]["DATABASE_URL"] == pipeline.database_url
     assert envs["api"]["DATABASE_URL"] == reader_url
     assert envs["bridge"]["MQTT_PORT"] == str(mqtt_broker.port)
@@ -407,6 +415,28 @@ def test_rendered_workers_run_locally_with_the_rendered_environment(
     for worker in ("bridge", "ingest", "inference", "api"):
         # Every worker accepted its environment: no settings error in its log.
         assert "invalid settings" not in (tmp_path / "logs" / f"{worker}.log").read_text()
+
+
+def mount_secret_volume(pipeline: Pipeline, worker: str, volume: str,
+                        directory: Path) -> dict[str, Path]:
+    """The files of `worker`'s Secret volume `volume`, written under `directory` as the
+    kubelet would mount them (its items, or every key); {path in the volume: file}."""
+    pod = pipeline.deployment(worker)["spec"]["template"]["spec"]
+    (source,) = [v["secret"] for v in pod["volumes"] if v["name"] == volume]
+    secret = pipeline.client.get("v1", "Secret", pipeline.namespace, source["secretName"])
+    items = source.get("items") or [{"key": k, "path": k} for k in secret["data"]]
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for item in items:
+        path = directory / item["path"]
+        path.write_bytes(base64.b64decode(secret["data"][item["key"]]))
+        files[item["path"]] = path
+    return files
+
+
+def grpc_tls_files(files: dict[str, Path]) -> dict[str, str]:
+    """GRPC_TLS_*_FILE pointed at a mounted gRPC certificate Secret's files."""
+    return {env: str(files[key]) for env, key in certificates.TLS_FILES.items()}
 
 
 def read_only_role(pipeline: Pipeline, postgres: PostgresServer) -> str:

@@ -38,15 +38,21 @@ def pods(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def test_plaintext_is_what_the_spec_says_until_the_default_flips() -> None:
-    data = render.config_data("demo", "energy", crd.with_defaults(SPEC))
+def test_mutual_tls_is_the_default_and_plaintext_a_knowing_choice() -> None:
+    default = crd.with_defaults(SPEC)
+    assert render.config_data("demo", "energy", default)["GRPC_TLS"] == "true"
+    for worker, pod in pods(default).items():
+        mounted = "grpc-tls" in [v["name"] for v in pod["volumes"]]
+        assert mounted == (worker in ("ingest", "inference")), worker
+    plaintext = crd.with_defaults({**SPEC, "inference": {"tls": {"enabled": False}}})
+    data = render.config_data("demo", "energy", plaintext)
     assert data["GRPC_TLS"] == "false"
     assert "GRPC_TLS_CERT_FILE" not in data
     assert render.config_keys("ingest", data).count("GRPC_TLS") == 1
     assert "GRPC_TLS" in render.config_keys("inference", data)
     assert "GRPC_TLS" not in render.config_keys("bridge", data)
-    for pod in pods(crd.with_defaults(SPEC)).values():
-        assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    for pod in pods(plaintext).values():
+        assert "grpc-tls" not in [v["name"] for v in pod["volumes"]]
 
 
 def test_with_tls_ingest_and_inference_mount_their_own_secret_at_the_same_path() -> None:
@@ -77,7 +83,7 @@ def test_with_tls_ingest_and_inference_mount_their_own_secret_at_the_same_path()
 
 def test_the_crd_documents_tls_and_lets_a_user_name_a_ca() -> None:
     tls = crd.with_defaults(SPEC)["inference"]["tls"]
-    assert tls == {"enabled": False, "certificateLifetimeHours": 2160}
+    assert tls == {"enabled": True, "certificateLifetimeHours": 2160}
     assert certificates.ca_secret_name("demo", tls_spec()) == "demo-grpc-ca"
     assert certificates.operator_owns_ca(tls_spec())
     own = tls_spec(caSecret={"name": "corp-ca"})

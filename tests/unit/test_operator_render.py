@@ -98,6 +98,10 @@ def test_forecasting_off_leaves_the_inference_target_empty() -> None:
     assert data["INFERENCE_TARGET"] == ""
 
 
+# Mutual TLS between ingest and inference is the default: both read all four.
+GRPC_TLS = ("GRPC_TLS", "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE", "GRPC_TLS_CA_FILE")
+
+
 def test_each_worker_reads_exactly_its_settings() -> None:
     objs = children()
     bridge, ingest = container(objs, "bridge"), container(objs, "ingest")
@@ -114,10 +118,10 @@ def test_each_worker_reads_exactly_its_settings() -> None:
         "KAFKA_SECURITY_PROTOCOL", "KAFKA_CONSUMER_GROUP", "KAFKA_SESSION_TIMEOUT_MS",
         "INGEST_BATCH_SIZE", "INGEST_BATCH_MAX_WAIT_MS", "DB_RETRY_MAX_S", "MAX_PAYLOAD_BYTES",
         "MAX_FUTURE_S", "INFERENCE_TARGET", "FORECAST_HORIZONS", "FORECAST_LATENESS_S",
-        "FORECAST_HISTORY_HOURS", "FORECAST_DEADLINE_MS", "FORECAST_STREAM_IDLE_S", "GRPC_TLS",
+        "FORECAST_HISTORY_HOURS", "FORECAST_DEADLINE_MS", "FORECAST_STREAM_IDLE_S", *GRPC_TLS,
     }
     assert env_names(inference) == common | {
-        "DATABASE_URL", "GRPC_PORT", "MODEL_REFRESH_S", "GRPC_MAX_WORKERS", "GRPC_TLS"}
+        "DATABASE_URL", "GRPC_PORT", "MODEL_REFRESH_S", "GRPC_MAX_WORKERS", *GRPC_TLS}
     # A Job serves no probes: no HTTP_PORT.
     assert env_names(train) == common - {"HTTP_PORT"} | {
         "DATABASE_URL", "TRAIN_HISTORY_DAYS", "TRAIN_BACKTEST_DAYS", "TRAIN_MODEL_PARAMS"}
@@ -433,7 +437,9 @@ def test_without_a_database_ca_nothing_is_mounted() -> None:
     for worker in ("ingest", "inference", "train"):
         c = container(objs, worker)
         assert "DATABASE_CA_FILE" not in env_names(c)
-        assert [m["name"] for m in c["volumeMounts"]] == ["tmp"]
+        # The gRPC certificates (mutual TLS by default) are ingest's and inference's only.
+        grpc = ["grpc-tls"] if worker in ("ingest", "inference") else []
+        assert [m["name"] for m in c["volumeMounts"]] == ["tmp", *grpc]
 def test_api_pods_mount_the_tokens_secret_the_operator_makes_by_default() -> None:
     objs = children(with_changes(api={"enabled": True}))
     pod = objs[("Deployment", "demo-api")]["spec"]["template"]["spec"]
@@ -516,4 +522,4 @@ def test_each_kafka_role_logs_in_as_itself_and_trusts_the_ca() -> None:
     # Workers that never talk to Kafka get neither.
     inference = container(objs, "inference")
     assert "KAFKA_CA_FILE" not in env_names(inference)
-    assert [m["name"] for m in inference["volumeMounts"]] == ["tmp"]
+    assert [m["name"] for m in inference["volumeMounts"]] == ["tmp", "grpc-tls"]
