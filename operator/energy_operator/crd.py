@@ -123,6 +123,9 @@ KAFKA_ROLE_SECRETS = (
 # Where the bridge and ingest pods find spec.kafka.tls.caSecret (KAFKA_CA_FILE).
 KAFKA_CA_DIR = "/etc/energy-pipeline/kafka-ca"
 KAFKA_CA_FILE = f"{KAFKA_CA_DIR}/ca.crt"
+# Where the bridge pods find spec.mqtt.tls.caSecret (MQTT_CA_FILE).
+MQTT_CA_DIR = "/etc/energy-pipeline/mqtt-ca"
+MQTT_CA_FILE = f"{MQTT_CA_DIR}/ca.crt"
 
 SECRET_SETTINGS = (
     SecretSetting("MQTT_USERNAME", ("bridge",), ("mqtt", "credentialsSecret"), "usernameKey"),
@@ -306,6 +309,31 @@ def spec_schema() -> dict[str, Any]:
                 "MQTT_PASSWORD of the bridge). Absent: anonymous.",
                 {"usernameKey": ("username", "the user name"),
                  "passwordKey": ("password", "the password")},
+            ),
+            "tls": obj(
+                "TLS towards the broker (set port to its TLS listener, 8883 in the hivemq "
+                "chart). The bridge always verifies the broker's certificate and host name.",
+                {
+                    "enabled": boolean(
+                        "Connect with TLS, verifying the broker against the system's CAs (a "
+                        "broker whose certificate a public CA signed). Not needed with "
+                        "caSecret, which turns TLS on by itself.",
+                        env=Env("MQTT_TLS", B),
+                    ),
+                    "caSecret": secret_ref(
+                        "Secret holding the PEM certificate of the CA that signed the broker's "
+                        "certificate (with the hivemq chart: its tls.secretName, key ca.crt): "
+                        f"mounted into the bridge pods at {MQTT_CA_DIR}, which verify the "
+                        "broker against it (sets MQTT_CA_FILE, which turns TLS on). Unset: the "
+                        "system's CAs, with enabled.",
+                        {"key": ("ca.crt", "the CA certificate")},
+                    ),
+                },
+                # MQTT_CA_FILE turns TLS on whatever MQTT_TLS says: refuse the contradiction
+                # rather than render a ConfigMap that claims plaintext.
+                rules=(rule("!has(self.caSecret) || !has(self.enabled) || self.enabled",
+                            "caSecret turns TLS on: remove enabled: false or the caSecret",
+                            ".enabled"),),
             ),
         },
         required=("host",),

@@ -233,6 +233,15 @@ def kafka_config(kube: Kube, namespace: str, spec: Mapping[str, Any],
 # Steps
 # ---------------------------------------------------------------------------------------------
 
+def check_mqtt_ca(kube: Kube, namespace: str, spec: Mapping[str, Any],
+                  outcome: Outcome) -> None:
+    """spec.mqtt.tls.caSecret must exist with its key. The operator never connects to MQTT,
+    but the bridge pods mount the Secret and without it wait in ContainerCreating: reported
+    here, with the command that makes it, as kafka.tls.caSecret is."""
+    _secret(kube, namespace, crd.get_path(spec, ("mqtt", "tls", "caSecret")), "key",
+            "spec.mqtt.tls.caSecret", outcome)
+
+
 def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
                    adopt: Adopt, outcome: Outcome, *, restoring: bool,
                    fresh: frozenset[str] = frozenset()) -> None:
@@ -685,6 +694,7 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
 
     db_url = database_url(kube, namespace, spec, outcome)
     kafka = kafka_config(kube, namespace, spec, outcome)
+    check_mqtt_ca(kube, namespace, spec, outcome)
 
     # Before the API's Deployment, so its pods find the Secret they mount.
     api_tokens = ensure_api_tokens(kube, body, spec, adopt, change, outcome)

@@ -91,6 +91,8 @@ DERIVED_SETTINGS = (
             f"({DATABASE_CA_FILE})"),
     Derived("KAFKA_CA_FILE", ("bridge", "ingest"),
             f"{crd.KAFKA_CA_FILE}, where spec.kafka.tls.caSecret is mounted (when set)"),
+    Derived("MQTT_CA_FILE", ("bridge",),
+            f"{crd.MQTT_CA_FILE}, where spec.mqtt.tls.caSecret is mounted (when set)"),
 )
 # The bridge's persistent MQTT session is named after its pod (what it defaults to anyway).
 FIELD_REF_SETTINGS = {"bridge": {"MQTT_CLIENT_ID": "metadata.name"}}
@@ -126,6 +128,8 @@ def config_data(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str,
         data["DATABASE_CA_FILE"] = DATABASE_CA_FILE
     if crd.get_path(spec, ("kafka", "tls", "caSecret")):
         data["KAFKA_CA_FILE"] = crd.KAFKA_CA_FILE
+    if crd.get_path(spec, ("mqtt", "tls", "caSecret")):
+        data["MQTT_CA_FILE"] = crd.MQTT_CA_FILE
     if grpc_tls(spec):
         data.update(certificates.file_settings())
     return dict(sorted(data.items()))
@@ -170,6 +174,23 @@ def kafka_ca_volume(worker: str, spec: Mapping[str, Any]) -> dict[str, Any] | No
     if ref is None:
         return None
     return {"name": "kafka-ca", "secret": {
+        "secretName": ref["name"], "items": [{"key": ref["key"], "path": "ca.crt"}]}}
+
+
+def mqtt_ca_secret(worker: str, spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """spec.mqtt.tls.caSecret when `worker` is the bridge (the only MQTT client), else None."""
+    if worker != "bridge":
+        return None
+    return crd.get_path(spec, ("mqtt", "tls", "caSecret")) or None
+
+
+def mqtt_ca_volume(worker: str, spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The MQTT CA Secret's one key as the file MQTT_CA_FILE names: only the CA, since the
+    Secret may be the broker's own, key included (the bridge reads the file when it starts)."""
+    ref = mqtt_ca_secret(worker, spec)
+    if ref is None:
+        return None
+    return {"name": "mqtt-ca", "secret": {
         "secretName": ref["name"], "items": [{"key": ref["key"], "path": "ca.crt"}]}}
 
 
@@ -258,6 +279,9 @@ def container(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
     if kafka_ca_volume(worker, spec):
         out["volumeMounts"].append(
             {"name": "kafka-ca", "mountPath": crd.KAFKA_CA_DIR, "readOnly": True})
+    if mqtt_ca_volume(worker, spec):
+        out["volumeMounts"].append(
+            {"name": "mqtt-ca", "mountPath": crd.MQTT_CA_DIR, "readOnly": True})
     if worker in certificates.SIDES and grpc_tls(spec):
         out["volumeMounts"].append(certificates.volume_mount())
     if worker != "train":
@@ -331,6 +355,9 @@ def pod_spec(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
     ca_volume = kafka_ca_volume(worker, spec)
     if ca_volume:
         pod["volumes"].append(ca_volume)
+    mqtt_volume = mqtt_ca_volume(worker, spec)
+    if mqtt_volume:
+        pod["volumes"].append(mqtt_volume)
     if worker in certificates.SIDES and grpc_tls(spec):
         # The kubelet updates the files in place when the Secret is renewed.
         pod["volumes"].append(certificates.volume(name, spec, worker))

@@ -1,6 +1,7 @@
 """The reconciler's child bookkeeping against the real API server: what it creates, restores
 and deletes (the read API's children when spec.api.enabled turns false), and what it leaves
-alone. `apply_children` is called directly, with a ConfigMap standing in as the owner so the
+alone; and the Secrets only the children mount (spec.mqtt.tls.caSecret), which it checks.
+`apply_children` is called directly, with a ConfigMap standing in as the owner so the
 garbage collector keeps the children while no operator runs.
 """
 
@@ -12,8 +13,9 @@ from typing import Any
 
 import pytest
 from energy_harness.localstack.kube import KubeControlPlane
+from energy_operator import crd
 from energy_operator.kube import Kube
-from energy_operator.reconcile import Outcome, apply_children
+from energy_operator.reconcile import Outcome, apply_children, check_mqtt_ca
 from kubernetes import config
 
 pytestmark = pytest.mark.cluster
@@ -205,3 +207,43 @@ def test_a_refused_delete_is_reported_naming_the_object(
     assert not any(p.blocking for p in problems)  # the data still flows
     assert any("Deployment demo-api" in p.message and "forbidden" in p.message for p in problems)
     assert present(admin, namespace, API_CHILDREN) == API_CHILDREN
+
+
+def test_a_missing_mqtt_ca_secret_is_a_problem_naming_its_fix(
+    kube: KubeControlPlane, namespace: str
+) -> None:
+    client = Kube(kube.api_client)
+    with_ca = crd.with_defaults(
+        {**SPEC, "mqtt": {"host": "m", "port": 8883, "tls": {"caSecret": {"name": "mqtt-ca"}}}})
+    missing = Outcome()
+    check_mqtt_ca(client, namespace, with_ca, missing)
+    (problem,) = missing.problems
+    assert problem.reason == "SecretMissing" and problem.blocking
+    assert problem.message == (
+        f"Secret {namespace}/mqtt-ca with key 'ca.crt' (spec.mqtt.tls.caSecret) not found; "
+        "create it, e.g. kubectl create secret generic mqtt-ca --from-literal=ca.crt=...")
+    # The children are applied all the same: the bridge pods start once the Secret exists.
+    out = apply(client, owner(client, namespace, "demo"), with_ca, False)
+    assert not out.problems
+    pod = client.get("apps/v1", "Deployment", namespace, "demo-bridge")["spec"]["template"]["spec"]
+    assert {"name": "mqtt-ca", "secret": {
+        "secretName": "mqtt-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        "defaultMode": 420}} in pod["volumes"]
+
+    # A Secret without the key is no better: the kubelet would not mount the item.
+    client.create({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "mqtt-ca", "namespace": namespace},
+                   "stringData": {"tls.crt": "x"}})
+    no_key = Outcome()
+    check_mqtt_ca(client, namespace, with_ca, no_key)
+    assert [p.reason for p in no_key.problems] == ["SecretMissing"]
+
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    client.merge_patch("v1", "Secret", namespace, "mqtt-ca", {"stringData": {"ca.crt": pem}})
+    found = Outcome()
+    check_mqtt_ca(client, namespace, with_ca, found)
+    assert not found.problems
+    # Without spec.mqtt.tls there is nothing to check.
+    plain = Outcome()
+    check_mqtt_ca(client, namespace, crd.with_defaults(SPEC), plain)
+    assert not plain.problems

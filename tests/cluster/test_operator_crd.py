@@ -95,6 +95,11 @@ INVALID = [
     ("api-page-too-large", merged(api__maxPageSize=100001), "spec.api.maxPageSize"),
     ("api-secret-without-name", merged(api__databaseUrlSecret={"key": "url"}),
      "spec.api.databaseUrlSecret.name"),
+    ("mqtt-ca-with-tls-disabled",
+     merged(mqtt__tls={"enabled": False, "caSecret": {"name": "mqtt-ca"}}),
+     "spec.mqtt.tls.enabled"),
+    ("mqtt-ca-secret-without-name", merged(mqtt__tls={"caSecret": {"key": "ca.crt"}}),
+     "spec.mqtt.tls.caSecret.name"),
     ("1-starts-with-digit", VALID, "metadata.name"),
 ]
 

@@ -130,6 +130,29 @@ def test_api_defaults_agree_with_the_api_settings() -> None:
             assert setting.default == fields[setting.env], setting.env
 
 
+def test_mqtt_tls_ca_secret_has_the_shape_of_kafkas() -> None:
+    props = crd.spec_schema()["properties"]
+    tls = props["mqtt"]["properties"]["tls"]
+    ca = tls["properties"]["caSecret"]
+    assert ca["required"] == ["name"] and ca["properties"]["key"]["default"] == "ca.crt"
+    assert ca["properties"] == props["kafka"]["properties"]["tls"]["properties"]["caSecret"][
+        "properties"]
+    assert crd.MQTT_CA_DIR in ca["description"] and "MQTT_CA_FILE" in ca["description"]
+    assert (crd.MQTT_CA_DIR, crd.MQTT_CA_FILE) == (
+        "/etc/energy-pipeline/mqtt-ca", "/etc/energy-pipeline/mqtt-ca/ca.crt")
+    # MQTT_TLS only when asked for: no default, or a CA alongside would read MQTT_TLS=false.
+    by_env = {s.env: s for s in crd.settings()}
+    assert by_env["MQTT_TLS"].path == ("mqtt", "tls", "enabled")
+    assert by_env["MQTT_TLS"].workers == ("bridge",) and by_env["MQTT_TLS"].default is None
+    (enabled_rule,) = tls["x-kubernetes-validations"]
+    assert enabled_rule["fieldPath"] == ".enabled"
+    spec = crd.with_defaults({"mqtt": {"host": "h", "tls": {"caSecret": {"name": "c"}}},
+                              "kafka": {"bootstrapServers": "b"},
+                              "database": {"urlSecret": {"name": "db"}}})
+    assert spec["mqtt"]["tls"] == {"caSecret": {"name": "c", "key": "ca.crt"}}
+    assert "tls" not in crd.with_defaults({"mqtt": {"host": "h"}})["mqtt"]
+
+
 def test_with_defaults_fills_nested_sections() -> None:
     spec = crd.with_defaults({"mqtt": {"host": "h"}, "kafka": {"bootstrapServers": "b:9092"},
                               "database": {"urlSecret": {"name": "db"}}})

@@ -523,3 +523,57 @@ def test_each_kafka_role_logs_in_as_itself_and_trusts_the_ca() -> None:
     inference = container(objs, "inference")
     assert "KAFKA_CA_FILE" not in env_names(inference)
     assert [m["name"] for m in inference["volumeMounts"]] == ["tmp", "grpc-tls"]
+
+
+def pod_template(objs: dict[tuple[str, str], Any], worker: str) -> dict[str, Any]:
+    if worker == "train":
+        return objs[("CronJob", "demo-train")]["spec"]["jobTemplate"]["spec"]["template"]
+    return objs[("Deployment", f"demo-{worker}")]["spec"]["template"]
+
+
+def test_the_bridge_verifies_the_mqtt_broker_against_the_ca_secret() -> None:
+    plain = with_changes(api={"enabled": True})
+    tls = with_changes(api={"enabled": True}, mqtt={
+        "port": 8883, "tls": {"caSecret": {"name": "energy-hivemq-tls"}}})
+    before, objs = children(plain), children(tls)
+    assert objs[("ConfigMap", "demo-config")]["data"]["MQTT_CA_FILE"] == (
+        "/etc/energy-pipeline/mqtt-ca/ca.crt")
+    bridge = container(objs, "bridge")
+    env = {e["name"]: e for e in bridge["env"]}
+    assert env["MQTT_CA_FILE"]["valueFrom"] == {
+        "configMapKeyRef": {"name": "demo-config", "key": "MQTT_CA_FILE"}}
+    # The CA file alone turns TLS on in the bridge; MQTT_TLS stays unset.
+    assert "MQTT_TLS" not in env
+    assert {"name": "mqtt-ca", "mountPath": "/etc/energy-pipeline/mqtt-ca",
+            "readOnly": True} in bridge["volumeMounts"]
+    # Only the CA (the default key ca.crt), never the broker's key of the same Secret.
+    assert {"name": "mqtt-ca", "secret": {
+        "secretName": "energy-hivemq-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in \
+        pod_template(objs, "bridge")["spec"]["volumes"]
+    # A CA newly referenced rolls the bridge...
+    hashes = [pod_template(o, "bridge")["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+              for o in (before, objs)]
+    assert hashes[0] != hashes[1]
+    # ... and no other worker: their pods are exactly what they were.
+    for worker in ("ingest", "inference", "api", "train"):
+        assert pod_template(objs, worker) == pod_template(before, worker), worker
+        assert "MQTT_CA_FILE" not in env_names(container(objs, worker)), worker
+    # Another key of the Secret is mounted under the same file name.
+    other = children(with_changes(mqtt={"tls": {"caSecret": {"name": "corp", "key": "ca.pem"}}}))
+    (volume,) = [v for v in pod_template(other, "bridge")["spec"]["volumes"]
+                 if v["name"] == "mqtt-ca"]
+    assert volume["secret"] == {"secretName": "corp",
+                                "items": [{"key": "ca.pem", "path": "ca.crt"}]}
+
+
+def test_mqtt_tls_with_the_system_cas_and_without_tls() -> None:
+    objs = children(with_changes(mqtt={"tls": {"enabled": True}}))
+    data = objs[("ConfigMap", "demo-config")]["data"]
+    assert data["MQTT_TLS"] == "true" and "MQTT_CA_FILE" not in data
+    bridge = container(objs, "bridge")
+    assert "MQTT_TLS" in env_names(bridge) and "MQTT_CA_FILE" not in env_names(bridge)
+    assert [m["name"] for m in bridge["volumeMounts"]] == ["tmp"]
+    assert [v["name"] for v in pod_template(objs, "bridge")["spec"]["volumes"]] == ["tmp"]
+    # No spec.mqtt.tls: neither key, so the bridge's defaults (plain MQTT) hold.
+    default = children()[("ConfigMap", "demo-config")]["data"]
+    assert not {"MQTT_TLS", "MQTT_CA_FILE"} & set(default)
