@@ -170,11 +170,7 @@ def kafka_ca_secret(worker: str, spec: Mapping[str, Any]) -> Mapping[str, Any] |
 def kafka_ca_volume(worker: str, spec: Mapping[str, Any]) -> dict[str, Any] | None:
     """The Kafka CA Secret's one key as the file KAFKA_CA_FILE names (a Secret volume follows
     a renewed CA without a restart; librdkafka reads it when a client is made)."""
-    ref = kafka_ca_secret(worker, spec)
-    if ref is None:
-        return None
-    return {"name": "kafka-ca", "secret": {
-        "secretName": ref["name"], "items": [{"key": ref["key"], "path": "ca.crt"}]}}
+    return _ca_volume("kafka-ca", kafka_ca_secret(worker, spec))
 
 
 def mqtt_ca_secret(worker: str, spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -187,10 +183,14 @@ def mqtt_ca_secret(worker: str, spec: Mapping[str, Any]) -> Mapping[str, Any] | 
 def mqtt_ca_volume(worker: str, spec: Mapping[str, Any]) -> dict[str, Any] | None:
     """The MQTT CA Secret's one key as the file MQTT_CA_FILE names: only the CA, since the
     Secret may be the broker's own, key included (the bridge reads the file when it starts)."""
-    ref = mqtt_ca_secret(worker, spec)
+    return _ca_volume("mqtt-ca", mqtt_ca_secret(worker, spec))
+
+
+def _ca_volume(volume: str, ref: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A Secret volume holding only `ref`'s key, as the file ca.crt."""
     if ref is None:
         return None
-    return {"name": "mqtt-ca", "secret": {
+    return {"name": volume, "secret": {
         "secretName": ref["name"], "items": [{"key": ref["key"], "path": "ca.crt"}]}}
 
 
