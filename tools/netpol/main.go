@@ -8,6 +8,11 @@
 // come from the API server). Everything else is the library's public NewController/Run, the
 // same as upstream's cmd: new connections to or from a pod address on this node are queued
 // to nfqueue and judged against the policies; the nftables table is removed on SIGTERM.
+//
+// Where the kernel has no nftables `queue` expression (CONFIG_NFT_QUEUE unset, as on the
+// project's test machine) the controller's own table cannot be written: it logs that at each
+// sync and judges whatever reaches its queue, and the harness steers the packets there with
+// iptables' NFQUEUE target instead (energy_harness.localstack.node, NETPOL_CHAIN).
 package main
 
 import (
@@ -94,8 +99,9 @@ func run() int {
 			NodeName:    nodeName,
 			NFTableName: tableName,
 			NRIdisabled: true,
-			// Kernels before 6.12 race DNS replies in conntrack (netfilter bug 1766).
-			NetfilterBug1766Fix: true,
+			// Its workaround for kernels before 6.12 (netfilter bug 1766, DNS replies racing
+			// in conntrack) is more nftables rules; DNS passes our steering chain anyway.
+			NetfilterBug1766Fix: false,
 		},
 	)
 	if err != nil {
