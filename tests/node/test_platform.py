@@ -23,6 +23,7 @@ second are measured by `python -m energy_harness.bench.node_platform` (`make ben
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
@@ -32,7 +33,7 @@ from typing import Any
 
 import pytest
 from energy_harness.localstack.kube import KubeControlPlane
-from energy_harness.localstack.node import NODE_NAME
+from energy_harness.localstack.node import NODE_NAME, POD_SUBNET
 from energy_harness.localstack.process import ServiceError, http_get
 from energy_harness.node_platform import (
     NAMESPACE,
@@ -83,6 +84,12 @@ def test_the_readme_commands_bring_every_pod_up_on_the_real_node(platform: Platf
     pods = platform.pods()
     assert pods
     assert {p["spec"].get("nodeName") for p in pods} == {NODE_NAME}
+    # Every address is the node's CNI's: nothing but the kubelet wrote these pods' status
+    # (kwok once did, from its own range, and marked a Job's pod Succeeded too early).
+    subnet = ipaddress.ip_network(POD_SUBNET)
+    assert all(ipaddress.ip_address(p["status"]["podIP"]) in subnet for p in pods
+               if p["status"].get("podIP")), [(p["metadata"]["name"], p["status"].get("podIP"))
+                                               for p in pods]
     names = {p["metadata"]["name"].rsplit("-", 2)[0] for p in pods}
     assert {"energy-operator", "energy-simulator", f"{PIPELINE}-bridge", f"{PIPELINE}-ingest",
             f"{PIPELINE}-inference"} <= names
