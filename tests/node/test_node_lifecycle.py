@@ -31,7 +31,8 @@ def _leftovers(base: Path) -> list[str]:
     found += [f"mount {m}" for m in node_module.parse_mounts_under(mounts, [RUN_DIR, base])]
     for family in ("iptables-save", "ip6tables-save"):
         dump = subprocess.run([family], capture_output=True, text=True).stdout
-        found += [f"{family} {c}" for c in re.findall(r"^:((?:KUBE|CNI)-\S+)", dump, re.M)]
+        found += [f"{family} {c}" for c in re.findall(r"^:((?:KUBE|CNI)-\S+|ENERGY-NETPOL)",
+                                                       dump, re.M)]
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     if f"table inet {node_module.NETPOL_TABLE}" in tables.splitlines():
         found.append(f"nftables table inet {node_module.NETPOL_TABLE}")

@@ -29,6 +29,7 @@ from energy_harness.localstack.node import (
     BRIDGE,
     CGROUP_PARENT,
     CNI_NETWORK,
+    NETPOL_CHAIN,
     NETPOL_QUEUE,
     NETPOL_TABLE,
     NODE_IP,
@@ -50,6 +51,7 @@ from energy_harness.localstack.node import (
     render_kubelet_args,
     render_kubelet_config,
     render_netpol_args,
+    render_netpol_steering,
     unmount_under,
 )
 from energy_harness.localstack.node_install import (
@@ -282,6 +284,25 @@ def test_netpol_args_name_our_node_table_and_queue() -> None:
     # Our own table and queue: a leftover is recognisably ours, and clean_machine removes it.
     assert flag(args, "--nftables-table") == NETPOL_TABLE == "energy-node-netpol"
     assert flag(args, "--nfqueue-id") == str(NETPOL_QUEUE)
+
+
+def test_netpol_steering_queues_new_pod_connections_but_not_dns_root_or_established() -> None:
+    rules = render_netpol_steering(CLUSTER)
+    assert all(rule[:2] == ["-t", "mangle"] for rule in rules)
+    assert rules[0][2:] == ["-N", NETPOL_CHAIN]
+    # Hooked in last, when the chain is complete.
+    assert rules[-1][2:] == ["-A", "POSTROUTING", "-j", NETPOL_CHAIN]
+    body = [" ".join(rule[4:]) for rule in rules[1:-1]]
+    queue = f"-j NFQUEUE --queue-num {NETPOL_QUEUE}"
+    assert body == [
+        "-p udp --dport 53 -j RETURN",
+        "-m owner --uid-owner 0 -j RETURN",
+        "-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+        f"-s {POD_CIDR} {queue}",
+        f"-d {POD_CIDR} {queue}",
+    ]
+    # No --queue-bypass: with the enforcer down, pod connections fail closed.
+    assert "--queue-bypass" not in " ".join(body)
 
 
 def test_netpol_wrapper_pins_the_release_node_install_names() -> None:

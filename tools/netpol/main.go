@@ -4,10 +4,15 @@
 // cannot run.
 //
 // Upstream's command reads the in-cluster service-account config only; this one takes a
-// kubeconfig, and leaves NRI off (the node's containerd has no NRI socket: pod addresses
-// come from the API server). Everything else is the library's public NewController/Run, the
+// kubeconfig. Pod addresses come from the API server (the node's containerd has no NRI
+// socket). Everything else is the library's public NewController/Run, the
 // same as upstream's cmd: new connections to or from a pod address on this node are queued
 // to nfqueue and judged against the policies; the nftables table is removed on SIGTERM.
+//
+// Where the kernel has no nftables `queue` expression (CONFIG_NFT_QUEUE unset, as on the
+// project's test machine) the controller's own table cannot be written: it logs that at each
+// sync and judges whatever reaches its queue, and the harness steers the packets there with
+// iptables' NFQUEUE target instead (energy_harness.localstack.node, NETPOL_CHAIN).
 package main
 
 import (
@@ -93,9 +98,14 @@ func run() int {
 			QueueID:     queueID,
 			NodeName:    nodeName,
 			NFTableName: tableName,
-			NRIdisabled: true,
-			// Kernels before 6.12 race DNS replies in conntrack (netfilter bug 1766).
-			NetfilterBug1766Fix: true,
+			// NRI stays "enabled" although containerd 1.6 serves no NRI socket: the plugin
+			// then fails to connect (logged once) and knows no pod. Disabled, v0.8.0 leaves it
+			// nil and dereferences it for any address that is no pod's (the node's own, say):
+			// SIGSEGV at the first such packet, and every pod connection then dropped.
+			NRIdisabled: false,
+			// Its workaround for kernels before 6.12 (netfilter bug 1766, DNS replies racing
+			// in conntrack) is more nftables rules; DNS passes our steering chain anyway.
+			NetfilterBug1766Fix: false,
 		},
 	)
 	if err != nil {

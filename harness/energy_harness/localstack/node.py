@@ -360,6 +360,14 @@ def render_kubelet_args(layout: NodeLayout, cluster: ClusterFacts) -> list[str]:
 # is recognisably ours and nothing else on the machine is touched.
 NETPOL_TABLE = "energy-node-netpol"
 NETPOL_QUEUE = 104
+# The iptables chain (table mangle, from POSTROUTING) that hands the pods' new connections to
+# that queue. Upstream does this with an nftables `queue` rule, which needs the kernel's
+# nft_queue (CONFIG_NFT_QUEUE); this machine's kernel lacks it but has the xtables NFQUEUE
+# target, so the same steering is done here with iptables. Upstream's rules, in order:
+# DNS, the node's root user (the kubelet's probes) and established flows pass; new
+# connections from or to a pod address are queued. Without --queue-bypass: when the
+# enforcer is not running, pod connections are dropped (fails closed, like upstream).
+NETPOL_CHAIN = "ENERGY-NETPOL"
 
 
 def render_netpol_args(ports: NodePorts, cluster: ClusterFacts) -> list[str]:
@@ -371,6 +379,22 @@ def render_netpol_args(ports: NodePorts, cluster: ClusterFacts) -> list[str]:
         f"--metrics-bind-address=127.0.0.1:{ports.netpol_metrics}",
         f"--nftables-table={NETPOL_TABLE}",
         "--v=1",
+    ]
+
+
+def render_netpol_steering(cluster: ClusterFacts) -> list[list[str]]:
+    """`iptables -t mangle` argument lists that create NETPOL_CHAIN and hook it in."""
+    chain = ["-t", "mangle"]
+    queue = ["-j", "NFQUEUE", "--queue-num", str(NETPOL_QUEUE)]
+    return [
+        [*chain, "-N", NETPOL_CHAIN],
+        [*chain, "-A", NETPOL_CHAIN, "-p", "udp", "--dport", "53", "-j", "RETURN"],
+        [*chain, "-A", NETPOL_CHAIN, "-m", "owner", "--uid-owner", "0", "-j", "RETURN"],
+        [*chain, "-A", NETPOL_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+         "-j", "RETURN"],
+        [*chain, "-A", NETPOL_CHAIN, "-s", cluster.pod_cidr, *queue],
+        [*chain, "-A", NETPOL_CHAIN, "-d", cluster.pod_cidr, *queue],
+        [*chain, "-A", "POSTROUTING", "-j", NETPOL_CHAIN],
     ]
 
 
@@ -582,7 +606,7 @@ def clean_machine(
     # kube-proxy's own cleanup knows its chains (KUBE-SERVICES, KUBE-NODEPORTS, ...).
     _run([str(kube_proxy), "--cleanup", "--proxy-mode=iptables"], check=False,
          env=component_env(tools))
-    delete_iptables_chains(("KUBE-", "CNI-"), tools.iptables)
+    delete_iptables_chains(("KUBE-", "CNI-", NETPOL_CHAIN), tools.iptables)
     # The enforcer removes its table when stopped; killed, it leaves one that would queue
     # every pod packet to a queue nobody reads (the packets are dropped: it fails closed).
     _run([str(tools.nft), "delete", "table", "inet", NETPOL_TABLE], check=False)
@@ -703,6 +727,8 @@ class RealNode:
                                    *render_kube_proxy_args(self.ports, cluster)],
                     env=component_env(self.tools))
         self._start("coredns", [str(self.tools.coredns), "-conf", str(layout.corefile)])
+        for rule in render_netpol_steering(cluster):
+            _run([str(self.tools.iptables), *rule], env=component_env(self.tools))
         self._start("netpol", [str(self.tools.netpol), *render_netpol_args(self.ports, cluster)])
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
