@@ -97,7 +97,10 @@ def pipeline_spec(
             },
         },
         "ingestion": {"replicas": 1, "bridge": {"replicas": 1}},
-        "inference": {"replicas": 1},
+        # Plaintext gRPC, knowingly: these containers get no operator to issue the
+        # certificates (mutual TLS between real pods, with the operator's certificates, is
+        # the node suite's, tests/node/test_platform.py).
+        "inference": {"replicas": 1, "tls": {"enabled": False}},
     }
 
 
