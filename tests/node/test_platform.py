@@ -4,6 +4,7 @@ One module-scoped install (the README's "On your own cluster" block, run line by
 copy of the repository without built chart dependencies, as a fresh clone has them) serves
 every test, in file order:
 
+- PostgreSQL admits TLS only, with the certificate the chart's hook Job made in the cluster;
 - the pods run as their charts say (uid, read-only root, no capabilities, memory limits
   read back from each container's own cgroup);
 - every reading the chart's simulator published is stored exactly once;
@@ -23,14 +24,17 @@ second are measured by `python -m energy_harness.bench.node_platform` (`make ben
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.localstack.node import NODE_NAME, POD_SUBNET
@@ -94,6 +98,40 @@ def test_the_readme_commands_bring_every_pod_up_on_the_real_node(platform: Platf
     assert {"energy-operator", "energy-simulator", f"{PIPELINE}-bridge", f"{PIPELINE}-ingest",
             f"{PIPELINE}-inference"} <= names
     assert {f"energy-kafka-{i}" for i in range(3)} <= {p["metadata"]["name"] for p in pods}
+
+
+def test_postgresql_admits_only_tls_with_the_certificate_the_hook_made(
+    platform: Platform, tmp_path: Path,
+) -> None:
+    """TLS is the chart's default: the pre-install hook Job made the CA and the server's
+    certificate in the cluster, the server refuses plain TCP, and every database connection
+    of the pipeline is encrypted and verified."""
+    secret = platform.get("secret", "energy-postgres-tls")
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "energy-pipeline"
+    # hook-succeeded: the Job and its ServiceAccount are gone once it has done its work.
+    for kind in ("job", "serviceaccount", "role"):
+        gone = platform.kubectl("get", kind, "energy-platform-secrets", check=False)
+        assert gone.returncode != 0 and "NotFound" in gone.stderr, (kind, gone.stdout)
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+    url = base64.b64decode(platform.get("secret", "energy-postgres-app")["data"][
+        "DATABASE_URL"]).decode()
+    address = platform.get("service", "energy-postgres")["spec"]["clusterIP"]
+    # verify-full against the name in the workers' DATABASE_URL (hostaddr: no cluster DNS here).
+    with psycopg2.connect(url, hostaddr=address, sslmode="verify-full", sslrootcert=str(ca),
+                          connect_timeout=10) as conn, conn.cursor() as cur:
+        cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        assert cur.fetchone() == (True,)
+        # The pipeline's own connections (same role, so visible to it): every one encrypted.
+        cur.execute("SELECT a.application_name, s.ssl FROM pg_stat_activity a "
+                    "JOIN pg_stat_ssl s USING (pid) "
+                    "WHERE a.application_name LIKE 'energy-pipeline %%'")
+        sessions = cur.fetchall()
+    conn.close()
+    assert any(name.startswith("energy-pipeline ingest") for name, _ in sessions), sessions
+    assert all(encrypted for _, encrypted in sessions), sessions
+    with pytest.raises(psycopg2.OperationalError, match=r"no pg_hba.conf entry .*no encryption"):
+        psycopg2.connect(url, hostaddr=address, sslmode="disable", connect_timeout=10).close()
 
 
 def test_every_container_runs_with_its_chart_security_context_and_limits(

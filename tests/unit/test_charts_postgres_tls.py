@@ -93,18 +93,81 @@ def test_one_secret_per_role_and_each_consumer_reads_its_own(
         "name": "energy-postgres-reader", "key": "password"}
     spec = by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]
     assert spec["database"] == {"urlSecret": {"name": "energy-postgres-app",
-                                              "key": "DATABASE_URL"}}
+                                              "key": "DATABASE_URL"},
+                                "caSecret": {"name": "energy-postgres-tls", "key": "ca.crt"}}
     # Nothing refers to the single Secret of before.
     text = yaml.safe_dump_all(default_docs)
     assert "name: energy-postgres\n" not in text.replace("name: energy-postgres\n  namespace", "")
 
 
-def test_tls_is_off_by_default(default_docs: list[dict[str, Any]]) -> None:  # noqa: F811
-    assert not {"ssl", "hba_file", "ssl_cert_file"} & set(server_args(default_docs))
-    assert "energy-postgres-hba" not in by_kind(default_docs, "ConfigMap")
+HOOK = {"helm.sh/hook": "pre-install,pre-upgrade",
+        "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded"}
+
+
+def test_tls_is_on_by_default_with_the_certificate_a_hook_job_makes(
+    default_docs: list[dict[str, Any]],  # noqa: F811
+) -> None:
+    assert server_args(default_docs)["ssl"] == "on"
     assert grafana_provisioning(default_docs)["datasources"][0]["jsonData"]["sslmode"] == (
-        "disable")
-    assert "caSecret" not in by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]["database"]
+        "verify-full")
+    assert by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]["database"][
+        "caSecret"] == {"name": "energy-postgres-tls", "key": "ca.crt"}
+    # No certificate is rendered (it would change with each render): a hook Job makes it.
+    assert "energy-postgres-tls" not in by_kind(default_docs, "Secret")
+    job = by_kind(default_docs, "Job")["energy-platform-secrets"]
+    assert {k: job["metadata"]["annotations"][k] for k in HOOK} == HOOK
+    assert job["metadata"]["annotations"]["helm.sh/hook-weight"] == "-10"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "energy-platform-secrets"
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/energy-pipeline/energy-pipeline:0.1.0"
+    assert container["args"] == [
+        "platform-secrets", "--namespace=energy", "--instance=energy",
+        "--ca-secret=energy-platform-ca", "--lifetime-days=825",
+        "--certificate=energy-postgres-tls=energy-postgres.energy.svc,"
+        "energy-postgres.energy.svc.cluster.local,energy-postgres.energy,energy-postgres"]
+    # Its ServiceAccount, Role and RoleBinding exist before it (lower weight) and only for it.
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        meta = by_kind(default_docs, kind)["energy-platform-secrets"]["metadata"]
+        assert meta["annotations"] == {**HOOK, "helm.sh/hook-weight": "-20"}, kind
+    role = by_kind(default_docs, "Role")["energy-platform-secrets"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"],
+         "resourceNames": ["energy-platform-ca", "energy-postgres-tls"],
+         "verbs": ["get", "update"]},
+    ]
+    binding = by_kind(default_docs, "RoleBinding")["energy-platform-secrets"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "energy-platform-secrets",
+                                    "namespace": "energy"}]
+
+
+def test_tls_off_knowingly_renders_plain_tcp_and_no_hook(
+    helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
+) -> None:
+    docs = render(helm, platform_chart, {"postgres": {"tls": {"enabled": False}},
+                                         "grafana": {"database": {"sslmode": "disable"}}},
+                  tmp_path)
+    assert not {"ssl", "hba_file", "ssl_cert_file"} & set(server_args(docs))
+    assert "energy-postgres-hba" not in by_kind(docs, "ConfigMap")
+    assert grafana_provisioning(docs)["datasources"][0]["jsonData"]["sslmode"] == "disable"
+    assert "caSecret" not in by_kind(docs, "EnergyPipeline")["energy"]["spec"]["database"]
+    assert not by_kind(docs, "Job") and "energy-platform-secrets" not in by_kind(docs, "Role")
+
+
+def test_a_certificate_of_your_own_needs_no_hook(
+    helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
+) -> None:
+    error = template_error(helm, platform_chart,
+                           {"postgres": {"tls": {"existingSecret": "pg-cert"}}}, tmp_path)
+    assert ('postgres.tls.existingSecret is "pg-cert": set grafana.database.caSecret to it '
+            "too") in error
+    docs = render(helm, platform_chart, {"postgres": {"tls": {"existingSecret": "pg-cert"}},
+                                         "grafana": {"database": {"caSecret": "pg-cert"}}},
+                  tmp_path)
+    assert not by_kind(docs, "Job")
+    assert by_kind(docs, "EnergyPipeline")["energy"]["spec"]["database"]["caSecret"] == {
+        "name": "pg-cert", "key": "ca.crt"}
 
 
 def test_tls_serves_the_secrets_certificate_and_admits_tcp_clients_only_over_it(
@@ -166,7 +229,7 @@ def test_with_tls_grafana_and_the_pipeline_verify_the_server(
 def test_tls_without_a_verifying_grafana_is_refused(
     helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
 ) -> None:
-    error = template_error(helm, platform_chart, {"postgres": {"tls": {"enabled": True}}},
+    error = template_error(helm, platform_chart, {"grafana": {"database": {"sslmode": "disable"}}},
                            tmp_path)
     assert ("postgres.tls.enabled admits TLS clients only: set grafana.database.sslmode to "
             'verify-full (now "disable")') in error

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.unit
 # The runtime distribution's commands and the harness's (demo, stack, kube, image, docker).
 EXPECTED = {
     "migrate", "topics", "bridge", "ingest", "simulate", "backtest", "train", "inference",
-    "api", "api-token", "operator", "demo", "stack", "kube", "image", "docker",
+    "api", "api-token", "operator", "platform-secrets", "demo", "stack", "kube", "image", "docker",
 }  # fmt: skip
 
 

@@ -1,0 +1,232 @@
+"""`energy-pipeline platform-secrets`: the TLS Secrets of a platform install, made once.
+
+The energy-platform chart runs this as a pre-install and pre-upgrade hook Job, so that the
+servers it installs (PostgreSQL today) start with TLS on without the user making a
+certificate first, and so that nothing is generated at render time: `helm template`,
+`--dry-run` and GitOps tools render the same manifests every time, and a Secret, once made,
+is never made again by a later render.
+
+- The CA: Secret `--ca-secret` (tls.crt, tls.key). Made on the first run if absent; a CA the
+  user created there beforehand (`kubectl create secret tls NAME --cert=ca.crt --key=ca.key`)
+  is used as it is. Never regenerated: a new CA would cut every client off that verifies
+  against the old one; deleting the Secret (and the certificates) is how to ask for one.
+- Each `--certificate SECRET=NAME[,NAME...]`: a kubernetes.io/tls Secret (tls.crt, tls.key,
+  ca.crt, cert-manager's layout) with a server certificate for the NAMEs (the first is the
+  subject's CN). Issued when missing, unreadable, signed by another CA, naming other names,
+  or past two thirds of its lifetime; otherwise left alone, so a run that finds everything in
+  order writes nothing. A Secret of that name that this command did not make (no
+  `app.kubernetes.io/managed-by: energy-pipeline` label: e.g. cert-manager's) is never
+  touched.
+
+Pure `plan_*` functions decide; `run` alone reads and writes through the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from energy_pipeline.core.errors import USAGE, CommandError
+
+from energy_operator import certificates
+from energy_operator.certificates import KeyPair
+
+log = logging.getLogger("energy_operator.platform_secrets")
+
+MANAGED_BY = "energy-pipeline"
+COMPONENT = "platform-secrets"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_LIFETIME_DAYS = 825
+# RFC 1123 subdomain: what Kubernetes accepts as a Secret name.
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class WantedCertificate:
+    secret: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Write:
+    """A Secret to create (no resourceVersion) or replace, and why."""
+    manifest: dict[str, Any]
+    replace: bool
+    why: str
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["metadata"]["name"])
+
+
+def parse_certificate(text: str) -> WantedCertificate:
+    """`SECRET=NAME[,NAME...]`; ValueError naming what is wrong."""
+    secret, sep, names_text = text.partition("=")
+    names = tuple(n.strip() for n in names_text.split(",") if n.strip())
+    if not sep or not names:
+        raise ValueError(f"{text!r}: expected SECRET=NAME[,NAME...], e.g. "
+                         "energy-postgres-tls=energy-postgres.db.svc,energy-postgres")
+    if not _SECRET_NAME.match(secret):
+        raise ValueError(f"{text!r}: {secret!r} is not a Secret name (lower-case letters, "
+                         "digits, '-' and '.')")
+    bad = [n for n in names if not _DNS_NAME.match(n)]
+    if bad:
+        raise ValueError(f"{text!r}: not DNS names: {', '.join(bad)}")
+    return WantedCertificate(secret, names)
+
+
+def labels(instance: str) -> dict[str, str]:
+    return {"app.kubernetes.io/managed-by": MANAGED_BY,
+            "app.kubernetes.io/component": COMPONENT,
+            "app.kubernetes.io/instance": instance,
+            "app.kubernetes.io/part-of": "energy-pipeline"}
+
+
+def ours(secret: Mapping[str, Any] | None) -> bool:
+    return bool(secret) and (
+        (secret or {}).get("metadata", {}).get("labels", {}).get("app.kubernetes.io/managed-by")
+        == MANAGED_BY)
+
+
+def _manifest(name: str, namespace: str, instance: str, data: Mapping[str, str],
+              existing: Mapping[str, Any] | None, annotations: Mapping[str, str]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels(instance),
+                                "annotations": dict(annotations)}
+    if existing is not None:  # optimistic locking: a concurrent writer makes the PUT fail
+        metadata["resourceVersion"] = existing["metadata"]["resourceVersion"]
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata,
+            "type": "kubernetes.io/tls",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def plan_ca(existing: Mapping[str, Any] | None, name: str, namespace: str, instance: str,
+            now: datetime) -> tuple[KeyPair, Write | None]:
+    """The CA to sign with, and the Secret to create when there is none.
+    ValueError when the Secret exists but holds no usable CA (never overwritten)."""
+    if existing is not None:
+        try:
+            return certificates.read_ca(certificates.secret_data(existing)), None
+        except ValueError as exc:
+            raise ValueError(f"Secret {namespace}/{name} holds no usable CA: {exc}") from exc
+    ca = certificates.new_ca(f"{namespace}/{instance} platform CA", now)
+    return ca, Write(_manifest(name, namespace, instance, {"tls.crt": ca.cert, "tls.key": ca.key},
+                               None, {}), replace=False, why="no CA yet")
+
+
+def plan_certificate(existing: Mapping[str, Any] | None, wanted: WantedCertificate,
+                     ca: KeyPair, namespace: str, instance: str, lifetime: timedelta,
+                     now: datetime) -> Write | str:
+    """The Secret to write for `wanted`, or why it is left as it is."""
+    if existing is not None and not ours(existing):
+        return "not made by energy-pipeline (no managed-by label): left to its owner"
+    reason = certificates.reissue_reason(certificates.secret_data(existing), ca,
+                                         list(wanted.names), now)
+    if reason is None:
+        return "valid"
+    pair = certificates.issue(ca, wanted.names[0], list(wanted.names), "server", lifetime, now)
+    renew = certificates.renew_after(pair.certificate())
+    return Write(
+        _manifest(wanted.secret, namespace, instance,
+                  {"tls.crt": pair.cert, "tls.key": pair.key, "ca.crt": ca.cert}, existing,
+                  {certificates.RENEW_ANNOTATION: f"{renew:%Y-%m-%dT%H:%M:%SZ}"}),
+        replace=existing is not None, why=reason)
+
+
+# -- effects --------------------------------------------------------------------------------
+
+def _namespace(given: str) -> str:
+    if given:
+        return given
+    if SERVICE_ACCOUNT_NAMESPACE.exists():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    raise CommandError("no namespace", status=USAGE,
+                       fix="give --namespace (outside a pod there is no namespace of its own)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kubernetes.config import ConfigException
+
+    from energy_operator.kube import Kube, KubeError, new_api_client
+
+    try:
+        wanted = [parse_certificate(text) for text in args.certificate or ()]
+    except ValueError as exc:
+        raise CommandError(f"--certificate {exc}", status=USAGE) from exc
+    if args.lifetime_days < 2:
+        raise CommandError(f"--lifetime-days {args.lifetime_days}: at least 2", status=USAGE)
+    namespace = _namespace(args.namespace)
+    try:
+        kube = Kube(new_api_client())
+    except ConfigException as exc:
+        raise CommandError(f"no Kubernetes cluster: {exc}",
+                           fix="run it in a pod, or set KUBECONFIG to a kubeconfig file") from exc
+    now = datetime.now(UTC)
+    lifetime = timedelta(days=args.lifetime_days)
+    try:
+        found = kube.get("v1", "Secret", namespace, args.ca_secret)
+        try:
+            ca, write = plan_ca(found, args.ca_secret, namespace, args.instance, now)
+        except ValueError as exc:
+            raise CommandError(str(exc), fix=f"delete it (kubectl -n {namespace} delete secret "
+                               f"{args.ca_secret}) to have a new CA made, or put a CA's tls.crt "
+                               "and tls.key in it") from exc
+        writes = [write] if write else []
+        for want in wanted:
+            existing = kube.get("v1", "Secret", namespace, want.secret)
+            decision = plan_certificate(existing, want, ca, namespace, args.instance, lifetime,
+                                        now)
+            if isinstance(decision, str):
+                log.info("Secret %s/%s left as it is: %s", namespace, want.secret, decision)
+            else:
+                writes.append(decision)
+        for w in writes:
+            (kube.replace if w.replace else kube.create)(w.manifest)
+            log.info("Secret %s/%s %s (%s)", namespace, w.name,
+                     "replaced" if w.replace else "created", w.why)
+    except KubeError as exc:
+        raise CommandError(
+            f"Kubernetes API: {exc.status} {exc.reason}: {exc.message}",
+            fix="the ServiceAccount needs get, create and update on Secrets in "
+                f"namespace {namespace}" if exc.status == 403 else
+                "run it again (a 409 means another writer changed the Secret meanwhile)",
+        ) from exc
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser(
+        "platform-secrets",
+        help="make the platform's CA and server certificates once (the chart's hook Job)",
+        description=(
+            "Makes the CA Secret (--ca-secret) if absent and, for each --certificate, a "
+            "kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) with a server certificate "
+            "signed by it. A certificate is issued again only when missing, signed by another "
+            "CA, naming other names, or past two thirds of its lifetime; Secrets it did not "
+            "make are never touched. Uses the pod's ServiceAccount, or KUBECONFIG outside a "
+            "pod. The energy-platform chart runs it before every install and upgrade."
+        ),
+        epilog=(
+            "example:\n"
+            "  energy-pipeline platform-secrets --namespace db --ca-secret energy-platform-ca \\\n"
+            "    --certificate energy-postgres-tls=energy-postgres.db.svc,energy-postgres"
+        ),
+    )
+    p.add_argument("--namespace", default="",
+                   help="namespace of the Secrets (default: the pod's own)")
+    p.add_argument("--ca-secret", required=True, help="Secret of the CA (tls.crt, tls.key)")
+    p.add_argument("--certificate", action="append", metavar="SECRET=NAME,...",
+                   help="a server certificate for these DNS names in Secret SECRET (repeatable; "
+                   "none: only the CA)")
+    p.add_argument("--lifetime-days", type=int, default=DEFAULT_LIFETIME_DAYS,
+                   help="validity of each certificate issued, in days")
+    p.add_argument("--instance", default="energy-platform",
+                   help="app.kubernetes.io/instance label of the Secrets (the Helm release)")
+    p.set_defaults(func=run)
