@@ -137,10 +137,13 @@ def new_ca(common_name: str, now: datetime) -> KeyPair:
 
 def issue(ca: KeyPair, common_name: str, dns_names: list[str], side: str,
           valid_for: timedelta, now: datetime) -> KeyPair:
-    """A server or client certificate signed by `ca`, valid from now for `valid_for`."""
+    """A server, client or peer (both: Kafka's brokers present theirs to each other)
+    certificate signed by `ca`, valid from now for `valid_for`."""
     ca_cert, ca_key = ca.certificate(), ca.private_key()
     key = _new_key()
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if side == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+    usages = {"server": [ExtendedKeyUsageOID.SERVER_AUTH],
+              "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+              "peer": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]}[side]
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -153,7 +156,7 @@ def issue(ca: KeyPair, common_name: str, dns_names: list[str], side: str,
             digital_signature=True, key_encipherment=False, key_cert_sign=False,
             crl_sign=False, content_commitment=False, data_encipherment=False,
             key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
             ca_key.public_key()), critical=False)
     )
@@ -161,6 +164,20 @@ def issue(ca: KeyPair, common_name: str, dns_names: list[str], side: str,
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
     return _pem(builder.sign(ca_key, hashes.SHA256()), key)
+
+
+def common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def client_auth(cert: x509.Certificate) -> bool:
+    """Whether the certificate may authenticate a client (extended key usage clientAuth)."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usages
 
 
 def renew_after(cert: x509.Certificate) -> datetime:

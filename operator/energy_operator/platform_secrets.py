@@ -10,13 +10,20 @@ is never made again by a later render.
   user created there beforehand (`kubectl create secret tls NAME --cert=ca.crt --key=ca.key`)
   is used as it is. Never regenerated: a new CA would cut every client off that verifies
   against the old one; deleting the Secret (and the certificates) is how to ask for one.
-- Each `--certificate SECRET=NAME[,NAME...]`: a kubernetes.io/tls Secret (tls.crt, tls.key,
-  ca.crt, cert-manager's layout) with a server certificate for the NAMEs (the first is the
-  subject's CN). Issued when missing, unreadable, signed by another CA, naming other names,
-  or past two thirds of its lifetime; otherwise left alone, so a run that finds everything in
-  order writes nothing. A Secret of that name that this command did not make (no
-  `app.kubernetes.io/managed-by: energy-pipeline` label: e.g. cert-manager's) is never
-  touched.
+- Each `--certificate SECRET=NAME[,NAME...][;cn=CN][;peer]`: a kubernetes.io/tls Secret
+  (tls.crt, tls.key, ca.crt, cert-manager's layout) with a server certificate for the NAMEs
+  (subject CN: the first NAME, or CN; `peer`: usable for client authentication too, as
+  Kafka's brokers present theirs to each other). Issued when missing, unreadable, signed by
+  another CA, naming other names, with another CN or usage, or past two thirds of its
+  lifetime; otherwise left alone, so a run that finds everything in order writes nothing.
+- Each `--passwords SECRET=USER[,USER...]`: an Opaque Secret with `<user>-username` and
+  `<user>-password` (32 random letters and digits) per user, the layout of the kafka
+  chart's users Secret. A user missing from it is added; a password once made is never
+  changed here (rotating is the user's: edit the Secret).
+
+A Secret of one of these names that this command did not make (no
+`app.kubernetes.io/managed-by: energy-pipeline` label: e.g. cert-manager's, or the user's) is
+never touched.
 
 Pure `plan_*` functions decide; `run` alone reads and writes through the Kubernetes API.
 """
@@ -27,6 +34,8 @@ import argparse
 import base64
 import logging
 import re
+import secrets
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,10 +58,31 @@ _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _DNS_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
 
 
+PASSWORD_LENGTH = 32
+# Letters and digits only: kafka-configs.sh reads , [ ] = in a SCRAM password as syntax.
+PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
 @dataclass(frozen=True)
 class WantedCertificate:
     secret: str
     names: tuple[str, ...]
+    common_name: str = ""  # empty: the first name
+    peer: bool = False  # client authentication too
+
+    @property
+    def subject(self) -> str:
+        return self.common_name or self.names[0]
+
+    @property
+    def side(self) -> str:
+        return "peer" if self.peer else "server"
+
+
+@dataclass(frozen=True)
+class WantedPasswords:
+    secret: str
+    users: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -67,20 +97,49 @@ class Write:
         return str(self.manifest["metadata"]["name"])
 
 
-def parse_certificate(text: str) -> WantedCertificate:
-    """`SECRET=NAME[,NAME...]`; ValueError naming what is wrong."""
-    secret, sep, names_text = text.partition("=")
-    names = tuple(n.strip() for n in names_text.split(",") if n.strip())
-    if not sep or not names:
-        raise ValueError(f"{text!r}: expected SECRET=NAME[,NAME...], e.g. "
-                         "energy-postgres-tls=energy-postgres.db.svc,energy-postgres")
+def _secret_name(text: str, secret: str) -> str:
     if not _SECRET_NAME.match(secret):
         raise ValueError(f"{text!r}: {secret!r} is not a Secret name (lower-case letters, "
                          "digits, '-' and '.')")
+    return secret
+
+
+def parse_certificate(text: str) -> WantedCertificate:
+    """`SECRET=NAME[,NAME...][;cn=CN][;peer]`; ValueError naming what is wrong."""
+    head, *options = text.split(";")
+    secret, sep, names_text = head.partition("=")
+    names = tuple(n.strip() for n in names_text.split(",") if n.strip())
+    if not sep or not names:
+        raise ValueError(f"{text!r}: expected SECRET=NAME[,NAME...][;cn=CN][;peer], e.g. "
+                         "energy-postgres-tls=energy-postgres.db.svc,energy-postgres")
+    _secret_name(text, secret)
     bad = [n for n in names if not _DNS_NAME.match(n)]
     if bad:
         raise ValueError(f"{text!r}: not DNS names: {', '.join(bad)}")
-    return WantedCertificate(secret, names)
+    common_name, peer = "", False
+    for option in (o.strip() for o in options):
+        if option == "peer":
+            peer = True
+        elif option.startswith("cn=") and len(option) > 3:
+            common_name = option[3:]
+        else:
+            raise ValueError(f"{text!r}: unknown option {option!r} (cn=CN or peer)")
+    return WantedCertificate(secret, names, common_name, peer)
+
+
+def parse_passwords(text: str) -> WantedPasswords:
+    """`SECRET=USER[,USER...]`; ValueError naming what is wrong."""
+    secret, sep, users_text = text.partition("=")
+    users = tuple(u.strip() for u in users_text.split(",") if u.strip())
+    if not sep or not users:
+        raise ValueError(f"{text!r}: expected SECRET=USER[,USER...], e.g. "
+                         "energy-kafka-sasl=bridge,ingest,operator")
+    _secret_name(text, secret)
+    bad = [u for u in users if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", u)]
+    if bad:
+        raise ValueError(f"{text!r}: user names are lower-case letters, digits and '-': "
+                         f"{', '.join(bad)}")
+    return WantedPasswords(secret, users)
 
 
 def labels(instance: str) -> dict[str, str]:
@@ -97,14 +156,24 @@ def ours(secret: Mapping[str, Any] | None) -> bool:
 
 
 def _manifest(name: str, namespace: str, instance: str, data: Mapping[str, str],
-              existing: Mapping[str, Any] | None, annotations: Mapping[str, str]) -> dict[str, Any]:
+              existing: Mapping[str, Any] | None, annotations: Mapping[str, str],
+              kind: str = "kubernetes.io/tls") -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels(instance),
                                 "annotations": dict(annotations)}
     if existing is not None:  # optimistic locking: a concurrent writer makes the PUT fail
         metadata["resourceVersion"] = existing["metadata"]["resourceVersion"]
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata,
-            "type": "kubernetes.io/tls",
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": kind,
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def _identity_reason(data: Mapping[str, str], wanted: WantedCertificate) -> str | None:
+    """Why a readable certificate's subject or usage is not what `wanted` asks for."""
+    cert = KeyPair(data["tls.crt"], data["tls.key"]).certificate()
+    if certificates.common_name(cert) != wanted.subject:
+        return "its subject changed"
+    if certificates.client_auth(cert) != wanted.peer:
+        return "its usage changed"
+    return None
 
 
 def plan_ca(existing: Mapping[str, Any] | None, name: str, namespace: str, instance: str,
@@ -127,17 +196,42 @@ def plan_certificate(existing: Mapping[str, Any] | None, wanted: WantedCertifica
     """The Secret to write for `wanted`, or why it is left as it is."""
     if existing is not None and not ours(existing):
         return "not made by energy-pipeline (no managed-by label): left to its owner"
-    reason = certificates.reissue_reason(certificates.secret_data(existing), ca,
-                                         list(wanted.names), now)
+    data = certificates.secret_data(existing)
+    reason = certificates.reissue_reason(data, ca, list(wanted.names), now)
+    if reason is None:
+        reason = _identity_reason(data, wanted)
     if reason is None:
         return "valid"
-    pair = certificates.issue(ca, wanted.names[0], list(wanted.names), "server", lifetime, now)
+    pair = certificates.issue(ca, wanted.subject, list(wanted.names), wanted.side, lifetime, now)
     renew = certificates.renew_after(pair.certificate())
     return Write(
         _manifest(wanted.secret, namespace, instance,
                   {"tls.crt": pair.cert, "tls.key": pair.key, "ca.crt": ca.cert}, existing,
                   {certificates.RENEW_ANNOTATION: f"{renew:%Y-%m-%dT%H:%M:%SZ}"}),
         replace=existing is not None, why=reason)
+
+
+def new_password() -> str:
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
+
+
+def plan_passwords(existing: Mapping[str, Any] | None, wanted: WantedPasswords,
+                   namespace: str, instance: str) -> Write | str:
+    """The users Secret with every wanted user in it, or why it is left as it is. Passwords
+    already there are kept: this only ever adds."""
+    if existing is not None and not ours(existing):
+        return "not made by energy-pipeline (no managed-by label): left to its owner"
+    data = certificates.secret_data(existing)
+    missing = [u for u in wanted.users
+               if not data.get(f"{u}-password") or data.get(f"{u}-username") != u]
+    if not missing:
+        return "valid"
+    for user in missing:
+        data[f"{user}-username"] = user
+        data[f"{user}-password"] = data.get(f"{user}-password") or new_password()
+    return Write(_manifest(wanted.secret, namespace, instance, data, existing, {}, "Opaque"),
+                 replace=existing is not None,
+                 why=f"{'made' if existing is None else 'added'} users {', '.join(missing)}")
 
 
 # -- effects --------------------------------------------------------------------------------
@@ -160,6 +254,10 @@ def run(args: argparse.Namespace) -> int:
         wanted = [parse_certificate(text) for text in args.certificate or ()]
     except ValueError as exc:
         raise CommandError(f"--certificate {exc}", status=USAGE) from exc
+    try:
+        users = [parse_passwords(text) for text in args.passwords or ()]
+    except ValueError as exc:
+        raise CommandError(f"--passwords {exc}", status=USAGE) from exc
     if args.lifetime_days < 2:
         raise CommandError(f"--lifetime-days {args.lifetime_days}: at least 2", status=USAGE)
     namespace = _namespace(args.namespace)
@@ -187,6 +285,13 @@ def run(args: argparse.Namespace) -> int:
                 log.info("Secret %s/%s left as it is: %s", namespace, want.secret, decision)
             else:
                 writes.append(decision)
+        for user_set in users:
+            existing = kube.get("v1", "Secret", namespace, user_set.secret)
+            decision = plan_passwords(existing, user_set, namespace, args.instance)
+            if isinstance(decision, str):
+                log.info("Secret %s/%s left as it is: %s", namespace, user_set.secret, decision)
+            else:
+                writes.append(decision)
         for w in writes:
             (kube.replace if w.replace else kube.create)(w.manifest)
             log.info("Secret %s/%s %s (%s)", namespace, w.name,
@@ -208,23 +313,32 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description=(
             "Makes the CA Secret (--ca-secret) if absent and, for each --certificate, a "
             "kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) with a server certificate "
-            "signed by it. A certificate is issued again only when missing, signed by another "
-            "CA, naming other names, or past two thirds of its lifetime; Secrets it did not "
-            "make are never touched. Uses the pod's ServiceAccount, or KUBECONFIG outside a "
-            "pod. The energy-platform chart runs it before every install and upgrade."
+            "signed by it; for each --passwords, a Secret with a random password per user. A "
+            "certificate is issued again only when missing, signed by another CA, naming "
+            "other names or subject, or past two thirds of its lifetime; a password is never "
+            "changed once made; Secrets it did not make are never touched. Uses the pod's "
+            "ServiceAccount, or KUBECONFIG outside a pod. The energy-platform chart runs it "
+            "before every install and upgrade."
         ),
         epilog=(
             "example:\n"
             "  energy-pipeline platform-secrets --namespace db --ca-secret energy-platform-ca \\\n"
-            "    --certificate energy-postgres-tls=energy-postgres.db.svc,energy-postgres"
+            "    --certificate energy-postgres-tls=energy-postgres.db.svc,energy-postgres \\\n"
+            "    --certificate 'energy-kafka-tls=*.energy-kafka-headless.db.svc.cluster.local,"
+            "energy-kafka.db.svc;cn=kafka-broker;peer' \\\n"
+            "    --passwords energy-kafka-sasl=bridge,ingest,operator"
         ),
     )
     p.add_argument("--namespace", default="",
                    help="namespace of the Secrets (default: the pod's own)")
     p.add_argument("--ca-secret", required=True, help="Secret of the CA (tls.crt, tls.key)")
-    p.add_argument("--certificate", action="append", metavar="SECRET=NAME,...",
-                   help="a server certificate for these DNS names in Secret SECRET (repeatable; "
-                   "none: only the CA)")
+    p.add_argument("--certificate", action="append", metavar="SECRET=NAME,...[;cn=CN][;peer]",
+                   help="a server certificate for these DNS names in Secret SECRET, with "
+                   "subject CN (default: the first name), for client authentication too with "
+                   "peer (repeatable; none: only the CA)")
+    p.add_argument("--passwords", action="append", metavar="SECRET=USER,...",
+                   help="a random password per user in Secret SECRET (keys <user>-username, "
+                   "<user>-password), kept once made (repeatable)")
     p.add_argument("--lifetime-days", type=int, default=DEFAULT_LIFETIME_DAYS,
                    help="validity of each certificate issued, in days")
     p.add_argument("--instance", default="energy-platform",

@@ -20,6 +20,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ import yaml
 from energy_harness.localstack.install import ensure_kafka, require
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.testing import wait_for
+from energy_operator import certificates
 from kubernetes import client
 
 pytestmark = pytest.mark.cluster
@@ -197,6 +199,16 @@ def test_kafka_pods_get_node_ids_1_to_3(release: Release, tmp_path: Path) -> Non
         script.chmod(0o755)
     (tmp_path / "server.properties").write_text(config.data["server.properties"])
     (tmp_path / "start.sh").write_text(config.data["start.sh"])
+    # TLS is the platform's default: the brokers' Secret as the chart's hook Job makes it
+    # (on kwok no container runs, so nothing made it here).
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    now = datetime.now(UTC)
+    ca = certificates.new_ca("test CA", now)
+    broker = certificates.issue(ca, "kafka-broker", ["*.energy-kafka-headless"], "peer",
+                                timedelta(days=1), now)
+    for name, text in {"tls.crt": broker.cert, "tls.key": broker.key, "ca.crt": ca.cert}.items():
+        (tls_dir / name).write_text(text)
 
     pods = release.core.list_namespaced_pod(
         release.namespace, label_selector="app.kubernetes.io/name=kafka"
@@ -211,6 +223,7 @@ def test_kafka_pods_get_node_ids_1_to_3(release: Release, tmp_path: Path) -> Non
             "KAFKA_BASE_CONFIG": str(tmp_path / "server.properties"),
             "KAFKA_RUNTIME_DIR": str(work / "run"),
             "KAFKA_DATA_DIR": str(work / "data"),
+            "KAFKA_TLS_DIR": str(tls_dir),
         })
         # dash: POSIX sh, as strict as the image's busybox ash.
         result = subprocess.run(["dash", str(tmp_path / "start.sh")], env=env,
@@ -224,10 +237,10 @@ def test_kafka_pods_get_node_ids_1_to_3(release: Release, tmp_path: Path) -> Non
         )
         found[pod.metadata.name] = meta
         props = (work / "run" / "server.properties").read_text()
-        assert (
-            f"advertised.listeners=CLIENT://{pod.metadata.name}.energy-kafka-headless."
-            f"{release.namespace}.svc.cluster.local:9092"
-        ) in props
+        domain = f"{pod.metadata.name}.energy-kafka-headless.{release.namespace}.svc.cluster.local"
+        assert f"advertised.listeners=CLIENT://{domain}:9092,INTERNAL://{domain}:9094" in props
+        assert f"ssl.truststore.location={tls_dir}/ca.crt" in props
+        assert (work / "run" / "keystore.pem").read_text() == broker.key + broker.cert
     assert {name: meta["node.id"] for name, meta in found.items()} == {
         "energy-kafka-0": "1", "energy-kafka-1": "2", "energy-kafka-2": "3",
     }

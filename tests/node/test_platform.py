@@ -4,7 +4,8 @@ One module-scoped install (the README's "On your own cluster" block, run line by
 copy of the repository without built chart dependencies, as a fresh clone has them) serves
 every test, in file order:
 
-- PostgreSQL admits TLS only, with the certificate the chart's hook Job made in the cluster;
+- PostgreSQL admits TLS only, and Kafka SASL_SSL only, with the certificates (and Kafka's
+  passwords) the chart's hook Job made in the cluster;
 - the pods run as their charts say (uid, read-only root, no capabilities, memory limits
   read back from each container's own cgroup);
 - every reading the chart's simulator published is stored exactly once;
@@ -28,6 +29,7 @@ import base64
 import ipaddress
 import json
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,6 +38,8 @@ from typing import Any
 
 import psycopg2
 import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.localstack.node import NODE_NAME, POD_SUBNET
 from energy_harness.localstack.process import ServiceError, http_get
@@ -132,6 +136,55 @@ def test_postgresql_admits_only_tls_with_the_certificate_the_hook_made(
     assert all(encrypted for _, encrypted in sessions), sessions
     with pytest.raises(psycopg2.OperationalError, match=r"no pg_hba.conf entry .*no encryption"):
         psycopg2.connect(url, hostaddr=address, sslmode="disable", connect_timeout=10).close()
+
+
+def test_kafka_admits_only_sasl_ssl_clients_with_the_certificate_the_hook_made(
+    platform: Platform, tmp_path: Path,
+) -> None:
+    """SASL_SSL is the chart's default: the hook made the brokers' certificate (CN the
+    authorizer's super user, the pods' names) and one password per role; a client with a
+    wrong password is refused, and so is one that does not speak TLS. The pipeline's own
+    traffic (every other test here) runs over it."""
+    tls = platform.get("secret", "energy-kafka-tls")
+    users = platform.get("secret", "energy-kafka-sasl")
+    for made in (tls, users):
+        assert made["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "energy-pipeline"
+    assert sorted(users["data"]) == sorted(f"{u}-{k}" for u in ("bridge", "ingest", "operator")
+                                           for k in ("username", "password"))
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(base64.b64decode(tls["data"]["ca.crt"]))
+    broker = _pod_ip(platform, "statefulset.kubernetes.io/pod-name=energy-kafka-0")
+    name = f"energy-kafka-0.energy-kafka-headless.{NAMESPACE}.svc.cluster.local"
+    # A client nobody here wrote: the chain and the pod's name check out.
+    shown = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{broker}:9092", "-CAfile", str(ca),
+         "-verify_hostname", name, "-verify_return_error", "-brief"],
+        input="", capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert "Verification: OK" in shown.stderr and "CN=kafka-broker" in shown.stderr.replace(
+        " = ", "="), shown.stderr
+
+    def metadata(**config: str) -> str:
+        """"ok", or what the client reported (librdkafka's error callback and the call)."""
+        errors: list[str] = []
+        admin = AdminClient({"bootstrap.servers": f"{broker}:9092", "socket.timeout.ms": 10000,
+                             "ssl.ca.location": str(ca),
+                             # Addressed by IP from this machine (no cluster DNS here).
+                             "ssl.endpoint.identification.algorithm": "none",
+                             "error_cb": lambda err: errors.append(err.str()), **config})
+        try:
+            admin.list_topics(timeout=15)
+        except KafkaException as exc:
+            errors.append(exc.args[0].str())
+        return "; ".join(errors) or "ok"
+
+    password = base64.b64decode(users["data"]["operator-password"]).decode()
+    assert metadata(**{"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                       "sasl.username": "operator", "sasl.password": password}) == "ok"
+    refused = metadata(**{"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                          "sasl.username": "operator", "sasl.password": password + "x"})
+    assert "Authentication failed" in refused, refused
+    assert metadata(**{"security.protocol": "PLAINTEXT"}) != "ok"
 
 
 def test_every_container_runs_with_its_chart_security_context_and_limits(
@@ -267,7 +320,7 @@ def test_network_policies_keep_a_stray_pod_out_and_let_a_device_reach_mqtt_only(
     platform: Platform,
 ) -> None:
     """The node enforces NetworkPolicies (kube-network-policies). A pod of no role in the
-    release's own namespace reaches none of Kafka (client and controller listeners),
+    release's own namespace reaches none of Kafka (client, controller and internal listeners),
     PostgreSQL, MQTT or inference's gRPC; a pod labelled as the chart's devices are reaches
     MQTT and nothing else. Every other test here runs with the same policies enforced."""
     kafka = _pod_ip(platform, "statefulset.kubernetes.io/pod-name=energy-kafka-0")
@@ -276,8 +329,8 @@ def test_network_policies_keep_a_stray_pod_out_and_let_a_device_reach_mqtt_only(
     inference = _pod_ip(platform, f"app.kubernetes.io/instance={PIPELINE},"
                                   "app.kubernetes.io/component=inference")
     targets = {"kafka": f"{kafka}:9092", "kafka-controller": f"{kafka}:9093",
-               "postgres": f"{postgres}:5432", "mqtt": f"{hivemq}:1883",
-               "grpc": f"{inference}:50051"}
+               "kafka-internal": f"{kafka}:9094", "postgres": f"{postgres}:5432",
+               "mqtt": f"{hivemq}:1883", "grpc": f"{inference}:50051"}
     stray = platform.probe("stray", {"app.kubernetes.io/name": "stray"}, list(targets.values()))
     assert stray == dict.fromkeys(targets.values(), "timeout")
     device = platform.probe("device", {"app.kubernetes.io/name": "simulator",

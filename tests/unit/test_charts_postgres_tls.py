@@ -121,11 +121,13 @@ def test_tls_is_on_by_default_with_the_certificate_a_hook_job_makes(
     assert pod["serviceAccountName"] == "energy-platform-secrets"
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/energy-pipeline/energy-pipeline:0.1.0"
-    assert container["args"] == [
+    assert container["args"][:6] == [
         "platform-secrets", "--namespace=energy", "--instance=energy",
         "--ca-secret=energy-platform-ca", "--lifetime-days=825",
         "--certificate=energy-postgres-tls=energy-postgres.energy.svc,"
         "energy-postgres.energy.svc.cluster.local,energy-postgres.energy,energy-postgres"]
+    # Then Kafka's certificate and users (test_charts_render).
+    assert [a.split("=")[0] for a in container["args"][6:]] == ["--certificate", "--passwords"]
     # Its ServiceAccount, Role and RoleBinding exist before it (lower weight) and only for it.
     for kind in ("ServiceAccount", "Role", "RoleBinding"):
         meta = by_kind(default_docs, kind)["energy-platform-secrets"]["metadata"]
@@ -134,7 +136,8 @@ def test_tls_is_on_by_default_with_the_certificate_a_hook_job_makes(
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["secrets"],
-         "resourceNames": ["energy-platform-ca", "energy-postgres-tls"],
+         "resourceNames": ["energy-platform-ca", "energy-postgres-tls", "energy-kafka-tls",
+                           "energy-kafka-sasl"],
          "verbs": ["get", "update"]},
     ]
     binding = by_kind(default_docs, "RoleBinding")["energy-platform-secrets"]
@@ -142,7 +145,7 @@ def test_tls_is_on_by_default_with_the_certificate_a_hook_job_makes(
                                     "namespace": "energy"}]
 
 
-def test_tls_off_knowingly_renders_plain_tcp_and_no_hook(
+def test_tls_off_knowingly_renders_plain_tcp_and_no_postgres_certificate(
     helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
 ) -> None:
     docs = render(helm, platform_chart, {"postgres": {"tls": {"enabled": False}},
@@ -152,10 +155,12 @@ def test_tls_off_knowingly_renders_plain_tcp_and_no_hook(
     assert "energy-postgres-hba" not in by_kind(docs, "ConfigMap")
     assert grafana_provisioning(docs)["datasources"][0]["jsonData"]["sslmode"] == "disable"
     assert "caSecret" not in by_kind(docs, "EnergyPipeline")["energy"]["spec"]["database"]
-    assert not by_kind(docs, "Job") and "energy-platform-secrets" not in by_kind(docs, "Role")
+    args = by_kind(docs, "Job")["energy-platform-secrets"]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert not [a for a in args if "postgres" in a]  # Kafka's Secrets only
 
 
-def test_a_certificate_of_your_own_needs_no_hook(
+def test_a_certificate_of_your_own_is_not_made_by_the_hook(
     helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
 ) -> None:
     error = template_error(helm, platform_chart,
@@ -165,7 +170,9 @@ def test_a_certificate_of_your_own_needs_no_hook(
     docs = render(helm, platform_chart, {"postgres": {"tls": {"existingSecret": "pg-cert"}},
                                          "grafana": {"database": {"caSecret": "pg-cert"}}},
                   tmp_path)
-    assert not by_kind(docs, "Job")
+    args = by_kind(docs, "Job")["energy-platform-secrets"]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert not [a for a in args if "postgres" in a]
     assert by_kind(docs, "EnergyPipeline")["energy"]["spec"]["database"]["caSecret"] == {
         "name": "pg-cert", "key": "ca.crt"}
 

@@ -297,10 +297,13 @@ def test_kafka_production_values_secure_the_listeners(
     assert volumes["tls"]["secret"]["secretName"] == "kafka-tls"
     assert not [e for e in kafka["env"] if "PASSWORD" in e["name"]]
     assert {p["name"]: p["containerPort"] for p in kafka["ports"]}["internal"] == 9094
-    secret = by_kind(production_docs, "Secret")["energy-kafka-sasl"]
-    assert set(secret["data"]) == {f"{u}-{k}" for u in ("bridge", "ingest", "operator")
-                                   for k in ("username", "password")}
-    assert base64.b64decode(secret["data"]["ingest-username"]).decode() == "ingest"
+    # The users' passwords: made in the cluster by the platform's hook Job, never rendered
+    # (a render would make new ones); the brokers' certificate is the user's here (kafka-tls).
+    assert "energy-kafka-sasl" not in by_kind(production_docs, "Secret")
+    args = by_kind(production_docs, "Job")["energy-platform-secrets"]["spec"]["template"][
+        "spec"]["containers"][0]["args"]
+    assert "--passwords=energy-kafka-sasl=bridge,ingest,operator" in args
+    assert not [a for a in args if a.startswith("--certificate=energy-kafka-tls")]
     example = by_kind(production_docs, "EnergyPipeline")["energy"]["spec"]["kafka"]
     assert example["securityProtocol"] == "SASL_SSL"
     assert example["tls"] == {"caSecret": {"name": "kafka-tls", "key": "ca.crt"}}
@@ -309,6 +312,47 @@ def test_kafka_production_values_secure_the_listeners(
         assert example["sasl"][field] == {"name": "energy-kafka-sasl",
                                           "usernameKey": f"{role}-username",
                                           "passwordKey": f"{role}-password"}
+
+
+def test_kafka_is_sasl_ssl_by_default_with_the_hooks_certificate_and_passwords(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    config = by_kind(default_docs, "ConfigMap")["energy-kafka-config"]["data"]
+    props = dict(line.strip().split("=", 1) for line in config["server.properties"].splitlines()
+                 if line.strip() and not line.strip().startswith("#"))
+    assert props["listener.security.protocol.map"] == "CLIENT:SASL_SSL,INTERNAL:SSL,CONTROLLER:SSL"
+    assert props["super.users"] == "User:kafka-broker"
+    pod = by_kind(default_docs, "StatefulSet")["energy-kafka"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "energy-kafka-tls"
+    assert volumes["users"]["secret"]["secretName"] == "energy-kafka-sasl"
+    assert "energy-kafka-sasl" not in by_kind(default_docs, "Secret")
+    args = by_kind(default_docs, "Job")["energy-platform-secrets"]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert ("--certificate=energy-kafka-tls=*.energy-kafka-headless.energy.svc.cluster.local,"
+            "energy-kafka.energy.svc,energy-kafka.energy.svc.cluster.local;cn=kafka-broker;peer"
+            ) in args
+    assert "--passwords=energy-kafka-sasl=bridge,ingest,operator" in args
+    example = by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]["kafka"]
+    assert example["securityProtocol"] == "SASL_SSL"
+    assert example["tls"] == {"caSecret": {"name": "energy-kafka-tls", "key": "ca.crt"}}
+    assert example["sasl"]["ingestCredentialsSecret"] == {
+        "name": "energy-kafka-sasl", "usernameKey": "ingest-username",
+        "passwordKey": "ingest-password"}
+
+
+def test_the_kafka_chart_alone_makes_its_users_secret_and_names_its_tls_secret(
+    helm: Path, platform_chart: Path, tmp_path: Path,
+) -> None:
+    docs = render(helm, platform_chart.parent / "kafka",
+                  {"auth": {"tls": {"enabled": True}, "sasl": {"enabled": True}}}, tmp_path)
+    secret = by_kind(docs, "Secret")["energy-kafka-sasl"]
+    assert set(secret["data"]) == {f"{u}-{k}" for u in ("bridge", "ingest", "operator")
+                                   for k in ("username", "password")}
+    assert base64.b64decode(secret["data"]["ingest-username"]).decode() == "ingest"
+    pod = by_kind(docs, "StatefulSet")["energy-kafka"]["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["tls"]["secret"]["secretName"] == (
+        "energy-kafka-tls")
 
 
 def test_kafka_acls_are_the_roles_of_the_local_secured_cluster(

@@ -42,28 +42,34 @@ def new_ca(now: datetime = NOW) -> tuple[certificates.KeyPair, dict[str, Any]]:
     return ca, stored(write)
 
 
-def handshake(tmp_path: Path, server: dict[str, str], host: str) -> None:
-    """A TLS handshake in memory; raises ssl.SSLError when the client refuses the server."""
-    for key, value in server.items():
-        (tmp_path / key).write_text(value)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client_ctx.load_verify_locations(tmp_path / "ca.crt")
-    pipes = [ssl.MemoryBIO() for _ in range(4)]
+def _handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext,
+               host: str) -> ssl.SSLObject:
+    """A TLS handshake in memory; the server's end, or ssl.SSLError when one side refuses."""
+    pipes = [ssl.MemoryBIO() for _ in range(2)]
     client = client_ctx.wrap_bio(pipes[0], pipes[1], server_hostname=host)
-    srv = server_ctx.wrap_bio(pipes[1], pipes[0], server_side=True)
+    server = server_ctx.wrap_bio(pipes[1], pipes[0], server_side=True)
     for _ in range(10):
         done = 0
-        for side in (client, srv):
+        for side in (client, server):
             try:
                 side.do_handshake()
                 done += 1
             except ssl.SSLWantReadError:
                 pass
         if done == 2:
-            return
+            return server
     raise AssertionError("handshake did not finish")
+
+
+def handshake(tmp_path: Path, server: dict[str, str], host: str) -> None:
+    """The server presents `server`'s certificate; the client verifies it against ca.crt."""
+    for key, value in server.items():
+        (tmp_path / key).write_text(value)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(tmp_path / "ca.crt")
+    _handshake(client_ctx, server_ctx, host)
 
 
 def test_first_run_makes_a_ca_and_a_certificate_the_workers_host_name_verifies(
@@ -168,3 +174,91 @@ def test_certificate_arguments_are_checked(text: str, message: str) -> None:
         platform_secrets.parse_certificate(text)
     assert platform_secrets.parse_certificate("pg-tls=a.b, c ") == WantedCertificate(
         "pg-tls", ("a.b", "c"))
+
+
+KAFKA = platform_secrets.parse_certificate(
+    "energy-kafka-tls=*.energy-kafka-headless.db.svc.cluster.local,energy-kafka.db.svc"
+    ";cn=kafka-broker;peer")
+
+
+def test_a_peer_certificate_serves_and_authenticates_a_broker_to_another(tmp_path: Path) -> None:
+    """Kafka's brokers present the same certificate on both ends of a mutual-TLS connection,
+    and their principal is its CN (the authorizer's super user)."""
+    assert WantedCertificate(
+        "energy-kafka-tls", ("*.energy-kafka-headless.db.svc.cluster.local",
+                             "energy-kafka.db.svc"), "kafka-broker", True) == KAFKA
+    ca, _ = new_ca()
+    write = platform_secrets.plan_certificate(None, KAFKA, ca, "db", "energy", LIFETIME, NOW)
+    assert isinstance(write, Write)
+    files = data(write.manifest)
+    cert = certificates.KeyPair(files["tls.crt"], files["tls.key"]).certificate()
+    assert certificates.common_name(cert) == "kafka-broker" and certificates.client_auth(cert)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    server.load_verify_locations(tmp_path / "ca.crt")
+    server.verify_mode = ssl.CERT_REQUIRED  # Kafka's ssl.client.auth=required
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    client.load_verify_locations(tmp_path / "ca.crt")
+    far = _handshake(client, server,
+                     "energy-kafka-2.energy-kafka-headless.db.svc.cluster.local")
+    peer = far.getpeercert()
+    assert peer is not None and dict(x[0] for x in peer["subject"])["commonName"] == "kafka-broker"
+
+
+@pytest.mark.parametrize(("wanted", "why"), [
+    (WantedCertificate(KAFKA.secret, KAFKA.names, "broker", True), "its subject changed"),
+    (WantedCertificate(KAFKA.secret, KAFKA.names, "kafka-broker", False), "its usage changed"),
+])
+def test_a_certificate_with_another_subject_or_usage_is_issued_again(
+    wanted: WantedCertificate, why: str,
+) -> None:
+    ca, _ = new_ca()
+    first = platform_secrets.plan_certificate(None, KAFKA, ca, "db", "energy", LIFETIME, NOW)
+    assert isinstance(first, Write)
+    again = platform_secrets.plan_certificate(stored(first), wanted, ca, "db", "energy",
+                                              LIFETIME, NOW + timedelta(hours=1))
+    assert isinstance(again, Write) and again.why == why
+
+
+USERS = platform_secrets.parse_passwords("energy-kafka-sasl=bridge,ingest,operator")
+
+
+def test_passwords_are_made_once_and_a_missing_user_is_added_keeping_the_others() -> None:
+    first = platform_secrets.plan_passwords(None, USERS, "db", "energy")
+    assert isinstance(first, Write) and not first.replace
+    assert first.manifest["type"] == "Opaque"
+    made = data(first.manifest)
+    assert set(made) == {f"{u}-{k}" for u in USERS.users for k in ("username", "password")}
+    passwords = [made[f"{u}-password"] for u in USERS.users]
+    assert all(len(p) == 32 and p.isalnum() for p in passwords) and len(set(passwords)) == 3
+    assert platform_secrets.plan_passwords(stored(first), USERS, "db", "energy") == "valid"
+    more = platform_secrets.parse_passwords("energy-kafka-sasl=bridge,ingest,operator,api")
+    added = platform_secrets.plan_passwords(stored(first), more, "db", "energy")
+    assert isinstance(added, Write) and added.replace and added.why == "added users api"
+    after = data(added.manifest)
+    assert {k: after[k] for k in made} == made and after["api-username"] == "api"
+    assert added.manifest["metadata"]["resourceVersion"] == "7"
+    theirs = {"metadata": {"name": "energy-kafka-sasl", "labels": {}}, "data": {}}
+    assert platform_secrets.plan_passwords(theirs, USERS, "db", "energy") == (
+        "not made by energy-pipeline (no managed-by label): left to its owner")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("k-tls=a.b;cn=", "unknown option 'cn='"),
+    ("k-tls=a.b;client", "unknown option 'client'"),
+])
+def test_certificate_options_are_checked(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        platform_secrets.parse_certificate(text)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("k-sasl", "expected SECRET=USER"),
+    ("k-sasl=Bridge", "user names are lower-case"),
+])
+def test_password_arguments_are_checked(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        platform_secrets.parse_passwords(text)

@@ -43,6 +43,10 @@ app.kubernetes.io/part-of: energy-pipeline
 {{- printf "%s.%s.svc:%v" (include "kafka.fullname" .) .Release.Namespace .Values.listeners.client.port -}}
 {{- end -}}
 
+{{- define "kafka.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "kafka.fullname" .)) .Values.auth.tls.secretName -}}
+{{- end -}}
+
 {{- define "kafka.saslSecretName" -}}
 {{- default (printf "%s-sasl" (include "kafka.fullname" .)) .Values.auth.sasl.existingSecret -}}
 {{- end -}}

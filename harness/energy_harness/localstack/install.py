@@ -171,9 +171,12 @@ def kafka_libs_dir(version: str = KAFKA_VERSION) -> Path:
 def _maven_libs(
     pom_name: str, version_property: str, version: str, libs: Path, marker: str
 ) -> Path:
-    """Copy the runtime dependencies of a small pom into `libs`, once (stamp file)."""
+    """Copy the runtime dependencies of a small pom into `libs`, once (stamp file naming the
+    version and the pom's hash, so an edited pom resolves again)."""
     stamp = libs.parent / ".complete"
-    if stamp.exists():
+    pom_text = resources.files("energy_harness.localstack").joinpath(pom_name).read_bytes()
+    stamp_text = f"{version} {hashlib.sha256(pom_text).hexdigest()[:16]}\n"
+    if stamp.exists() and stamp.read_text() == stamp_text:
         return libs
     mvn = require("mvn")
     libs.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +206,7 @@ def _maven_libs(
         )
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
-    stamp.write_text(version + "\n")
+    stamp.write_text(stamp_text)
     return libs
 
 
