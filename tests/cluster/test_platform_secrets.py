@@ -102,7 +102,7 @@ def test_the_hook_makes_the_ca_and_postgres_certificate_once_with_its_own_role(
     assert again.returncode == 0, again.stderr
     assert {name: secret(kube, namespace, name)["metadata"]["resourceVersion"]
             for name in versions} == versions
-    assert "left as it is: valid" in again.stderr
+    assert "left as it is: valid" in again.stdout
     # The Role lets it read and replace its own Secrets only.
     account = f"system:serviceaccount:{namespace}:energy-platform-secrets"
     for verb, target, allowed in [("get", "secrets/energy-postgres-tls", "yes"),
@@ -140,4 +140,4 @@ def test_a_certificate_of_someone_else_is_left_alone_and_a_missing_role_named(
     assert secret(kube, namespace, "energy-postgres-tls")["metadata"]["resourceVersion"] == (
         theirs["metadata"]["resourceVersion"])
     assert ("energy-postgres-tls left as it is: not made by energy-pipeline (no managed-by "
-            "label): left to its owner") in done.stderr
+            "label): left to its owner") in done.stdout
