@@ -236,6 +236,11 @@ def test_example_becomes_ready_with_children_topics_and_schema(pipeline: Pipelin
     """manifests/examples/energypipeline.yaml, pointed at the local Kafka and PostgreSQL."""
     doc = yaml.safe_load(EXAMPLE.read_text())
     spec = doc["spec"]
+    # The local services of this test: a plain Kafka, and PostgreSQL under the harness's own
+    # CA; the chart's secured ones are the node suite's (tests/node/test_platform.py).
+    for key in ("securityProtocol", "tls", "sasl"):
+        del spec["kafka"][key]
+    del spec["database"]["caSecret"]
     spec["kafka"].update(bootstrapServers=pipeline.bootstrap, topicPrefix=pipeline.prefix)
     secret = spec["database"]["urlSecret"]
     pipeline.client.create({"apiVersion": "v1", "kind": "Secret",
