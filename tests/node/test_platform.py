@@ -171,16 +171,22 @@ def test_kafka_admits_only_sasl_ssl_clients_with_the_certificate_the_hook_made(
                              "ssl.ca.location": str(ca),
                              # Addressed by IP from this machine (no cluster DNS here).
                              "ssl.endpoint.identification.algorithm": "none",
+                             "log_level": 0,  # what matters reaches error_cb
                              "error_cb": lambda err: errors.append(err.str()), **config})
         try:
             admin.list_topics(timeout=15)
         except KafkaException as exc:
             errors.append(exc.args[0].str())
+        admin.poll(1)  # serves error_cb: why the broker dropped us (the call only says "down")
         return "; ".join(errors) or "ok"
 
     password = base64.b64decode(users["data"]["operator-password"]).decode()
-    assert metadata(**{"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
-                       "sasl.username": "operator", "sasl.password": password}) == "ok"
+    login = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+             "sasl.username": "operator", "sasl.password": password}
+    # The positive control, given time: right after Ready the two cores are busy with the
+    # backfill and the first training (seen: one 15 s metadata call timing out then).
+    wait_for(lambda: metadata(**login) == "ok", 120, "the operator's login accepted",
+             interval=5)
     refused = metadata(**{"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
                           "sasl.username": "operator", "sasl.password": password + "x"})
     assert "Authentication failed" in refused, refused
