@@ -39,22 +39,22 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from energy_pipeline.core.errors import USAGE, CommandError
 
 from energy_operator import certificates
 from energy_operator.certificates import KeyPair
+from energy_operator.crd import DNS_SUBDOMAIN
+from energy_operator.settings import SERVICE_ACCOUNT_NAMESPACE
 
 log = logging.getLogger("energy_operator.platform_secrets")
 
 MANAGED_BY = "energy-pipeline"
 COMPONENT = "platform-secrets"
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_LIFETIME_DAYS = 825
-# RFC 1123 subdomain: what Kubernetes accepts as a Secret name.
-_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# What Kubernetes accepts as a Secret name (the CRD's pattern for Secret references).
+_SECRET_NAME = re.compile(DNS_SUBDOMAIN)
 _DNS_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
 
 
@@ -97,22 +97,24 @@ class Write:
         return str(self.manifest["metadata"]["name"])
 
 
-def _secret_name(text: str, secret: str) -> str:
-    if not _SECRET_NAME.match(secret):
+def _split(text: str, form: str, example: str) -> tuple[str, tuple[str, ...]]:
+    """`SECRET=ITEM[,ITEM...]` into the Secret's name and the items; ValueError naming what
+    is wrong."""
+    secret, sep, items_text = text.partition("=")
+    items = tuple(i.strip() for i in items_text.split(",") if i.strip())
+    if not sep or not items:
+        raise ValueError(f"{text!r}: expected {form}, e.g. {example}")
+    if len(secret) > 253 or not _SECRET_NAME.match(secret):
         raise ValueError(f"{text!r}: {secret!r} is not a Secret name (lower-case letters, "
                          "digits, '-' and '.')")
-    return secret
+    return secret, items
 
 
 def parse_certificate(text: str) -> WantedCertificate:
     """`SECRET=NAME[,NAME...][;cn=CN][;peer]`; ValueError naming what is wrong."""
     head, *options = text.split(";")
-    secret, sep, names_text = head.partition("=")
-    names = tuple(n.strip() for n in names_text.split(",") if n.strip())
-    if not sep or not names:
-        raise ValueError(f"{text!r}: expected SECRET=NAME[,NAME...][;cn=CN][;peer], e.g. "
-                         "energy-postgres-tls=energy-postgres.db.svc,energy-postgres")
-    _secret_name(text, secret)
+    secret, names = _split(head, "SECRET=NAME[,NAME...][;cn=CN][;peer]",
+                           "energy-postgres-tls=energy-postgres.db.svc,energy-postgres")
     bad = [n for n in names if not _DNS_NAME.match(n)]
     if bad:
         raise ValueError(f"{text!r}: not DNS names: {', '.join(bad)}")
@@ -129,12 +131,8 @@ def parse_certificate(text: str) -> WantedCertificate:
 
 def parse_passwords(text: str) -> WantedPasswords:
     """`SECRET=USER[,USER...]`; ValueError naming what is wrong."""
-    secret, sep, users_text = text.partition("=")
-    users = tuple(u.strip() for u in users_text.split(",") if u.strip())
-    if not sep or not users:
-        raise ValueError(f"{text!r}: expected SECRET=USER[,USER...], e.g. "
-                         "energy-kafka-sasl=bridge,ingest,operator")
-    _secret_name(text, secret)
+    secret, users = _split(text, "SECRET=USER[,USER...]",
+                           "energy-kafka-sasl=bridge,ingest,operator")
     bad = [u for u in users if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", u)]
     if bad:
         raise ValueError(f"{text!r}: user names are lower-case letters, digits and '-': "
@@ -150,9 +148,8 @@ def labels(instance: str) -> dict[str, str]:
 
 
 def ours(secret: Mapping[str, Any] | None) -> bool:
-    return bool(secret) and (
-        (secret or {}).get("metadata", {}).get("labels", {}).get("app.kubernetes.io/managed-by")
-        == MANAGED_BY)
+    labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
+    return labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
 
 
 def _manifest(name: str, namespace: str, instance: str, data: Mapping[str, str],
