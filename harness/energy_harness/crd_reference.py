@@ -135,9 +135,6 @@ def render_env_table() -> str:
         *(row for _, row in sorted(rows, key=lambda r: r[0])),
         *(f"| {d.doc.replace('|', chr(92) + '|')} | `{d.env}` | {_readers(d.workers)} |"
           for d in render.DERIVED_SETTINGS),
-        *(f"| the pod's `{source}` | `{env}` | {worker} |"
-          for worker, refs in render.FIELD_REF_SETTINGS.items()
-          for env, source in refs.items()),
     ]
     return "\n".join(lines) + "\n"
 

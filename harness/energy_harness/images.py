@@ -82,18 +82,16 @@ def _kafka_context() -> Path:
 
 def _hivemq_context() -> Path:
     """The hivemq/hivemq-ce stand-in's context: image_files/hivemq laid out as the official
-    image's /opt, the harness's HiveMQ CE jars (jars/: bin/hivemq.jar and lib/), its
-    compiled allow-all extension and energy-pipeline's auth extension."""
+    image's /opt, the harness's HiveMQ CE jars (jars/: bin/hivemq.jar and lib/) and its
+    compiled allow-all extension. energy-pipeline's auth extension is not here (the official
+    image has none either): the project image carries it (Dockerfile)."""
     install = ensure_hivemq(HIVEMQ_VERSION)
     files = HERE / "hivemq"
     context = cache_dir() / "image-context" / "hivemq"
     shutil.rmtree(context, ignore_errors=True)
     home = context / "opt" / "hivemq"
     extension = home / "extensions" / "hivemq-allow-all-extension"
-    # energy-pipeline's auth extension, where the chart's auth.extension.path looks for it
-    # (its init container copies it into extensions/ in the secure mode).
-    auth = context / "opt" / "energy-pipeline" / "hivemq-auth-extension"
-    for folder in (home / "bin", home / "conf", home / "data", home / "log", extension, auth):
+    for folder in (home / "bin", home / "conf", home / "data", home / "log", extension):
         folder.mkdir(parents=True)
     # The broker's jar where the official image has its (shaded) hivemq.jar: HiveMQ reads its
     # version from the manifest of the jar named so, and skips data migrations without it.
@@ -110,8 +108,6 @@ def _hivemq_context() -> Path:
         home / "conf" / "logback.xml": (files / "logback.xml", 0o664),
         extension / "hivemq-extension.xml": (files / "hivemq-allow-all-extension.xml", 0o664),
         extension / "allow-all.jar": (install.extension / "allow-all.jar", 0o644),
-        auth / "auth.jar": (install.auth_extension / "auth.jar", 0o644),
-        auth / "hivemq-extension.xml": (install.auth_extension / "hivemq-extension.xml", 0o644),
     }
     for target, (source, mode) in placed.items():
         shutil.copyfile(source, target)
@@ -131,7 +127,7 @@ def _hivemq_context() -> Path:
 
 
 IMAGES: dict[str, Image] = {
-    "worker": Image("worker", WORKER_IMAGE, _repo, "Dockerfile", (PYTHON_BASE,)),
+    "worker": Image("worker", WORKER_IMAGE, _repo, "Dockerfile", (PYTHON_BASE, DEBIAN_BASE)),
     # Stand-in for postgres:17.6 (charts/postgres) from Debian's PostgreSQL 15, for the tests.
     "postgres": Image(
         "postgres",

@@ -50,7 +50,8 @@ def readme_commands(readme: Path = README) -> list[str]:
 
 
 def image_overrides(images: dict[str, str]) -> dict[str, Any]:
-    """The values the node tests add: the stand-in images, and no Grafana."""
+    """The values the node tests add: the stand-in images (and the project image where the
+    platform chart names it), and no Grafana."""
 
     def split(tag: str) -> dict[str, str]:
         repository, _, version = tag.rpartition(":")
@@ -60,13 +61,22 @@ def image_overrides(images: dict[str, str]) -> dict[str, Any]:
         "grafana": {"enabled": False},
         "kafka": {"image": split(images["kafka"])},
         "postgres": {"image": split(images["postgres"])},
-        "hivemq": {"image": split(images["hivemq"])},
+        # The auth extension comes from the project image (its default: the operator's).
+        "hivemq": {"image": split(images["hivemq"]),
+                   "auth": {"extension": {"image": images["worker"]}}},
         "operator": {"image": split(images["worker"])},
     }
 
 
+# What the chart's hook Job made for MQTT (the platform chart's secure HiveMQ by default).
+MQTT_TLS_SECRET = f"{RELEASE}-hivemq-tls"
+MQTT_USERS_SECRET = f"{RELEASE}-mqtt-users"
+MQTT_TLS_PORT = 8883
+
+
 def simulator_pod(name: str, image: str, args: list[str]) -> dict[str, Any]:
-    """A one-shot `energy-pipeline simulate` pod, hardened like the chart's simulator.
+    """A one-shot `energy-pipeline simulate` pod, hardened like the chart's simulator and
+    logging in like it: the user `simulator`, over TLS verified against the broker's CA.
 
     Labelled as a simulator (an instance of its own): the chart's HiveMQ NetworkPolicy
     admits the pods so labelled as devices, and no other pod may publish.
@@ -83,15 +93,25 @@ def simulator_pod(name: str, image: str, args: list[str]) -> dict[str, Any]:
                                 "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "simulate", "image": image,
-                "args": ["simulate", *args, f"--client-id={name}", "--hold-until-subscribed"],
+                "args": ["simulate", *args, f"--client-id=simulator-{name}",
+                         "--hold-until-subscribed"],
                 "env": [{"name": "MQTT_HOST", "value": f"energy-hivemq.{NAMESPACE}.svc"},
-                        {"name": "MQTT_PORT", "value": "1883"}],
+                        {"name": "MQTT_PORT", "value": str(MQTT_TLS_PORT)},
+                        {"name": "MQTT_CA_FILE", "value": "/etc/mqtt-ca/ca.crt"},
+                        {"name": "MQTT_USERNAME", "valueFrom": {"secretKeyRef": {
+                            "name": MQTT_USERS_SECRET, "key": "simulator-username"}}},
+                        {"name": "MQTT_PASSWORD", "valueFrom": {"secretKeyRef": {
+                            "name": MQTT_USERS_SECRET, "key": "simulator-password"}}}],
+                "volumeMounts": [{"name": "mqtt-ca", "mountPath": "/etc/mqtt-ca",
+                                  "readOnly": True}],
                 "securityContext": {"allowPrivilegeEscalation": False,
                                     "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}},
                 "resources": {"requests": {"cpu": "20m", "memory": "96Mi"},
                               "limits": {"memory": "256Mi"}},
             }],
+            "volumes": [{"name": "mqtt-ca", "secret": {
+                "secretName": MQTT_TLS_SECRET, "items": [{"key": "ca.crt", "path": "ca.crt"}]}}],
         },
     }
 
@@ -144,6 +164,18 @@ def probe_pod(name: str, image: str, labels: dict[str, str], targets: list[str])
 class Platform:
     kube: KubeControlPlane
     images: dict[str, str]
+    # The copy of the repository the README's commands ran in (charts/, manifests/).
+    workdir: Path
+
+    def helm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """helm in the README's environment and directory, e.g. ("upgrade", RELEASE, ...)."""
+        result = subprocess.run(["helm", "-n", NAMESPACE, *args], cwd=self.workdir,
+                                env=_tools_env(self.kube), capture_output=True, text=True,
+                                timeout=timeout)
+        if result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)}:\n{result.stdout[-2000:]}\n"
+                                 f"{result.stderr[-3000:]}")
+        return result
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -293,10 +325,7 @@ def install_from_readme(kube: KubeControlPlane, images: dict[str, str],
     shutil.rmtree(workdir / "charts" / "energy-platform" / "charts", ignore_errors=True)
     values = workdir / "node-values.yaml"
     values.write_text(yaml.safe_dump(image_overrides(images)))
-    assert kube.tools is not None, "start the cluster first"
-    env = {**kube.env(),
-           "PATH": os.pathsep.join([str(kube.tools.bin_dir), str(kube.tools.helm.parent),
-                                    os.environ["PATH"]])}
+    env = _tools_env(kube)
     started: float | None = None
     for line in readme_commands():
         command = line
@@ -310,4 +339,13 @@ def install_from_readme(kube: KubeControlPlane, images: dict[str, str],
                                  f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     if started is None:
         raise AssertionError("README: no helm install command")
-    return Platform(kube, images), time.monotonic() - started
+    return Platform(kube, images, workdir), time.monotonic() - started
+
+
+def _tools_env(kube: KubeControlPlane) -> dict[str, str]:
+    """The environment of the README's commands: kubectl and helm on PATH, the cluster's
+    kubeconfig."""
+    assert kube.tools is not None, "start the cluster first"
+    return {**kube.env(),
+            "PATH": os.pathsep.join([str(kube.tools.bin_dir), str(kube.tools.helm.parent),
+                                     os.environ["PATH"]])}

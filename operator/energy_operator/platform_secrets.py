@@ -20,6 +20,18 @@ is never made again by a later render.
   `<user>-password` (32 random letters and digits) per user, the layout of the kafka
   chart's users Secret. A user missing from it is added; a password once made is never
   changed here (rotating is the user's: edit the Secret).
+- Each `--login SECRET=USER[;url=HOST:PORT/DATABASE][;keys=USERKEY,PASSWORDKEY]`: an Opaque
+  Secret with one user's name and a random password (keys `username` and `password` unless
+  `keys` names others), and with `url`, `DATABASE_URL` (postgresql://USER:PASSWORD@HOST:PORT/
+  DATABASE), the layout of the postgres chart's role Secrets. The password is kept once made
+  (the database was initialised with it); the URL follows the password and user in it.
+- Each `--mqtt-users SECRET=USER:ACTIVITY:FILTER[,...]`: an Opaque Secret for HiveMQ and its
+  clients: `users`, the credentials file of energy-pipeline's HiveMQ extension (one line per
+  user with its one topic permission and a PBKDF2 hash of its password; the broker mounts
+  this key only), and `<user>-username`, `<user>-password` for the clients. A password once
+  made is kept; a hash is made again when it no longer matches its password (the user edited
+  the password: that is how to rotate one) or the permission changed; users no longer listed
+  are removed (their access revoked).
 
 A Secret of one of these names that this command did not make (no
 `app.kubernetes.io/managed-by: energy-pipeline` label: e.g. cert-manager's, or the user's) is
@@ -36,14 +48,15 @@ import logging
 import re
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from energy_pipeline.core.errors import USAGE, CommandError
 
-from energy_operator import certificates
+from energy_operator import certificates, mqtt_credentials
 from energy_operator.certificates import KeyPair
 from energy_operator.crd import DNS_SUBDOMAIN
 from energy_operator.settings import SERVICE_ACCOUNT_NAMESPACE
@@ -83,6 +96,21 @@ class WantedCertificate:
 class WantedPasswords:
     secret: str
     users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WantedLogin:
+    secret: str
+    user: str
+    url: str = ""  # HOST:PORT/DATABASE: the Secret holds DATABASE_URL too
+    user_key: str = "username"
+    password_key: str = "password"
+
+
+@dataclass(frozen=True)
+class WantedMqttUsers:
+    secret: str
+    permissions: tuple[mqtt_credentials.Permission, ...]
 
 
 @dataclass(frozen=True)
@@ -138,6 +166,47 @@ def parse_passwords(text: str) -> WantedPasswords:
         raise ValueError(f"{text!r}: user names are lower-case letters, digits and '-': "
                          f"{', '.join(bad)}")
     return WantedPasswords(secret, users)
+
+
+_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_DATABASE_AT = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}/[A-Za-z0-9_]+")
+
+
+def parse_login(text: str) -> WantedLogin:
+    """`SECRET=USER[;url=HOST:PORT/DATABASE][;keys=USERKEY,PASSWORDKEY]`; ValueError naming
+    what is wrong."""
+    head, *options = text.split(";")
+    form = "SECRET=USER[;url=HOST:PORT/DATABASE][;keys=USERKEY,PASSWORDKEY]"
+    secret, users = _split(head, form, "energy-postgres-app=energy;url=energy-postgres.db.svc:"
+                           "5432/energy")
+    if len(users) != 1 or not re.fullmatch(r"[a-z_][a-z0-9_]*", users[0]):
+        raise ValueError(f"{text!r}: one user, lower-case letters, digits and '_' ({form})")
+    wanted = WantedLogin(secret, users[0])
+    for option in (o.strip() for o in options):
+        name, _, value = option.partition("=")
+        if name == "url" and _DATABASE_AT.fullmatch(value):
+            wanted = WantedLogin(wanted.secret, wanted.user, value, wanted.user_key,
+                                 wanted.password_key)
+        elif name == "keys" and len(keys := value.split(",")) == 2 and all(
+                _KEY.fullmatch(k) for k in keys) and keys[0] != keys[1]:
+            wanted = WantedLogin(wanted.secret, wanted.user, wanted.url, keys[0], keys[1])
+        else:
+            raise ValueError(f"{text!r}: {option!r} is not url=HOST:PORT/DATABASE or "
+                             "keys=USERKEY,PASSWORDKEY")
+    return wanted
+
+
+def parse_mqtt_users(text: str) -> WantedMqttUsers:
+    """`SECRET=USER:ACTIVITY:FILTER[,...]`; ValueError naming what is wrong."""
+    secret, items = _split(text, "SECRET=USER:publish|subscribe:FILTER[,...]",
+                           "energy-mqtt-users=bridge:subscribe:$share/bridge/energy/#,"
+                           "building-7:publish:energy/site-007/#")
+    permissions = tuple(mqtt_credentials.parse_permission(item) for item in items)
+    users = [p.user for p in permissions]
+    twice = sorted({u for u in users if users.count(u) > 1})
+    if twice:
+        raise ValueError(f"{text!r}: listed more than once: {', '.join(twice)}")
+    return WantedMqttUsers(secret, permissions)
 
 
 def labels(instance: str) -> dict[str, str]:
@@ -231,6 +300,70 @@ def plan_passwords(existing: Mapping[str, Any] | None, wanted: WantedPasswords,
                  why=f"{'made' if existing is None else 'added'} users {', '.join(missing)}")
 
 
+def plan_login(existing: Mapping[str, Any] | None, wanted: WantedLogin, namespace: str,
+               instance: str) -> Write | str:
+    """The login Secret for `wanted`, or why it is left as it is. The password is kept once
+    made; the user name and DATABASE_URL follow what is wanted and the password."""
+    if existing is not None and not ours(existing):
+        return "not made by energy-pipeline (no managed-by label): left to its owner"
+    data = certificates.secret_data(existing)
+    password = data.get(wanted.password_key) or new_password()
+    want = {wanted.user_key: wanted.user, wanted.password_key: password}
+    if wanted.url:
+        want["DATABASE_URL"] = f"postgresql://{wanted.user}:{password}@{wanted.url}"
+    if want == data:
+        return "valid"
+    why = ("made" if not data.get(wanted.password_key) else
+           "changed: " + ", ".join(k for k in sorted(set(want) | set(data))
+                                   if want.get(k) != data.get(k)))
+    return Write(_manifest(wanted.secret, namespace, instance, want, existing, {}, "Opaque"),
+                 replace=existing is not None, why=why)
+
+
+def plan_mqtt_users(existing: Mapping[str, Any] | None, wanted: WantedMqttUsers,
+                    namespace: str, instance: str) -> Write | str:
+    """The MQTT users Secret holding exactly the wanted users, or why it is left as it is.
+    Passwords already there are kept; a hash is kept while it matches its password and the
+    permission is unchanged (so a second run writes nothing)."""
+    if existing is not None and not ours(existing):
+        return "not made by energy-pipeline (no managed-by label): left to its owner"
+    data = certificates.secret_data(existing)
+    hashed = mqtt_credentials.parse_file(data.get("users", ""))
+    wanted_data: dict[str, str] = {}
+    lines, changes = [], []
+    for permission in wanted.permissions:
+        user = permission.user
+        password = data.get(f"{user}-password") or ""
+        found = hashed.get(user)
+        if not password:
+            password, change = new_password(), "made"
+        elif found is None:
+            change = "hashed"
+        elif found[0] != permission:
+            change = "permission changed"
+        elif not mqtt_credentials.matches(found[1], password):
+            change = "password changed"
+        else:
+            change = ""
+        hash_ = found[1] if found and not change else mqtt_credentials.hash_password(password)
+        if change:
+            changes.append(f"{user}: {change}")
+        lines.append(mqtt_credentials.line(permission, hash_))
+        wanted_data[f"{user}-username"] = user
+        wanted_data[f"{user}-password"] = password
+    wanted_data["users"] = mqtt_credentials.render_file(lines)
+    listed = {p.user for p in wanted.permissions}
+    removed = sorted(set(hashed) - listed)
+    if removed:
+        changes.append(f"removed {', '.join(removed)}")
+    if wanted_data == data:
+        return "valid"
+    return Write(_manifest(wanted.secret, namespace, instance, wanted_data, existing, {},
+                           "Opaque"),
+                 replace=existing is not None,
+                 why="; ".join(changes) or "tidied (keys of no listed user)")
+
+
 # -- effects --------------------------------------------------------------------------------
 
 def _namespace(given: str) -> str:
@@ -247,14 +380,19 @@ def run(args: argparse.Namespace) -> int:
 
     from energy_operator.kube import Kube, KubeError, new_api_client
 
-    try:
-        wanted = [parse_certificate(text) for text in args.certificate or ()]
-    except ValueError as exc:
-        raise CommandError(f"--certificate {exc}", status=USAGE) from exc
-    try:
-        users = [parse_passwords(text) for text in args.passwords or ()]
-    except ValueError as exc:
-        raise CommandError(f"--passwords {exc}", status=USAGE) from exc
+    # Every argument checked before anything is read or written; all errors at once.
+    parsed: dict[str, list[Any]] = {}
+    errors = []
+    for option, parse in (("certificate", parse_certificate), ("passwords", parse_passwords),
+                          ("login", parse_login), ("mqtt_users", parse_mqtt_users)):
+        parsed[option] = []
+        for text in getattr(args, option) or ():
+            try:
+                parsed[option].append(parse(text))
+            except ValueError as exc:
+                errors.append(f"--{option.replace('_', '-')} {exc}")
+    if errors:
+        raise CommandError("; ".join(errors), status=USAGE)
     if args.lifetime_days < 2:
         raise CommandError(f"--lifetime-days {args.lifetime_days}: at least 2", status=USAGE)
     namespace = _namespace(args.namespace)
@@ -274,19 +412,22 @@ def run(args: argparse.Namespace) -> int:
                                f"{args.ca_secret}) to have a new CA made, or put a CA's tls.crt "
                                "and tls.key in it") from exc
         writes = [write] if write else []
-        for want in wanted:
-            existing = kube.get("v1", "Secret", namespace, want.secret)
-            decision = plan_certificate(existing, want, ca, namespace, args.instance, lifetime,
-                                        now)
+        # What decides each Secret, given what is there now.
+        planners: list[tuple[str, Callable[[Mapping[str, Any] | None], Write | str]]] = [
+            *((w.secret, partial(plan_certificate, wanted=w, ca=ca, namespace=namespace,
+                                 instance=args.instance, lifetime=lifetime, now=now))
+              for w in parsed["certificate"]),
+            *((w.secret, partial(plan_passwords, wanted=w, namespace=namespace,
+                                 instance=args.instance)) for w in parsed["passwords"]),
+            *((w.secret, partial(plan_login, wanted=w, namespace=namespace,
+                                 instance=args.instance)) for w in parsed["login"]),
+            *((w.secret, partial(plan_mqtt_users, wanted=w, namespace=namespace,
+                                 instance=args.instance)) for w in parsed["mqtt_users"]),
+        ]
+        for secret, plan in planners:
+            decision = plan(kube.get("v1", "Secret", namespace, secret))
             if isinstance(decision, str):
-                log.info("Secret %s/%s left as it is: %s", namespace, want.secret, decision)
-            else:
-                writes.append(decision)
-        for user_set in users:
-            existing = kube.get("v1", "Secret", namespace, user_set.secret)
-            decision = plan_passwords(existing, user_set, namespace, args.instance)
-            if isinstance(decision, str):
-                log.info("Secret %s/%s left as it is: %s", namespace, user_set.secret, decision)
+                log.info("Secret %s/%s left as it is: %s", namespace, secret, decision)
             else:
                 writes.append(decision)
         for w in writes:
@@ -310,7 +451,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description=(
             "Makes the CA Secret (--ca-secret) if absent and, for each --certificate, a "
             "kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) with a server certificate "
-            "signed by it; for each --passwords, a Secret with a random password per user. A "
+            "signed by it; for each --passwords, a Secret with a random password per user; for "
+            "each --mqtt-users, a Secret with HiveMQ's credentials file (hashes) and each "
+            "user's password; for each --login, a Secret with one user's password (and "
+            "database URL). A "
             "certificate is issued again only when missing, signed by another CA, naming "
             "other names or subject, or past two thirds of its lifetime; a password is never "
             "changed once made; Secrets it did not make are never touched. Uses the pod's "
@@ -323,7 +467,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
             "    --certificate energy-postgres-tls=energy-postgres.db.svc,energy-postgres \\\n"
             "    --certificate 'energy-kafka-tls=*.energy-kafka-headless.db.svc.cluster.local,"
             "energy-kafka.db.svc;cn=kafka-broker;peer' \\\n"
-            "    --passwords energy-kafka-sasl=bridge,ingest,operator"
+            "    --passwords energy-kafka-sasl=bridge,ingest,operator \\\n"
+            "    --mqtt-users 'energy-mqtt-users=bridge:subscribe:$share/bridge/energy/#,"
+            "building-7:publish:energy/site-007/#'"
         ),
     )
     p.add_argument("--namespace", default="",
@@ -336,6 +482,16 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--passwords", action="append", metavar="SECRET=USER,...",
                    help="a random password per user in Secret SECRET (keys <user>-username, "
                    "<user>-password), kept once made (repeatable)")
+    p.add_argument("--login", action="append",
+                   metavar="SECRET=USER[;url=HOST:PORT/DATABASE][;keys=UKEY,PKEY]",
+                   help="one user's name and a random password in Secret SECRET (keys username, "
+                   "password, or those of keys=), with url= also DATABASE_URL; the password is "
+                   "kept once made (repeatable)")
+    p.add_argument("--mqtt-users", action="append", metavar="SECRET=USER:ACTIVITY:FILTER,...",
+                   help="MQTT users of energy-pipeline's HiveMQ extension in Secret SECRET: "
+                   "`users` (the broker's credentials file, PBKDF2 hashes) and <user>-username, "
+                   "<user>-password; each user may publish (a device) or subscribe (the "
+                   "bridge) to one topic filter only (repeatable)")
     p.add_argument("--lifetime-days", type=int, default=DEFAULT_LIFETIME_DAYS,
                    help="validity of each certificate issued, in days")
     p.add_argument("--instance", default="energy-platform",

@@ -94,8 +94,9 @@ DERIVED_SETTINGS = (
     Derived("MQTT_CA_FILE", ("bridge",),
             f"{crd.MQTT_CA_FILE}, where spec.mqtt.tls.caSecret is mounted (when set)"),
 )
-# The bridge's persistent MQTT session is named after its pod (what it defaults to anyway).
-FIELD_REF_SETTINGS = {"bridge": {"MQTT_CLIENT_ID": "metadata.name"}}
+# No MQTT_CLIENT_ID: the bridge names its persistent session after its pod (HOSTNAME), after
+# its MQTT user when it has one (`<user>-<pod>`, the only ids our HiveMQ extension admits for
+# that user), which the operator cannot know (the user name is in a Secret).
 
 
 def inference_target(name: str, namespace: str) -> str:
@@ -202,8 +203,6 @@ def container_env(name: str, worker: str, spec: Mapping[str, Any],
         for key in config_keys(worker, data)
     ]
     env += secret_env(worker, spec)
-    for var, path in FIELD_REF_SETTINGS.get(worker, {}).items():
-        env.append({"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}})
     return sorted(env, key=lambda e: e["name"])
 
 

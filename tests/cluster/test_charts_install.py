@@ -31,6 +31,8 @@ from energy_harness.testing import wait_for
 from energy_operator import certificates
 from kubernetes import client
 
+from cluster.test_platform_secrets import hook_docs, install_hook_rbac, run_hook
+
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,11 +73,23 @@ class Release:
     def helm(self, *args: str, timeout: float = 400) -> str:
         return self.kube.helm(*args, "--namespace", self.namespace, timeout=timeout).stdout
 
-    def install(self) -> str:
-        return self.helm("install", RELEASE, str(self.chart), "--create-namespace",
+    def platform_secrets(self, tmp: Path) -> None:
+        """What the pre-install/pre-upgrade hook Job's container does, done here (kwok runs no
+        container: its Job would "succeed" without making anything): the Job's own command
+        line, as its ServiceAccount (tests/cluster/test_platform_secrets.py)."""
+        docs = hook_docs(self.kube, self.chart, self.namespace)
+        install_hook_rbac(self.kube, docs)
+        done = run_hook(self.kube, docs, self.namespace, tmp)
+        assert done.returncode == 0, done.stderr
+
+    def install(self, tmp: Path) -> str:
+        self.kube.kubectl("create", "namespace", self.namespace)
+        self.platform_secrets(tmp)
+        return self.helm("install", RELEASE, str(self.chart),
                          "--values", str(self.values), "--wait", "--timeout", "300s")
 
-    def upgrade(self) -> str:
+    def upgrade(self, tmp: Path) -> str:
+        self.platform_secrets(tmp)
         return self.helm("upgrade", RELEASE, str(self.chart), "--values", str(self.values),
                          "--wait", "--timeout", "300s")
 
@@ -85,10 +99,11 @@ class Release:
 
 
 @pytest.fixture(scope="module")
-def release(kube: KubeControlPlane, chart: Path, values_file: Path) -> Iterator[Release]:
+def release(kube: KubeControlPlane, chart: Path, values_file: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     rel = Release(kube, chart, values_file)
     started = time.monotonic()
-    rel.notes = rel.install()  # type: ignore[attr-defined]
+    rel.notes = rel.install(tmp_path_factory.mktemp("hook"))  # type: ignore[attr-defined]
     print(f"helm install --wait: {time.monotonic() - started:.1f}s")
     yield rel
     # Whatever the tests did, leave nothing behind (test_uninstall normally did it already).
@@ -249,7 +264,8 @@ def test_kafka_pods_get_node_ids_1_to_3(release: Release, tmp_path: Path) -> Non
     assert cluster_ids == {stored.data["cluster-id"]}
 
 
-def test_upgrade_keeps_generated_passwords_and_cluster_id(release: Release) -> None:
+def test_upgrade_keeps_generated_passwords_and_cluster_id(release: Release,
+                                                          tmp_path: Path) -> None:
     before = {
         **{role: release.secret(f"energy-postgres-{role}")
            for role in ("superuser", "app", "reader")},
@@ -257,7 +273,7 @@ def test_upgrade_keeps_generated_passwords_and_cluster_id(release: Release) -> N
         "kafka": release.core.read_namespaced_config_map(
             "energy-kafka-cluster-id", release.namespace).data,
     }
-    release.upgrade()
+    release.upgrade(tmp_path)
     after = {
         **{role: release.secret(f"energy-postgres-{role}")
            for role in ("superuser", "app", "reader")},
@@ -277,13 +293,19 @@ def test_uninstall_cleans_up(release: Release, kube: KubeControlPlane) -> None:
     assert json.loads(release.helm("list", "-o", "json")) == []
     selector = f"app.kubernetes.io/instance={RELEASE}"
 
+    # The hook's Secrets are not the release's: they outlive it, as the data they protect does.
+    kept = set(kube.kubectl("get", "secrets", "-n", ns, "-o", "name", "-l",
+                            "app.kubernetes.io/managed-by=energy-pipeline").stdout.split())
+    assert "secret/energy-postgres-app" in kept and "secret/energy-platform-ca" in kept
+
     def leftovers() -> list[str]:
         names = []
         for kind in ("statefulsets", "deployments", "services", "configmaps", "secrets",
                      "poddisruptionbudgets", "ingresses", "serviceaccounts",
                      "energypipelines", "pods"):
             out = kube.kubectl("get", kind, "-n", ns, "-o", "name", check=False).stdout.split()
-            names += [n for n in out if "kube-root-ca.crt" not in n and "/default" not in n]
+            names += [n for n in out if "kube-root-ca.crt" not in n and "/default" not in n
+                      and n not in kept]
         return names
 
     wait_for(

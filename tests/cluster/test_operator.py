@@ -237,10 +237,13 @@ def test_example_becomes_ready_with_children_topics_and_schema(pipeline: Pipelin
     doc = yaml.safe_load(EXAMPLE.read_text())
     spec = doc["spec"]
     # The local services of this test: a plain Kafka, and PostgreSQL under the harness's own
-    # CA; the chart's secured ones are the node suite's (tests/node/test_platform.py).
+    # CA (no broker runs: the pods are kwok's); the chart's secured ones are the node suite's
+    # (tests/node/test_platform.py).
     for key in ("securityProtocol", "tls", "sasl"):
         del spec["kafka"][key]
     del spec["database"]["caSecret"]
+    del spec["mqtt"]["tls"], spec["mqtt"]["credentialsSecret"]
+    spec["mqtt"]["port"] = 1883
     spec["kafka"].update(bootstrapServers=pipeline.bootstrap, topicPrefix=pipeline.prefix)
     secret = spec["database"]["urlSecret"]
     pipeline.client.create({"apiVersion": "v1", "kind": "Secret",

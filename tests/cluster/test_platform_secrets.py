@@ -95,8 +95,21 @@ def test_the_hook_makes_the_ca_and_postgres_certificate_once_with_its_own_role(
     assert certificates.reissue_reason(files, certificates.read_ca(ca), [
         f"energy-postgres.{namespace}.svc", f"energy-postgres.{namespace}.svc.cluster.local",
         f"energy-postgres.{namespace}", "energy-postgres"], cert.not_valid_before_utc) is None
+    # The other Secrets of its command line: the role Secrets, Grafana's admin, the MQTT users.
+    app = decoded(secret(kube, namespace, "energy-postgres-app"))
+    assert app["DATABASE_URL"] == (f"postgresql://energy:{app['password']}@energy-postgres."
+                                   f"{namespace}.svc:5432/energy")
+    assert sorted(decoded(secret(kube, namespace, "energy-grafana-admin"))) == [
+        "admin-password", "admin-user"]
+    assert sorted(decoded(secret(kube, namespace, "energy-mqtt-users"))) == [
+        "bridge-password", "bridge-username", "simulator-password", "simulator-username",
+        "users"]
+    made = [d["metadata"]["name"] for d in json.loads(kube.kubectl(
+        "get", "secrets", "-n", namespace, "-l", "app.kubernetes.io/managed-by=energy-pipeline",
+        "-o", "json").stdout)["items"]]
+    assert sorted(made) == sorted(docs["Role"]["rules"][1]["resourceNames"])
     versions = {name: secret(kube, namespace, name)["metadata"]["resourceVersion"]
-                for name in ("energy-platform-ca", "energy-postgres-tls")}
+                for name in made}
     # The next install or upgrade runs it again: nothing is written.
     again = run_hook(kube, docs, namespace, tmp_path)
     assert again.returncode == 0, again.stderr
@@ -107,7 +120,7 @@ def test_the_hook_makes_the_ca_and_postgres_certificate_once_with_its_own_role(
     account = f"system:serviceaccount:{namespace}:energy-platform-secrets"
     for verb, target, allowed in [("get", "secrets/energy-postgres-tls", "yes"),
                                   ("update", "secrets/energy-platform-ca", "yes"),
-                                  ("get", "secrets/energy-postgres-app", "no"),
+                                  ("get", "secrets/demo-api-tokens", "no"),
                                   ("list", "secrets", "no"),
                                   ("delete", "secrets/energy-postgres-tls", "no")]:
         done = kube.kubectl("auth", "can-i", verb, target, "-n", namespace, f"--as={account}",

@@ -45,12 +45,14 @@ class Session:
 
 
 def connect(
-    secure: SecureMqtt, user: str | None, password: str | None = None, ca_file: str | None = None
+    secure: SecureMqtt, user: str | None, password: str | None = None, ca_file: str | None = None,
+    client_id: str | None = None,
 ) -> Session:
+    """Connected as `user` with a client id of its own (`<user>-...`) unless one is given."""
     session = Session()
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"t-{uuid.uuid4().hex[:8]}",
+        client_id=client_id or f"{user or 't'}-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv5,
         reconnect_on_failure=False,
     )
@@ -85,6 +87,30 @@ def close(session: Session) -> None:
     assert session.client is not None
     session.client.disconnect()
     session.client.loop_stop()
+
+
+CLIENT_IDENTIFIER_NOT_VALID = 0x85
+
+
+def test_a_user_may_only_use_its_own_client_ids(secure_mqtt: SecureMqtt) -> None:
+    """A client id names a session: a device that connected with the bridge's id would take
+    the bridge's session over, with the readings queued for it."""
+    for client_id, expected in [("bridge-energy-bridge-7d9f", CLIENT_IDENTIFIER_NOT_VALID),
+                                ("bridge", CLIENT_IDENTIFIER_NOT_VALID),
+                                ("device-ab", CLIENT_IDENTIFIER_NOT_VALID),
+                                ("device-a", 0), ("device-a-meter-1", 0)]:
+        session = connect(secure_mqtt, "device-a", client_id=client_id)
+        try:
+            assert session.connack_code == expected, client_id
+        finally:
+            close(session)
+    # mosquitto's default id (mosq-...) is refused the same way.
+    refused = mosquitto("mosquitto_pub", secure_mqtt, "--cafile", secure_mqtt.ca_file,
+                        "-V", "5", "-q", "1", "-u", "device-a", "-P",
+                        secure_mqtt.users["device-a"].password,
+                        "-t", "energy/site-a/temperature/0", "-m", "{}")
+    assert (refused.returncode, refused.stderr.splitlines()[:1]) == (
+        CLIENT_IDENTIFIER_NOT_VALID, ["Connection error: Client Identifier not valid"])
 
 
 def test_anonymous_connect_is_refused_not_authorized(secure_mqtt: SecureMqtt) -> None:
@@ -201,7 +227,10 @@ def mosquitto(tool: str, secure: SecureMqtt, *args: str) -> subprocess.Completed
 
 
 def login(secure: SecureMqtt, user: str, password: str | None = None) -> list[str]:
-    return ["-u", user, "-P", secure.users[user].password if password is None else password]
+    """User, password and a client id of the user's own (mosquitto's default, mosq-..., is
+    not one: the extension refuses it, see test_a_user_may_only_use_its_own_client_ids)."""
+    return ["-u", user, "-P", secure.users[user].password if password is None else password,
+            "-i", f"{user}-{uuid.uuid4().hex[:8]}"]
 
 
 def test_mosquitto_clients_see_the_same_refusals(secure_mqtt: SecureMqtt) -> None:

@@ -5,7 +5,9 @@ copy of the repository without built chart dependencies, as a fresh clone has th
 every test, in file order:
 
 - PostgreSQL admits TLS only, and Kafka SASL_SSL only, with the certificates (and Kafka's
-  passwords) the chart's hook Job made in the cluster;
+  passwords) the chart's hook Job made in the cluster; so does HiveMQ, over TLS with the
+  users the hook made (the last test: a device added by `helm upgrade` gets in, within its
+  permission only, and its readings are stored);
 - the pods run as their charts say (uid, read-only root, no capabilities, memory limits
   read back from each container's own cgroup);
 - every reading the chart's simulator published is stored exactly once;
@@ -29,6 +31,7 @@ import base64
 import ipaddress
 import json
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -44,8 +47,12 @@ from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.localstack.node import NODE_NAME, POD_SUBNET
 from energy_harness.localstack.process import ServiceError, http_get
 from energy_harness.node_platform import (
+    MQTT_TLS_PORT,
+    MQTT_TLS_SECRET,
+    MQTT_USERS_SECRET,
     NAMESPACE,
     PIPELINE,
+    RELEASE,
     WORKER_UID,
     Platform,
     expected_window,
@@ -53,6 +60,7 @@ from energy_harness.node_platform import (
     simulator_pod,
 )
 from energy_harness.testing import expected_rows, wait_for
+from energy_pipeline.core.contracts import Reading, mqtt_topic
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(1800)]
 
@@ -340,7 +348,7 @@ def test_network_policies_keep_a_stray_pod_out_and_let_a_device_reach_mqtt_only(
                                   "app.kubernetes.io/component=inference")
     targets = {"kafka": f"{kafka}:9092", "kafka-controller": f"{kafka}:9093",
                "kafka-internal": f"{kafka}:9094", "postgres": f"{postgres}:5432",
-               "mqtt": f"{hivemq}:1883", "grpc": f"{inference}:50051"}
+               "mqtt": f"{hivemq}:{MQTT_TLS_PORT}", "grpc": f"{inference}:50051"}
     stray = platform.probe("stray", {"app.kubernetes.io/name": "stray"}, list(targets.values()))
     assert stray == dict.fromkeys(targets.values(), "timeout")
     device = platform.probe("device", {"app.kubernetes.io/name": "simulator",
@@ -506,3 +514,108 @@ def test_faults_mid_stream_lose_and_duplicate_nothing(
                          for w in ("bridge", "ingest", "inference")
                          for p in platform.worker_pods(w) for c in p["spec"]["containers"]),
              600, "every worker on the new image tag", interval=5)
+
+
+# -- MQTT: TLS and a login by default ----------------------------------------------------------
+
+def _secret_text(platform: Platform, name: str) -> dict[str, str]:
+    data = platform.get("secret", name)["data"]
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def test_hivemq_admits_only_tls_logins_each_within_its_permission(
+    platform: Platform, tmp_path: Path,
+) -> None:
+    """HiveMQ's secure mode is the platform chart's default: TLS only, energy-pipeline's auth
+    extension (from the project image), the users the hook made. Refusals shown with clients
+    nobody here wrote (openssl, mosquitto 2.0.11: for MQTT 5 its exit status is the CONNACK
+    reason code). Then a device is added with `helm upgrade`: the hook writes its user, HiveMQ
+    reads the file anew without a restart, the device publishes under its own site only, and
+    what it published is stored exactly (the pipeline's bridge logs in likewise throughout)."""
+    for name in (MQTT_TLS_SECRET, MQTT_USERS_SECRET):
+        labels = platform.get("secret", name)["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "energy-pipeline", name
+    users = _secret_text(platform, MQTT_USERS_SECRET)
+    assert sorted(users) == ["bridge-password", "bridge-username", "simulator-password",
+                             "simulator-username", "users"]
+    (broker,) = platform.pods("app.kubernetes.io/name=hivemq")
+    pod, address = broker["metadata"]["name"], broker["status"]["podIP"]
+    # The broker is shown the hashes only, never a client's password.
+    assert platform.exec(pod, "hivemq", "ls", "/etc/hivemq-credentials").split() == ["users"]
+    mounted = platform.exec(pod, "hivemq", "cat", "/etc/hivemq-credentials/users")
+    assert "bridge subscribe $share/bridge/energy/# pbkdf2-sha256$" in mounted
+    assert users["bridge-password"] not in mounted and users["simulator-password"] not in mounted
+    ca = tmp_path / "ca.crt"
+    ca.write_text(_secret_text(platform, MQTT_TLS_SECRET)["ca.crt"])
+    shown = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{address}:{MQTT_TLS_PORT}", "-CAfile", str(ca),
+         "-verify_hostname", f"energy-hivemq.{NAMESPACE}.svc", "-verify_return_error",
+         "-brief"], input="", capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and "Verification: OK" in shown.stderr, shown.stderr
+    # No plain listener at all.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address, 1883), timeout=10).close()
+
+    # Addressed by IP from this machine (no cluster DNS here): --insecure skips only the host
+    # name check, which openssl did above; the chain is still verified against the CA.
+    tls = ["-h", address, "-p", str(MQTT_TLS_PORT), "--cafile", str(ca), "--insecure",
+           "-V", "5", "-q", "1"]
+
+    def mosquitto(tool: str, *args: str) -> tuple[int, list[str]]:
+        done = subprocess.run([tool, *tls, *args], capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stderr.splitlines()
+
+    def login(user: str, password: str | None = None) -> list[str]:
+        """The user, its password, and a client id of its own (the extension refuses others:
+        mosquitto's default, mosq-..., too)."""
+        return ["-u", user, "-P", users[f"{user}-password"] if password is None else password,
+                "-i", f"{user}-node-test"]
+
+    reading = ["-t", "energy/site-x/temperature/0", "-m", "{}"]
+    assert mosquitto("mosquitto_pub", *reading)[0] == 135  # Not authorized
+    # (First lines: mosquitto may add "A network protocol error occurred" as HiveMQ closes.)
+    status, said = mosquitto("mosquitto_pub", *login("simulator", "wrong"), *reading)
+    assert (status, said[:1]) == (134, ["Connection error: Bad User Name or Password"])
+    # The bridge may only subscribe; the simulator may only publish.
+    status, said = mosquitto("mosquitto_pub", *login("bridge"), *reading)
+    assert said[:1] == ["Warning: Publish 1 failed: Not authorized."], (status, said)
+    assert mosquitto("mosquitto_sub", *login("simulator"), "-t", "energy/#", "-C", "1",
+                     "-W", "10") == (0, ["All subscription requests were denied."])
+    # A user may not claim another's client id (it would take that session over).
+    assert mosquitto("mosquitto_pub", "-u", "simulator", "-P", users["simulator-password"],
+                     "-i", "bridge-node-test", *reading)[0] == 133  # Client identifier not valid
+
+    # A device onboarded by `helm upgrade` (the hook runs before every upgrade).
+    restarts = broker["status"]["containerStatuses"][0]["restartCount"]
+    platform.helm("upgrade", RELEASE, "charts/energy-platform", "--reuse-values",
+                  "--set-json", 'platformSecrets.mqtt.devices=[{"name": "building-7", '
+                  '"site": "site-node-7"}]', "--timeout", "10m")
+    after = _secret_text(platform, MQTT_USERS_SECRET)
+    assert {k: after[k] for k in users if k != "users"} == {
+        k: v for k, v in users.items() if k != "users"}, "the passwords made before are kept"
+    assert "building-7 publish energy/site-node-7/# pbkdf2-sha256$" in after["users"]
+    readings = [Reading("site-node-7", "temperature", "3", datetime(2024, 1, 1, h, tzinfo=UTC),
+                        20.0 + h) for h in range(3)]
+
+    def publish(r: Reading) -> tuple[int, list[str]]:
+        return mosquitto("mosquitto_pub", *login("building-7", after["building-7-password"]),
+                         "-t", mqtt_topic(r.site, r.sensor, r.device),
+                         "-m", r.to_mqtt_payload().decode())
+
+    # The kubelet brings the changed Secret into the broker's volume (within about a minute);
+    # until then the device is an unknown user (134), then it gets in.
+    wait_for(lambda: publish(readings[0]) == (0, []), 240, "the new device admitted",
+             interval=5)
+    forged = Reading("site-node-8", "temperature", "3", datetime(2024, 1, 1, tzinfo=UTC), 99.0)
+    assert publish(forged)[1][:1] == ["Warning: Publish 1 failed: Not authorized."]
+    for r in readings[1:]:
+        assert publish(r) == (0, [])
+    stored = ("SELECT site_id, sensor, device_id, ts, value FROM readings "
+              "WHERE site_id LIKE 'site-node-%%'")
+    wait_for(lambda: len(platform.sql(stored)) >= len(readings), 300,
+             "the device's readings stored", interval=3)
+    assert {(s, n, d, ts, float(v)) for s, n, d, ts, v in platform.sql(stored)} == {
+        (r.site, r.sensor, r.device, r.ts, r.value) for r in readings}
+    (now,) = platform.pods("app.kubernetes.io/name=hivemq")
+    assert now["metadata"]["name"] == pod
+    assert now["status"]["containerStatuses"][0]["restartCount"] == restarts

@@ -65,9 +65,13 @@ def secret_data(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
 
 
 def test_one_secret_per_role_and_each_consumer_reads_its_own(
-    default_docs: list[dict[str, Any]],  # noqa: F811
+    helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
 ) -> None:
-    secrets = {name: secret_data(default_docs, name) for name in by_kind(default_docs, "Secret")
+    """The postgres chart's own role Secrets (`auth.createSecrets`, Helm's `lookup`); the
+    platform chart's hook makes the same layout by default (test_charts_render)."""
+    docs = render(helm, platform_chart, {"postgres": {"auth": {"createSecrets": True}}},
+                  tmp_path)
+    secrets = {name: secret_data(docs, name) for name in by_kind(docs, "Secret")
                if name.startswith("energy-postgres")}
     assert set(secrets) == {"energy-postgres-superuser", "energy-postgres-app",
                             "energy-postgres-reader"}
@@ -80,23 +84,23 @@ def test_one_secret_per_role_and_each_consumer_reads_its_own(
     assert len({superuser["password"], app["password"], reader["password"]}) == 3
     # The server gets each role's password from that role's Secret.
     env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef")
-           for e in postgres_container(default_docs)["env"]}
+           for e in postgres_container(docs)["env"]}
     assert (env["POSTGRES_PASSWORD"], env["APP_PASSWORD"], env["READER_PASSWORD"]) == (
         {"name": "energy-postgres-superuser", "key": "password"},
         {"name": "energy-postgres-app", "key": "password"},
         {"name": "energy-postgres-reader", "key": "password"},
     )
     # Grafana: the reader's Secret only. The example pipeline: the app's.
-    grafana = by_kind(default_docs, "Deployment")["energy-grafana"]
+    grafana = by_kind(docs, "Deployment")["energy-grafana"]
     genv = {e["name"]: e for e in grafana["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert genv["ENERGY_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "energy-postgres-reader", "key": "password"}
-    spec = by_kind(default_docs, "EnergyPipeline")["energy"]["spec"]
+    spec = by_kind(docs, "EnergyPipeline")["energy"]["spec"]
     assert spec["database"] == {"urlSecret": {"name": "energy-postgres-app",
                                               "key": "DATABASE_URL"},
                                 "caSecret": {"name": "energy-postgres-tls", "key": "ca.crt"}}
     # Nothing refers to the single Secret of before.
-    text = yaml.safe_dump_all(default_docs)
+    text = yaml.safe_dump_all(docs)
     assert "name: energy-postgres\n" not in text.replace("name: energy-postgres\n  namespace", "")
 
 
@@ -126,8 +130,12 @@ def test_tls_is_on_by_default_with_the_certificate_a_hook_job_makes(
         "--ca-secret=energy-platform-ca", "--lifetime-days=825",
         "--certificate=energy-postgres-tls=energy-postgres.energy.svc,"
         "energy-postgres.energy.svc.cluster.local,energy-postgres.energy,energy-postgres"]
-    # Then Kafka's certificate and users (test_charts_render).
-    assert [a.split("=")[0] for a in container["args"][6:]] == ["--certificate", "--passwords"]
+    # Then Kafka's and HiveMQ's certificates, Kafka's users (test_charts_render), the role
+    # Secrets and Grafana's admin (test_charts_render) and the MQTT users
+    # (test_charts_mqtt_tls).
+    assert [a.split("=")[0] for a in container["args"][6:]] == [
+        "--certificate", "--certificate", "--passwords", "--login", "--login", "--login",
+        "--login", "--mqtt-users"]
     # Its ServiceAccount, Role and RoleBinding exist before it (lower weight) and only for it.
     for kind in ("ServiceAccount", "Role", "RoleBinding"):
         meta = by_kind(default_docs, kind)["energy-platform-secrets"]["metadata"]
@@ -137,7 +145,10 @@ def test_tls_is_on_by_default_with_the_certificate_a_hook_job_makes(
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["secrets"],
          "resourceNames": ["energy-platform-ca", "energy-postgres-tls", "energy-kafka-tls",
-                           "energy-kafka-sasl"],
+                           "energy-hivemq-tls", "energy-kafka-sasl",
+                           "energy-postgres-superuser", "energy-postgres-app",
+                           "energy-postgres-reader", "energy-grafana-admin",
+                           "energy-mqtt-users"],
          "verbs": ["get", "update"]},
     ]
     binding = by_kind(default_docs, "RoleBinding")["energy-platform-secrets"]
@@ -157,7 +168,9 @@ def test_tls_off_knowingly_renders_plain_tcp_and_no_postgres_certificate(
     assert "caSecret" not in by_kind(docs, "EnergyPipeline")["energy"]["spec"]["database"]
     args = by_kind(docs, "Job")["energy-platform-secrets"]["spec"]["template"]["spec"][
         "containers"][0]["args"]
-    assert not [a for a in args if "postgres" in a]  # Kafka's Secrets only
+    # No certificate; the role Secrets still (they are not TLS).
+    assert [a for a in args if "postgres" in a] == [
+        a for a in args if a.startswith("--login=energy-postgres-")]
 
 
 def test_a_certificate_of_your_own_is_not_made_by_the_hook(
@@ -172,7 +185,7 @@ def test_a_certificate_of_your_own_is_not_made_by_the_hook(
                   tmp_path)
     args = by_kind(docs, "Job")["energy-platform-secrets"]["spec"]["template"]["spec"][
         "containers"][0]["args"]
-    assert not [a for a in args if "postgres" in a]
+    assert not [a for a in args if "postgres-tls" in a or "pg-cert" in a]
     assert by_kind(docs, "EnergyPipeline")["energy"]["spec"]["database"]["caSecret"] == {
         "name": "pg-cert", "key": "ca.crt"}
 

@@ -29,14 +29,17 @@ CHARTS = ROOT / "charts"
 CHART_NAMES = ("kafka", "hivemq", "postgres", "grafana", "energy-operator", "energy-platform")
 
 # What a production install would set: persistence on, SASL/SCRAM and TLS on Kafka, HiveMQ
-# with a security extension instead of allow-all, Prometheus, an Ingress host with TLS.
+# with another security extension than the default one, Prometheus, an Ingress host with TLS.
 PRODUCTION_VALUES = {
     "kafka": {
         "persistence": {"enabled": True, "storageClass": "fast-ssd", "size": "100Gi"},
         "auth": {"sasl": {"enabled": True}, "tls": {"enabled": True, "secretName": "kafka-tls"}},
         "podAntiAffinity": "hard",
     },
+    # HiveMQ's own File RBAC extension instead of ours (the default secure mode), over TLS.
     "hivemq": {
+        "secure": False,
+        "tls": {"enabled": True},
         "auth": {
             "allowAllClients": False,
             "fileRbac": {"enabled": True, "image": "registry.example/hivemq-file-rbac:4.6.6",
@@ -176,11 +179,64 @@ def test_workloads_run_as_non_root_with_resources_and_probes(
                 assert "readinessProbe" in container, where
 
 
-@pytest.mark.parametrize("docs_fixture", ["default_docs", "production_docs"])
-def test_no_secret_value_outside_its_secret(
-    request: pytest.FixtureRequest, docs_fixture: str
+# The charts' own Secrets, generated at render time with Helm's `lookup` (each chart's
+# alternative to the platform hook, which makes them by default).
+CHART_SECRETS = {"postgres": {"auth": {"createSecrets": True}},
+                 "grafana": {"admin": {"createSecret": True}},
+                 "kafka": {"auth": {"sasl": {"createSecret": True}}}}
+
+
+@pytest.fixture(scope="module")
+def chart_secret_docs(helm: Path, platform_chart: Path,
+                      tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **{k: merged(base.get(k, {}), v) if isinstance(v, dict) else v
+                           for k, v in extra.items()}}
+
+    values = merged(PRODUCTION_VALUES, CHART_SECRETS)
+    return render(helm, platform_chart, values, tmp_path_factory.mktemp("chart-secrets"))
+
+
+def test_the_default_render_holds_no_password(default_docs: list[dict[str, Any]]) -> None:
+    """Nothing secret is generated at render time: `helm template`, --dry-run and GitOps tools
+    render the same manifests every time; the hook Job makes every credential once, in the
+    cluster (test_platform_secrets)."""
+    assert [d["metadata"]["name"] for d in default_docs if d["kind"] == "Secret"] == []
+    args = by_kind(default_docs, "Job")["energy-platform-secrets"]["spec"]["template"][
+        "spec"]["containers"][0]["args"]
+    at = "energy-postgres.energy.svc:5432/energy"
+    assert [a for a in args if a.startswith("--login=")] == [
+        "--login=energy-postgres-superuser=postgres",
+        f"--login=energy-postgres-app=energy;url={at}",
+        f"--login=energy-postgres-reader=grafana_reader;url={at}",
+        "--login=energy-grafana-admin=admin;keys=admin-user,admin-password",
+    ]
+
+
+def test_the_hooks_role_secrets_have_the_postgres_charts_layout(
+    default_docs: list[dict[str, Any]], chart_secret_docs: list[dict[str, Any]],
 ) -> None:
-    docs = request.getfixturevalue(docs_fixture)
+    """What the workers, Grafana and the server read is the same whoever made the Secret."""
+    from energy_operator import platform_secrets
+
+    args = by_kind(default_docs, "Job")["energy-platform-secrets"]["spec"]["template"][
+        "spec"]["containers"][0]["args"]
+    for arg in (a.removeprefix("--login=") for a in args if a.startswith("--login=")):
+        made = platform_secrets.plan_login(None, platform_secrets.parse_login(arg), "energy",
+                                           "energy")
+        assert isinstance(made, platform_secrets.Write)
+        hook = {k: base64.b64decode(v).decode() for k, v in made.manifest["data"].items()}
+        chart = {k: base64.b64decode(v).decode()
+                 for k, v in by_kind(chart_secret_docs, "Secret")[made.name]["data"].items()}
+        assert set(hook) == set(chart), made.name
+        for key in hook:
+            assert hook[key].replace(hook.get("password", hook.get("admin-password")), "PW") == (
+                chart[key].replace(chart.get("password", chart.get("admin-password")), "PW")), (
+                made.name, key)
+
+
+def test_no_secret_value_outside_its_secret(chart_secret_docs: list[dict[str, Any]]) -> None:
+    docs = chart_secret_docs
     secrets = [d for d in docs if d["kind"] == "Secret"]
     assert secrets
     values = set()
@@ -205,12 +261,14 @@ def test_no_secret_value_outside_its_secret(
             )
 
 
-def test_generated_passwords_differ_between_renders(helm: Path, platform_chart: Path) -> None:
-    """Generated (and kept by lookup across upgrades), never a constant in the chart."""
+def test_generated_passwords_differ_between_renders(helm: Path, platform_chart: Path,
+                                                   tmp_path: Path) -> None:
+    """The charts' own (kept by lookup across upgrades): never a constant in the chart."""
     first, second = (
-        {d["metadata"]["name"]: d["data"] for d in render(helm, platform_chart)
+        {d["metadata"]["name"]: d["data"] for d in render(helm, platform_chart, CHART_SECRETS,
+                                                            tmp)
          if d["kind"] == "Secret"}
-        for _ in range(2)
+        for tmp in (tmp_path, tmp_path)
     )
     for role in ("superuser", "app", "reader"):
         name = f"energy-postgres-{role}"
@@ -385,7 +443,7 @@ def test_kafka_sasl_without_tls_is_refused(helm: Path, platform_chart: Path,
 
 
 def test_postgres(
-    default_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]]
+    default_docs: list[dict[str, Any]], chart_secret_docs: list[dict[str, Any]]
 ) -> None:
     sts = by_kind(default_docs, "StatefulSet")["energy-postgres"]
     container = sts["spec"]["template"]["spec"]["containers"][0]
@@ -393,10 +451,10 @@ def test_postgres(
     assert "pg_isready" in " ".join(container["readinessProbe"]["exec"]["command"])
     for role in ("superuser", "app", "reader"):
         # Kept by `helm uninstall` when the data outlives the release (persistence on).
-        annotations = by_kind(production_docs, "Secret")[f"energy-postgres-{role}"][
+        annotations = by_kind(chart_secret_docs, "Secret")[f"energy-postgres-{role}"][
             "metadata"]["annotations"]
         assert annotations["helm.sh/resource-policy"] == "keep"
-    secret = by_kind(production_docs, "Secret")["energy-postgres-app"]
+    secret = by_kind(chart_secret_docs, "Secret")["energy-postgres-app"]
     url = base64.b64decode(secret["data"]["DATABASE_URL"]).decode()
     password = base64.b64decode(secret["data"]["password"]).decode()
     assert url == f"postgresql://energy:{password}@energy-postgres.energy.svc:5432/energy"
@@ -411,12 +469,14 @@ def test_hivemq(default_docs: list[dict[str, Any]], production_docs: list[dict[s
         container = sts["spec"]["template"]["spec"]["containers"][0]
         return {e["name"]: e.get("value") for e in container["env"]}
 
-    assert env(default_docs)["HIVEMQ_ALLOW_ALL_CLIENTS"] == "true"
+    # Secure by default: no allow-all, MQTT over TLS only (test_charts_mqtt_tls has the rest).
+    assert env(default_docs)["HIVEMQ_ALLOW_ALL_CLIENTS"] == "false"
     assert env(production_docs)["HIVEMQ_ALLOW_ALL_CLIENTS"] == "false"
     config = by_kind(default_docs, "ConfigMap")["energy-hivemq-config"]["data"]["config.xml"]
-    assert "<port>1883</port>" in config and "<mode>file</mode>" in config
+    assert "<tcp-listener>" not in config and "<port>8883</port>" in config
+    assert "<mode>file</mode>" in config
     svc = by_kind(default_docs, "Service")["energy-hivemq"]
-    assert svc["spec"]["ports"][0]["port"] == 1883
+    assert [p["port"] for p in svc["spec"]["ports"]] == [8883]
 
 
 def grafana_provisioning(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -587,11 +647,11 @@ def test_example_api_connects_as_the_read_only_role(api_docs: list[dict[str, Any
         "databaseUrlSecret": {"name": "energy-postgres-reader", "key": "DATABASE_URL"},
     }
     assert set(spec["api"]) <= set(crd.spec_schema()["properties"]["api"]["properties"])
-    secret = by_kind(api_docs, "Secret")["energy-postgres-reader"]["data"]
-    reader = base64.b64decode(secret["password"]).decode()
-    assert base64.b64decode(secret["DATABASE_URL"]).decode() == (
-        f"postgresql://grafana_reader:{reader}@energy-postgres.energy.svc:5432/energy"
-    )
+    # The hook Job makes that Secret with the reader's DATABASE_URL.
+    args = by_kind(api_docs, "Job")["energy-platform-secrets"]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert ("--login=energy-postgres-reader=grafana_reader;"
+            "url=energy-postgres.energy.svc:5432/energy") in args
 
 
 def test_api_ingress_routes_the_prefix_to_the_operator_created_service(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from energy_operator import certificates, platform_secrets
+from energy_operator import certificates, mqtt_credentials, platform_secrets
 from energy_operator.platform_secrets import WantedCertificate, Write
 
 pytestmark = pytest.mark.unit
@@ -262,3 +262,104 @@ def test_certificate_options_are_checked(text: str, message: str) -> None:
 def test_password_arguments_are_checked(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         platform_secrets.parse_passwords(text)
+
+
+MQTT = platform_secrets.parse_mqtt_users(
+    "energy-mqtt-users=bridge:subscribe:$share/bridge/energy/#,"
+    "building-7:publish:energy/site-007/#")
+
+
+def test_mqtt_users_get_a_password_and_a_hash_of_it_in_the_brokers_file() -> None:
+    first = platform_secrets.plan_mqtt_users(None, MQTT, "energy", "energy")
+    assert isinstance(first, Write) and not first.replace and first.manifest["type"] == "Opaque"
+    made = data(first.manifest)
+    assert set(made) == {"users", "bridge-username", "bridge-password", "building-7-username",
+                         "building-7-password"}
+    lines = [line.split() for line in made["users"].splitlines() if not line.startswith("#")]
+    assert [f[:3] for f in lines] == [["bridge", "subscribe", "$share/bridge/energy/#"],
+                                      ["building-7", "publish", "energy/site-007/#"]]
+    for user, fields in zip(("bridge", "building-7"), lines, strict=True):
+        password = made[f"{user}-password"]
+        assert len(password) == 32 and password.isalnum()
+        # The broker's file holds no password, only its PBKDF2 hash (the extension's format).
+        assert password not in made["users"]
+        assert fields[3].startswith(f"pbkdf2-sha256${mqtt_credentials.ITERATIONS}$")
+        assert mqtt_credentials.matches(fields[3], password)
+        assert not mqtt_credentials.matches(fields[3], password + "x")
+    # A second run writes nothing: each hash still matches its password (fresh salts would
+    # otherwise change the file at each upgrade and make HiveMQ reload it for nothing).
+    assert platform_secrets.plan_mqtt_users(stored(first), MQTT, "energy", "energy") == "valid"
+
+
+def test_an_edited_password_is_hashed_again_and_a_dropped_user_loses_access() -> None:
+    first = stored(platform_secrets.plan_mqtt_users(None, MQTT, "energy", "energy"))
+    old = data(first)
+    rotated = {**old, "building-7-password": "a-new-password-set-by-hand"}
+    first["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in rotated.items()}
+    fewer = platform_secrets.parse_mqtt_users(
+        "energy-mqtt-users=building-7:publish:energy/site-007/#")
+    again = platform_secrets.plan_mqtt_users(first, fewer, "energy", "energy")
+    assert isinstance(again, Write) and again.replace
+    assert again.why == "building-7: password changed; removed bridge"
+    after = data(again.manifest)
+    assert set(after) == {"users", "building-7-username", "building-7-password"}
+    (line,) = [x for x in after["users"].splitlines() if not x.startswith("#")]
+    assert mqtt_credentials.matches(line.split()[3], "a-new-password-set-by-hand")
+    moved = platform_secrets.parse_mqtt_users(
+        "energy-mqtt-users=building-7:publish:energy/site-008/#")
+    changed = platform_secrets.plan_mqtt_users(stored(again), moved, "energy", "energy")
+    assert isinstance(changed, Write) and changed.why == "building-7: permission changed"
+    theirs = {"metadata": {"name": "energy-mqtt-users", "labels": {}}, "data": {}}
+    assert platform_secrets.plan_mqtt_users(theirs, MQTT, "energy", "energy") == (
+        "not made by energy-pipeline (no managed-by label): left to its owner")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("m=bridge:read:energy/#", "'read' is not publish or subscribe"),
+    ("m=Bridge:subscribe:energy/#", "user 'Bridge' is not lower-case"),
+    ("m=dev:publish:$share/g/energy/#", r"\$share/<group>/<filter> is for subscribe users only"),
+    ("m=dev:publish:", "the topic filter is empty"),
+    ("m=dev:publish:a/#,dev:publish:b/#", "listed more than once: dev"),
+    ("m", "expected SECRET=USER:publish|subscribe:FILTER"),
+])
+def test_mqtt_user_arguments_are_checked(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        platform_secrets.parse_mqtt_users(text)
+
+
+def test_a_login_keeps_its_password_and_its_url_follows_it() -> None:
+    wanted = platform_secrets.parse_login(
+        "energy-postgres-app=energy;url=energy-postgres.db.svc:5432/energy")
+    first = platform_secrets.plan_login(None, wanted, "db", "energy")
+    assert isinstance(first, Write) and first.why == "made" and not first.replace
+    made = data(first.manifest)
+    password = made["password"]
+    assert len(password) == 32 and password.isalnum()
+    assert made == {"username": "energy", "password": password, "DATABASE_URL":
+                    f"postgresql://energy:{password}@energy-postgres.db.svc:5432/energy"}
+    assert platform_secrets.plan_login(stored(first), wanted, "db", "energy") == "valid"
+    # A password edited by hand (the database's was changed with it) is kept; the URL follows.
+    edited = stored(first)
+    edited["data"]["password"] = base64.b64encode(b"changed-by-hand").decode()
+    again = platform_secrets.plan_login(edited, wanted, "db", "energy")
+    assert isinstance(again, Write) and again.why == "changed: DATABASE_URL"
+    assert data(again.manifest)["DATABASE_URL"] == (
+        "postgresql://energy:changed-by-hand@energy-postgres.db.svc:5432/energy")
+    grafana = platform_secrets.parse_login("g-admin=admin;keys=admin-user,admin-password")
+    made = data(platform_secrets.plan_login(None, grafana, "db", "energy").manifest)
+    assert set(made) == {"admin-user", "admin-password"} and made["admin-user"] == "admin"
+    theirs = {"metadata": {"name": "energy-postgres-app", "labels": {}}, "data": {}}
+    assert platform_secrets.plan_login(theirs, wanted, "db", "energy") == (
+        "not made by energy-pipeline (no managed-by label): left to its owner")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("p=energy,reader", "one user"),
+    ("p=Energy", "one user"),
+    ("p=energy;url=host/db", "is not url=HOST:PORT/DATABASE"),
+    ("p=energy;keys=a", "is not url=HOST:PORT/DATABASE or keys=USERKEY,PASSWORDKEY"),
+    ("p=energy;keys=a,a", "keys=USERKEY,PASSWORDKEY"),
+])
+def test_login_arguments_are_checked(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        platform_secrets.parse_login(text)

@@ -118,8 +118,13 @@ class DockerEngine:
     def answering(self) -> bool:
         if self.found_host is None and not self.socket.exists():
             return False
-        return self.run(["version", "--format", "{{.Server.Version}}"], check=False,
-                        timeout=10).returncode == 0  # fmt: skip
+        try:
+            return self.run(["version", "--format", "{{.Server.Version}}"], check=False,
+                            timeout=10).returncode == 0  # fmt: skip
+        except ServiceError:
+            # No answer within 10 s: a starting engine under load (seen: its containerd took
+            # longer while the disk was busy). Not answering yet; the caller's wait goes on.
+            return False
 
     def _find_running(self) -> bool:
         candidates = [os.environ.get("DOCKER_HOST", ""), "unix:///var/run/docker.sock"]

@@ -1,5 +1,5 @@
 """What a secured HiveMQ needs: the credentials file our auth extension reads
-(hivemq_auth/AuthMain.java), and a throw-away CA with a server certificate in a keystore.
+(hivemq-extension/AuthMain.java), and a throw-away CA with a server certificate in a keystore.
 
 Credentials file: one user per line, `<user> publish|subscribe <topic filter> <hash>`, the hash
 `pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>` (PBKDF2-HMAC-SHA256, 32 bytes, over the
@@ -13,30 +13,19 @@ file (openssl) and then a JKS one (keytool), as the chart's init container does.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from energy_operator import mqtt_credentials
+from energy_operator.mqtt_credentials import ITERATIONS, hash_password
+
 from energy_harness.localstack.install import require
 from energy_harness.localstack.process import ServiceError
 
-# OWASP's 2023 figure for PBKDF2-HMAC-SHA256; the broker pays it once per CONNECT.
-ITERATIONS = 600_000
 CERT_DAYS = 7
-
-
-def hash_password(password: str, iterations: int = ITERATIONS, salt: bytes | None = None) -> str:
-    """The extension's hash format for `password`, with a fresh 16-byte salt unless given."""
-    salt = secrets.token_bytes(16) if salt is None else salt
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations, dklen=32)
-    return "$".join(
-        ("pbkdf2-sha256", str(iterations), base64.b64encode(salt).decode(),
-         base64.b64encode(digest).decode())
-    )
 
 
 @dataclass(frozen=True)
@@ -47,8 +36,9 @@ class MqttUser:
     topic_filter: str
 
     def line(self, iterations: int = ITERATIONS) -> str:
-        return " ".join(
-            (self.name, self.activity, self.topic_filter, hash_password(self.password, iterations))
+        return mqtt_credentials.line(
+            mqtt_credentials.Permission(self.name, self.activity, self.topic_filter),
+            hash_password(self.password, iterations),
         )
 
 
@@ -69,8 +59,7 @@ def bridge_user(
 
 def write_credentials(path: Path, users: list[MqttUser], iterations: int = ITERATIONS) -> Path:
     """Write the credentials file atomically (the broker may read it at any moment)."""
-    text = "# user  publish|subscribe  topic-filter  pbkdf2-sha256$iterations$salt$hash\n"
-    text += "".join(user.line(iterations) + "\n" for user in users)
+    text = mqtt_credentials.render_file([user.line(iterations) for user in users])
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     staging.write_text(text)

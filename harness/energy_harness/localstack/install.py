@@ -223,26 +223,29 @@ class HiveMQInstall:
     libs: Path
     # The allow-all authenticator (plain local test brokers).
     extension: Path
-    # The credentials-and-topic-permission extension (hivemq_auth/AuthMain.java).
+    # The credentials-and-topic-permission extension (the product's hivemq-extension/).
     auth_extension: Path
 
 
 @dataclass(frozen=True)
 class ExtensionSource:
-    """A HiveMQ extension of ours: Java source in this package, built with javac."""
+    """A HiveMQ extension of ours: Java source, built with javac."""
 
-    source_dir: str  # package resource directory holding the .java and hivemq-extension.xml
+    source_dir: Path  # the directory holding the .java files and hivemq-extension.xml
     main_class: str
     folder: str  # the extension folder's name (HiveMQ wants it to match the id)
     jar_name: str
 
 
+# The allow-all one is the test broker's only (this package); the auth one ships: the
+# project image carries it (Dockerfile), built from the same source.
 ALLOW_ALL_EXTENSION = ExtensionSource(
-    "hivemq_allow_all", "dev.energypipeline.allowall.AllowAllMain",
-    "energy-pipeline-allow-all", "allow-all.jar",
+    Path(__file__).resolve().parent / "hivemq_allow_all",
+    "dev.energypipeline.allowall.AllowAllMain", "energy-pipeline-allow-all", "allow-all.jar",
 )
 AUTH_EXTENSION = ExtensionSource(
-    "hivemq_auth", "dev.energypipeline.auth.AuthMain", "energy-pipeline-auth", "auth.jar"
+    Path(__file__).resolve().parents[3] / "hivemq-extension",
+    "dev.energypipeline.auth.AuthMain", "energy-pipeline-auth", "auth.jar",
 )
 
 
@@ -251,7 +254,7 @@ def _build_extension(root: Path, libs: Path, ext: ExtensionSource) -> Path:
 
     The stamp is the source's digest, so an edited extension is rebuilt on the next start.
     """
-    source = resources.files("energy_harness.localstack").joinpath(ext.source_dir)
+    source = ext.source_dir
     digest = hashlib.sha256()
     for item in sorted(source.iterdir(), key=lambda i: i.name):
         if item.name.endswith((".java", ".xml")):
@@ -266,7 +269,7 @@ def _build_extension(root: Path, libs: Path, ext: ExtensionSource) -> Path:
     ]
     if None in classpath:
         raise ServiceError(f"hivemq-extension-sdk or slf4j-api jar missing from {libs}")
-    with tempfile.TemporaryDirectory() as tmp, resources.as_file(source) as src:
+    with tempfile.TemporaryDirectory() as tmp:
         classes = Path(tmp) / "classes"
         services = classes / "META-INF" / "services"
         services.mkdir(parents=True)
@@ -280,7 +283,7 @@ def _build_extension(root: Path, libs: Path, ext: ExtensionSource) -> Path:
                 os.pathsep.join(str(p) for p in classpath),
                 "-d",
                 str(classes),
-                *sorted(str(p) for p in Path(src).glob("*.java")),
+                *sorted(str(p) for p in source.glob("*.java")),
             ],
             [jar, "cf", str(Path(tmp) / ext.jar_name), "-C", str(classes), "."],
         ):
@@ -292,7 +295,7 @@ def _build_extension(root: Path, libs: Path, ext: ExtensionSource) -> Path:
                 )
         staging = Path(tempfile.mkdtemp(prefix="ext-", dir=root))
         shutil.copy(Path(tmp) / ext.jar_name, staging / ext.jar_name)
-        shutil.copy(Path(src) / "hivemq-extension.xml", staging / "hivemq-extension.xml")
+        shutil.copy(source / "hivemq-extension.xml", staging / "hivemq-extension.xml")
     (staging / stamp.name).write_text(digest.hexdigest() + "\n")
     extension.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(extension, ignore_errors=True)

@@ -199,9 +199,12 @@ class KafkaSettings:
         )
 
 
-def default_client_id() -> str:
-    """Stable across restarts of the same pod or host, so a persistent MQTT session resumes."""
-    return os.environ.get("HOSTNAME") or socket.gethostname()
+def default_client_id(user: str = "") -> str:
+    """Stable across restarts of the same pod or host, so a persistent MQTT session resumes.
+    With an MQTT user, `<user>-<host>`: energy-pipeline's HiveMQ extension lets a user connect
+    only with client ids `<user>` and `<user>-...`, so that no one can take its session over."""
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return f"{user}-{host}" if user else host
 
 
 @dataclass(frozen=True, kw_only=True)

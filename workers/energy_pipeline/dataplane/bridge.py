@@ -73,7 +73,9 @@ class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSett
         "MQTT_SHARED_GROUP", "bridge", doc="shared-subscription group (empty: plain subscription)"
     )
     mqtt_client_id: str = env(
-        "MQTT_CLIENT_ID", "", doc="stable client id of the persistent session (empty: the hostname)"
+        "MQTT_CLIENT_ID", "",
+        doc="stable client id of the persistent session (empty: the hostname, after "
+        "MQTT_USERNAME and '-' when set)"
     )
     mqtt_session_expiry_s: int = env(
         "MQTT_SESSION_EXPIRY_S", 86_400, doc="how long the broker keeps the session", minimum=0
@@ -178,7 +180,7 @@ class Bridge:
         self.prefix = settings.kafka_topic_prefix
         self.deadletter = deadletter_topic(self.prefix)
         self.limits = settings.limits()
-        self.client_id = settings.mqtt_client_id or default_client_id()
+        self.client_id = settings.mqtt_client_id or default_client_id(settings.mqtt_username)
         self.kafka_config = producer_config(settings)
         self.producer = Producer(self.kafka_config, logger=logging.getLogger("librdkafka"))
         self.partitions: dict[str, int] = {}

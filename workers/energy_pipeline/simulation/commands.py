@@ -233,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
     publisher = MqttPublisher(
         settings.mqtt_host,
         settings.mqtt_port,
-        args.client_id or f"simulator-{uuid.uuid4().hex[:8]}",
+        # After the MQTT user when there is one: the only ids the broker lets it use.
+        args.client_id or f"{settings.mqtt_username or 'simulator'}-{uuid.uuid4().hex[:8]}",
         settings,
         hold_unrouted=args.hold_until_subscribed,
     )
@@ -359,7 +360,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     p.add_argument(
         "--client-id", default=None,
-        help="MQTT client id (default: simulator-<random>); the same id resumes its session",
+        help="MQTT client id (default: <MQTT_USERNAME or simulator>-<random>); the same id "
+        "resumes its session",
     )
     p.add_argument(
         "--hold-until-subscribed", action="store_true",

@@ -1,11 +1,16 @@
 // HiveMQ CE security extension of energy-pipeline: every CONNECT needs a user name and password
 // found in the credentials file, and each user gets exactly one topic permission from it.
 //
-// The file (a mounted Secret in Kubernetes; written by energy_harness.localstack.hivemq_credentials
-// in tests) has one user per line, fields separated by white space, `#` starts a comment:
+// The file (a mounted Secret in Kubernetes, written by `energy-pipeline platform-secrets`; by
+// energy_harness.localstack.hivemq_security in tests) has one user per line, fields separated
+// by white space, `#` starts a comment:
 //
 //   <user> publish   energy/<site>/#          pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>
 //   <user> subscribe $share/<group>/energy/#  pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>
+//
+// A user connects only with the client id `<user>` or `<user>-...` (else CONNACK 0x85 Client
+// identifier not valid): a client id names a session, and whoever connects with it takes that
+// session over, so a device must not be able to claim the bridge's.
 //
 // A `publish` user (a device) may only publish to topics matching its filter and subscribe to
 // nothing; a `subscribe` user (the bridge) may only subscribe, with exactly that filter (and, for
@@ -93,6 +98,18 @@ public final class AuthMain implements ExtensionMain {
         if (!valid) {
             log.info("refused client '{}': bad user name or password (user '{}')", connect.getClientId(), userName.get());
             output.failAuthentication(ConnackReasonCode.BAD_USER_NAME_OR_PASSWORD, "bad user name or password");
+            return;
+        }
+        // A session belongs to its client id: whoever connects with an id takes the session
+        // over (and the messages queued for it). So a user may only use its own ids: the user
+        // name itself or `<user>-...`. Checked after the password, so the answer tells a
+        // stranger nothing about which users exist.
+        final String clientId = connect.getClientId();
+        if (!clientId.equals(userName.get()) && !clientId.startsWith(userName.get() + "-")) {
+            log.info("refused client '{}': user '{}' may only use the client id '{}' or '{}-...'",
+                    clientId, userName.get(), userName.get(), userName.get());
+            output.failAuthentication(ConnackReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                    "client id must be the user name or start with <user name>-");
             return;
         }
         final ModifiableDefaultPermissions permissions = output.getDefaultPermissions();
