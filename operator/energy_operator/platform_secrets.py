@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 from energy_pipeline.core.errors import USAGE, CommandError
 
@@ -310,7 +311,9 @@ def plan_login(existing: Mapping[str, Any] | None, wanted: WantedLogin, namespac
     password = data.get(wanted.password_key) or new_password()
     want = {wanted.user_key: wanted.user, wanted.password_key: password}
     if wanted.url:
-        want["DATABASE_URL"] = f"postgresql://{wanted.user}:{password}@{wanted.url}"
+        # Quoted: a password set by hand may hold characters a URL gives meaning to (@ : /);
+        # a generated one (letters and digits) reads the same as in the postgres chart's.
+        want["DATABASE_URL"] = f"postgresql://{wanted.user}:{quote(password, safe='')}@{wanted.url}"
     if want == data:
         return "valid"
     why = ("made" if not data.get(wanted.password_key) else

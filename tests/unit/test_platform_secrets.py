@@ -340,11 +340,15 @@ def test_a_login_keeps_its_password_and_its_url_follows_it() -> None:
     assert platform_secrets.plan_login(stored(first), wanted, "db", "energy") == "valid"
     # A password edited by hand (the database's was changed with it) is kept; the URL follows.
     edited = stored(first)
-    edited["data"]["password"] = base64.b64encode(b"changed-by-hand").decode()
+    edited["data"]["password"] = base64.b64encode(b"changed/by:hand@").decode()
     again = platform_secrets.plan_login(edited, wanted, "db", "energy")
     assert isinstance(again, Write) and again.why == "changed: DATABASE_URL"
-    assert data(again.manifest)["DATABASE_URL"] == (
-        "postgresql://energy:changed-by-hand@energy-postgres.db.svc:5432/energy")
+    url = data(again.manifest)["DATABASE_URL"]
+    assert url == ("postgresql://energy:changed%2Fby%3Ahand%40@energy-postgres.db.svc:5432/"
+                   "energy")
+    # What libpq makes of it: the password as set.
+    from psycopg2.extensions import parse_dsn
+    assert parse_dsn(url)["password"] == "changed/by:hand@"
     grafana = platform_secrets.parse_login("g-admin=admin;keys=admin-user,admin-password")
     made = data(platform_secrets.plan_login(None, grafana, "db", "energy").manifest)
     assert set(made) == {"admin-user", "admin-password"} and made["admin-user"] == "admin"
