@@ -49,7 +49,7 @@ import re
 import secrets
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -186,11 +186,10 @@ def parse_login(text: str) -> WantedLogin:
     for option in (o.strip() for o in options):
         name, _, value = option.partition("=")
         if name == "url" and _DATABASE_AT.fullmatch(value):
-            wanted = WantedLogin(wanted.secret, wanted.user, value, wanted.user_key,
-                                 wanted.password_key)
+            wanted = replace(wanted, url=value)
         elif name == "keys" and len(keys := value.split(",")) == 2 and all(
                 _KEY.fullmatch(k) for k in keys) and keys[0] != keys[1]:
-            wanted = WantedLogin(wanted.secret, wanted.user, wanted.url, keys[0], keys[1])
+            wanted = replace(wanted, user_key=keys[0], password_key=keys[1])
         else:
             raise ValueError(f"{text!r}: {option!r} is not url=HOST:PORT/DATABASE or "
                              "keys=USERKEY,PASSWORDKEY")
