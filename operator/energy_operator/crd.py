@@ -366,8 +366,14 @@ def spec_schema() -> dict[str, Any]:
                 default=2, minimum=1, maximum=10,
             ),
             "minInSyncReplicas": integer(
-                "min.insync.replicas of newly created topics.",
-                default=1, minimum=1, maximum=10,
+                "min.insync.replicas of newly created topics. With the default 2 and "
+                "replication factor 2 a reading is acknowledged only once both replicas hold "
+                "it, so losing any one broker's disk loses nothing acknowledged; the cost: "
+                "while a broker is down, writes to the partitions it holds stall (the bridge "
+                "waits and MQTT keeps the readings) until it is back. 1 keeps writing through "
+                "a broker outage, but a reading then acknowledged by one broker alone is lost "
+                "with that broker's disk.",
+                default=2, minimum=1, maximum=10,
             ),
             "brokers": integer(
                 "Number of brokers, when known; replicationFactor is then checked against it "

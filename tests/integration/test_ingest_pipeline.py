@@ -31,7 +31,7 @@ from energy_pipeline.core.contracts import (
 )
 from energy_pipeline.core.settings import load
 from energy_pipeline.dataplane.ingest import Ingest, IngestSettings
-from energy_pipeline.db.writer import WriteResult
+from energy_pipeline.db.writer import Gap, PreparedBatch, WriteResult
 
 pytestmark = pytest.mark.integration
 
@@ -178,9 +178,10 @@ class Worker:
             self.ingest._on_revoke,
         )
 
-        def slow_write(batch: Sequence[Reading]) -> WriteResult | None:
+        def slow_write(batch: PreparedBatch | None, gaps: Sequence[Gap] = (),
+                       offsets: Sequence[tuple[str, int, int]] = ()) -> WriteResult | None:
             time.sleep(write_delay)
-            return write(batch)
+            return write(batch, gaps, offsets)
 
         def checked_commit(messages: Sequence[Message], asynchronous: bool = False) -> None:
             # Every valid reading of a batch is in the database before its offsets go.

@@ -8,7 +8,7 @@ import uuid
 from collections import defaultdict
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 from energy_harness.localstack import KafkaCluster
 from energy_pipeline.dataplane.topics import TopicSpec, create_topic
@@ -96,21 +96,53 @@ def test_topic_has_four_partitions_with_two_replicas_on_distinct_brokers(
         assert set(replicas) <= {1, 2, 3}
 
 
-def test_no_message_lost_or_duplicated_when_a_broker_stops(kafka_cluster: KafkaCluster) -> None:
+def test_writes_to_a_stopped_brokers_partitions_wait_for_it_and_nothing_is_lost(
+    kafka_cluster: KafkaCluster,
+) -> None:
+    """min.insync.replicas 2 (the product's default) with acks=all: while a broker is down,
+    the partitions it holds a replica of refuse writes (nothing is acknowledged by one broker
+    alone), the others go on; once it is back every message arrives exactly once, in order."""
     bootstrap = kafka_cluster.bootstrap_servers
     admin = AdminClient({"bootstrap.servers": bootstrap})
     topic = new_topic(admin)
     produce(bootstrap, topic, 0, 10_000)
+    state = partition_state(admin, topic)
 
-    # Stop the leader of partition 0, so at least one partition must fail over.
+    # The leader of partition 0, so a partition must fail over.
     victim = admin.list_topics(topic, timeout=10).topics[topic].partitions[0].leader
+    held = {p for p, (replicas, _isr) in state.items() if victim in replicas}
+    assert held != set(state)  # 8 replicas spread over 3 brokers: none holds all 4 partitions
     kafka_cluster.stop_node(victim)
+    producer = Producer({
+        "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+        "linger.ms": 5, "message.timeout.ms": 0,
+    })
+    delivered: dict[int, int] = defaultdict(int)
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+        else:
+            delivered[msg.partition()] += 1
+
     try:
         assert victim not in kafka_cluster.registered_brokers()
-        produce(bootstrap, topic, 10_000, 10_000)
-        received = consume_all(bootstrap, topic, 20_000)
+        for i in range(10_000, 20_000):
+            key = KEYS[i % len(KEYS)]
+            producer.produce(topic, key=key, value=json.dumps({"key": key, "seq": i // len(KEYS)}),
+                             on_delivery=on_delivery)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            producer.poll(0.5)
+        # Only the partitions without a replica on the stopped broker took writes.
+        assert set(delivered) == set(state) - held, (dict(delivered), held)
+        assert errors == []
     finally:
         kafka_cluster.start_node(victim)
+    assert producer.flush(120) == 0, "messages still undelivered 120 s after the broker returned"
+    assert errors == []
+    received = consume_all(bootstrap, topic, 20_000)
 
     seen = [(m["key"], m["seq"]) for m in received]
     assert len(seen) == 20_000

@@ -313,14 +313,20 @@ def test_the_operator_trains_by_itself_and_inference_pods_serve_the_forecasts(
             assert status == 200
             served[pod["metadata"]["name"]] = _metric(
                 body, "energy_inference_requests_total", code="OK")
-        return len(served) == 2 and all(count > 0 for count in served.values())
+        if len(served) == 2 and all(count > 0 for count in served.values()):
+            return True
+        # The backfill's forecasts may all have been asked for before the second pod was
+        # SERVING (or before ingest's channel re-resolved the headless Service, at the latest
+        # when the server ages the connection after a minute), and no hour closes in real
+        # time here for a while: owe a few stored origins again (the store is idempotent).
+        platform.sql("INSERT INTO forecast_backlog (site_id, origin) "
+                     "SELECT DISTINCT site_id, issued_at FROM forecasts "
+                     "ORDER BY issued_at DESC LIMIT 8 ON CONFLICT DO NOTHING RETURNING 1")
+        return False
 
-    # Both pods behind the headless Service answer: ingest balances over its addresses. Both
-    # are SERVING by now and the backfilled hours' forecasts are still being asked for, so
-    # round-robin reaches the second within a few calls (not instantly: the check may come
-    # between the first and the second call).
+    # Both pods behind the headless Service answer: ingest balances over its addresses.
     try:
-        wait_for(every_pod_served, 120, "both inference pods serving forecasts", interval=3)
+        wait_for(every_pod_served, 240, "both inference pods serving forecasts", interval=5)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; requests served per pod: {served}") from None
     issued = platform.sql("SELECT count(DISTINCT (site_id, issued_at)) FROM forecasts")[0][0]
@@ -514,6 +520,28 @@ def test_faults_mid_stream_lose_and_duplicate_nothing(
                          for w in ("bridge", "ingest", "inference")
                          for p in platform.worker_pods(w) for c in p["spec"]["containers"]),
              600, "every worker on the new image tag", interval=5)
+
+
+# -- backups ---------------------------------------------------------------------------------
+
+def test_the_scheduled_backup_runs_on_the_node_and_writes_a_checked_dump(
+    platform: Platform,
+) -> None:
+    """The postgres chart's CronJob, run now: as the owner over TLS verify-full, past the
+    NetworkPolicy, with its security context, onto its own volume; the dump is checked with
+    pg_restore --list before it gets its final name."""
+    platform.kubectl("create", "job", "--from=cronjob/energy-postgres-backup", "backup-now")
+
+    def finished() -> bool:
+        status = platform.get("job", "backup-now").get("status", {})
+        return bool(status.get("succeeded") or status.get("failed"))
+
+    wait_for(finished, 300, "the backup Job finished", interval=3)
+    logs = platform.kubectl("logs", "job/backup-now").stdout
+    assert platform.get("job", "backup-now")["status"].get("succeeded") == 1, logs
+    written = re.search(r"backup written: /backup/energy-\d{8}T\d{6}Z\.dump \((\d+) bytes\)",
+                        logs)
+    assert written and int(written.group(1)) > 10_000, logs
 
 
 # -- MQTT: TLS and a login by default ----------------------------------------------------------

@@ -104,6 +104,9 @@ def pods(platform: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     for doc in platform:
         if doc["kind"] in {"Deployment", "StatefulSet"}:
             out[doc["metadata"]["name"]] = doc["spec"]["template"]["metadata"]["labels"]
+        if doc["kind"] == "CronJob":
+            out[doc["metadata"]["name"]] = doc["spec"]["jobTemplate"]["spec"]["template"][
+                "metadata"]["labels"]
     example = of_kind(platform, "EnergyPipeline")["energy"]
     for child in render.render_children("energy", "energy", example["spec"]):
         if child["kind"] == "Deployment":
@@ -124,7 +127,7 @@ CLIENTS = {
     ("energy-kafka", 9094): {"energy-kafka"},  # the brokers' mutual-TLS listener (auth.tls)
     ("energy-postgres", 5432): {"energy-ingest", "energy-inference", "energy-train",
                                 "energy-train-first", "energy-api", "energy-grafana",
-                                "energy-operator"},
+                                "energy-operator", "energy-postgres-backup"},
     ("energy-hivemq", 1883): {"energy-bridge", "energy-simulator"},
     ("energy-hivemq", 8883): {"energy-bridge", "energy-simulator"},
     ("energy-grafana", 3000): set(),  # the ingress controller only (another namespace)
@@ -136,7 +139,7 @@ def test_each_port_admits_exactly_its_clients(platform: list[dict[str, Any]],
                                               pods: dict[str, dict[str, str]]) -> None:
     assert {"energy-kafka", "energy-bridge", "energy-ingest", "energy-inference", "energy-api",
             "energy-train", "energy-grafana", "energy-operator", "energy-simulator",
-            "energy-postgres", "energy-hivemq"} <= set(pods)
+            "energy-postgres", "energy-hivemq", "energy-postgres-backup"} <= set(pods)
     policies = of_kind(platform, "NetworkPolicy")
     for (server, port), clients in CLIENTS.items():
         (policy,) = [p for p in policies.values()
@@ -178,6 +181,8 @@ def test_postgres_policy(platform: list[dict[str, Any]]) -> None:
                  "values": ["ingest", "inference", "train", "api"]}]}},
             {"podSelector": {"matchLabels": OPERATOR}},
             {"podSelector": {"matchLabels": GRAFANA}},
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "postgres-backup",
+                                             "app.kubernetes.io/instance": "energy"}}},
         ]}],
     }
 
@@ -240,7 +245,8 @@ def test_options_namespaces_devices_extra_clients_and_tls_port(
         None, in_namespaces, in_namespaces, None]  # the brokers: always this namespace
     assert kafka[-1] == backup
     postgres = policies["energy-postgres"]["spec"]["ingress"][0]["from"]
-    assert [p["namespaceSelector"] for p in postgres] == [in_namespaces] * 3
+    # The backup CronJob runs in the release's namespace, like the server.
+    assert [p.get("namespaceSelector") for p in postgres] == [in_namespaces] * 3 + [None]
     (rule,) = policies["energy-hivemq"]["spec"]["ingress"]
     assert rule["ports"] == [{"port": 1883, "protocol": TCP}, {"port": 8884, "protocol": TCP}]
     assert rule["from"][0]["namespaceSelector"] == in_namespaces

@@ -307,7 +307,7 @@ def test_kafka_statefulset(default_docs: list[dict[str, Any]]) -> None:
     )
     assert props["num.partitions"] == "4"
     assert props["default.replication.factor"] == "2"
-    assert props["min.insync.replicas"] == "1"
+    assert props["min.insync.replicas"] == "2"
     assert props["offsets.topic.replication.factor"] == "3"
     assert props["transaction.state.log.min.isr"] == "2"
     assert props["auto.create.topics.enable"] == "false"

@@ -51,7 +51,7 @@ def test_kafka_internal_topics_survive_one_node_and_match_product_defaults() -> 
     assert props["transaction.state.log.min.isr"] == "2"
     assert props["num.partitions"] == "4"
     assert props["default.replication.factor"] == "2"
-    assert props["min.insync.replicas"] == "1"
+    assert props["min.insync.replicas"] == "2"
     assert props["auto.create.topics.enable"] == "false"
 
 

@@ -43,3 +43,13 @@ app.kubernetes.io/part-of: energy-pipeline
 {{/* Where the server finds its certificate and its pg_hba.conf with tls.enabled. */}}
 {{- define "postgres.tlsDir" -}}/etc/postgresql/tls{{- end -}}
 {{- define "postgres.hbaFile" -}}/etc/postgresql/hba/pg_hba.conf{{- end -}}
+
+{{/* The backup CronJob's pods: not the server's selector, so its Service never picks them. */}}
+{{- define "postgres.backupLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "postgres.name" . }}-backup
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: backup
+app.kubernetes.io/part-of: energy-pipeline
+{{- end -}}

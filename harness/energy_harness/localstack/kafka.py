@@ -272,10 +272,11 @@ def render_server_properties(
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         **(secured_properties(node, security) if security is not None else {}),
         "log.dirs": str(node.log_dir),
-        # The product's topic defaults (DESIGN: 4 partitions, RF 2, min ISR 1).
+        # The product's topic defaults: 4 partitions, RF 2, and min ISR 2 so that nothing
+        # acknowledged lives on one broker only (charts/kafka/values.yaml says why).
         "num.partitions": "4",
         "default.replication.factor": str(min(2, size)),
-        "min.insync.replicas": "1",
+        "min.insync.replicas": str(min(2, size)),
         # Topics are created explicitly (by the operator, the stack, or tests), never by typos.
         "auto.create.topics.enable": "false",
         # Internal topics survive the loss of one node.
@@ -291,6 +292,9 @@ def render_server_properties(
         "num.recovery.threads.per.data.dir": "1",
         "log.segment.bytes": str(64 * 1024 * 1024),
         "unclean.leader.election.enable": "false",
+        # Retention acts within a second, not the default 5 minutes: fault tests watch it
+        # delete records (topics keep the 7-day default unless a test shortens it).
+        "log.retention.check.interval.ms": "1000",
     }
     props.update(overrides or {})
     return "".join(f"{key}={value}\n" for key, value in props.items())

@@ -34,3 +34,16 @@ DEPENDENCY_UP = Gauge(
     ["worker", "dependency"],
 )
 READY = Gauge("energy_ready", "1 while the worker's /readyz answers 200", ["worker"])
+# Ingest: how long the oldest batch has been failing to reach the database (0 while writes
+# succeed). Retries go on forever (a stall, never a loss); this says a person is needed.
+WRITE_STALLED_SECONDS = Gauge(
+    "energy_ingest_write_stalled_seconds",
+    "Seconds since the batch ingest is retrying first failed to be written (0: none failing)",
+)
+# Records Kafka deleted (retention) before ingest stored them: offsets skipped between what
+# the group had committed or consumed and what the broker still had.
+LOST_RECORDS = Counter(
+    "energy_ingest_lost_records_total",
+    "Kafka records deleted by retention before ingest stored them",
+    ["topic", "partition"],
+)

@@ -4,6 +4,25 @@ Per batch: validate, send rejects to the dead-letter topic (confirmed), write th
 and their hourly sums in one transaction, commit it, then commit the Kafka offsets. A crash
 anywhere replays at most the uncommitted batches, and the idempotent write absorbs the replay.
 
+A database error is retried forever (a stall, never a loss), but it is not hidden: from the
+first failed write until one succeeds the worker is unready (`writes`, which the periodic
+database check cannot clear: a revoked privilege or a full disk leaves `SELECT 1` working),
+`energy_ingest_write_stalled_seconds` counts up, and the log says why once a minute.
+
+Records Kafka deleted before they were stored (retention ran out during a long database
+outage; `auto.offset.reset=earliest` then moves on) are found by their offsets, which our
+topics keep contiguous (neither compacted nor written in transactions): per partition, the
+next offset expected is the committed one at assignment, then one past the last consumed; a
+batch that starts beyond it, or has holes, reveals exactly which offsets are gone. Each gap
+is logged as an error, counted in `energy_ingest_lost_records_total` and recorded in the
+table `ingest_lost_records` in the transaction of the batch that revealed it.
+
+The database knows where it stands in Kafka: each batch's transaction also records, per
+partition, one past its last offset (`ingest_offsets`). A partition newly assigned starts
+from there when that is behind Kafka's committed offset (the database was restored from a
+backup, or a failover lost its newest commits), so Kafka replays exactly what the database
+lacks, and the idempotent write absorbs any overlap.
+
 Pipelined: a writer thread writes batch N while the main thread consumes and validates batch
 N+1 (psycopg2 releases the GIL while PostgreSQL works). Kafka calls stay on the main thread;
 offsets are committed batch by batch in order, each only after its database transaction.
@@ -23,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg2
@@ -48,9 +67,24 @@ from energy_pipeline.core.settings import (
 from energy_pipeline.core.validation import Rejection
 from energy_pipeline.core.validation_fast import parse_kafka_values
 from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
-from energy_pipeline.db.connect import DatabaseSettings, LazyConnection, worker_name
+from energy_pipeline.db.connect import (
+    DatabaseSettings,
+    LazyConnection,
+    connect,
+    connection_trouble,
+    worker_name,
+)
 from energy_pipeline.db.probe import DatabaseCheck
-from energy_pipeline.db.writer import PreparedBatch, WriteResult, prepare, write_prepared
+from energy_pipeline.db.writer import (
+    Gap,
+    PreparedBatch,
+    WriteResult,
+    prepare,
+    record_gaps,
+    record_offsets,
+    stored_offsets,
+    write_prepared,
+)
 
 log = logging.getLogger("energy_pipeline.dataplane.ingest")
 
@@ -104,11 +138,29 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(topic, part, offset + 1) for (topic, part), offset in highest.items()]
 
 
+def find_gaps(messages: Sequence[Message], expected: dict[tuple[str, int], int]) -> list[Gap]:
+    """Offsets missing before or between `messages` (in consume order), given the next offset
+    expected per partition (unknown partitions are not checked); `expected` moves past them."""
+    gaps: list[Gap] = []
+    for msg in messages:
+        key = (msg.topic(), msg.partition())
+        offset = msg.offset()
+        want = expected.get(key)
+        if want is not None and offset > want:
+            gaps.append(Gap(key[0], key[1], want, offset - 1))
+        expected[key] = offset + 1
+    return gaps
+
+
 @dataclass
 class Batch:
     messages: list[Message]
     readings: list[Reading]
     rejected: list[tuple[Message, Rejection]]
+    gaps: list[Gap] = field(default_factory=list)
+
+    def next_offsets(self) -> list[tuple[str, int, int]]:
+        return [(tp.topic, tp.partition, tp.offset) for tp in next_offsets(self.messages)]
 
 
 @dataclass
@@ -168,7 +220,10 @@ class Ingest:
         )
         # Ready while Kafka and PostgreSQL both answered recently: each is checked on a thread
         # of its own, and the consume loop and the writer report what they see.
-        self.readiness = Readiness("ingest").add("kafka").add("database")
+        self.readiness = (
+            Readiness("ingest").add("kafka").add("database").add("writes", stale_after=None)
+        )
+        self.readiness.answered("writes")  # nothing failed yet
         self.prober = Prober(
             self.readiness,
             {
@@ -187,6 +242,10 @@ class Ingest:
         )
         self._write_failures = 0
         self._write_warned_at = 0.0
+        self._failing_since: float | None = None
+        metrics.WRITE_STALLED_SECONDS.set_function(self._stalled_seconds)
+        # Per owned partition, the next offset expected (find_gaps): main thread only.
+        self._expected: dict[tuple[str, int], int] = {}
         self._last_lag = 0.0
         # The database connection is the writer thread's alone.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
@@ -199,29 +258,41 @@ class Ingest:
 
     # --- database (on the writer thread) ------------------------------------------------
 
-    def write_with_retry(self, batch: PreparedBatch) -> WriteResult | None:
+    def write_with_retry(self, batch: PreparedBatch | None, gaps: Sequence[Gap] = (),
+                         offsets: Sequence[tuple[str, int, int]] = ()) -> WriteResult | None:
         """Write until it succeeds; None only if asked to stop before it did."""
         delay = 0.2
+        group = self.settings.kafka_consumer_group
         while True:
             try:
                 conn = self.db.get()
                 with conn:
-                    result = write_prepared(conn, batch)
+                    result = write_prepared(conn, batch) if batch else WriteResult(0, 0, ())
+                    record_gaps(conn, group, gaps)
+                    record_offsets(conn, group, offsets)
                 self.readiness.answered("database")
+                self.readiness.answered("writes")
                 self._write_failures = 0
+                self._failing_since = None
                 return result
             except psycopg2.Error as exc:
                 error = str(exc).strip()[:300]
-                self.readiness.failed("database", error)
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                self.readiness.failed("writes", error)
                 metrics.ERRORS.labels("ingest", type(exc).__name__).inc()
-                self._warn_write_failed(error, delay)
+                self._warn_write_failed(error, delay, exc.pgcode)
                 self.db.close()
                 self.heartbeat.beat()  # retrying is progress, not a hang
                 if self.stopping.wait(delay):
                     return None
                 delay = min(delay * 2, self.settings.db_retry_max_s)
 
-    def _warn_write_failed(self, error: str, retry_in_s: float) -> None:
+    def _stalled_seconds(self) -> float:
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _warn_write_failed(self, error: str, retry_in_s: float, sqlstate: str | None) -> None:
         """The first failure of a streak, then one line a minute: retries are counted in
         energy_errors_total, and the readiness log says when the database is back."""
         self._write_failures += 1
@@ -230,10 +301,14 @@ class Ingest:
             log.debug("database write failed; retrying", extra={"error": error})
             return
         self._write_warned_at = now
-        log.warning(
-            "database write failed; retrying",
-            extra={"error": error, "attempts": self._write_failures, "retry_in_s": retry_in_s},
-        )
+        extra = {"error": error, "sqlstate": sqlstate, "attempts": self._write_failures,
+                 "retry_in_s": retry_in_s, "stalled_s": round(self._stalled_seconds(), 1)}
+        if sqlstate is not None and not connection_trouble(sqlstate):
+            # The server answered and refused (privileges, schema, disk): waiting alone will
+            # not fix it.
+            log.error("the database refuses the write; retrying until it is fixed", extra=extra)
+        else:
+            log.warning("database write failed; retrying", extra=extra)
 
     # --- Kafka -------------------------------------------------------------------------
 
@@ -355,10 +430,12 @@ class Ingest:
 
     def submit(self, batch: Batch, started: float) -> None:
         """Hand a validated batch to the writer thread (it writes batches in order)."""
-        write = None
-        if batch.readings:
-            # COPY text and hourly sums made here: the writer thread only waits on PostgreSQL.
-            write = self._writer.submit(self.write_with_retry, prepare(batch.readings))
+        # COPY text and hourly sums made here: the writer thread only waits on PostgreSQL.
+        # (A batch of rejects only is written too: its offsets move on in the database.)
+        prepared = prepare(batch.readings) if batch.readings else None
+        write = self._writer.submit(
+            self.write_with_retry, prepared, batch.gaps, batch.next_offsets()
+        )
         self._in_flight.append(InFlight(batch, started, write))
 
     def finish_oldest(self, asynchronous: bool = False) -> bool:
@@ -395,6 +472,9 @@ class Ingest:
         took it (or an earlier batch)."""
         started = time.monotonic()
         batch = split_batch(messages, datetime.now(UTC), self.settings)
+        batch.gaps = find_gaps(messages, self._expected)
+        for gap in batch.gaps:
+            self.report_gap(gap)
         if batch.rejected and not self.dead_letter(batch.rejected):
             self.finish_all()
             return False
@@ -403,6 +483,62 @@ class Ingest:
             if not self.finish_oldest(asynchronous=True):
                 return False
         return True
+
+    def report_gap(self, gap: Gap) -> None:
+        metrics.LOST_RECORDS.labels(gap.topic, str(gap.partition)).inc(gap.records)
+        log.error(
+            "records lost: Kafka deleted them before they were stored (retention shorter "
+            "than the outage); recorded in ingest_lost_records",
+            extra={"topic": gap.topic, "partition": gap.partition, "first_offset": gap.first,
+                   "last_offset": gap.last, "records": gap.records},
+        )
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Where each new partition goes on: Kafka's committed offset, or the database's own
+        # where that is behind (restored, or a failover lost commits): see the module's doc.
+        try:
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in consumer.committed(partitions, timeout=10)}
+        except KafkaException as exc:
+            log.warning("committed offsets unknown; gaps at the start of these partitions "
+                        "go unnoticed", extra={"error": str(exc)})
+            committed = {}
+        stored = self._stored_offsets()
+        start = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            kafka, ours = committed.get(key, -1), stored.get(key)
+            offset = tp.offset
+            # (No committed offset: a new group, or topics made anew, whose offsets start
+            # over; the database's would skip records then, so only Kafka's count.)
+            if ours is not None and 0 <= ours < kafka:
+                log.warning(
+                    "the database is behind Kafka's committed offset (restored from a backup?); "
+                    "replaying from the database's own",
+                    extra={"topic": tp.topic, "partition": tp.partition, "committed": kafka,
+                           "stored": ours, "replay": max(0, kafka - ours)},
+                )
+                offset = ours
+            if offset >= 0 or kafka >= 0:
+                self._expected[key] = offset if offset >= 0 else kafka
+            start.append(TopicPartition(tp.topic, tp.partition, offset))
+        consumer.incremental_assign(start)
+
+    def _stored_offsets(self) -> dict[tuple[str, int], int]:
+        """The database's ingest_offsets of our group; {} if it cannot be read just now (then
+        partitions start from Kafka's committed offsets)."""
+        try:
+            conn = connect(self.settings.database_dsn(),
+                           application_name=worker_name("ingest", self.settings.pipeline_name))
+            try:
+                with conn:
+                    return stored_offsets(conn, self.settings.kafka_consumer_group)
+            finally:
+                conn.close()
+        except psycopg2.Error as exc:
+            log.warning("the database's offsets are unknown; starting from Kafka's committed ones",
+                        extra={"error": str(exc).strip()[:300]})
+            return {}
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Runs inside consume(): everything consumed so far is in flight. Finish it and commit
@@ -414,10 +550,11 @@ class Ingest:
             self.commit_finished(partitions)
         for tp in partitions:
             self._finished.pop((tp.topic, tp.partition), None)
+            self._expected.pop((tp.topic, tp.partition), None)
 
     def run(self) -> int:
         self.prober.start()
-        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke)
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         wait_s = self.settings.ingest_batch_max_wait_ms / 1000
         received = metrics.RECEIVED.labels("ingest")
         try:

@@ -235,3 +235,11 @@ class LazyConnection:
         if conn is not None and not conn.closed:
             with contextlib.suppress(psycopg2.Error):
                 conn.close()
+
+
+def connection_trouble(sqlstate: str) -> bool:
+    """Whether an error's SQLSTATE says the connection or the server's state failed, which
+    retrying cures by itself (08: connection, 57: shutdown or cancel, 40: serialization or
+    deadlock, 53300: too many connections), rather than the server refusing the statement
+    (privileges, schema, a full disk: 53100), which needs a person."""
+    return sqlstate[:2] in {"08", "57", "40"} or sqlstate == "53300"

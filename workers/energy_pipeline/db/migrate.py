@@ -4,6 +4,13 @@ Migrations are SQL files `NNNN_name.sql` shipped in this package. Each runs in i
 transaction under an advisory lock (so two operators or workers never apply one twice) and
 is recorded with its checksum; an applied file whose text later changed is an error, not a
 silent drift.
+
+A migrator killed mid-way leaves nothing half done: its transaction rolls back and its
+session-level lock goes with its connection (the server checks the client every few seconds
+while a statement runs, so a backend blocked on a lock does not outlive its killed client
+for long). A migrator that hangs while holding the lock makes the next one give up after
+LOCK_TIMEOUT_S with the holder's pid and the statement that ends it, instead of waiting
+forever.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -24,6 +32,8 @@ APPLICATION_NAME = worker_name("migrate")
 # Any constant works; it only has to be the same for every process migrating this database.
 _LOCK_ID = 0x656E6572  # "ener"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# How long a migrator waits for another one's lock (the operator's reconcile pass retries).
+LOCK_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,12 +69,14 @@ def latest_version() -> int:
     return available_migrations()[-1].version
 
 
-def migrate(dsn: str) -> int:
+def migrate(dsn: str, lock_timeout_s: float = LOCK_TIMEOUT_S) -> int:
     """Apply every pending migration; returns the schema version now in place."""
     conn = connect(dsn, application_name=APPLICATION_NAME)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+            # A backend blocked on a lock notices its client is gone only by checking.
+            cur.execute("SET client_connection_check_interval = '2s'")
+        _lock(conn, lock_timeout_s)
         try:
             return _apply_pending(conn)
         finally:
@@ -72,6 +84,40 @@ def migrate(dsn: str) -> int:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     finally:
         conn.close()
+
+
+def _lock(conn: psycopg2.extensions.connection, timeout_s: float) -> None:
+    """Take the migration lock, or raise naming who holds it after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,))
+            if cur.fetchone()[0]:
+                return
+        if time.monotonic() >= deadline:
+            raise MigrationError(_held_by(conn, timeout_s))
+        time.sleep(0.5)
+
+
+def _held_by(conn: psycopg2.extensions.connection, waited_s: float) -> str:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            """SELECT a.pid, a.application_name, a.state, a.xact_start
+               FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+               WHERE l.locktype = 'advisory' AND l.granted
+                 AND l.classid = %s AND l.objid = %s AND l.database = (
+                     SELECT oid FROM pg_database WHERE datname = current_database())""",
+            ((_LOCK_ID >> 32) & 0xFFFFFFFF, _LOCK_ID & 0xFFFFFFFF),
+        )
+        row = cur.fetchone()
+    if row is None:
+        return f"the migration lock stayed taken for {waited_s:.0f} s"
+    pid, app, state, since = row
+    return (
+        f"another migration has held the lock for over {waited_s:.0f} s: backend pid {pid} "
+        f"({app or 'no application_name'}, {state}, transaction since {since}); it is released "
+        f"when that session ends; if it hangs, end it with SELECT pg_terminate_backend({pid})"
+    )
 
 
 def _apply_pending(conn: psycopg2.extensions.connection) -> int:

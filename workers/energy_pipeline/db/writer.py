@@ -199,3 +199,57 @@ def write_prepared(conn, batch: PreparedBatch, fast: bool = True) -> WriteResult
 def write_readings(conn, readings: Sequence[Reading], fast: bool = True) -> WriteResult:  # noqa: ANN001
     """Write one batch in the caller's transaction; the caller commits."""
     return write_prepared(conn, prepare(readings), fast)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Offsets first..last of one partition that were gone before ingest could store them."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+    @property
+    def records(self) -> int:
+        return self.last - self.first + 1
+
+
+def record_offsets(conn, consumer_group: str, offsets: Sequence[tuple[str, int, int]]  # noqa: ANN001
+                   ) -> None:
+    """Record, in the caller's transaction, that this database holds each (topic, partition)
+    up to the offset before `next_offset`. Never moves backwards: an old owner of a
+    partition finishing its last batch after a rebalance does not undo the new owner's."""
+    if not offsets:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO ingest_offsets (consumer_group, topic, partition, next_offset)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+               SET next_offset = GREATEST(ingest_offsets.next_offset, EXCLUDED.next_offset),
+                   updated_at = now()""",
+            [(consumer_group, topic, partition, offset) for topic, partition, offset in offsets],
+        )
+
+
+def stored_offsets(conn, consumer_group: str) -> dict[tuple[str, int], int]:  # noqa: ANN001
+    """Per (topic, partition), one past the last offset this database holds for the group."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT topic, partition, next_offset FROM ingest_offsets "
+                    "WHERE consumer_group = %s", (consumer_group,))
+        return {(topic, partition): offset for topic, partition, offset in cur.fetchall()}
+
+
+def record_gaps(conn, consumer_group: str, gaps: Sequence[Gap]) -> None:  # noqa: ANN001
+    """Record `gaps` in the caller's transaction (a replay of the batch records nothing new)."""
+    if not gaps:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO ingest_lost_records
+                   (consumer_group, topic, partition, first_offset, last_offset, records)
+               VALUES (%s, %s, %s, %s, %s, %s)
+               ON CONFLICT DO NOTHING""",
+            [(consumer_group, g.topic, g.partition, g.first, g.last, g.records) for g in gaps],
+        )

@@ -1,0 +1,77 @@
+"""The operator killed mid-way: the next operator (a restart, or the other replica taking the
+Lease) finishes what the first began, without manual steps.
+
+Kafka creates each topic atomically, so an operator killed during topic creation leaves some
+of the pipeline's topics made and the rest not; a migration killed mid-way rolls back
+(tests/integration/test_migrate_faults.py). Here: the topics a killed pass left behind, then
+a new operator process.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from confluent_kafka.admin import AdminClient, ConfigResource
+from energy_harness.localstack import KafkaCluster
+from energy_harness.localstack.kube import KubeControlPlane
+from energy_harness.operator_local import OperatorProcess
+from energy_harness.testing import wait_for
+from energy_operator.kube import Kube
+from energy_pipeline.core.contracts import all_kafka_topics
+from energy_pipeline.dataplane.topics import TopicSpec, create_topic, delete_topics
+
+pytestmark = pytest.mark.cluster
+
+
+def test_topics_a_killed_operator_left_half_made_are_finished_by_the_next(
+    kube: KubeControlPlane, operator_kubeconfig: Path, kafka_cluster: KafkaCluster,
+    tmp_path: Path,
+) -> None:
+    client = Kube(kube.api_client)
+    admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers})
+    namespace = f"ot-{uuid.uuid4().hex[:8]}"
+    topics = all_kafka_topics(namespace)
+    # What the killed pass had made: the first two of the pipeline's six topics.
+    for name in topics[:2]:
+        create_topic(admin, TopicSpec(name, 4, 2, {"min.insync.replicas": "2"}))
+    operator = OperatorProcess(kubeconfig=operator_kubeconfig,
+                               log_path=tmp_path / "operator.log",
+                               env={"RECONCILE_INTERVAL_S": "3",
+                                    "LEADER_ELECTION_NAMESPACE": "energy-system",
+                                    "POD_NAME": "operator-faults"})
+    client.request("POST", "/api/v1/namespaces",
+                   body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    try:
+        body = {"apiVersion": "energy.pipeline.dev/v1alpha1", "kind": "EnergyPipeline",
+                "metadata": {"name": "ot", "namespace": namespace},
+                "spec": {"mqtt": {"host": "127.0.0.1"},
+                         "kafka": {"bootstrapServers": kafka_cluster.bootstrap_servers,
+                                   "topicPrefix": namespace},
+                         "database": {"urlSecret": {"name": "none"}}}}
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+        operator.start()
+
+        def all_made() -> bool:
+            listed = admin.list_topics(timeout=10).topics
+            return all(t in listed and len(listed[t].partitions) == 4 for t in topics)
+
+        wait_for(all_made, 60, "every topic of the pipeline")
+        wait_for(lambda: "TopicsCreated" in kube.kubectl(
+            "get", "events", "-n", namespace, "-o", "yaml").stdout, 30, "the TopicsCreated event")
+        events = yaml.safe_load(kube.kubectl("get", "events", "-n", namespace, "-o", "yaml").stdout)
+        (created,) = [e["message"] for e in events["items"] if e["reason"] == "TopicsCreated"]
+        # Only the four that were missing; the two left behind are taken as they are.
+        assert created.startswith("created " + ", ".join(topics[2:]) + " (4 partitions")
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
+        for future in admin.describe_configs(resources).values():
+            assert future.result(30)["min.insync.replicas"].value == "2"
+        wait_for(lambda: (client.get("energy.pipeline.dev/v1alpha1", "EnergyPipeline",
+                                     namespace, "ot").get("status") or {}).get("topics", {})
+                 .get("state") == "Ready", 30, "status.topics.state Ready")
+    finally:
+        operator.stop()
+        client.request("DELETE", f"/api/v1/namespaces/{namespace}")
+        delete_topics(admin, topics)
