@@ -149,35 +149,24 @@ def _leader_and_follower(kafka_cluster: KafkaCluster, topic: str) -> tuple[int, 
     return partition.leader, follower
 
 
-def test_a_broker_killed_mid_stream_stalls_writes_until_it_is_back_and_loses_nothing(
-    pipeline: Pipeline, kafka_cluster: KafkaCluster, tmp_path_factory: pytest.TempPathFactory
+@pytest.mark.parametrize("victims", [(2,), (2, 3)], ids=["kill-9-broker", "kill-9-two-brokers"])
+def test_brokers_killed_mid_stream_stall_writes_until_they_are_back_and_lose_nothing(
+    pipeline: Pipeline, kafka_cluster: KafkaCluster, victims: tuple[int, ...],
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """One broker: writes to the partitions it holds wait (min.insync.replicas 2). Two of
+    three: no controller quorum and no in-sync pair, nothing moves. MQTT holds meanwhile."""
     start_workers(pipeline)
     simulate(pipeline, SMALL, SMALL_RATE)
     time.sleep(3)
-    kafka_cluster.kill_node(2)
+    for node_id in victims:
+        kafka_cluster.kill_node(node_id)
     try:
-        time.sleep(10)  # writes to its partitions wait (min.insync.replicas 2); MQTT holds
+        time.sleep(10)
     finally:
         _restart_all(kafka_cluster)
     ended = time.monotonic()
-    _record(tmp_path_factory, "kill-9-broker", ended, finish(pipeline, SMALL))
-
-
-def test_two_brokers_killed_at_once_stall_everything_and_lose_nothing(
-    pipeline: Pipeline, kafka_cluster: KafkaCluster, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    start_workers(pipeline)
-    simulate(pipeline, SMALL, SMALL_RATE)
-    time.sleep(3)
-    kafka_cluster.kill_node(2)
-    kafka_cluster.kill_node(3)
-    try:
-        time.sleep(10)  # no controller quorum, no in-sync pair: nothing moves
-    finally:
-        _restart_all(kafka_cluster)
-    ended = time.monotonic()
-    _record(tmp_path_factory, "kill-9-two-brokers", ended, finish(pipeline, SMALL))
+    _record(tmp_path_factory, request.node.callspec.id, ended, finish(pipeline, SMALL))
 
 
 def test_the_leader_killed_while_its_follower_is_down_loses_nothing(
@@ -411,3 +400,74 @@ def test_a_database_restored_from_a_backup_is_completed_from_kafka(
     _record(tmp_path_factory, "database-restored", restarted,
             _wait_stored(database, first | later))
     assert_hourly_features_match_readings(database)
+
+
+# -- HiveMQ holding readings for an absent bridge ---------------------------------------------
+
+# 5 sites x 4 devices x 5 sensors, every minute for 1,000 minutes: 100,000 readings.
+QUEUED = ["--sites", "5", "--devices", "4", "--interval", "1m", "--duration", "1000m",
+          "--start", "2025-04-01T00:00:00Z", "--seed", "13", "--fault-rate", "0"]
+
+
+def _publish(pipeline: Pipeline, name: str, sim_args: list[str]) -> None:
+    """Publish `sim_args`' readings as fast as the broker takes them, and wait until done."""
+    simulator = pipeline.start(name, ["simulate", *sim_args, "--rate", "0", "--client-id",
+                                      f"simulator-{name}"], wait_ready=False)
+    assert simulator.wait(timeout=600) == 0, simulator.process.log_tail()  # type: ignore[union-attr]
+
+
+def test_hivemq_restarted_with_100k_readings_queued_for_a_stopped_bridge_keeps_them_all(
+    pipeline: Pipeline, own_mqtt_broker: HiveMQBroker, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The bridge's persistent session and shared subscription hold what is published while
+    it is away (up to the broker's queue limit, 1,000,000 in the charts), across a restart of
+    the broker (file persistence)."""
+    database = pipeline.env["DATABASE_URL"]
+    bridge = pipeline.start("bridge", ["bridge"], MQTT_CLIENT_ID="bridge-a")
+    bridge.wait_ready()  # subscribed
+    assert bridge.stop() == 0  # its session and subscription stay with the broker
+    began = time.monotonic()
+    _publish(pipeline, "simulate", QUEUED)
+    published_s = time.monotonic() - began
+    own_mqtt_broker.restart()
+    restarted = time.monotonic()
+    pipeline.start("bridge-back", ["bridge"], MQTT_CLIENT_ID="bridge-a")
+    for i in range(2):
+        pipeline.start(f"ingest-{i}", ["ingest"])
+    expected = expected_rows(QUEUED)
+    assert len(expected) == 100_000
+    stored_at = _wait_stored(database, expected, timeout=900)
+    REPORT["hivemq-100k-queued-publish_s"] = round(published_s, 1)
+    _record(tmp_path_factory, "hivemq-100k-queued-restart", restarted, stored_at)
+
+
+def test_a_bridge_away_longer_than_its_session_is_told_and_hivemq_still_kept_the_group_queue(
+    pipeline: Pipeline,
+) -> None:
+    """MQTT_SESSION_EXPIRY_S (1 day by default; 5 s here): the bridge comes back after its
+    session expired, and says so (`session_present` false in its log, counted in
+    energy_bridge_new_sessions_total). HiveMQ CE keeps a shared subscription's queue for the
+    group past the expiry of its members' sessions: everything published meanwhile is
+    delivered once a member subscribes again, and every reading is stored exactly once."""
+    database = pipeline.env["DATABASE_URL"]
+    runs = [
+        [*SMALL[:SMALL.index("--start")], "--start", start, *SMALL[SMALL.index("--start") + 2:]]
+        for start in ("2025-05-01T00:00:00Z", "2025-05-02T00:00:00Z", "2025-05-03T00:00:00Z")]
+    short = {"MQTT_CLIENT_ID": "bridge-a", "MQTT_SESSION_EXPIRY_S": "5"}
+    bridge = pipeline.start("bridge", ["bridge"], **short)
+    bridge.wait_ready()
+    for i in range(2):
+        pipeline.start(f"ingest-{i}", ["ingest"])
+    _publish(pipeline, "simulate-before", runs[0])
+    _wait_stored(database, expected_rows(runs[0]))
+    assert bridge.metric("energy_bridge_new_sessions_total") == 1  # its first start
+    assert bridge.stop() == 0
+    time.sleep(15)  # three times the session's 5 s
+    _publish(pipeline, "simulate-meanwhile", runs[1])
+    back = pipeline.start("bridge-back", ["bridge"], **short)
+    back.wait_ready()
+    assert back.metric("energy_bridge_new_sessions_total") == 1
+    log = back.process.log_path.read_text()  # type: ignore[union-attr]
+    assert '"session_present": false' in log
+    _publish(pipeline, "simulate-after", runs[2])
+    _wait_stored(database, set().union(*(expected_rows(r) for r in runs)))

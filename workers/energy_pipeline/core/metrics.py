@@ -47,3 +47,10 @@ LOST_RECORDS = Counter(
     "Kafka records deleted by retention before ingest stored them",
     ["topic", "partition"],
 )
+# Bridge: connections on which the broker had no session for the client id (a first start, or
+# a session that expired: readings published while every bridge's session was gone were not
+# kept for it; MQTT_SESSION_EXPIRY_S).
+NEW_SESSIONS = Counter(
+    "energy_bridge_new_sessions_total",
+    "MQTT connections on which the broker had no session for the bridge's client id",
+)

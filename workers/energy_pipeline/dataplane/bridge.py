@@ -219,6 +219,7 @@ class Bridge:
         self._acked = 0
         self._idle = IdleResubscribe(self.IDLE_RESUBSCRIBE_S)
         self._stale_acks = 0
+        self._connected_before = False  # for _on_connect: a lost session is news on a reconnect
         self._now = datetime.now(UTC)
         self._produced: dict[str, int] = {}
         # A BufferedClient: what paho sends waits for _write_mqtt(), one send() per round.
@@ -317,13 +318,22 @@ class Bridge:
         self.readiness.waiting(
             "mqtt", f"subscription {self.settings.subscription} not confirmed yet"
         )
-        log.info(
-            "mqtt connected",
-            extra={
-                "session_present": flags.session_present,
-                "subscription": self.settings.subscription,
-            },
-        )
+        extra = {"session_present": flags.session_present,
+                 "subscription": self.settings.subscription}
+        if flags.session_present:
+            log.info("mqtt connected", extra=extra)
+        else:
+            metrics.NEW_SESSIONS.inc()
+            # A first start, or the session expired while this client id was away longer than
+            # MQTT_SESSION_EXPIRY_S: the broker kept nothing for it then, and if every member
+            # of the shared group was away that long, readings published meanwhile are gone.
+            log.log(
+                logging.WARNING if self._connected_before else logging.INFO,
+                "mqtt connected with a new session: the broker kept nothing for this client id "
+                "(first start, or away longer than MQTT_SESSION_EXPIRY_S)",
+                extra={**extra, "session_expiry_s": self.settings.mqtt_session_expiry_s},
+            )
+        self._connected_before = True
 
     def _on_subscribe(
         self,
