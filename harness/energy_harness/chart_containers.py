@@ -106,14 +106,16 @@ class Manifests:
         }
         return {**data, **{key: str(value) for key, value in (doc.get("stringData") or {}).items()}}
 
-    def workload(self, name: str | None = None) -> Workload:
-        """The one StatefulSet, Deployment or CronJob (of that name) whose pods to start."""
+    def workload(self, name: str | None = None, kind: str | None = None) -> Workload:
+        """The one StatefulSet, Deployment or CronJob (of that name, of that kind) whose pods
+        to start."""
         found = [
             doc
             for doc in self.docs
-            if doc["kind"] in TEMPLATE_PATHS and name in (None, doc["metadata"]["name"])
+            if doc["kind"] in TEMPLATE_PATHS and kind in (None, doc["kind"])
+            and name in (None, doc["metadata"]["name"])
         ]
-        assert len(found) == 1, f"{len(found)} workloads {name or ''} rendered"
+        assert len(found) == 1, f"{len(found)} workloads {kind or ''} {name or ''} rendered"
         return Workload(self, found[0])
 
 

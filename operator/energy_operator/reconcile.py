@@ -27,15 +27,19 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from energy_pipeline.api.auth import new_token
 from energy_pipeline.core.kafka import client_config
+from energy_pipeline.core.readiness import describe
 from energy_pipeline.dataplane.topics import (
     TopicSpec,
     broker_count,
+    config_drift,
     create_topic,
     delete_topics,
     describe_problems,
     describe_topics,
     grow_partitions,
     plan_topic,
+    set_topic_config,
+    topic_config,
 )
 from energy_pipeline.db.connect import DatabaseUnreachable, connect, with_ca, worker_name
 from energy_pipeline.db.migrate import MigrationError, latest_version, migrate, schema_version
@@ -438,6 +442,30 @@ def topic_specs(spec: Mapping[str, Any]) -> list[TopicSpec]:
     ]
 
 
+def reconcile_topic_configs(admin: AdminClient, config: Mapping[str, str], names: list[str],
+                            outcome: Outcome) -> None:
+    """Keep the spec's topic settings (min.insync.replicas) on topics that already exist: a
+    topic made by an earlier release, or by hand, converges to the spec."""
+    for key, want in config.items():
+        try:
+            drift = config_drift(topic_config(admin, names, key, timeout=KAFKA_TIMEOUT), want)
+            if drift:
+                set_topic_config(admin, list(drift), key, want)
+        except KafkaException as exc:
+            outcome.problem(
+                "TopicConfigUnknown",
+                f"{key} of the topics could not be read or set ({describe(exc)}); the "
+                "operator's Kafka user needs DescribeConfigs and AlterConfigs on them (the "
+                "kafka chart grants both)",
+                blocking=False,
+            )
+            return
+        if drift:
+            before = ", ".join(f"{n} {v}" for n, v in drift.items())
+            outcome.did("TopicConfigUpdated", f"set {key}={want} on {before} (before)",
+                        f"set {key}={want} on {len(drift)} topic(s)")
+
+
 def reconcile_topics(admin: AdminClient | None, spec: Mapping[str, Any], change: bool,
                      outcome: Outcome) -> None:
     """Create missing topics and grow partitions; `outcome.topics` is what Kafka now has."""
@@ -482,6 +510,8 @@ def reconcile_topics(admin: AdminClient | None, spec: Mapping[str, Any], change:
             if to_create or grown:
                 current = describe_topics(admin, list(names), timeout=KAFKA_TIMEOUT)
                 plans = [plan_topic(s, current.get(s.name)) for s in specs]
+            reconcile_topic_configs(admin, specs[0].config, [n for n in names if n in current],
+                                    outcome)
     except (KafkaException, TimeoutError, RuntimeError) as exc:
         outcome.problem(
             "KafkaUnreachable",

@@ -1,5 +1,6 @@
 """The operator killed mid-way: the next operator (a restart, or the other replica taking the
-Lease) finishes what the first began, without manual steps.
+Lease) finishes what the first began, without manual steps; topics of an earlier release
+converge to the spec's settings.
 
 Kafka creates each topic atomically, so an operator killed during topic creation leaves some
 of the pipeline's topics made and the rest not; a migration killed mid-way rolls back
@@ -14,14 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient
 from energy_harness.localstack import KafkaCluster
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.operator_local import OperatorProcess
 from energy_harness.testing import wait_for
 from energy_operator.kube import Kube
 from energy_pipeline.core.contracts import all_kafka_topics
-from energy_pipeline.dataplane.topics import TopicSpec, create_topic, delete_topics
+from energy_pipeline.dataplane.topics import TopicSpec, create_topic, delete_topics, topic_config
 
 pytestmark = pytest.mark.cluster
 
@@ -34,9 +35,10 @@ def test_topics_a_killed_operator_left_half_made_are_finished_by_the_next(
     admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers})
     namespace = f"ot-{uuid.uuid4().hex[:8]}"
     topics = all_kafka_topics(namespace)
-    # What the killed pass had made: the first two of the pipeline's six topics.
+    # What the killed pass had made: the first two of the pipeline's six topics (as an earlier
+    # release made them: min.insync.replicas 1).
     for name in topics[:2]:
-        create_topic(admin, TopicSpec(name, 4, 2, {"min.insync.replicas": "2"}))
+        create_topic(admin, TopicSpec(name, 4, 2, {"min.insync.replicas": "1"}))
     operator = OperatorProcess(kubeconfig=operator_kubeconfig,
                                log_path=tmp_path / "operator.log",
                                env={"RECONCILE_INTERVAL_S": "3",
@@ -65,9 +67,13 @@ def test_topics_a_killed_operator_left_half_made_are_finished_by_the_next(
         (created,) = [e["message"] for e in events["items"] if e["reason"] == "TopicsCreated"]
         # Only the four that were missing; the two left behind are taken as they are.
         assert created.startswith("created " + ", ".join(topics[2:]) + " (4 partitions")
-        resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
-        for future in admin.describe_configs(resources).values():
-            assert future.result(30)["min.insync.replicas"].value == "2"
+        # ... and brings the two it found to the spec's min.insync.replicas.
+        wait_for(lambda: topic_config(admin, topics, "min.insync.replicas")
+                 == dict.fromkeys(topics, "2"), 30, "min.insync.replicas 2 on every topic")
+        events = yaml.safe_load(kube.kubectl("get", "events", "-n", namespace, "-o", "yaml").stdout)
+        (updated,) = [e["message"] for e in events["items"] if e["reason"] == "TopicConfigUpdated"]
+        first, second = sorted(topics[:2])  # in name order
+        assert updated == f"set min.insync.replicas=2 on {first} 1, {second} 1 (before)"
         wait_for(lambda: (client.get("energy.pipeline.dev/v1alpha1", "EnergyPipeline",
                                      namespace, "ot").get("status") or {}).get("topics", {})
                  .get("state") == "Ready", 30, "status.topics.state Ready")

@@ -125,7 +125,8 @@ def test_the_worker_image_stores_every_reading_through_the_charts_pods(
 
     # As `helm install` creates them: every pod at once, then each ready by its chart's probes.
     brokers = [pods.start(pod, image("kafka")) for pod in kafka.pods]
-    database = pods.start(postgres.workload().pod(0), image("postgres"), publish=["postgres"])
+    server = postgres.workload(kind="StatefulSet").pod(0)  # not the backup CronJob
+    database = pods.start(server, image("postgres"), publish=["postgres"])
     mqtt = pods.start(hivemq.pod(0), image("hivemq"))
     for container in [*brokers, database, mqtt]:
         print(f"{container.name} ready: {container.wait_ready(START_TIMEOUT):.1f}s")
@@ -147,7 +148,7 @@ def test_the_worker_image_stores_every_reading_through_the_charts_pods(
     ingest_env = workers["ingest"].pod(0).env
     assert ingest_env["KAFKA_BOOTSTRAP_SERVERS"] == f"{bootstrap}:{kafka_port}"
     assert ingest_env["DATABASE_URL"] == secret["DATABASE_URL"]
-    assert urlsplit(secret["DATABASE_URL"]).username == postgres.workload().pod(0).env["APP_USER"]
+    assert urlsplit(secret["DATABASE_URL"]).username == server.env["APP_USER"]
     assert ingest_env["INFERENCE_TARGET"] == (
         f"dns:///{PIPELINE}-inference.{kafka.namespace}.svc.cluster.local:{config['GRPC_PORT']}"
     )

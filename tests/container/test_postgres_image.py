@@ -44,7 +44,7 @@ class Chart:
 
     @property
     def statefulset(self) -> Workload:
-        return self.manifests.workload()
+        return self.manifests.workload(kind="StatefulSet")  # not the backup CronJob
 
     @property
     def pod(self) -> dict[str, Any]:

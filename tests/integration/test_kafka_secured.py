@@ -22,6 +22,7 @@ from energy_harness.localstack.certs import LocalCA
 from energy_harness.localstack.install import require
 from energy_harness.localstack.workers import energy_pipeline_argv
 from energy_pipeline.core.contracts import all_kafka_topics
+from energy_pipeline.dataplane.topics import set_topic_config, topic_config
 
 pytestmark = pytest.mark.integration
 
@@ -200,3 +201,19 @@ def test_a_password_rotated_in_the_secret_takes_effect_after_a_restart(
     fresh = topics_create(secured_kafka, "operator")
     assert fresh.returncode == 0, fresh.stderr
     assert sorted(json.loads(fresh.stdout)["existing"]) == sorted(topics)
+
+
+def test_only_the_operator_may_read_and_set_the_topics_configs(
+    secured_kafka: KafkaCluster, topics: list[str]
+) -> None:
+    """What the operator does to keep min.insync.replicas on existing topics, as each role."""
+    operator = AdminClient(client(secured_kafka, "operator"))
+    set_topic_config(operator, topics[:1], "min.insync.replicas", "1")
+    assert topic_config(operator, topics[:1], "min.insync.replicas") == {topics[0]: "1"}
+    set_topic_config(operator, topics[:1], "min.insync.replicas", "2")
+    assert topic_config(operator, topics, "min.insync.replicas") == dict.fromkeys(topics, "2")
+    for role in ("bridge", "ingest"):
+        admin = AdminClient(client(secured_kafka, role))
+        with pytest.raises(KafkaException) as refused:
+            set_topic_config(admin, topics[:1], "min.insync.replicas", "1")
+        assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, role

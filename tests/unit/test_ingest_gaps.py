@@ -80,3 +80,4 @@ def test_only_connection_and_server_state_errors_count_as_passing(
     sqlstate: str, cured_by_waiting: bool
 ) -> None:
     assert connection_trouble(sqlstate) is cured_by_waiting
+

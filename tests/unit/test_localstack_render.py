@@ -109,7 +109,7 @@ def test_each_role_gets_only_what_its_code_does() -> None:
     }
     assert {r for r in rules if r[0] == "operator"} == {
         ("operator", "topic", t, op) for t in everything
-        for op in ("CREATE", "DESCRIBE", "ALTER", "DELETE")}
+        for op in ("CREATE", "DESCRIBE", "ALTER", "DELETE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS")}
 
 
 def test_cluster_ids_are_kafka_uuids() -> None:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from energy_pipeline.dataplane.topics import TopicSpec, TopicState, describe_problems, plan_topic
+from energy_pipeline.dataplane.topics import (
+    TopicSpec,
+    TopicState,
+    config_drift,
+    describe_problems,
+    plan_topic,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -37,3 +43,8 @@ def test_problems_name_every_topic_and_what_to_do() -> None:
     assert "e.a (6)" in shrink and "e.b (8)" in shrink and "cannot remove" in shrink
     assert "e.c (1)" in differs and "reassign" in differs
     assert describe_problems(plans[3:]) == []
+
+
+def test_config_drift_names_the_topics_off_the_spec_with_their_values() -> None:
+    assert config_drift({"b": "1", "a": "2", "c": "1"}, "2") == {"b": "1", "c": "1"}
+    assert config_drift({"a": "2"}, "2") == {}

@@ -56,14 +56,15 @@ app.kubernetes.io/part-of: energy-pipeline
 
 {{/* The least each role's code needs on the pipeline's topics (the harness's role_acls,
      kept equal by a unit test): bridge writes readings and rejects; ingest reads readings
-     in its group and writes its rejects; operator creates, describes, grows and deletes. */}}
+     in its group and writes its rejects; operator creates, describes, grows, keeps the configs
+     of and deletes. */}}
 {{- define "kafka.acls" -}}
 {{- $prefix := .Values.auth.acls.topicPrefix -}}
 {{- $deadletter := printf "--topic %s.deadletter" $prefix -}}
 {{- $readings := list -}}
 {{- range .Values.auth.acls.sensors }}{{ $readings = append $readings (printf "--topic %s.%s" $prefix .) }}{{ end -}}
 User:bridge Write,Describe {{ join " " $readings }} {{ $deadletter }}
-User:operator Create,Describe,Alter,Delete {{ join " " $readings }} {{ $deadletter }}
+User:operator Create,Describe,Alter,Delete,DescribeConfigs,AlterConfigs {{ join " " $readings }} {{ $deadletter }}
 User:ingest Read,Describe {{ join " " $readings }}
 User:ingest Write,Describe {{ $deadletter }}
 User:ingest Read,Describe --group {{ .Values.auth.acls.consumerGroup }}

@@ -120,8 +120,9 @@ def role_acls(topic_prefix: str, consumer_group: str) -> list[Acl]:
     bridge: produces readings to `<prefix>.<sensor>` and rejects to `<prefix>.deadletter`.
     ingest: consumes `<prefix>.<sensor>` in its group (READ on the group commits offsets) and
     produces the records it rejects to `<prefix>.deadletter` (dataplane/ingest.py).
-    operator: creates the topics, reads their state, grows partitions (ALTER) and deletes
-    them when spec.kafka.deleteTopicsOnDelete says so.
+    operator: creates the topics, reads their state, grows partitions (ALTER), keeps their
+    min.insync.replicas (DESCRIBE_CONFIGS, ALTER_CONFIGS) and deletes them when
+    spec.kafka.deleteTopicsOnDelete says so.
     """
     readings = [kafka_topic(topic_prefix, sensor) for sensor in SENSOR_NAMES]
     deadletter = deadletter_topic(topic_prefix)
@@ -129,7 +130,8 @@ def role_acls(topic_prefix: str, consumer_group: str) -> list[Acl]:
     for topic in [*readings, deadletter]:
         acls += [Acl("bridge", "topic", topic, op) for op in ("WRITE", "DESCRIBE")]
         acls += [Acl("operator", "topic", topic, op)
-                 for op in ("CREATE", "DESCRIBE", "ALTER", "DELETE")]
+                 for op in ("CREATE", "DESCRIBE", "ALTER", "DELETE", "DESCRIBE_CONFIGS",
+                            "ALTER_CONFIGS")]
     for topic in readings:
         acls += [Acl("ingest", "topic", topic, op) for op in ("READ", "DESCRIBE")]
     acls += [Acl("ingest", "topic", deadletter, op) for op in ("WRITE", "DESCRIBE")]

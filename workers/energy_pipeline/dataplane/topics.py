@@ -7,7 +7,14 @@ import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,29 @@ def describe_topics(
         replicas = [len(p.replicas) for p in topic.partitions.values()]
         found[name] = TopicState(name, len(topic.partitions), min(replicas, default=0))
     return found
+
+
+def topic_config(admin: AdminClient, names: list[str], key: str, timeout: float = 10
+                 ) -> dict[str, str]:
+    """The value of config `key` of each topic in `names` (all must exist)."""
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+    futures = admin.describe_configs(resources, request_timeout=timeout)
+    return {res.name: future.result(timeout)[key].value for res, future in futures.items()}
+
+
+def config_drift(current: dict[str, str], want: str) -> dict[str, str]:
+    """Of `current` (topic: value), the topics whose value is not `want`, with that value."""
+    return {name: value for name, value in sorted(current.items()) if value != want}
+
+
+def set_topic_config(admin: AdminClient, names: list[str], key: str, value: str,
+                     timeout: float = 30) -> None:
+    """Set `key` to `value` on each topic of `names`, leaving their other settings alone."""
+    entry = ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n, incremental_configs=[entry])
+                 for n in names]
+    for future in admin.incremental_alter_configs(resources, request_timeout=timeout).values():
+        future.result(timeout)
 
 
 def broker_count(admin: AdminClient, timeout: float = 10) -> int:
