@@ -20,7 +20,7 @@ from energy_harness.localstack import KafkaCluster
 from energy_harness.localstack.kube import KubeControlPlane
 from energy_harness.operator_local import OperatorProcess
 from energy_harness.testing import wait_for
-from energy_operator.kube import Kube
+from energy_operator.kube import Kube, KubeError
 from energy_pipeline.core.contracts import all_kafka_topics
 from energy_pipeline.dataplane.topics import TopicSpec, create_topic, delete_topics, topic_config
 
@@ -78,6 +78,22 @@ def test_topics_a_killed_operator_left_half_made_are_finished_by_the_next(
                                      namespace, "ot").get("status") or {}).get("topics", {})
                  .get("state") == "Ready", 30, "status.topics.state Ready")
     finally:
-        operator.stop()
-        client.request("DELETE", f"/api/v1/namespaces/{namespace}")
-        delete_topics(admin, topics)
+        # Gone before the next test's operator starts: it would otherwise reconcile a pipeline
+        # in a terminating namespace (and log the API server's refusals).
+        try:
+            client.request("DELETE", f"/api/v1/namespaces/{namespace}")
+            wait_for(lambda: not _exists(client, f"/api/v1/namespaces/{namespace}"), 120,
+                     f"namespace {namespace} deleted")
+        finally:
+            operator.stop()
+            delete_topics(admin, topics)
+
+
+def _exists(client: Kube, path: str) -> bool:
+    try:
+        client.request("GET", path)
+    except KubeError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
