@@ -42,7 +42,9 @@ CRD = "energypipelines.energy.pipeline.dev"
 TEST_VALUES = {
     "kafka": {"persistence": {"enabled": False}},
     "hivemq": {"persistence": {"enabled": False}},
-    "postgres": {"persistence": {"enabled": False}},
+    # No storage here (kwok): the backup's claim would never bind, and `helm install --wait`
+    # waits for claims. The CronJob is rendered by tests/unit and runs on the real node.
+    "postgres": {"persistence": {"enabled": False}, "backup": {"enabled": False}},
 }
 
 
