@@ -178,7 +178,7 @@ class Worker:
             self.ingest._on_revoke,
         )
 
-        def slow_write(batch: PreparedBatch | None, gaps: Sequence[Gap] = (),
+        def slow_write(batch: PreparedBatch, gaps: Sequence[Gap] = (),
                        offsets: Sequence[tuple[str, int, int]] = ()) -> WriteResult | None:
             time.sleep(write_delay)
             return write(batch, gaps, offsets)

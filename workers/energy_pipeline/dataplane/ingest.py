@@ -169,8 +169,7 @@ class InFlight:
 
     batch: Batch
     started: float
-    # None: nothing to write (every record was rejected).
-    write: Future[WriteResult | None] | None
+    write: Future[WriteResult | None]
 
 
 def split_batch(messages: Sequence[Message], now: datetime, settings: IngestSettings) -> Batch:
@@ -258,7 +257,7 @@ class Ingest:
 
     # --- database (on the writer thread) ------------------------------------------------
 
-    def write_with_retry(self, batch: PreparedBatch | None, gaps: Sequence[Gap] = (),
+    def write_with_retry(self, batch: PreparedBatch, gaps: Sequence[Gap] = (),
                          offsets: Sequence[tuple[str, int, int]] = ()) -> WriteResult | None:
         """Write until it succeeds; None only if asked to stop before it did."""
         delay = 0.2
@@ -267,7 +266,7 @@ class Ingest:
             try:
                 conn = self.db.get()
                 with conn:
-                    result = write_prepared(conn, batch) if batch else WriteResult(0, 0, ())
+                    result = write_prepared(conn, batch)  # an empty batch writes nothing
                     record_gaps(conn, group, gaps)
                     record_offsets(conn, group, offsets)
                 self.readiness.answered("database")
@@ -432,9 +431,8 @@ class Ingest:
         """Hand a validated batch to the writer thread (it writes batches in order)."""
         # COPY text and hourly sums made here: the writer thread only waits on PostgreSQL.
         # (A batch of rejects only is written too: its offsets move on in the database.)
-        prepared = prepare(batch.readings) if batch.readings else None
         write = self._writer.submit(
-            self.write_with_retry, prepared, batch.gaps, batch.next_offsets()
+            self.write_with_retry, prepare(batch.readings), batch.gaps, batch.next_offsets()
         )
         self._in_flight.append(InFlight(batch, started, write))
 
@@ -445,17 +443,16 @@ class Ingest:
         False if stopped before the database took it: nothing after it is committed then.
         """
         done = self._in_flight.popleft()
-        if done.write is not None:
-            result = done.write.result()  # a bug on the writer thread surfaces here
-            if result is None:
-                self._in_flight.clear()
-                return False
-            metrics.WRITTEN.inc(result.inserted)
-            metrics.DUPLICATES.inc(result.duplicates)
-            if self.on_written is not None:
-                self.on_written(result)
-            if self.forecasts is not None:
-                self.forecasts.observe(done.batch.readings)
+        result = done.write.result()  # a bug on the writer thread surfaces here
+        if result is None:
+            self._in_flight.clear()
+            return False
+        metrics.WRITTEN.inc(result.inserted)
+        metrics.DUPLICATES.inc(result.duplicates)
+        if self.on_written is not None:
+            self.on_written(result)
+        if self.forecasts is not None:
+            self.forecasts.observe(done.batch.readings)
         self.commit(done.batch.messages, asynchronous)
         metrics.BATCH_SECONDS.labels("ingest").observe(time.monotonic() - done.started)
         return True
