@@ -323,6 +323,7 @@ class KafkaCluster:
     # None: PLAINTEXT, no authorizer. Set: the secured cluster (module docstring).
     security: KafkaSecurity | None = None
     nodes: dict[int, KafkaNode] = field(default_factory=dict, init=False)
+    _classpath: str = field(default="", init=False, repr=False)
     _admin: AdminClient | None = field(default=None, init=False, repr=False)
 
     @property
@@ -356,13 +357,13 @@ class KafkaCluster:
             )
             for i in range(1, self.size + 1)
         ]
-        classpath = f"{libs}/*"
+        classpath = self._classpath = f"{libs}/*"
         for spec in specs:
             config = self.base_dir / f"node-{spec.node_id}" / "server.properties"
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(
                 render_server_properties(spec, specs, self.overrides, self.security))
-            self._format_storage(java, classpath, config)
+            self._format_storage(config)
             argv = [
                 java,
                 *self.jvm_opts,
@@ -387,9 +388,9 @@ class KafkaCluster:
             self.stop()
             raise
 
-    def _format_storage(self, java: str, classpath: str, config: Path) -> None:
+    def _format_storage(self, config: Path) -> None:
         result = subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+            [require("java"), "-cp", self._classpath, "kafka.tools.StorageTool", "format",
              "-t", self.cluster_id, "-c", str(config), "--ignore-formatted"],
             capture_output=True,
             text=True,
@@ -485,11 +486,32 @@ class KafkaCluster:
     def kill_node(self, node_id: int) -> None:
         self.nodes[node_id].process.kill()
 
-    def start_node(self, node_id: int) -> None:
-        """Restart a stopped node on its old ports and data; returns once it is a live broker."""
+    def wipe_node(self, node_id: int) -> None:
+        """kill -9 one node and lose its disk: its log directory (partitions, the KRaft
+        metadata log, meta.properties) deleted and formatted anew, as a pod finds a new, empty
+        volume. Start it again with start_node."""
         node = self.nodes[node_id]
-        node.process.start()
-        self.wait_for_brokers({node_id}, self.start_timeout)
+        node.process.kill()
+        shutil.rmtree(node.spec.log_dir)
+        self._format_storage(node.config_path)
+
+    def start_node(self, node_id: int, restarts: int = 0) -> None:
+        """Restart a stopped node on its old ports and data; returns once it is a live broker.
+
+        A node that exits while starting is started again after 5 s, up to `restarts` times,
+        as the StatefulSet restarts a pod: a wiped controller exits until the others have
+        elected a leader of a newer epoch than the one it can no longer remember.
+        """
+        node = self.nodes[node_id]
+        for attempt in range(restarts + 1):
+            node.process.start()
+            try:
+                self.wait_for_brokers({node_id}, self.start_timeout)
+                break
+            except ServiceError:
+                if node.process.alive() or attempt == restarts:
+                    raise
+                time.sleep(5)
         self.apply_users()
 
     def restart(self, timeout: float = 60.0) -> None:
