@@ -21,6 +21,7 @@ from energy_harness.localstack import KafkaCluster
 from energy_harness.localstack.certs import LocalCA
 from energy_harness.localstack.install import require
 from energy_harness.localstack.workers import energy_pipeline_argv
+from energy_harness.testing import wait_for
 from energy_pipeline.core.contracts import all_kafka_topics
 from energy_pipeline.dataplane.topics import set_topic_config, topic_config
 
@@ -209,9 +210,13 @@ def test_only_the_operator_may_read_and_set_the_topics_configs(
     """What the operator does to keep min.insync.replicas on existing topics, as each role."""
     operator = AdminClient(client(secured_kafka, "operator"))
     set_topic_config(operator, topics[:1], "min.insync.replicas", "1")
-    assert topic_config(operator, topics[:1], "min.insync.replicas") == {topics[0]: "1"}
+    # The controller has committed the change when the call returns; the broker answering
+    # DescribeConfigs may apply it a moment later (two full runs read the old value).
+    wait_for(lambda: topic_config(operator, topics[:1], "min.insync.replicas")
+             == {topics[0]: "1"}, 30, "the broker showing min.insync.replicas 1")
     set_topic_config(operator, topics[:1], "min.insync.replicas", "2")
-    assert topic_config(operator, topics, "min.insync.replicas") == dict.fromkeys(topics, "2")
+    wait_for(lambda: topic_config(operator, topics, "min.insync.replicas")
+             == dict.fromkeys(topics, "2"), 30, "every topic at min.insync.replicas 2")
     for role in ("bridge", "ingest"):
         admin = AdminClient(client(secured_kafka, role))
         with pytest.raises(KafkaException) as refused:
