@@ -1,5 +1,6 @@
-"""What tests and benchmarks share: waiting for a condition, SQL as the superuser, and the
-data plane's promise (every reading the simulator generates stored exactly as generated).
+"""What tests and benchmarks share: waiting for a condition, SQL as the superuser, reading a
+Kafka partition back, and the data plane's promise (every reading the simulator generates
+stored exactly as generated).
 
 A service's readiness is `localstack.process.wait_until`'s job (it retries on errors and
 notices a dead process); `wait_for` waits for what a test expects, so an exception from the
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import psycopg2
+from confluent_kafka import Consumer, TopicPartition
 from energy_pipeline.cli import build_parser
 from energy_pipeline.simulation.commands import config_from_args
 from energy_pipeline.simulation.signals import generate
@@ -34,6 +36,27 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def read_partition(bootstrap: str, topic: str, partition: int, timeout: float = 120) -> list[bytes]:
+    """Every record value of one partition, from its first offset to its high watermark, in
+    offset order (plaintext listener; no group offsets committed)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "read-partition",
+                         "enable.auto.commit": False})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        consumer.assign([TopicPartition(topic, partition, low)])
+        values: list[bytes] = []
+        position, deadline = low, time.monotonic() + timeout
+        while position < high and time.monotonic() < deadline:
+            msg = consumer.poll(1)
+            if msg is not None and msg.error() is None:
+                values.append(msg.value())
+                position = msg.offset() + 1
+        assert position >= high, f"read {topic}[{partition}] up to {position} of {high}"
+        return values
+    finally:
+        consumer.close()
 
 
 def admin_sql(postgres: PostgresServer, statement: str) -> None:

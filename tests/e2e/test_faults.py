@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -31,7 +31,7 @@ from energy_harness.localstack import KafkaCluster, PostgresServer
 from energy_harness.localstack.hivemq import HiveMQBroker
 from energy_harness.localstack.install import require
 from energy_harness.localstack.postgres import dsn
-from energy_harness.testing import admin_sql, wait_for
+from energy_harness.testing import admin_sql, read_partition, wait_for
 from energy_pipeline.core.contracts import Reading, kafka_key, kafka_topic
 
 from .conftest import Pipeline
@@ -220,27 +220,10 @@ def test_the_only_in_sync_replica_lost_while_its_follower_is_down_loses_nothing(
 
 
 def _partition_rows(bootstrap: str, topic: str, partition: int) -> set[tuple]:
-    """Every reading in one partition, from its first offset to its high watermark."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
-    try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        consumer.assign([TopicPartition(topic, partition, low)])
-        rows: set[tuple] = set()
-        position = low
-        deadline = time.monotonic() + 120
-        while position < high and time.monotonic() < deadline:
-            msg = consumer.poll(1)
-            if msg is None or msg.error() is not None:
-                continue
-            body = json.loads(msg.value())
-            rows.add((body["site"], body["sensor"], body["device"],
-                      datetime.fromisoformat(body["ts"]).astimezone(UTC), body["value"]))
-            position = msg.offset() + 1
-        assert position >= high, f"read {topic}[{partition}] up to {position} of {high}"
-        return rows
-    finally:
-        consumer.close()
+    """Every reading in one partition, as stored_rows spells them."""
+    bodies = map(json.loads, read_partition(bootstrap, topic, partition))
+    return {(b["site"], b["sensor"], b["device"], datetime.fromisoformat(b["ts"]).astimezone(UTC),
+             b["value"]) for b in bodies}
 
 
 # -- what waiting cannot cure ----------------------------------------------------------------

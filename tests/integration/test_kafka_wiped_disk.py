@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, ElectionType, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import ElectionType, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, PartitionMetadata
 from energy_harness.localstack import KafkaCluster
-from energy_harness.testing import wait_for
+from energy_harness.testing import read_partition, wait_for
 from energy_pipeline.dataplane.topics import TopicSpec, create_topic
 
 pytestmark = pytest.mark.integration
@@ -46,24 +46,6 @@ def cluster(services_dir: Path, system_packages: None) -> Iterator[KafkaCluster]
 
 def _partition(admin: AdminClient, topic: str) -> PartitionMetadata:
     return admin.list_topics(topic, timeout=10).topics[topic].partitions[0]
-
-
-def _read_all(bootstrap: str, topic: str) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
-    try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        consumer.assign([TopicPartition(topic, 0, low)])
-        values: list[bytes] = []
-        position, deadline = low, time.monotonic() + 60
-        while position < high and time.monotonic() < deadline:
-            msg = consumer.poll(1)
-            if msg is not None and msg.error() is None:
-                values.append(msg.value())
-                position = msg.offset() + 1
-        return values
-    finally:
-        consumer.close()
 
 
 def test_a_crashed_follower_and_a_wiped_sole_in_sync_leader_lose_no_acknowledged_record(
@@ -117,4 +99,4 @@ def test_a_crashed_follower_and_a_wiped_sole_in_sync_leader_lose_no_acknowledged
 
     expected = [str(i).encode() for i in range(ACKED_BEFORE + PENDING)]
     assert sorted(acked, key=int) == expected
-    assert _read_all(cluster.bootstrap_servers, topic) == expected
+    assert read_partition(cluster.bootstrap_servers, topic, 0) == expected
