@@ -484,6 +484,12 @@ class PodRunner:
                 self.engine.run([*args, "--entrypoint", "sh", image, "-c", prepare], timeout=60)
         return self.volumes[key]
 
+    def lose_claims(self, pod: Pod) -> None:
+        """Delete the volumes of `pod`'s claims, as a lost disk (a new claim after a node
+        failure): its next start gets new, empty ones. No container may still use them."""
+        for key in [key for key in self.volumes if key[:2] == (pod.workload.namespace, pod.name)]:
+            self.engine.run(["volume", "rm", self.volumes.pop(key)])
+
     def files(self, pod: Pod) -> dict[str, Path]:
         """Each ConfigMap and Secret volume of the pod as a fresh directory of its keys."""
         root = self.workdir / f"{pod.name}-{uuid.uuid4().hex[:8]}"

@@ -29,7 +29,7 @@ from energy_harness.localstack import PostgresServer
 from energy_harness.localstack.postgres import SUPERUSER, dsn
 from energy_harness.testing import admin_sql
 from energy_pipeline.db.migrate import migrate
-from energy_pipeline.db.writer import write_readings
+from energy_pipeline.db.writer import Gap, record_gaps, write_readings
 from energy_pipeline.simulation.signals import SimulationConfig, generate
 
 pytestmark = pytest.mark.integration
@@ -63,6 +63,11 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
     "rule energy-stale-data": ("site_id", "age_seconds"),
     "rule energy-forecast-consumption-high": ("site_id", "peak_p50"),
     "rule energy-forecast-error-high": ("site_id", "wape_percent"),
+    "rule energy-readings-lost": ("partition", "lost_records"),
+}
+# The label each rule's rows carry, and its values in the loaded data: a site unless named.
+RULE_LABELS: dict[str, set[str]] = {
+    "rule energy-readings-lost": {"energy.temperature-2"},
 }
 
 
@@ -172,6 +177,15 @@ def _load_data(owner_dsn: str, now: datetime) -> None:
                                     "note": "text is skipped"})),
             )
         conn.commit()
+        # Records Kafka deleted before ingest stored them: two gaps of one partition now,
+        # one of another partition two days ago (outside the alert's 24 h).
+        record_gaps(conn, "ingest", [Gap("energy.temperature", 2, 100, 199),
+                                     Gap("energy.temperature", 2, 300, 349),
+                                     Gap("energy.humidity", 0, 0, 9)])
+        with conn.cursor() as cur:
+            cur.execute("UPDATE ingest_lost_records SET detected_at = now() - interval '2 days'"
+                        " WHERE topic = 'energy.humidity'")
+        conn.commit()
     finally:
         conn.close()
 
@@ -251,6 +265,8 @@ def chart_default_alert_values() -> dict[str, str]:
         "__ERROR_MAX_PERCENT__": str(alerts["forecastError"]["maxPercent"]),
         "__ERROR_MIN_SAMPLES__": str(alerts["forecastError"]["minSamples"]),
         "__ERROR_FOR__": str(alerts["forecastError"]["for"]),
+        "__LOST_WITHIN_HOURS__": str(alerts["readingsLost"]["withinHours"]),
+        "__LOST_MORE_THAN__": str(alerts["readingsLost"]["moreThan"]),
     }
 
 
@@ -305,8 +321,9 @@ def test_query_runs_as_the_reader_role_and_returns_its_columns(
         values = [v for row in rows for v in row[1:] if not isinstance(v, str)]
         assert any(v is not None for v in values)
     if query.name.startswith("rule "):
-        # One row per site: a text label and the number the threshold compares.
-        assert {row[0] for row in rows} == set(SITES)
+        # One row per site (or what RULE_LABELS names): a text label and the number the
+        # threshold compares.
+        assert {row[0] for row in rows} == RULE_LABELS.get(query.name, set(SITES))
         assert all(isinstance(row[1], float) for row in rows), rows
 
 
@@ -336,6 +353,7 @@ def test_panels_show_the_loaded_data(chart_database: ChartDatabase) -> None:
     freshness = dict(rows_of("Data freshness"))
     # Readings every 15 min up to the last whole step before now: at most two steps old.
     assert all(0 <= age < 31 * 60 for age in freshness.values()), freshness
+    assert rows_of("rule energy-readings-lost") == [("energy.temperature-2", 150.0)]
     metrics = {r[4]: r[5] for r in rows_of("Promoted models and backtest metrics")}
     assert metrics == {"mae": 1.5, "n": 72.0, "lightgbm.pinball": 0.4, "lightgbm.mase": 0.8}
     consumption = rows_of("Energy consumption vs forecast")

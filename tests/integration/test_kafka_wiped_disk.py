@@ -10,6 +10,8 @@ README "Faults" gives the procedure this test runs: keep the wiped broker stoppe
 follower uncleanly (the only live replica), start the wiped broker again. Started at once
 instead, the wiped broker was elected again in one of our runs (Kafka 4.1.1 takes it for the
 last known leader) and the follower truncated to it: every acknowledged record was gone.
+The kafka chart's pods take these steps by themselves (charts/kafka/files/empty-volume.sh,
+tested on the chart's pods in tests/container/test_kafka_image.py); this is Kafka without it.
 
 Its own cluster: the suite's session cluster would keep leaderless partitions of other tests.
 """

@@ -204,6 +204,14 @@ def test_kafka_admits_only_sasl_ssl_clients_with_the_certificate_the_hook_made(
     assert "Authentication failed" in refused, refused
     assert metadata(**{"security.protocol": "PLAINTEXT"}) != "ok"
 
+    # A pod's empty-volume check (charts/kafka/files/empty-volume.sh) logs in as the users
+    # container does, with the node certificate on the mutual-TLS listener: asked from a
+    # running pod, the other two answer, and no partition on node 1 is without a leader.
+    said = platform.exec("energy-kafka-0", "kafka", "sh", "-c",
+                         "sh /etc/kafka-base/empty-volume.sh 1 --check 2>&1")
+    assert "the cluster answered: no partition with a replica on node 1 is without a leader" in (
+        said), said
+
 
 def test_every_container_runs_with_its_chart_security_context_and_limits(
     platform: Platform,

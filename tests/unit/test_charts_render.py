@@ -51,7 +51,8 @@ PRODUCTION_VALUES = {
         "prometheus": {"enabled": True, "url": "http://prometheus.monitoring.svc:9090"},
         "ingress": {"host": "grafana.energy.example", "tlsSecret": "grafana-tls"},
         "persistence": {"enabled": True},
-        "alerts": {"forecastConsumption": {"threshold": 420.5}, "staleData": {"afterSeconds": 600}},
+        "alerts": {"forecastConsumption": {"threshold": 420.5}, "staleData": {"afterSeconds": 600},
+                   "readingsLost": {"withinHours": 48, "moreThan": 5}},
     },
     "simulator": {"enabled": False},
 }
@@ -290,6 +291,14 @@ def test_kafka_statefulset(default_docs: list[dict[str, Any]]) -> None:
     assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
         "metadata.labels['apps.kubernetes.io/pod-index']"
     )
+    # An empty volume is checked against the running cluster before it is formatted.
+    assert env["KAFKA_EMPTY_VOLUME_GUARD"]["value"] == "true"
+    assert env["KAFKA_EMPTY_VOLUME_CONTACT_S"]["value"] == "20"
+    scripts = by_kind(default_docs, "ConfigMap")["energy-kafka-config"]["data"]
+    chart_files = Path(__file__).parents[2] / "charts" / "kafka" / "files"
+    for script in ("start.sh", "empty-volume.sh", "admin-client.sh"):
+        assert scripts[script] == (chart_files / script).read_text()
+    assert "empty-volume.sh" in scripts["start.sh"]
     headless = by_kind(default_docs, "Service")["energy-kafka-headless"]
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
     pdb = by_kind(default_docs, "PodDisruptionBudget")["energy-kafka"]
@@ -545,7 +554,11 @@ def test_alert_rules_carry_the_configured_levels(production_docs: list[dict[str,
         "energy-stale-data": 600,
         "energy-forecast-consumption-high": 420.5,
         "energy-forecast-error-high": 30,
+        "energy-readings-lost": 5,
     }
+    by_uid = {r["uid"]: r for g in rules["groups"] for r in g["rules"]}
+    lost = by_uid["energy-readings-lost"]
+    assert "interval '48 hours'" in lost["data"][0]["model"]["rawSql"]
 
 
 def test_alert_placeholders_match_the_sql_test(default_docs: list[dict[str, Any]]) -> None:

@@ -152,6 +152,7 @@ def test_alert_rules_file_is_grafana_provisioning_with_every_issue_rule() -> Non
     rules = [r for g in rules_file["groups"] for r in g["rules"]]
     assert {r["uid"] for r in rules} == {
         "energy-stale-data", "energy-forecast-consumption-high", "energy-forecast-error-high",
+        "energy-readings-lost",
     }
     for rule in rules:
         refs = {d["refId"]: d for d in rule["data"]}

@@ -80,7 +80,9 @@ app.kubernetes.io/part-of: energy-pipeline
       "__CONSUMPTION_FOR__" ($a.forecastConsumption.for | toString)
       "__ERROR_MAX_PERCENT__" ($a.forecastError.maxPercent | toString)
       "__ERROR_MIN_SAMPLES__" ($a.forecastError.minSamples | toString)
-      "__ERROR_FOR__" ($a.forecastError.for | toString) -}}
+      "__ERROR_FOR__" ($a.forecastError.for | toString)
+      "__LOST_WITHIN_HOURS__" ($a.readingsLost.withinHours | toString)
+      "__LOST_MORE_THAN__" ($a.readingsLost.moreThan | toString) -}}
 {{- $rules := .Files.Get "alerting/rules.yaml" -}}
 {{- range $key, $value := $placeholders -}}
 {{- $rules = replace $key $value $rules -}}

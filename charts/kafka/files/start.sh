@@ -58,6 +58,16 @@ if [ "${KAFKA_TLS_ENABLED:-false}" = true ]; then
   } >>"$config"
 fi
 
+# An empty volume on a node of a running cluster is a lost disk: empty-volume.sh returns
+# once no partition could elect this node's empty replica over its followers' data.
+if [ ! -f "$KAFKA_DATA_DIR/meta.properties" ]; then
+  if [ "${KAFKA_EMPTY_VOLUME_GUARD:-true}" = true ]; then
+    /bin/sh "$(dirname "$0")/empty-volume.sh" "$node_id"
+  else
+    echo "start.sh: empty volume, and KAFKA_EMPTY_VOLUME_GUARD is off: formatting unasked" >&2
+  fi
+fi
+
 # --ignore-formatted: a restarted node keeps its data; only an empty volume is formatted.
 "$KAFKA_HOME/bin/kafka-storage.sh" format --cluster-id "$KAFKA_CLUSTER_ID" \
   --config "$config" --ignore-formatted

@@ -23,15 +23,9 @@ CHECK_EVERY_S=${CHECK_EVERY_S:-30}
 
 mkdir -p "$WORK_DIR"
 umask 077
-cat "$KAFKA_TLS_DIR/tls.key" "$KAFKA_TLS_DIR/tls.crt" >"$WORK_DIR/keystore.pem"
+. "$(dirname "$0")/admin-client.sh"
+admin_client "$WORK_DIR"
 admin=$WORK_DIR/admin.properties
-{
-  echo "security.protocol=SSL"
-  echo "ssl.keystore.type=PEM"
-  echo "ssl.keystore.location=$WORK_DIR/keystore.pem"
-  echo "ssl.truststore.type=PEM"
-  echo "ssl.truststore.location=$KAFKA_TLS_DIR/ca.crt"
-} >"$admin"
 # The pod's own name: the certificate names it, so host name verification holds.
 bootstrap=$POD_NAME.$KAFKA_ADVERTISED_DOMAIN:$KAFKA_INTERNAL_PORT
 
