@@ -206,16 +206,20 @@ def test_kafka_pods_get_node_ids_1_to_3(release: Release, tmp_path: Path) -> Non
     config = release.core.read_namespaced_config_map("energy-kafka-config", release.namespace)
     home = tmp_path / "kafka"
     (home / "bin").mkdir(parents=True)
-    # The image's two scripts, reduced to what start.sh calls: the real StorageTool, and a
-    # broker start that only reports the config it was given.
+    # The image's scripts, reduced to what start.sh calls: the real StorageTool and
+    # TopicCommand, and a broker start that only reports the config it was given.
     (home / "bin" / "kafka-storage.sh").write_text(
         f'#!/bin/sh\nexec "{java}" -cp "{libs}/*" kafka.tools.StorageTool "$@"\n'
+    )
+    (home / "bin" / "kafka-topics.sh").write_text(
+        f'#!/bin/sh\nexec "{java}" -cp "{libs}/*" org.apache.kafka.tools.TopicCommand "$@"\n'
     )
     (home / "bin" / "kafka-server-start.sh").write_text('#!/bin/sh\necho "start $1"\n')
     for script in (home / "bin").iterdir():
         script.chmod(0o755)
     (tmp_path / "server.properties").write_text(config.data["server.properties"])
-    (tmp_path / "start.sh").write_text(config.data["start.sh"])
+    for script in ("start.sh", "empty-volume.sh", "admin-client.sh"):
+        (tmp_path / script).write_text(config.data[script])
     # TLS is the platform's default: the brokers' Secret as the chart's hook Job makes it
     # (on kwok no container runs, so nothing made it here).
     tls_dir = tmp_path / "tls"
@@ -241,12 +245,21 @@ def test_kafka_pods_get_node_ids_1_to_3(release: Release, tmp_path: Path) -> Non
             "KAFKA_RUNTIME_DIR": str(work / "run"),
             "KAFKA_DATA_DIR": str(work / "data"),
             "KAFKA_TLS_DIR": str(tls_dir),
+            # The other pods' names resolve nowhere here: the empty-volume check finds no
+            # cluster, as on a first install, after a second instead of the chart's 20.
+            "KAFKA_EMPTY_VOLUME_CONTACT_S": "1",
+            "TMPDIR": str(work),
         })
         # dash: POSIX sh, as strict as the image's busybox ash.
         result = subprocess.run(["dash", str(tmp_path / "start.sh")], env=env,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr + result.stdout
         assert f"start {work / 'run' / 'server.properties'}" in result.stdout
+        assert env["KAFKA_EMPTY_VOLUME_GUARD"] == "true"
+        assert "empty-volume.sh: no other node answered in 1s" in result.stderr, result.stderr
+        # Its admin client: the node certificate, as the users container's.
+        assert (work / "kafka-empty-volume" / "keystore.pem").read_text() == (
+            broker.key + broker.cert)
         meta = dict(
             line.split("=", 1)
             for line in (work / "data" / "meta.properties").read_text().splitlines()
