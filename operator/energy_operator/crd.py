@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from energy_pipeline.core.contracts import SENSOR_NAMES
 
 GROUP = "energy.pipeline.dev"
 VERSION = "v1alpha1"
@@ -489,6 +490,17 @@ def spec_schema() -> dict[str, Any]:
                 "Kafka producer batching delay.",
                 env=Env("BRIDGE_LINGER_MS", B), default=1, minimum=0, maximum=10000,
             ),
+            "connections": integer(
+                "MQTT connections per bridge pod. HiveMQ CE hands a connection at most 50 "
+                "unacknowledged messages at a time, so one connection carries about 1-2k msg/s; "
+                "more than 1 splits mqtt.topicFilter (which must then be <root>/#) into one "
+                "shared subscription per sensor type, <root>/+/<sensor>/#, each with a queue of "
+                "its own, dealt over the connections. A topic naming no known sensor then "
+                "matches no subscription: the broker answers PUBACK 0x10 (no matching "
+                "subscribers) instead of the bridge dead-lettering it.",
+                env=Env("BRIDGE_CONNECTIONS", B), default=1, minimum=1,
+                maximum=len(SENSOR_NAMES),
+            ),
         },
         default={},
     )
@@ -800,6 +812,11 @@ def spec_schema() -> dict[str, Any]:
             rule("self.ingestion.replicas <= self.kafka.partitions",
                  "ingestion.replicas must not exceed kafka.partitions: a partition is read by "
                  "one ingest worker, extra workers would sit idle", ".ingestion.replicas"),
+            rule("self.ingestion.bridge.connections == 1 || "
+                 "self.mqtt.topicFilter.matches('^[^+#]+/#$')",
+                 "ingestion.bridge.connections above 1 splits mqtt.topicFilter by sensor type: "
+                 "it must be <root>/# with no wildcard in <root>",
+                 ".ingestion.bridge.connections"),
         ),
     )
 

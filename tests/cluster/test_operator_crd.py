@@ -100,6 +100,11 @@ INVALID = [
      "spec.mqtt.tls.enabled"),
     ("mqtt-ca-secret-without-name", merged(mqtt__tls={"caSecret": {"key": "ca.crt"}}),
      "spec.mqtt.tls.caSecret.name"),
+    ("bridge-connections-over-a-wildcard-root",
+     merged(ingestion__bridge__connections=2, mqtt__topicFilter="energy/+/temperature/#"),
+     "spec.ingestion.bridge.connections"),
+    ("bridge-connections-above-sensor-types", merged(ingestion__bridge__connections=6),
+     "spec.ingestion.bridge.connections"),
     ("1-starts-with-digit", VALID, "metadata.name"),
 ]
 

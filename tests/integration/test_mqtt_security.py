@@ -336,16 +336,21 @@ def kafka_readings(bootstrap: str, prefix: str, expected: int, quiet_s: float = 
     return records
 
 
+# 5: one shared subscription per sensor type, `$share/bridge/energy/+/<sensor>/#`, which the
+# bridge user's `$share/bridge/energy/#` permission must cover, on connections whose client
+# ids (`<id>-<n>`) the `<user>-...` rule must allow.
+@pytest.mark.parametrize("connections", ["1", "5"])
 def test_bridge_over_tls_moves_exactly_the_authorised_readings(
     secure_mqtt: SecureMqtt,
     kafka_cluster: KafkaCluster,
     topic_prefix: str,
     tmp_path: Path,
+    connections: str,
 ) -> None:
     env = service_env(
         kafka_cluster.bootstrap_servers, "postgresql://unused/unused", secure_mqtt.broker.host,
         secure_mqtt.broker.port, KAFKA_TOPIC_PREFIX=topic_prefix, PIPELINE_NAME="mqtt-secure",
-        MQTT_CLIENT_ID=f"bridge-{topic_prefix}",
+        MQTT_CLIENT_ID=f"bridge-{topic_prefix}", BRIDGE_CONNECTIONS=connections,
         **secure_mqtt.client_env("bridge", tmp_path / "secrets"),
     )
     bridge = WorkerProcess("bridge", ["bridge"], env, tmp_path / "logs").start()

@@ -44,6 +44,7 @@ from energy_pipeline.core.settings import (
     CommonSettings,
     KafkaSettings,
     MqttSettings,
+    SettingsError,
     ValidationSettings,
     default_client_id,
     env,
@@ -88,12 +89,80 @@ class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSett
     bridge_linger_ms: int = env(
         "BRIDGE_LINGER_MS", 1, doc="Kafka producer batching delay", minimum=0
     )
+    bridge_connections: int = env(
+        "BRIDGE_CONNECTIONS", 1,
+        doc=f"MQTT connections per bridge, at most {len(SENSOR_NAMES)}; more than 1 splits "
+        "MQTT_TOPIC_FILTER (<root>/#) by sensor type, a subscription and queue each",
+        minimum=1,
+    )
 
-    @property
-    def subscription(self) -> str:
+    def __post_init__(self) -> None:
+        problems = []
+        if self.bridge_connections > len(SENSOR_NAMES):
+            problems.append(
+                f"BRIDGE_CONNECTIONS must be at most {len(SENSOR_NAMES)} (one per sensor "
+                f"type), got {self.bridge_connections}"
+            )
+        if self.bridge_connections > 1 and shard_root(self.mqtt_topic_filter) is None:
+            problems.append(
+                "BRIDGE_CONNECTIONS above 1 splits MQTT_TOPIC_FILTER by sensor type, so it "
+                f"must be <root>/# with no wildcard in <root>, got {self.mqtt_topic_filter!r}"
+            )
+        if problems:
+            raise SettingsError("invalid settings: " + "; ".join(problems))
+
+    def subscription(self, topic_filter: str) -> str:
         if self.mqtt_shared_group:
-            return f"$share/{self.mqtt_shared_group}/{self.mqtt_topic_filter}"
-        return self.mqtt_topic_filter
+            return f"$share/{self.mqtt_shared_group}/{topic_filter}"
+        return topic_filter
+
+    def link_filters(self) -> list[tuple[str, ...]]:
+        return shard_filters(self.mqtt_topic_filter, self.bridge_connections)
+
+
+def shard_root(topic_filter: str) -> str | None:
+    """`<root>` of a `<root>/#` filter without wildcards in `<root>`; else None."""
+    root = topic_filter.removesuffix("/#")
+    if root == topic_filter or not root or "+" in root or "#" in root:
+        return None
+    return root
+
+
+def shard_filters(topic_filter: str, connections: int) -> list[tuple[str, ...]]:
+    """The topic filters each of `connections` MQTT connections subscribes to.
+
+    HiveMQ CE sends a connection at most 50 unacknowledged messages and its next ones only
+    once all of them are acknowledged, however many subscriptions the connection has, and
+    more connections in one shared group did not drain that group's single queue faster
+    (808 msg/s with 1, 8 or 16). Connections whose subscriptions have queues of their own do
+    drain in parallel. So more than one connection splits `<root>/#` into one filter per
+    sensor type, `<root>/+/<sensor>/#`, dealt round robin; the first connection also takes
+    the topics too short to name a sensor, which are dead-lettered as with one connection.
+    A topic naming no known sensor then matches no subscription: the broker answers its
+    PUBLISH with PUBACK 0x10 (no matching subscribers) instead of the bridge dead-lettering
+    it.
+    """
+    if connections == 1:
+        return [(topic_filter,)]
+    root = shard_root(topic_filter)
+    if root is None or connections > len(SENSOR_NAMES):
+        raise ValueError(f"cannot split {topic_filter!r} over {connections} connections")
+    shards: list[list[str]] = [[] for _ in range(connections)]
+    for i, sensor in enumerate(SENSOR_NAMES):
+        shards[i % connections].append(f"{root}/+/{sensor}/#")
+    shards[0] += [root, f"{root}/+", f"{root}/+/+"]
+    return [tuple(shard) for shard in shards]
+
+
+def every_layout_filter(topic_filter: str) -> set[str]:
+    """Every filter any BRIDGE_CONNECTIONS could subscribe to: a connection unsubscribes the
+    ones not its own, which its persistent session may keep from an earlier setting (and
+    would otherwise keep delivering, a second copy of each reading)."""
+    filters = {topic_filter}
+    if shard_root(topic_filter) is not None:
+        for shard in shard_filters(topic_filter, len(SENSOR_NAMES)):
+            filters.update(shard)
+    return filters
 
 
 def producer_config(settings: BridgeSettings) -> dict[str, object]:
@@ -114,12 +183,15 @@ def producer_config(settings: BridgeSettings) -> dict[str, object]:
 class PendingAck:
     """An MQTT message waiting for Kafka to confirm the `left` records made from it."""
 
-    __slots__ = ("left", "mid", "qos", "sock")
+    __slots__ = ("left", "link", "mid", "qos", "sock")
 
-    def __init__(self, left: int, mid: int, qos: int, sock: BufferedSocket) -> None:
+    def __init__(
+        self, left: int, mid: int, qos: int, link: MqttLink, sock: BufferedSocket
+    ) -> None:
         self.left = left
         self.mid = mid
         self.qos = qos
+        self.link = link
         # The connection it arrived on: packet ids are per connection, so an acknowledgement
         # sent on a later one could acknowledge a different message.
         self.sock = sock
@@ -162,12 +234,215 @@ class IdleResubscribe:
         self._idle_since = now
 
 
+class MqttLink:
+    """One of the bridge's MQTT connections: its client, persistent session (client id),
+    subscriptions, reconnect schedule and readiness entry. The bridge's loop drives it."""
+
+    def __init__(self, bridge: Bridge, index: int, client_id: str,
+                 filters: tuple[str, ...]) -> None:
+        settings = bridge.settings
+        self.bridge = bridge
+        self.index = index
+        self.client_id = client_id
+        # One connection keeps the readiness name it always had.
+        self.name = "mqtt" if settings.bridge_connections == 1 else f"mqtt-{index}"
+        self.subscriptions = [settings.subscription(f) for f in filters]
+        self.stale = sorted(
+            settings.subscription(f)
+            for f in every_layout_filter(settings.mqtt_topic_filter) - set(filters)
+        )
+        self.received = 0  # since the last idle check
+        self.inflight = 0
+        self.idle = IdleResubscribe(Bridge.IDLE_RESUBSCRIBE_S)
+        self.next_connect = 0.0
+        self.connect_delay = 1.0
+        # The last CONNACK refused us (bad login): the readiness detail says that, not the
+        # disconnect that follows.
+        self.refused = False
+        self.connected_before = False  # a lost session is news on a reconnect
+        self.subscribed = False
+        # A BufferedClient: what paho sends waits for write(), one send() per round.
+        self.client = new_client(client_id, settings, manual_ack=True, buffered=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+
+    def start(self) -> None:
+        settings = self.bridge.settings
+        self.client.connect_async(
+            settings.mqtt_host,
+            settings.mqtt_port,
+            keepalive=30,
+            clean_start=False,
+            properties=persistent_session(
+                settings.mqtt_session_expiry_s, settings.bridge_receive_maximum
+            ),
+        )
+
+    def socket(self) -> BufferedSocket | None:
+        return self.client.socket()
+
+    def write(self) -> bool:
+        """Write queued packets; False if the socket is full and must be selected for writing."""
+        if self.client.want_write():
+            self.client.loop_write()
+        sock = self.client.socket()
+        return sock is None or sock.flush()
+
+    def read(self, budget: int) -> None:
+        sock = self.client.socket()
+        for _ in range(budget):
+            if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS or sock is None \
+                    or not sock.pending():
+                break
+
+    def acknowledge(self, pending: PendingAck) -> bool:
+        """PUBACK on the connection the message came on; False if that one is gone."""
+        self.inflight -= 1
+        if pending.sock is not self.client.socket():
+            # The broker redelivers it on the new connection; it is sent to Kafka again
+            # there and the duplicate is absorbed by ingest.
+            return False
+        self.client.acknowledge(pending.mid, pending.qos)
+        return True
+
+    def reconnect_when_due(self) -> None:
+        now = time.monotonic()
+        if now < self.next_connect:
+            return
+        self.next_connect = now + self.connect_delay
+        self.connect_delay = min(self.connect_delay * 2, 10.0)
+        settings = self.bridge.settings
+        try:
+            # A rotated MQTT_PASSWORD_FILE is read again for each attempt.
+            refresh_login(self.client, settings)
+            self.client.reconnect()
+        except OSError as exc:
+            detail, fix = describe_connect_error(exc)
+            self.bridge.readiness.failed(
+                self.name, f"cannot connect to {self.bridge.broker}: {detail}; {fix}"
+            )
+            # Every attempt at debug: the readiness log has one line per change and a
+            # reminder while the broker stays away.
+            log.debug(
+                "mqtt connect failed; retrying",
+                extra={"error": str(exc), "retry_in_s": self.next_connect - now,
+                       "client_id": self.client_id},
+            )
+
+    def resubscribe_when_idle(self, now: float) -> None:
+        """Send the shared subscriptions again after IDLE_RESUBSCRIBE_S of silence (see
+        IdleResubscribe)."""
+        busy = bool(self.received or self.inflight) or not self.subscribed
+        self.received = 0
+        if not self.idle.due(now, busy) or not self.bridge.settings.mqtt_shared_group:
+            return
+        # Same subscriptions, same options: the broker replaces them (no retained messages
+        # are sent to shared subscriptions) and polls their queues for this connection.
+        log.debug(
+            "no MQTT message for a while; subscribing again",
+            extra={"subscriptions": self.subscriptions, "client_id": self.client_id},
+        )
+        self.client.subscribe([(sub, 1) for sub in self.subscriptions])
+
+    # --- paho's callbacks --------------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
+        readiness = self.bridge.readiness
+        if reason_code.is_failure:
+            refused = connect_refused(self.bridge.settings, reason_code)
+            log.error("mqtt connect refused", extra={"reason": str(reason_code),
+                                                     "error": str(refused),
+                                                     "client_id": self.client_id})
+            readiness.failed(self.name, str(refused))
+            # The broker closes the connection next: _on_disconnect keeps this reason.
+            self.refused = True
+            return
+        self.refused = False
+        self.connect_delay = 1.0
+        # Subscribing again is harmless and repairs a session the broker lost.
+        client.subscribe([(sub, 1) for sub in self.subscriptions])
+        if flags.session_present and self.stale:
+            # Left from another BRIDGE_CONNECTIONS; unsubscribing one the session does not
+            # have is answered "no subscription existed" and changes nothing.
+            client.unsubscribe(self.stale)
+        readiness.waiting(
+            self.name, f"subscription {', '.join(self.subscriptions)} not confirmed yet"
+        )
+        extra = {"session_present": flags.session_present,
+                 "subscriptions": self.subscriptions, "client_id": self.client_id}
+        if flags.session_present:
+            log.info("mqtt connected", extra=extra)
+        else:
+            metrics.NEW_SESSIONS.inc()
+            # A first start, or the session expired while this client id was away longer than
+            # MQTT_SESSION_EXPIRY_S: the broker kept nothing for it then, and if every member
+            # of the shared group was away that long, readings published meanwhile are gone.
+            log.log(
+                logging.WARNING if self.connected_before else logging.INFO,
+                "mqtt connected with a new session: the broker kept nothing for this client id "
+                "(first start, or away longer than MQTT_SESSION_EXPIRY_S)",
+                extra={**extra, "session_expiry_s": self.bridge.settings.mqtt_session_expiry_s},
+            )
+        self.connected_before = True
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[mqtt.ReasonCode],
+        properties: object,
+    ) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            self.bridge.fail(f"subscription to {', '.join(self.subscriptions)} refused: {failed}")
+            return
+        self.subscribed = True
+        self.idle.reset(time.monotonic())
+        self.bridge.readiness.answered(self.name)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason_code: mqtt.ReasonCode,
+        properties: object,
+    ) -> None:
+        self.subscribed = False
+        if not self.bridge.stopping.is_set() and not self.refused:
+            # The readiness log says so once (and when it is back); not once per attempt.
+            self.bridge.readiness.failed(
+                self.name, f"connection to {self.bridge.broker} lost: {reason_code}"
+            )
+            log.info("mqtt disconnected; reconnecting",
+                     extra={"reason": str(reason_code), "client_id": self.client_id})
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if self.bridge.stopping.is_set():
+            return  # not acknowledged: the broker redelivers it after we are back
+        self.received += 1
+        self.inflight += 1
+        self.bridge.bridge_message(self, msg)
+
+
 class Bridge:
     """One thread runs everything: MQTT reads, Kafka produce and delivery reports, PUBACKs.
 
     paho's network thread would contend with the producer for the GIL on every message and
     wake itself through a socket pair for every acknowledgement; driving paho's public
-    loop_read/loop_write/loop_misc from the bridge's own loop avoids both.
+    loop_read/loop_write/loop_misc from the bridge's own loop avoids both. With
+    BRIDGE_CONNECTIONS above 1 the loop serves that many MQTT connections (`MqttLink`), all
+    feeding the one Kafka producer.
     """
 
     READ_BUDGET = 1000  # MQTT packets read per round before serving Kafka deliveries
@@ -186,14 +461,22 @@ class Bridge:
         self.partitions: dict[str, int] = {}
         self.topics = [kafka_topic(self.prefix, s) for s in SENSOR_NAMES] + [self.deadletter]
         self.broker = f"{settings.mqtt_host}:{settings.mqtt_port}"
-        # Ready while the MQTT subscription is confirmed (paho's callbacks keep that current;
-        # its keepalive notices a silent broker) and Kafka answered recently: asked on a
-        # thread of its own, since with no traffic there are no deliveries to go by.
-        self.readiness = (
-            Readiness("bridge")
-            .add("mqtt", stale_after=None, waiting_for=f"not connected to {self.broker} yet")
-            .add("kafka")
-        )
+        self.stopping = threading.Event()
+        self.fatal: str | None = None
+        # Each further connection has a session of its own: `<client id>-<n>` (a user's
+        # client ids start with `<user>-`, which the broker's ACL requires).
+        self.links = [
+            MqttLink(self, i, self.client_id if i == 0 else f"{self.client_id}-{i}", filters)
+            for i, filters in enumerate(settings.link_filters())
+        ]
+        # Ready while every MQTT subscription is confirmed (paho's callbacks keep that
+        # current; its keepalive notices a silent broker) and Kafka answered recently: asked
+        # on a thread of its own, since with no traffic there are no deliveries to go by.
+        self.readiness = Readiness("bridge")
+        for link in self.links:
+            self.readiness.add(link.name, stale_after=None,
+                               waiting_for=f"not connected to {self.broker} yet")
+        self.readiness.add("kafka")
         self.prober = Prober(
             self.readiness,
             {
@@ -203,31 +486,14 @@ class Bridge:
             },
         )
         self.heartbeat = Heartbeat()
-        self.stopping = threading.Event()
-        self.fatal: str | None = None
-        self.connected = threading.Event()
-        self.subscribed = threading.Event()
-        # The last CONNACK refused us (bad login): the readiness detail says that, not the
-        # disconnect that follows.
-        self._refused = False
         self._inflight = 0
-        self._next_connect = 0.0
-        self._connect_delay = 1.0
         # Counted in plain ints and handed to Prometheus once per round: a labelled
         # counter's inc() takes a lock, several times per message otherwise.
         self._received = 0
         self._acked = 0
-        self._idle = IdleResubscribe(self.IDLE_RESUBSCRIBE_S)
         self._stale_acks = 0
-        self._connected_before = False  # for _on_connect: a lost session is news on a reconnect
         self._now = datetime.now(UTC)
         self._produced: dict[str, int] = {}
-        # A BufferedClient: what paho sends waits for _write_mqtt(), one send() per round.
-        self.mqtt = new_client(self.client_id, settings, manual_ack=True, buffered=True)
-        self.mqtt.on_connect = self._on_connect
-        self.mqtt.on_disconnect = self._on_disconnect
-        self.mqtt.on_message = self._on_message
-        self.mqtt.on_subscribe = self._on_subscribe
 
     # --- Kafka -------------------------------------------------------------------------
 
@@ -284,99 +550,24 @@ class Bridge:
         if pending.left:
             return
         self._inflight -= 1
-        if pending.sock is not self.mqtt.socket():
-            # The broker redelivers this message on the new connection; it is sent to Kafka
-            # again there and the duplicate is absorbed by ingest.
+        if pending.link.acknowledge(pending):
+            self._acked += 1
+        else:
             self._stale_acks += 1
-            return
-        self.mqtt.acknowledge(pending.mid, pending.qos)
-        self._acked += 1
 
     # --- MQTT --------------------------------------------------------------------------
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason_code: mqtt.ReasonCode,
-        properties: object,
-    ) -> None:
-        if reason_code.is_failure:
-            refused = connect_refused(self.settings, reason_code)
-            log.error("mqtt connect refused", extra={"reason": str(reason_code),
-                                                     "error": str(refused)})
-            self.readiness.failed("mqtt", str(refused))
-            # The broker closes the connection next: _on_disconnect keeps this reason.
-            self._refused = True
-            return
-        self._refused = False
-        self._connect_delay = 1.0
-        # Subscribing again is harmless and repairs a session the broker lost.
-        client.subscribe(self.settings.subscription, qos=1)
-        self.connected.set()
-        self.readiness.waiting(
-            "mqtt", f"subscription {self.settings.subscription} not confirmed yet"
-        )
-        extra = {"session_present": flags.session_present,
-                 "subscription": self.settings.subscription}
-        if flags.session_present:
-            log.info("mqtt connected", extra=extra)
-        else:
-            metrics.NEW_SESSIONS.inc()
-            # A first start, or the session expired while this client id was away longer than
-            # MQTT_SESSION_EXPIRY_S: the broker kept nothing for it then, and if every member
-            # of the shared group was away that long, readings published meanwhile are gone.
-            log.log(
-                logging.WARNING if self._connected_before else logging.INFO,
-                "mqtt connected with a new session: the broker kept nothing for this client id "
-                "(first start, or away longer than MQTT_SESSION_EXPIRY_S)",
-                extra={**extra, "session_expiry_s": self.settings.mqtt_session_expiry_s},
-            )
-        self._connected_before = True
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reason_codes: list[mqtt.ReasonCode],
-        properties: object,
-    ) -> None:
-        failed = [str(rc) for rc in reason_codes if rc.is_failure]
-        if failed:
-            self.fail(f"subscription to {self.settings.subscription} refused: {failed}")
-            return
-        self.subscribed.set()
-        self._idle.reset(time.monotonic())
-        self.readiness.answered("mqtt")
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: object,
-        reason_code: mqtt.ReasonCode,
-        properties: object,
-    ) -> None:
-        self.connected.clear()
-        self.subscribed.clear()
-        if not self.stopping.is_set() and not self._refused:
-            # The readiness log says so once (and when it is back); not once per attempt.
-            self.readiness.failed("mqtt", f"connection to {self.broker} lost: {reason_code}")
-            log.info("mqtt disconnected; reconnecting", extra={"reason": str(reason_code)})
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if self.stopping.is_set():
-            return  # not acknowledged: the broker redelivers it after we are back
+    def bridge_message(self, link: MqttLink, msg: mqtt.MQTTMessage) -> None:
+        """Produce the readings of a message `link` received (or its dead letter)."""
         self._received += 1
         self._inflight += 1
-        sock = self.mqtt.socket()
+        sock = link.socket()
+        assert sock is not None  # a message arrived on it
         result = parse_mqtt(msg.topic, msg.payload, self._now, self.limits)
         if isinstance(result, Rejection):
-            self._dead_letter(msg, result, PendingAck(1, msg.mid, msg.qos, sock))
+            self._dead_letter(msg, result, PendingAck(1, msg.mid, msg.qos, link, sock))
             return
-        pending = PendingAck(len(result), msg.mid, msg.qos, sock)
+        pending = PendingAck(len(result), msg.mid, msg.qos, link, sock)
         partitions = self.partitions
         for reading in result:
             topic = kafka_topic(self.prefix, reading.sensor)
@@ -415,71 +606,44 @@ class Bridge:
 
     # --- the loop ----------------------------------------------------------------------
 
-    def _write_mqtt(self) -> bool:
-        """Write queued packets; False if the socket is full and must be selected for writing."""
-        if self.mqtt.want_write():
-            self.mqtt.loop_write()
-        sock = self.mqtt.socket()
-        return sock is None or sock.flush()
-
-    def _reconnect_when_due(self) -> None:
-        now = time.monotonic()
-        if now < self._next_connect:
-            return
-        self._next_connect = now + self._connect_delay
-        self._connect_delay = min(self._connect_delay * 2, 10.0)
-        try:
-            # A rotated MQTT_PASSWORD_FILE is read again for each attempt.
-            refresh_login(self.mqtt, self.settings)
-            self.mqtt.reconnect()
-        except OSError as exc:
-            detail, fix = describe_connect_error(exc)
-            self.readiness.failed("mqtt", f"cannot connect to {self.broker}: {detail}; {fix}")
-            # Every attempt at debug: the readiness log has one line per change and a
-            # reminder while the broker stays away.
-            log.debug(
-                "mqtt connect failed; retrying",
-                extra={"error": str(exc), "retry_in_s": self._next_connect - now},
-            )
+    def _write_mqtt(self) -> list[BufferedSocket]:
+        """Write every connection's queued packets; returns the sockets that are full and
+        must be selected for writing."""
+        full = []
+        for link in self.links:
+            if not link.write():
+                sock = link.socket()
+                if sock is not None:
+                    full.append(sock)
+        return full
 
     def round(self, idle_wait: float = 0.1) -> None:
         """Read what MQTT has, produce it, serve Kafka's confirmations, write the PUBACKs."""
-        sock = self.mqtt.socket()
-        if sock is None:
-            if not self.stopping.is_set():
-                self._reconnect_when_due()
+        socks: dict[BufferedSocket, MqttLink] = {}
+        for link in self.links:
+            sock = link.socket()
+            if sock is not None:
+                socks[sock] = link
+            elif not self.stopping.is_set():
+                link.reconnect_when_due()
+        if not socks:
             self.producer.poll(0.05)
             return
-        flushed = self._write_mqtt()
-        if sock.pending():
+        full = self._write_mqtt()
+        if any(sock.pending() for sock in socks):
             wait = 0.0
         elif self._inflight:
             wait = 0.002  # confirmations are due; librdkafka has no descriptor to select on
         else:
             wait = idle_wait
-        readable, _, _ = select.select([sock], [] if flushed else [sock], [], wait)
+        readable, _, _ = select.select(list(socks), full, [], wait)
         # One clock reading per round for the timestamp checks (seconds of tolerance).
         self._now = datetime.now(UTC)
-        if readable or sock.pending():
-            for _ in range(self.READ_BUDGET):
-                if self.mqtt.loop_read() != mqtt.MQTT_ERR_SUCCESS or not sock.pending():
-                    break
+        for sock, link in socks.items():
+            if sock in readable or sock.pending():
+                link.read(self.READ_BUDGET)
         self.producer.poll(0)
         self._write_mqtt()
-
-    def resubscribe_when_idle(self, now: float) -> None:
-        """Send the shared subscription again after IDLE_RESUBSCRIBE_S of silence (see
-        IdleResubscribe); before publish_metrics(), which clears the count of received."""
-        busy = bool(self._received or self._inflight) or not self.subscribed.is_set()
-        if not self._idle.due(now, busy) or not self.settings.mqtt_shared_group:
-            return
-        # Same subscription, same options: the broker replaces it (no retained messages are
-        # sent to shared subscriptions) and polls its queue for this connection.
-        log.debug(
-            "no MQTT message for a while; subscribing again",
-            extra={"subscription": self.settings.subscription},
-        )
-        self.mqtt.subscribe(self.settings.subscription, qos=1)
 
     def publish_metrics(self) -> None:
         if self._received:
@@ -510,8 +674,8 @@ class Bridge:
         self.stopping.set()
 
     def ready(self) -> tuple[bool, str]:
-        """Ready while the MQTT subscription is confirmed and Kafka answered within the last
-        STALE_AFTER_S; never after a fatal error."""
+        """Ready while every MQTT subscription is confirmed and Kafka answered within the
+        last STALE_AFTER_S; never after a fatal error."""
         if self.fatal:
             return False, self.fatal
         return self.readiness.check()
@@ -542,15 +706,8 @@ class Bridge:
             level = logging.DEBUG
             if self.stopping.wait(5):
                 return 0
-        self.mqtt.connect_async(
-            self.settings.mqtt_host,
-            self.settings.mqtt_port,
-            keepalive=30,
-            clean_start=False,
-            properties=persistent_session(
-                self.settings.mqtt_session_expiry_s, self.settings.bridge_receive_maximum
-            ),
-        )
+        for link in self.links:
+            link.start()
         last_metadata = last_housekeeping = time.monotonic()
         while not self.stopping.is_set():
             self.round()
@@ -559,9 +716,10 @@ class Bridge:
                 last_housekeeping = now
                 raise_if_refused(None, self.kafka_config)  # e.g. a password rotated since
                 self.heartbeat.beat()
-                self.resubscribe_when_idle(now)
+                for link in self.links:
+                    link.resubscribe_when_idle(now)
+                    link.client.loop_misc()  # keepalive pings, broker silence
                 self.publish_metrics()
-                self.mqtt.loop_misc()  # keepalive pings, broker silence
             if now - last_metadata > 60:
                 last_metadata = now
                 try:
@@ -580,7 +738,8 @@ class Bridge:
         left = self.producer.flush(max(0.0, deadline - time.monotonic()))
         self._write_mqtt()
         # DISCONNECT goes out after the PUBACKs (one socket, in order); paho then closes it.
-        self.mqtt.disconnect()
+        for link in self.links:
+            link.client.disconnect()
         self._write_mqtt()
         self.publish_metrics()
         log.info("stopped", extra={"undelivered": left})

@@ -154,7 +154,13 @@ class BufferedClient(mqtt.Client):
         self.on_socket_register_write = _write_later
 
     def _create_socket(self) -> Any:
-        return BufferedSocket(super()._create_socket())
+        sock = super()._create_socket()
+        # Nagle would hold a round's PUBACKs until the broker acknowledged the previous
+        # segment, which its delayed ACK does after up to 40 ms; HiveMQ sends a connection
+        # nothing new until its 50 messages in flight are acknowledged, so each wait is a
+        # stall: 709 msg/s through HiveMQ CE without this, 979 with it (one connection).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return BufferedSocket(sock)
 
     def acknowledge(self, mid: int, qos: int) -> None:
         """paho's ack() (manual_ack=True): QoS 1 as the very PUBACK bytes ack() would queue,
