@@ -90,6 +90,7 @@ demo: demo-venv
 bench: deps
 	$(PIP_INSTALL) -e '.[dev,bench]' -e ./harness
 	$(BIN)/python -m energy_harness.bench.dataplane --out bench/results.json
+	$(BIN)/python -m energy_harness.bench.peers --out bench/peers.json
 	$(BIN)/python -m energy_harness.bench.forecast --out bench/forecast.json
 	$(BIN)/python -m energy_harness.bench.serving --out bench/serving.json
 	$(BIN)/python -m energy_harness.bench.worker_rss --out bench/worker_rss.json

@@ -80,6 +80,10 @@ def test_changing_bridge_connections_leaves_no_second_subscription(pipeline: Pip
         bridge = pipeline.start(f"bridge-step{step}", ["bridge"], MQTT_CLIENT_ID="bridge-x",
                                 BRIDGE_CONNECTIONS=connections)
         bridge.wait_ready()
+        # Ready means every connection's subscriptions are confirmed, each a dependency.
+        names = ["mqtt"] if connections == "1" else [f"mqtt-{i}" for i in range(5)]
+        assert [bridge.metric("energy_dependency_up", {"worker": "bridge", "dependency": n})
+                for n in names] == [1.0] * len(names)
         args = ["--sites", "2", "--devices", "2", "--interval", "5m", "--duration", "2h",
                 "--start", f"2025-0{step + 1}-01T00:00:00Z", "--seed", str(step)]
         sim = pipeline.start(f"simulate-{step}", ["simulate", *args, "--client-id",

@@ -68,6 +68,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine() -> dict[str, object]:
+    """What a benchmark figure ran on, for its results file."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_avg_at_start": os.getloadavg(),
+    }
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (PostgreSQL's backends, under a `run_as` wrapper)."""
     children: dict[int, list[int]] = {}
@@ -695,12 +705,7 @@ def main() -> int:
     mosquitto = MosquittoBroker(base / "mosquitto")
     hivemq = HiveMQBroker(base / "hivemq")
     results: dict[str, object] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_avg_at_start": os.getloadavg(),
-        },
+        "machine": machine(),
         "command": f"python -m energy_harness.bench.dataplane --messages {args.messages} "
         f"--hivemq-messages {args.hivemq_messages} --layouts {args.layouts} "
         f"--latency-rates {args.latency_rates} --latency-connections "

@@ -218,6 +218,16 @@ def ensure_kafka(version: str = KAFKA_VERSION) -> Path:
     )
 
 
+@functools.cache
+def ensure_kafka_connect(version: str = KAFKA_VERSION) -> Path:
+    """The jars of Kafka Connect with Debezium's JDBC sink and the PostgreSQL driver, for the
+    peer benchmark (`energy_harness.bench.peers`); never needed by the tests."""
+    return _maven_libs(
+        "connect-pom.xml", "kafka.version", version,
+        cache_dir() / f"kafka-connect-{version}" / "libs", "debezium-connector-jdbc-*.jar",
+    )
+
+
 @dataclass(frozen=True)
 class HiveMQInstall:
     libs: Path
