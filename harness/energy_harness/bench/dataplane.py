@@ -63,8 +63,19 @@ from energy_harness.localstack.workers import WorkerProcess, service_env
 from energy_harness.testing import admin_sql, wait_for
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3 onwards); None if the
+    process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
+    if fields is None:
+        raise ProcessLookupError(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -81,12 +92,10 @@ def machine() -> dict[str, object]:
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (PostgreSQL's backends, under a `run_as` wrapper)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        if fields is not None:  # else gone meanwhile
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     tree, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -99,9 +108,8 @@ def tree_cpu_seconds(pid: int) -> float:
     """CPU of `pid` and its descendants, those that exited included."""
     total = 0.0
     for child in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        fields = _stat(child)
+        if fields is None:
             continue
         # Each one's own time plus what its exited children used (cutime, cstime).
         ticks = sum(int(f) for f in fields[11:15])

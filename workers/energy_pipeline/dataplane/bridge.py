@@ -242,7 +242,6 @@ class MqttLink:
                  filters: tuple[str, ...]) -> None:
         settings = bridge.settings
         self.bridge = bridge
-        self.index = index
         self.client_id = client_id
         # One connection keeps the readiness name it always had.
         self.name = "mqtt" if settings.bridge_connections == 1 else f"mqtt-{index}"
