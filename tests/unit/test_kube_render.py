@@ -84,6 +84,16 @@ def test_go_install_argv_pins_the_version() -> None:
     argv = render_go_install_argv(Path("go"), "sigs.k8s.io/kwok/cmd/kwok", "v0.7.0", [])
     assert argv[-1] == "sigs.k8s.io/kwok/cmd/kwok@v0.7.0"
     assert "-trimpath" in argv
+    assert "-tags" not in argv
+
+
+def test_go_install_argv_passes_build_tags_as_one_list() -> None:
+    argv = render_go_install_argv(
+        Path("go"), "github.com/influxdata/telegraf/cmd/telegraf", "v1.37.2", [],
+        ("custom", "inputs.mqtt_consumer", "outputs.kafka"),
+    )
+    assert argv[argv.index("-tags") + 1] == "custom,inputs.mqtt_consumer,outputs.kafka"
+    assert argv[-1] == "github.com/influxdata/telegraf/cmd/telegraf@v1.37.2"
 
 
 @pytest.mark.parametrize(

@@ -214,7 +214,7 @@ def bench_bridge(
     messages = [(mqtt_topic(r.site, r.sensor, r.device), r.to_mqtt_payload()) for r in rows]
     cpu0 = cpu_seconds(bridge.process.pid)
     started = time.monotonic()
-    _publish_all(broker, f"bench-pub-{prefix}", messages, publishers)
+    publish_all(broker, f"bench-pub-{prefix}", messages, publishers)
     published_s = time.monotonic() - started
     wait_for(
         lambda: topic_end_total(admin, bootstrap, sensor_topics) >= len(rows),
@@ -235,7 +235,7 @@ def bench_bridge(
     }
 
 
-def _publish_all(
+def publish_all(
     broker: HiveMQBroker | MosquittoBroker, name: str, messages: list[tuple[str, bytes]],
     publishers: int,
 ) -> None:
@@ -329,7 +329,7 @@ def hivemq_pipeline(
     messages = [(mqtt_topic(r.site, r.sensor, r.device), r.to_mqtt_payload()) for r in rows]
     warm, timed = messages[:warmup], messages[warmup:]
     try:
-        _publish_all(broker, f"bench-warm-{prefix}", warm, publishers)
+        publish_all(broker, f"bench-warm-{prefix}", warm, publishers)
         wait_for(lambda: count_rows(dsn) >= len(warm), 300, "the warm-up stored", 0.1)
         assert broker.process is not None and ingest.process is not None
         stages: dict[str, list[int]] = {
@@ -348,7 +348,7 @@ def hivemq_pipeline(
 
         before = cpu()
         started = time.monotonic()
-        _publish_all(broker, f"bench-pub-{prefix}", timed, publishers)
+        publish_all(broker, f"bench-pub-{prefix}", timed, publishers)
         published_s = time.monotonic() - started
         wait_for(lambda: count_rows(dsn) >= len(messages), 900, "every row stored", 0.05)
         seconds = time.monotonic() - started

@@ -39,6 +39,12 @@ ETCD_VERSION = "v3.5.21"
 KWOK_VERSION = "v0.7.0"
 # The newest 3.18 patch; built against k8s.io/client-go v0.33, like the cluster.
 HELM_VERSION = "v3.18.6"
+# The MQTT-to-Kafka peer of the bench (energy_harness.bench.peers), MIT; never in the tests.
+TELEGRAF_VERSION = "v1.37.2"
+# Telegraf's custom build: only the plugins and formats the peer uses (about 45 s).
+TELEGRAF_TAGS = (
+    "custom", "inputs.mqtt_consumer", "outputs.kafka", "parsers.json", "serializers.json"
+)
 
 MIN_GO = (1, 24)
 
@@ -184,9 +190,12 @@ def render_wrapper_build_argv(go: Path, output: Path, ldflags: list[str]) -> lis
     return [str(go), "build", "-trimpath", "-ldflags", flags, "-o", str(output), "."]
 
 
-def render_go_install_argv(go: Path, package: str, version: str, ldflags: list[str]) -> list[str]:
+def render_go_install_argv(
+    go: Path, package: str, version: str, ldflags: list[str], tags: tuple[str, ...] = ()
+) -> list[str]:
     return [
         str(go), "install", "-trimpath", "-ldflags", " ".join(["-s", "-w", *ldflags]),
+        *(["-tags", ",".join(tags)] if tags else []),
         f"{package}@{version}",
     ]
 
@@ -321,9 +330,10 @@ def ensure_kube_binary(go: Path, version: str = KUBE_VERSION) -> Path:
 
 
 def _ensure_go_install(
-    go: Path, target: Path, binary_name: str, package: str, version: str, ldflags: list[str]
+    go: Path, target: Path, binary_name: str, package: str, version: str, ldflags: list[str],
+    tags: tuple[str, ...] = (),
 ) -> Path:
-    stamp_text = f"{package}@{version}\n"
+    stamp_text = f"{package}@{version} {','.join(tags)}".rstrip() + "\n"
     binary = target / "bin" / binary_name
     if _stamp_matches(target, stamp_text):
         return binary
@@ -334,7 +344,7 @@ def _ensure_go_install(
         staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
         try:
             _run_logged(
-                render_go_install_argv(go, package, version, ldflags),
+                render_go_install_argv(go, package, version, ldflags, tags),
                 # Outside any module, so `go install pkg@version` uses only that module's go.mod.
                 cwd=staging,
                 env=go_build_env(go, {"GOBIN": str(staging / "bin")}),
@@ -358,6 +368,16 @@ def ensure_helm(go: Path, version: str = HELM_VERSION) -> Path:
     ldflags = [f"-X helm.sh/helm/v3/internal/version.version={version}"]
     return _ensure_go_install(
         go, helm_dir(version), "helm", "helm.sh/helm/v3/cmd/helm", version, ldflags
+    )
+
+
+def ensure_telegraf(version: str = TELEGRAF_VERSION) -> Path:
+    """Telegraf with its mqtt_consumer input and kafka output, for the peer benchmark."""
+    return _ensure_go_install(
+        ensure_go(), cache_dir() / f"telegraf-{version}", "telegraf",
+        "github.com/influxdata/telegraf/cmd/telegraf", version,
+        [f"-X github.com/influxdata/telegraf/internal.Version={version.removeprefix('v')}"],
+        TELEGRAF_TAGS,
     )
 
 
