@@ -4,12 +4,13 @@
   Debezium's JDBC sink connector in upsert mode on the readings' key, beside our ingest,
   both draining the same readings from a Kafka backlog into a table like `readings`.
 - MQTT to Kafka: Telegraf (mqtt_consumer input, kafka output; built from the Go module
-  proxy with only those two plugins) beside our bridge, both moving the same live QoS 1
-  readings from the broker into one Kafka topic per sensor type, at least once: Telegraf
-  with `persistent_session = true`, which makes it acknowledge a message to the broker only
-  once its output has written it, as our bridge does. Through Mosquitto (where the bridge
-  is the limit) and through HiveMQ CE with 1 and 5 connections each (5 Telegraf
-  mqtt_consumer inputs on the same shards as the bridge's 5 connections).
+  proxy with only those plugins and the JSON formats) beside our bridge, both moving the
+  same live QoS 1 readings from the broker into one Kafka topic per sensor type, at least
+  once: Telegraf with `persistent_session = true`, which makes it acknowledge a message to
+  the broker only once its output has written it, as our bridge does. Through Mosquitto
+  (which keeps up with both; the two publishers are near their own limit) and through
+  HiveMQ CE with 1 and 5 connections each (5 Telegraf mqtt_consumer inputs on the same
+  shards as the bridge's 5 connections).
 
     python -m energy_harness.bench.peers --out bench/peers.json
 
@@ -189,6 +190,7 @@ def bench_connect_jdbc(
         "rows_per_cpu_s": stored / cpu,
     }
 
+
 def telegraf_config(
     mqtt_url: str, shards: list[tuple[str, ...]], client_id: str, bootstrap: str, prefix: str,
     flush_ms: int, batch: int,
@@ -301,6 +303,7 @@ def bench_mqtt_to_kafka(
         tuple(f"$share/{prefix}/{f}" for f in shard)
         for shard in shard_filters(f"{MQTT_TOPIC_ROOT}/#", connections)
     ]
+    client_ids = [f"{prefix}-{n}" for n in range(len(shards))]  # telegraf_config's
     work.mkdir(parents=True, exist_ok=True)
     linger_ms = 1 if connections == 1 else 10
     window = 0  # Telegraf's batch, set below
@@ -320,7 +323,7 @@ def bench_mqtt_to_kafka(
             f"tcp://{broker.host}:{broker.port}", shards, prefix, kafka.bootstrap_servers,
             prefix, flush_ms, window,
         ))
-        mqtt311_sessions(broker, [f"{prefix}-{n}" for n in range(len(shards))], shards)
+        mqtt311_sessions(broker, client_ids, shards)
         telegraf = ManagedProcess(
             name=f"telegraf-{prefix}", argv=[str(ensure_telegraf()), "--config", str(config)],
             log_path=work / f"telegraf-{prefix}.log",
@@ -349,7 +352,7 @@ def bench_mqtt_to_kafka(
     finally:
         stop()
         if peer == "telegraf":
-            mqtt311_sessions(broker, [f"{prefix}-{n}" for n in range(len(shards))], None)
+            mqtt311_sessions(broker, client_ids, None)
     stored = topic_end_total(admin, kafka.bootstrap_servers, sensor_topics)
     return {
         "peer": peer if peer == "bridge" else f"telegraf {TELEGRAF_VERSION}",
