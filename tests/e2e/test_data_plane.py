@@ -182,7 +182,7 @@ def test_four_sites_two_days_stored_exactly_once(pipeline: Pipeline) -> None:
         cur.execute("SELECT max(hour) FROM hourly_features")
         latest = cur.fetchone()[0]
         cur.execute(
-            'SELECT count(*), count("Temperature"), count("EnergyConsumption") FROM distributeddata'
+            "SELECT count(*), count(temperature), count(energyconsumption) FROM distributeddata"
         )
         distributed = cur.fetchone()
     assert len(recent) == 7
