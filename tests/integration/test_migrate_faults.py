@@ -18,7 +18,6 @@ from energy_pipeline.db.migrate import (
     available_migrations,
     latest_version,
     migrate,
-    schema_version,
 )
 
 pytestmark = pytest.mark.integration
@@ -30,27 +29,37 @@ def _sql(url: str, statement: str) -> list[tuple]:
         return cur.fetchall() if cur.description else []
 
 
-def _undo_last_migration(url: str) -> str:
-    """The database as it was before the latest migration (which only creates tables); the
-    first table it creates."""
-    last = available_migrations()[-1]
-    tables = re.findall(r"^CREATE TABLE (\w+)", last.sql, re.M)
-    assert tables and last.sql.count("CREATE ") == len(tables), "not only tables: undo by hand"
+def _undo_a_migration(url: str) -> tuple[int, str]:
+    """The database without the newest migration that only creates tables (no later one
+    refers to them: checked): its version and the first table it creates."""
+    migrations = available_migrations()
+    for migration in reversed(migrations):
+        tables = re.findall(r"^CREATE TABLE (\w+)", migration.sql, re.M)
+        if tables and migration.sql.count("CREATE ") == len(tables):
+            break
+    else:
+        raise AssertionError("no migration only creates tables: undo one by hand")
+    later = [m for m in migrations if m.version > migration.version]
+    assert not [m.name for m in later for t in tables if re.search(rf"\b{t}\b", m.sql)]
     _sql(url, f"DROP TABLE {', '.join(tables)}; "
-              f"DELETE FROM schema_migrations WHERE version = {last.version}")
-    assert schema_version(url) == last.version - 1
-    return tables[0]
+              f"DELETE FROM schema_migrations WHERE version = {migration.version}")
+    assert migration.version not in _applied(url)
+    return migration.version, tables[0]
+
+
+def _applied(url: str) -> set[int]:
+    return {v for (v,) in _sql(url, "SELECT version FROM schema_migrations")}
 
 
 def test_a_migrator_killed_mid_migration_leaves_nothing_half_done(database: str) -> None:
-    table = _undo_last_migration(database)
+    version, table = _undo_a_migration(database)
     # A session that has written the latest version's row without committing: the migrator
     # creates the table, then waits on that row inside its transaction.
     blocker = psycopg2.connect(database)
     try:
         with blocker.cursor() as cur:
             cur.execute("INSERT INTO schema_migrations (version, name, checksum) "
-                        "VALUES (%s, 'blocker', 'x')", (latest_version(),))
+                        "VALUES (%s, 'blocker', 'x')", (version,))
         migrator = subprocess.Popen(
             [sys.executable, "-c",
              "import sys; from energy_pipeline.db.migrate import migrate; migrate(sys.argv[1])",
@@ -71,13 +80,14 @@ def test_a_migrator_killed_mid_migration_leaves_nothing_half_done(database: str)
                               "WHERE application_name = 'energy-pipeline migrate'"),
              30, "the killed migrator's session ended")
     assert _sql(database, f"SELECT to_regclass('{table}')") == [(None,)]
-    assert schema_version(database) == latest_version() - 1
+    assert version not in _applied(database)
     assert migrate(database, lock_timeout_s=5) == latest_version()
+    assert _applied(database) == set(range(1, latest_version() + 1))
     assert _sql(database, f"SELECT to_regclass('{table}') IS NOT NULL") == [(True,)]
 
 
 def test_a_hung_migrator_is_named_with_the_statement_that_ends_it(database: str) -> None:
-    _undo_last_migration(database)
+    version, _ = _undo_a_migration(database)
     holder = psycopg2.connect(database, application_name="stuck migrator")
     try:
         holder.autocommit = True
@@ -94,3 +104,4 @@ def test_a_hung_migrator_is_named_with_the_statement_that_ends_it(database: str)
     finally:
         holder.close()
     assert migrate(database, lock_timeout_s=5) == latest_version()
+    assert version in _applied(database)

@@ -149,7 +149,8 @@ def _apply_pending(conn: psycopg2.extensions.connection) -> int:
         log.info(
             "applied migration", extra={"version": migration.version, "migration": migration.name}
         )
-        current = migration.version
+        # max: a version missing below applied ones (restored by hand) is filled in too.
+        current = max(current, migration.version)
     unknown = sorted(v for v in applied if v > latest_version())
     if unknown:
         raise MigrationError(f"database has schema versions {unknown} newer than this release")
