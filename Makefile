@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv demo-venv stack-deps deps lint generate test unit integration cluster container e2e node stack demo bench up down clean
 
 help:
-	@echo "make demo         the whole pipeline on this machine, live view, demo-out/forecast.png (DURATION=120)"
+	@echo "make demo         the whole pipeline on this machine, live view, demo-out/forecast.png (DURATION=180: stop after 180 s)"
 	@echo "make test         install what is missing, then run every test (unit, integration, cluster, container, e2e, node)"
 	@echo "make unit|integration|cluster|container|e2e|node   one kind of test only"
 	@echo "make image        build the container images (a Docker engine is started if none runs)"

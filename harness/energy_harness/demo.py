@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+from energy_pipeline.core.errors import USAGE, CommandError
 from energy_pipeline.core.settings import DURATION_FORMAT
 from energy_pipeline.core.timeutil import parse_duration
 
@@ -47,6 +48,9 @@ INTERVALS: tuple[tuple[str, int], ...] = (("5m", 12), ("15m", 4), ("1h", 1))
 STARTUP_S = 35.0
 TRAIN_S = 20.0
 BACKFILL_MSG_PER_S = 250.0
+# From the promotion to the first stored forecast: inference reloads within MODEL_REFRESH_S
+# (5 s here), ingest drains the newest owed hour first.
+FIRST_FORECAST_S = 15.0
 SENSOR_TYPES = 5
 # The site the live view and the plot show: both name its model, and no other.
 SITE = "site-0"
@@ -65,19 +69,47 @@ def history_hours(history: str) -> float:
     return parse_duration(history) / timedelta(hours=1)
 
 
+def planned_seconds(streams: int, hours: float, per_hour: int) -> float:
+    """How long a run takes from start to its first stored forecast, by the figures above."""
+    return (STARTUP_S + streams * hours * per_hour / BACKFILL_MSG_PER_S + TRAIN_S
+            + FIRST_FORECAST_S)
+
+
+def shortest_duration(streams: int, hours: float) -> int:
+    """The shortest --duration that ends with forecasts: hourly readings, whole 10 s."""
+    return int(-(-planned_seconds(streams, hours, INTERVALS[-1][1]) // 10) * 10)
+
+
 def choose_interval(streams: int, hours: float, duration_s: float) -> str:
     """The finest interval whose backfill leaves time to train and forecast in `duration_s`.
 
     Without a duration: 15 minutes, history in within a couple of minutes. With one, the
-    run must end with forecasts stored, so a short run simulates hourly readings.
+    run must end with forecasts stored, so a short run simulates hourly readings (a
+    duration too short even for those is refused before anything starts: DemoPlan).
     """
     if not duration_s:
         return "15m"
-    budget = (duration_s - STARTUP_S - TRAIN_S) * BACKFILL_MSG_PER_S
     for interval, per_hour in INTERVALS:
-        if streams * hours * per_hour <= budget:
+        if planned_seconds(streams, hours, per_hour) <= duration_s:
             return interval
     return INTERVALS[-1][0]
+
+
+def missing_stages(db: dict[str, object], logs: Path) -> list[str]:
+    """What the run did not produce, each with where to look: empty when it ended with
+    readings, a model and forecasts of the plotted site."""
+    missing = []
+    if not db["rows"]:
+        missing.append(f"readings: none was stored (bridge and ingest logs in {logs})")
+    if not db["model"]:
+        latest = db["latest_reading"]
+        reached = f", the backfill had reached {latest:%Y-%m-%d %H:%M} UTC" if latest else ""
+        missing.append(f"model: none was promoted for {db['site']} (training runs once the "
+                       f"history is in{reached}; train output above)")
+    if not db["site_forecasts"]:
+        missing.append(f"forecasts: none was stored for {db['site']} (inference and ingest "
+                       f"logs in {logs})")
+    return missing
 
 
 @dataclass(frozen=True)
@@ -94,18 +126,27 @@ class DemoPlan:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoPlan:
-        if args.fast:
-            # Enough history for the default model (two weeks of hours), small enough to
-            # stream in well under a minute on two cores.
-            return cls(sites=args.sites, devices=args.devices, interval="1h", history="15d")
-        return cls(
-            sites=args.sites,
-            devices=args.devices,
-            interval=choose_interval(
-                args.sites * SENSOR_TYPES * args.devices, history_hours(args.history), args.duration
-            ),
-            history=args.history,
-        )
+        """The plan; CommandError when --duration cannot end with forecasts, before anything
+        starts, naming the shortest that can."""
+        # --fast: enough history for the default model (two weeks of hours), small enough to
+        # stream in well under a minute on two cores.
+        history = "15d" if args.fast else args.history
+        streams = args.sites * SENSOR_TYPES * args.devices
+        hours = history_hours(history)
+        shortest = shortest_duration(streams, hours)
+        if args.duration and args.duration < shortest:
+            backfill = streams * hours / BACKFILL_MSG_PER_S
+            raise CommandError(
+                f"--duration {args.duration:g} is too short to end with forecasts: {history} of "
+                f"hourly history from {args.sites} sites x {args.devices} devices takes about "
+                f"{backfill:.0f} s to publish, and starting, training and the first forecast "
+                f"about {STARTUP_S + TRAIN_S + FIRST_FORECAST_S:.0f} s more",
+                fix=f"give --duration {shortest} (make demo DURATION={shortest}) or more, or "
+                "less --history, --sites or --devices",
+                status=USAGE,
+            )
+        interval = "1h" if args.fast else choose_interval(streams, hours, args.duration)
+        return cls(sites=args.sites, devices=args.devices, interval=interval, history=history)
 
     def simulate_command(self) -> list[str]:
         return [
@@ -146,8 +187,9 @@ def database_summary(dsn: str, site: str = SITE) -> dict[str, object]:
             "SELECT count(*), count(DISTINCT (site_id, sensor, device_id)), max(ts) FROM readings"
         )
         rows, streams, latest = cur.fetchone()
-        cur.execute("SELECT count(*), max(issued_at) FROM forecasts")
-        forecasts, issued = cur.fetchone()
+        cur.execute("SELECT count(*), count(*) FILTER (WHERE site_id = %s), max(issued_at)"
+                    " FROM forecasts", (site,))
+        forecasts, site_forecasts, issued = cur.fetchone()
         cur.execute(
             """SELECT version FROM models WHERE promoted AND site_id = %s
                ORDER BY promoted_at DESC NULLS LAST LIMIT 1""",
@@ -169,6 +211,7 @@ def database_summary(dsn: str, site: str = SITE) -> dict[str, object]:
         "streams": streams,
         "latest_reading": latest,
         "forecasts": forecasts,
+        "site_forecasts": site_forecasts,
         "latest_issue": issued,
         "model": model[0] if model else None,
         "last_pair": last_pair,
@@ -364,9 +407,19 @@ def run(args: argparse.Namespace) -> int:
         trained = False
         rates = Rates()
         deadline = started + args.duration if args.duration else None
+        # The plan's figures are estimates: on a slower machine the first forecast may come
+        # after --duration. Then the run waits for it, up to as long again, and says so.
+        overrun, waiting = 0.0, False
         while not stop.is_set():
+            db = database_summary(postgres.dsn)
             if deadline and time.monotonic() >= deadline:
-                break
+                overrun = time.monotonic() - deadline
+                if db["site_forecasts"] or overrun >= args.duration:
+                    break
+                if not waiting:
+                    waiting = True
+                    print(f"--duration {args.duration:g} reached before the first forecast: "
+                          f"waiting for it, at most {args.duration:g} s more", flush=True)
             for worker in workers:
                 if not worker.alive():
                     raise RuntimeError(f"{worker.name} exited:\n{worker.process.log_tail()}")  # type: ignore[union-attr]
@@ -395,7 +448,7 @@ def run(args: argparse.Namespace) -> int:
                 ),
             }
             lag = sum(w.metric("energy_consumer_lag") for w in workers[1 : 1 + plan.ingest_workers])
-            view = render_view(stage, lag, database_summary(postgres.dsn), unit)
+            view = render_view(stage, lag, db, unit)
             if interactive:
                 print("\033[2J\033[H" + view, flush=True)
             else:
@@ -403,6 +456,7 @@ def run(args: argparse.Namespace) -> int:
             stop.wait(2.0)
         summary = database_summary(postgres.dsn)
         plotted = write_plot(postgres.dsn, out / "forecast.png", unit)
+        missing = missing_stages(summary, logs)
         result = {
             "site": summary["site"],
             "rows": summary["rows"],
@@ -411,9 +465,16 @@ def run(args: argparse.Namespace) -> int:
             "model": summary["model"],
             "plot": str(out / "forecast.png") if plotted else None,
             "seconds": round(time.monotonic() - started, 1),
+            "overrun_seconds": round(overrun, 1),
+            "missing": missing,
         }
         (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(json.dumps(result, default=str), flush=True)
+        if missing and not stop.is_set():
+            # Ctrl-C before the end is the user's choice; a run that had its time and
+            # still lacks a stage is a failure, said as one.
+            print("the demo ended without " + "; ".join(missing), file=sys.stderr, flush=True)
+            return 1
         return 0
     finally:
         print("stopping ...", flush=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from energy_harness.demo import (
     BACKFILL_MSG_PER_S,
+    FIRST_FORECAST_S,
     SITE,
     STARTUP_S,
     TRAIN_S,
@@ -19,9 +20,12 @@ from energy_harness.demo import (
     consumption_unit,
     forecast_figure,
     history_hours,
+    missing_stages,
     render_view,
+    shortest_duration,
 )
 from energy_harness.images import REPO
+from energy_pipeline.core.errors import USAGE, CommandError
 
 pytestmark = pytest.mark.unit
 
@@ -46,23 +50,64 @@ def test_history_is_read_in_days_or_hours() -> None:
         history_hours("2 weeks")
 
 
-@pytest.mark.parametrize("duration", [120, 180, 300, 600, 1200, 3600])
+@pytest.mark.parametrize("duration", [130, 180, 300, 600, 1200, 3600])
 def test_the_chosen_backfill_fits_the_duration(duration: float) -> None:
     plan = DemoPlan.from_args(args(duration=duration))
     per_hour = dict((("5m", 12), ("15m", 4), ("1h", 1)))[plan.interval]
     readings = plan.streams * history_hours(plan.history) * per_hour
-    assert readings / BACKFILL_MSG_PER_S + STARTUP_S + TRAIN_S <= duration
+    assert readings / BACKFILL_MSG_PER_S + STARTUP_S + TRAIN_S + FIRST_FORECAST_S <= duration
+
+
+@pytest.mark.parametrize(("overrides", "shortest"), [
+    ({}, 130),  # 2 sites x 5 sensors x 4 devices, 15 days: 14,400 readings
+    ({"fast": True, "history": "60d"}, 130),  # --fast keeps 15 days whatever --history says
+    ({"history": "30d"}, 190),
+    ({"sites": 1, "devices": 1, "history": "15d"}, 80),
+])
+def test_a_duration_that_cannot_end_with_forecasts_is_refused_naming_the_shortest(
+    overrides: dict[str, object], shortest: int,
+) -> None:
+    assert DemoPlan.from_args(args(duration=shortest, **overrides)).interval == "1h"
+    with pytest.raises(CommandError) as refused:
+        DemoPlan.from_args(args(duration=shortest - 1, **overrides))
+    assert refused.value.status == USAGE
+    assert f"--duration {shortest} (make demo DURATION={shortest})" in str(refused.value)
+    if shortest > 90:
+        # Issue 19's case: DURATION=90 ran to its end and stored no forecast.
+        with pytest.raises(CommandError, match="too short to end with forecasts"):
+            DemoPlan.from_args(args(duration=90, **overrides))
+
+
+def test_shortest_duration_is_whole_tens_of_seconds() -> None:
+    assert shortest_duration(40, 360) == 130  # 35 + 57.6 + 20 + 15 = 127.6
+    assert shortest_duration(0, 0) == 70
+
+
+def test_the_summary_names_each_stage_that_produced_nothing(tmp_path: Path) -> None:
+    full = {"site": SITE, "rows": 10, "model": VERSION, "forecasts": 5, "site_forecasts": 5,
+            "latest_reading": datetime(2026, 12, 1, 5, tzinfo=UTC)}
+    assert missing_stages(full, tmp_path) == []
+    other_site_only = {**full, "site_forecasts": 0}
+    assert [m.split(":")[0] for m in missing_stages(other_site_only, tmp_path)] == ["forecasts"]
+    nothing = {**full, "rows": 0, "model": None, "forecasts": 0, "site_forecasts": 0,
+               "latest_reading": None}
+    missing = missing_stages(nothing, tmp_path)
+    assert [m.split(":")[0] for m in missing] == ["readings", "model", "forecasts"]
+    assert str(tmp_path) in missing[0]
+    short = missing_stages({**full, "model": None}, tmp_path)
+    assert short == [f"model: none was promoted for {SITE} (training runs once the history is "
+                     "in, the backfill had reached 2026-12-01 05:00 UTC; train output above)"]
 
 
 def test_short_runs_go_hourly_long_runs_finer() -> None:
-    assert DemoPlan.from_args(args(duration=120)).interval == "1h"
+    assert DemoPlan.from_args(args(duration=130)).interval == "1h"
     assert DemoPlan.from_args(args(duration=3600)).interval == "5m"
     assert DemoPlan.from_args(args()).interval == "15m"  # until Ctrl-C
     assert DemoPlan.from_args(args(fast=True, duration=3600)).interval == "1h"
 
 
 def test_the_simulator_gets_the_plan() -> None:
-    command = DemoPlan.from_args(args(duration=120)).simulate_command()
+    command = DemoPlan.from_args(args(duration=130)).simulate_command()
     assert command[command.index("--interval") + 1] == "1h"
     assert command[command.index("--start") + 1] == "now-15d"
     assert choose_interval(40, 360, 0) == "15m"
