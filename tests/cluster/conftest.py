@@ -4,6 +4,7 @@ scheduler, kwok with 3 fake nodes) per test session, plus kubectl and helm bound
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -85,3 +86,20 @@ def operator_kubeconfig(
     token = service_account_token(Kube(kube.api_client), "energy-system", "energy-operator")
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"
     return service_account_kubeconfig(kube.kubeconfig, token, path)
+
+
+# -- one helm release in a namespace of its own (the chart tests) ----------------------------
+
+RELEASE = "energy"
+
+
+@pytest.fixture
+def release_namespace(kube: KubeControlPlane) -> Iterator[str]:
+    """A fresh namespace for the helm release RELEASE: uninstalled and deleted after."""
+    name = f"rel-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kube.helm("uninstall", RELEASE, "--namespace", name, "--wait", check=False)
+        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)

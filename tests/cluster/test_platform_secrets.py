@@ -46,9 +46,11 @@ def namespace(kube: KubeControlPlane) -> Iterator[str]:
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def hook_docs(kube: KubeControlPlane, chart: Path, namespace: str) -> dict[str, dict[str, Any]]:
+def hook_docs(kube: KubeControlPlane, chart: Path, namespace: str,
+              *values: str) -> dict[str, dict[str, Any]]:
+    """The hook's objects as `helm template` renders them (`values`: more helm arguments)."""
     rendered = kube.helm("template", "energy", str(chart), "--namespace", namespace,
-                         "--show-only", HOOK).stdout
+                         *values, "--show-only", HOOK).stdout
     return {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
 
 

@@ -54,6 +54,21 @@ app.kubernetes.io/part-of: energy-pipeline
 {{/* The SCRAM users, one per role of the pipeline. */}}
 {{- define "kafka.users" -}}bridge ingest operator{{- end -}}
 
+{{/* Users that exist only while the users Secret holds their password (users.sh): a Kafka
+     UI's (charts/kafka-ui), which the energy-platform chart's hook adds with kafkaUi.enabled. */}}
+{{- define "kafka.optionalUsers" -}}kafka-ui{{- end -}}
+
+{{/* What a Kafka UI needs to show everything and change nothing: kafbat's list for its
+     read-only mode (ui-docs, quick-start/prerequisites/permissions/required-acls.md: READ and
+     DESCRIBE_CONFIGS on every topic, DESCRIBE on every group, DESCRIBE and DESCRIBE_CONFIGS on
+     the cluster), DESCRIBE on topics written out although READ implies it. It reads messages
+     without a consumer group, so no READ on groups: it commits and resets no offsets. */}}
+{{- define "kafka.optionalAcls" -}}
+User:kafka-ui Read,Describe,DescribeConfigs --topic *
+User:kafka-ui Describe --group *
+User:kafka-ui Describe,DescribeConfigs --cluster
+{{- end -}}
+
 {{/* The least each role's code needs on the pipeline's topics (the harness's role_acls,
      kept equal by a unit test): bridge writes readings and rejects; ingest reads readings
      in its group and writes its rejects; operator creates, describes, grows, keeps the configs

@@ -660,6 +660,13 @@ class KubeControlPlane:
             self._api_client = config.new_client_from_config(config_file=str(self.kubeconfig))
         return self._api_client
 
+    def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """A Secret's values, decoded."""
+        from kubernetes import client
+
+        data = client.CoreV1Api(self.api_client).read_namespaced_secret(name, namespace).data
+        return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
+
     def env(self) -> dict[str, str]:
         """Environment for tools run against this cluster; their state stays in base_dir."""
         helm_home = self.base_dir / "helm"
