@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -45,6 +46,11 @@ TEST_VALUES = {
     # No storage here (kwok): the backup's claim would never bind, and `helm install --wait`
     # waits for claims. The CronJob is rendered by tests/unit and runs on the real node.
     "postgres": {"persistence": {"enabled": False}, "backup": {"enabled": False}},
+    # Grafana's claim (on by default) would stay Pending too; its templates are checked by
+    # tests/unit/test_charts_grafana_alerting.py.
+    "grafana": {"persistence": {"enabled": False}},
+    # The optional Kafka UI, on: its Secrets come from the hook like the others'.
+    "kafkaUi": {"enabled": True},
 }
 
 
@@ -79,7 +85,7 @@ class Release:
         """What the pre-install/pre-upgrade hook Job's container does, done here (kwok runs no
         container: its Job would "succeed" without making anything): the Job's own command
         line, as its ServiceAccount (tests/cluster/test_platform_secrets.py)."""
-        docs = hook_docs(self.kube, self.chart, self.namespace)
+        docs = hook_docs(self.kube, self.chart, self.namespace, "--values", str(self.values))
         install_hook_rbac(self.kube, docs)
         done = run_hook(self.kube, docs, self.namespace, tmp)
         assert done.returncode == 0, done.stderr
@@ -127,12 +133,12 @@ def test_install_brings_every_workload_to_its_ready_replicas(
         "energy-kafka", "energy-hivemq", "energy-postgres",
     }
     assert {d.metadata.name for d in deployments} == {
-        "energy-grafana", "energy-operator", "energy-simulator",
+        "energy-grafana", "energy-operator", "energy-simulator", "energy-kafka-ui",
     }
     for workload in statefulsets + deployments:
         assert workload.status.ready_replicas == workload.spec.replicas, workload.metadata.name
     pods = release.core.list_namespaced_pod(ns).items
-    assert len(pods) == 3 + 1 + 1 + 1 + 1 + 1
+    assert len(pods) == 3 + 1 + 1 + 1 + 1 + 1 + 1
     for pod in pods:
         assert pod.status.phase == "Running", pod.metadata.name
         assert pod.spec.node_name in kube.node_names
@@ -148,6 +154,9 @@ def test_notes_print_the_grafana_url_and_next_commands(release: Release) -> None
     assert "http://localhost:8080/" in notes
     assert f"kubectl -n {release.namespace} get secret energy-grafana-admin" in notes
     assert f"kubectl -n {release.namespace} wait energypipeline/energy" in notes
+    assert "Kafka UI (read-only)" in notes
+    assert "https://localhost:8443/kafka-ui/" in notes
+    assert f"kubectl -n {release.namespace} get secret energy-kafka-ui-login" in notes
 
 
 def test_operator_crd_is_installed_and_the_example_pipeline_admitted(
@@ -279,6 +288,30 @@ def test_kafka_pods_get_node_ids_1_to_3(release: Release, tmp_path: Path) -> Non
     assert cluster_ids == {stored.data["cluster-id"]}
 
 
+def test_kafka_ui_logs_in_with_what_the_hook_made(release: Release) -> None:
+    """The UI pod's environment as the kubelet builds it: every Secret it names exists with
+    its key, and the JAAS line expands ($(NAME), from the variables before it) to kafka-ui's
+    password from the brokers' users Secret."""
+    (pod,) = release.core.list_namespaced_pod(
+        release.namespace, label_selector="app.kubernetes.io/name=kafka-ui").items
+    env = _resolve_env(release, pod)
+    expanded: dict[str, str] = {}
+    for name, value in env.items():  # insertion order: the pod's order
+        expanded[name] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                                lambda m: expanded.get(m.group(1), m.group(0)), value)
+    users = release.secret("energy-kafka-sasl")
+    assert users["kafka-ui-username"] == "kafka-ui"
+    password = users["kafka-ui-password"]
+    assert expanded["KAFKA_CLUSTERS_0_PROPERTIES_SASL_JAAS_CONFIG"] == (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="kafka-ui" password="{password}";')
+    login = release.secret("energy-kafka-ui-login")
+    assert expanded["SPRING_SECURITY_USER_NAME"] == login["username"] == "admin"
+    assert expanded["SPRING_SECURITY_USER_PASSWORD"] == login["password"]
+    (ca,) = [v for v in pod.spec.volumes if v.name == "kafka-ca"]
+    assert "ca.crt" in release.secret(ca.secret.secret_name)
+
+
 def test_upgrade_keeps_generated_passwords_and_cluster_id(release: Release,
                                                           tmp_path: Path) -> None:
     before = {
@@ -287,6 +320,8 @@ def test_upgrade_keeps_generated_passwords_and_cluster_id(release: Release,
         "grafana": release.secret("energy-grafana-admin"),
         "kafka": release.core.read_namespaced_config_map(
             "energy-kafka-cluster-id", release.namespace).data,
+        "kafka-users": release.secret("energy-kafka-sasl"),
+        "kafka-ui": release.secret("energy-kafka-ui-login"),
     }
     release.upgrade(tmp_path)
     after = {
@@ -295,6 +330,8 @@ def test_upgrade_keeps_generated_passwords_and_cluster_id(release: Release,
         "grafana": release.secret("energy-grafana-admin"),
         "kafka": release.core.read_namespaced_config_map(
             "energy-kafka-cluster-id", release.namespace).data,
+        "kafka-users": release.secret("energy-kafka-sasl"),
+        "kafka-ui": release.secret("energy-kafka-ui-login"),
     }
     assert after == before
     history = json.loads(release.helm("history", RELEASE, "-o", "json"))

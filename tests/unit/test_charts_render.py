@@ -523,6 +523,26 @@ def test_every_datasource_a_panel_uses_is_provisioned(
     assert ("energy-prometheus" in used) is with_prometheus
 
 
+@pytest.mark.parametrize(("prometheus", "provisioned"), [
+    ({"url": "http://prometheus.monitoring.svc:9090"}, True),  # a URL is enough
+    ({"enabled": False, "url": "http://prometheus.monitoring.svc:9090"}, False),
+    ({}, False),
+])
+def test_the_prometheus_panels_follow_the_prometheus_datasource(
+    helm: Path, platform_chart: Path, tmp_path: Path, prometheus: dict[str, Any],
+    provisioned: bool,
+) -> None:
+    docs = render(helm, platform_chart, {"grafana": {"prometheus": prometheus}}, tmp_path)
+    uids = {d["uid"] for d in grafana_provisioning(docs)["datasources"]}
+    assert ("energy-prometheus" in uids) is provisioned
+    health = json.loads(
+        by_kind(docs, "ConfigMap")["energy-grafana-dashboards"]["data"]["pipeline-health.json"])
+    prometheus_panels = [p["title"] for p in health["panels"]
+                         if p["datasource"]["uid"] == "energy-prometheus"]
+    assert (len(prometheus_panels) >= 4) is provisioned, prometheus_panels
+    assert bool(prometheus_panels) is provisioned
+
+
 def test_grafana_datasource_credentials_come_from_the_secret(
     default_docs: list[dict[str, Any]],
 ) -> None:

@@ -52,12 +52,21 @@ app.kubernetes.io/part-of: energy-pipeline
 {{- required "database.host is required" (tpl .Values.database.host .) -}}
 {{- end -}}
 
+{{/* "true" when the Prometheus datasource is provisioned: prometheus.enabled when set,
+     else whether prometheus.url names a server (configuring one is asking for it). */}}
+{{- define "grafana.prometheusEnabled" -}}
+{{- $p := .Values.prometheus -}}
+{{- if kindIs "invalid" $p.enabled -}}
+{{- if $p.url }}true{{ end -}}
+{{- else if $p.enabled }}true{{ end -}}
+{{- end -}}
+
 {{/* A dashboard file as JSON; panels on the Prometheus datasource are dropped when that
      datasource is not provisioned, so no panel points at a datasource that is missing. */}}
 {{- define "grafana.dashboard" -}}
 {{- $root := index . 0 -}}
 {{- $dashboard := $root.Files.Get (index . 1) | fromJson -}}
-{{- if not $root.Values.prometheus.enabled -}}
+{{- if not (include "grafana.prometheusEnabled" $root) -}}
 {{- $kept := list -}}
 {{- range $dashboard.panels -}}
 {{- if ne (dig "datasource" "uid" "" .) "energy-prometheus" -}}
