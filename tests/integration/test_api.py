@@ -45,6 +45,7 @@ from energy_pipeline.api.pool import ConnectionPool, QueryTimeout
 from energy_pipeline.core.contracts import SENSOR_NAMES, Reading
 from energy_pipeline.db.migrate import latest_version, migrate
 from energy_pipeline.db.writer import write_readings
+from energy_pipeline.forecasting.registry import register_model
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +62,19 @@ RUN_1 = START + timedelta(hours=24)  # issued with 48 horizons
 RUN_2 = START + timedelta(hours=60)  # the latest, 168 horizons, mostly beyond the data
 # The client every request of these tests is made as (`request` sends its token).
 CLIENT, TOKEN = "tests", secrets.token_urlsafe(32)
+
+
+# site-a's registry: a default model in service, then a seed model trained for comparison
+# (as `train --model seed` stores it), registered through the registry's own write path.
+MODELS = (
+    ("default", {"mase": 0.81, "mae": 3.2, "rmse": None, "report_split": {
+        "train_rmse": 3.9, "test_rmse": 4.4, "n_train": 8.0, "n_test": 2.0}},
+     [("lag_168", 0.625), ("hour_of_week", 0.25), ("avg_temperature_mean24", 0.125)]),
+    ("seed", {"mase": 2.5, "mae": 9.9, "report_split": {
+        "train_rmse": 5.5, "test_rmse": 7.3, "n_train": 8.0, "n_test": 2.0,
+        "train_rmse_smoothed": 1.7, "test_rmse_smoothed": 5.4}},
+     [("target_lag1", 0.75), ("avg_humidity_lag2", 0.25)]),
+)
 
 
 def value(sensor: str, device: str, i: int) -> float:
@@ -193,6 +207,12 @@ def database(postgres: PostgresServer) -> Iterator[tuple[str, str]]:
                 forecast_rows("site-a", RUN_1, 48, "v1")
                 + forecast_rows("site-a", RUN_2, 168, "v2"),
             )
+        for kind, metrics, shares in MODELS:
+            with conn:  # one transaction each: a version per registration time
+                register_model(conn, site_id="site-a", artifact=f"{kind} artifact",
+                               trained_on_until=END, params={"model": kind}, metrics=metrics,
+                               feature_importances=shares, serving="default")
+        with conn, conn.cursor() as cur:
             # As the postgres chart's init script sets up the dashboards' role.
             cur.execute(f"CREATE ROLE {reader} LOGIN PASSWORD %s", (password,))
             cur.execute(f'GRANT CONNECT ON DATABASE "{name}" TO {reader}')
@@ -416,6 +436,50 @@ def test_forecasts_latest_and_as_of_with_actuals(api: Api) -> None:
     assert rows[1][:4] == ["site-a", iso(RUN_2), iso(RUN_2), "1"]
 
 
+def test_models_with_kind_metrics_and_feature_importances(api: Api) -> None:
+    stored = db_rows(api.admin_url, "SELECT version, created_at, promoted, promoted_at"
+                     " FROM models WHERE site_id = 'site-a' ORDER BY created_at DESC")
+    body = get(api, "/api/v1/sites/site-a/models").json
+    assert (body["site"], body["next"]) == ("site-a", None)
+    # Newest first: the seed model stored for comparison, then the default one in service.
+    assert [(m["version"], m["kind"], m["promoted"]) for m in body["data"]] == [
+        (stored[0][0], "seed", False), (stored[1][0], "default", True)]
+    for model, (version, created, promoted, promoted_at), (kind, metrics, shares) in zip(
+        body["data"], stored, reversed(MODELS), strict=True
+    ):
+        assert model == {
+            "version": version, "kind": kind, "created_at": iso(created),
+            "trained_on_until": iso(END), "promoted": promoted,
+            "promoted_at": iso(promoted_at) if promoted_at else None, "metrics": metrics,
+            "feature_importances": [{"feature": f, "gain": g} for f, g in shares],
+        }
+    assert "artifact" not in body["data"][0]
+
+    in_service = get(api, "/api/v1/sites/site-a/models", {"promoted": "true"}).json["data"]
+    assert [m["kind"] for m in in_service] == ["default"]
+    assert in_service[0]["feature_importances"][0] == {"feature": "lag_168", "gain": 0.625}
+    others = get(api, "/api/v1/sites/site-a/models", {"promoted": "false"}).json["data"]
+    assert [m["kind"] for m in others] == ["seed"]
+
+    pages = follow(api, "/api/v1/sites/site-a/models?limit=1")
+    assert [p.json["data"][0]["version"] for p in pages] == [stored[0][0], stored[1][0]]
+    assert "promoted" not in pages[0].json["next"]
+    filtered = get(api, "/api/v1/sites/site-a/models", {"promoted": "false", "limit": "1"})
+    assert filtered.json["next"] is None  # one version that is not promoted: one page
+
+    as_csv = get(api, "/api/v1/sites/site-a/models", {"format": "csv", "promoted": "true"})
+    rows = list(csv.reader(io.StringIO(as_csv.body.decode())))
+    assert rows[0] == ["site", "version", "kind", "created_at", "trained_on_until", "promoted",
+                       "promoted_at", "metrics", "feature_importances"]
+    assert rows[1][:3] == ["site-a", stored[1][0], "default"] and rows[1][5] == "true"
+    assert json.loads(rows[1][7]) == MODELS[0][1]
+    assert json.loads(rows[1][8])[0] == {"feature": "lag_168", "gain": 0.625}
+
+    # A site without models yet: none, not an error.
+    assert get(api, "/api/v1/sites/site-b/models").json == {
+        "site": "site-b", "data": [], "next": None}
+
+
 # ---- errors -------------------------------------------------------------------------------
 
 BAD = [
@@ -438,6 +502,8 @@ BAD = [
     ("hourly", {"to": "now-"}, "to", "is not a time"),
     ("hourly", {"sensor": "temperature"}, "sensor", "unknown parameter"),
     ("forecasts", {"issued": "newest"}, "issued", "neither latest nor a time"),
+    ("models", {"promoted": "yes"}, "promoted", "must be true or false, got 'yes'"),
+    ("models", {"from": "now-1d"}, "from", "unknown parameter"),
     ("forecasts", {"from": "now", "to": "now-1h"}, "from", "is after to"),
     ("", {"limit": "1e3"}, "limit", "got '1e3'"),
 ]
@@ -474,7 +540,7 @@ def test_a_cursor_from_another_endpoint_is_refused(api: Api) -> None:
     assert reply.status == 400 and reply.json["errors"][0]["parameter"] == "cursor"
 
 
-@pytest.mark.parametrize("endpoint", ["readings", "hourly", "forecasts"])
+@pytest.mark.parametrize("endpoint", ["readings", "hourly", "forecasts", "models"])
 @pytest.mark.parametrize("site", ["site-z", "no%20such%20site", "x" * 65])
 def test_unknown_site_is_404(api: Api, endpoint: str, site: str) -> None:
     reply = get(api, f"/api/v1/sites/{site}/{endpoint}")
@@ -535,14 +601,14 @@ def test_every_documented_parameter_is_accepted(api: Api) -> None:
             if param["name"] == "cursor":  # an opaque value: take one the server issued
                 first = get(api, concrete(path),
                             {"limit": "1", "from": iso(START), "to": iso(END)}
-                            if "{site}" in path and "forecasts" not in path else {"limit": "1"}
+                            if path.endswith(("/readings", "/hourly")) else {"limit": "1"}
                             ).json
                 example = urllib.parse.parse_qs(
                     urllib.parse.urlsplit(first["next"]).query)["cursor"][0]
             reply = get(api, concrete(path), {param["name"]: example})
             assert reply.status == 200, (path, param["name"], reply.body[:300])
             tried += 1
-    assert tried == 21
+    assert tried == 25
 
 
 def test_undocumented_parameters_are_refused(api: Api) -> None:
@@ -559,6 +625,8 @@ def test_answers_match_the_documented_schemas(api: Api) -> None:
         ("/api/v1/sites/{site}/hourly", {"from": iso(START), "limit": "3"}),
         ("/api/v1/sites/{site}/forecasts", {"limit": "3"}),
         ("/api/v1/sites/{site}/forecasts", {"issued": iso(START)}),
+        ("/api/v1/sites/{site}/models", {}), ("/api/v1/sites/{site}/models", {"limit": "1"}),
+        ("/api/v1/sites/{site}/models", {"promoted": "maybe"}),
         ("/api/v1/sites/{site}/readings", {"limit": "x"}),
         ("/api/v1/sites/{site}/readings", {"sensor": "x"}),
         ("/readyz", {}), ("/healthz", {}), ("/api/v1/openapi.json", {}),
@@ -573,7 +641,7 @@ def test_answers_match_the_documented_schemas(api: Api) -> None:
 # ---- no token, no data; rotation; rate limit ----------------------------------------------
 
 DATA_PATHS = ("/api/v1/sites", "/api/v1/sites/site-a/readings", "/api/v1/sites/site-a/hourly",
-              "/api/v1/sites/site-a/forecasts")
+              "/api/v1/sites/site-a/forecasts", "/api/v1/sites/site-a/models")
 MISSING = "this endpoint needs an Authorization: Bearer <token> header"
 UNKNOWN = "the token is not one of a client in the tokens file"
 
@@ -604,8 +672,9 @@ def test_no_token_no_data(api: Api) -> None:
             assert (reply.status, reply.headers["WWW-Authenticate"], reply.content_type,
                     reply.json) == (401, challenge, "application/problem+json", refused(detail))
         assert request(api.base + path).status == 200
-    assert {r: count(r) - before[r] for r in before} == {"missing": 4, "malformed": 4,
-                                                         "unknown": 8}
+    n = len(DATA_PATHS)
+    assert {r: count(r) - before[r] for r in before} == {"missing": n, "malformed": n,
+                                                         "unknown": 2 * n}
     # The description of the API stays public; it holds no data.
     assert request(api.base + "/api/v1/openapi.json", token=None).status == 200
 

@@ -56,14 +56,23 @@ EXPECTED_COLUMNS: dict[str, tuple[str, ...]] = {
     "Rows per minute": ("time", "rows/min"),
     "Ingestion delay": ("time", "mean delay", "p95 delay"),
     "Promoted models and backtest metrics": (
-        "version", "site", "trained_on_until", "promoted_at", "metric", "value",
+        "version", "site", "kind", "trained_on_until", "promoted_at", "metric", "value",
     ),
+    "Feature importance (model in service)": ("feature", "share", "kind", "version"),
     "variable site": ("site_id",),
     "variable device": ("device_id",),
     "rule energy-stale-data": ("site_id", "age_seconds"),
     "rule energy-forecast-consumption-high": ("site_id", "peak_p50"),
     "rule energy-forecast-error-high": ("site_id", "wape_percent"),
     "rule energy-readings-lost": ("partition", "lost_records"),
+}
+# Feature importances of the loaded models, as `train` stores them (largest first).
+IMPORTANCES: dict[str, list[dict[str, Any]]] = {
+    "v-test": [{"feature": "lag_168", "gain": 0.5}, {"feature": "hour_of_week", "gain": 0.3},
+               {"feature": "avg_temperature_mean24", "gain": 0.2}],
+    "v-seed": [{"feature": "target_lag1", "gain": 0.6}, {"feature": "avg_humidity_lag2",
+                                                          "gain": 0.4}],
+    "v-seed-stored": [{"feature": "avg_renewableenergy_lag7", "gain": 1.0}],
 }
 # The label each rule's rows carry, and its values in the loaded data: a site unless named.
 RULE_LABELS: dict[str, set[str]] = {
@@ -171,11 +180,23 @@ def _load_data(owner_dsn: str, now: datetime) -> None:
             )
             cur.execute(
                 "INSERT INTO models (version, site_id, trained_on_until, params, metrics,"
-                " artifact, promoted, promoted_at)"
-                " VALUES ('v-test', NULL, %s, '{}', %s, 'none', true, now())",
+                " artifact, promoted, promoted_at, feature_importances)"
+                " VALUES ('v-test', NULL, %s, '{}', %s, 'none', true, now(), %s)",
                 (start, json.dumps({"mae": 1.5, "n": 72, "lightgbm": {"pinball": 0.4, "mase": 0.8},
-                                    "note": "text is skipped"})),
+                                    "report_split": {"test_rmse": 4.5},
+                                    "note": "text is skipped"}),
+                 json.dumps(IMPORTANCES["v-test"])),
             )
+            # site-0's own model, a seed one (what a pipeline with spec.forecast.model: seed
+            # promotes), serves site-0; site-1 has none, so the model for all sites serves it.
+            # Another seed model of site-0, not promoted, must not show.
+            for version, promoted in (("v-seed", True), ("v-seed-stored", False)):
+                cur.execute(
+                    "INSERT INTO models (version, site_id, trained_on_until, params, metrics,"
+                    " artifact, promoted, promoted_at, feature_importances)"
+                    " VALUES (%s, %s, %s, '{\"model\": \"seed\"}', '{}', 'none', %s, now(), %s)",
+                    (version, SITE, start, promoted, json.dumps(IMPORTANCES[version])),
+                )
         conn.commit()
         # Records Kafka deleted before ingest stored them: two gaps of one partition now,
         # one of another partition two days ago (outside the alert's 24 h).
@@ -354,8 +375,18 @@ def test_panels_show_the_loaded_data(chart_database: ChartDatabase) -> None:
     # Readings every 15 min up to the last whole step before now: at most two steps old.
     assert all(0 <= age < 31 * 60 for age in freshness.values()), freshness
     assert rows_of("rule energy-readings-lost") == [("energy.temperature-2", 150.0)]
-    metrics = {r[4]: r[5] for r in rows_of("Promoted models and backtest metrics")}
-    assert metrics == {"mae": 1.5, "n": 72.0, "lightgbm.pinball": 0.4, "lightgbm.mase": 0.8}
+    models = rows_of("Promoted models and backtest metrics")
+    metrics = {r[5]: r[6] for r in models}
+    assert metrics == {"mae": 1.5, "n": 72.0, "lightgbm.pinball": 0.4, "lightgbm.mase": 0.8,
+                       "report_split.test_rmse": 4.5}
+    assert {(r[0], r[1], r[2]) for r in models} == {("v-test", "all", "default")}
+    # The model serving the selected site, its features largest first, in %.
+    assert rows_of("Feature importance (model in service)") == [
+        ("target_lag1", 60.0, "seed", "v-seed"), ("avg_humidity_lag2", 40.0, "seed", "v-seed")]
+    q = by_name["Feature importance (model in service)"]
+    other = run_as_reader(chart_database, expand(q.sql, now, now, "5m", {"site": "site-1"}))[1]
+    assert other == [(i["feature"], pytest.approx(100 * i["gain"]), "default", "v-test")
+                     for i in IMPORTANCES["v-test"]]
     consumption = rows_of("Energy consumption vs forecast")
     assert any(r[1] is None and r[3] is not None for r in consumption), "the next 24 h"
     assert any(r[1] is not None and r[3] is not None for r in consumption), "the past days"

@@ -230,6 +230,58 @@ def test_serves_health_reflection_forecasts_and_hot_swaps(
 
 
 
+def test_serves_the_reports_seed_model_from_the_registry(
+    db: str, inference: tuple[WorkerProcess, int], tmp_path: Path
+) -> None:
+    """A pipeline switched to seed models (FORECAST_MODEL=seed for train): the seed model is
+    trained on the stored hourly_features, promoted, loaded from its LightGBM text export
+    and served over gRPC with P10 = P50 = P90, as the recipe has no band."""
+    worker, port = inference
+    settings = TrainSettings(database_url=db, train_backtest_days=7, forecast_model="seed")
+    conn = psycopg2.connect(db)
+    try:
+        result = train_site(conn, "site-a", settings)
+    finally:
+        conn.close()
+    assert result is not None and result.record.promoted and result.record.kind == "seed"
+    wait_until(lambda: worker.ready()[0], timeout=30, what="the seed model loaded",
+               process=worker.process)
+
+    rows = window(db)
+    client = ForecasterClient(f"127.0.0.1:{port}", None)
+    try:
+        response = client.forecast(forecast_request("site-a", rows, HORIZONS, ORIGIN), 5)
+        info = client.model_info("site-a")
+    finally:
+        client.close()
+    assert response.model_version == result.record.version and response.method == "model"
+    p10, p50, p90 = (np.array([getattr(p, q) for p in response.points])
+                     for q in ("p10", "p50", "p90"))
+    np.testing.assert_array_equal(p10, p50)
+    np.testing.assert_array_equal(p90, p50)
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT artifact FROM models WHERE version = %s", (result.record.version,))
+        model = load_model(cur.fetchone()[0])
+    conn.close()
+    assert model.kind == "seed" and len(model.boosters) == 7  # type: ignore[attr-defined]
+    offline = forecast_window(model, rows, HORIZONS)
+    np.testing.assert_allclose(p50, [p.p50 for p in offline.points], rtol=1e-12)
+    # Measured consumption of the synthetic building is tens of kWh: a real forecast.
+    assert np.all(np.isfinite(p50)) and 10 < p50.mean() < 200
+    assert info.metrics["mase"] > 0 and info.version == result.record.version
+    split = result.record.metrics["report_split"]
+    assert info.metrics["report_split.test_rmse"] == pytest.approx(split["test_rmse"])
+    assert info.metrics["report_split.test_rmse_smoothed"] == pytest.approx(
+        split["test_rmse_smoothed"])
+    assert worker.metric("energy_inference_model_info",
+                         {"site_id": "site-a", "kind": "seed"}) == 1
+    # This inference process was started for the default kind (FORECAST_MODEL unset): it
+    # serves what is promoted, and says that it is of another kind.
+    log = (tmp_path / "logs" / "inference.log").read_text()
+    assert "serving models of another kind than FORECAST_MODEL" in log
+    assert '"sites": {"site-a": "seed"}' in log
+
+
 # -- mutual TLS ---------------------------------------------------------------------------
 
 # The name the operator puts in a pipeline's server certificate (render.inference_target).

@@ -30,12 +30,15 @@ def seed(url: str, site: str, hours: int, seed: int) -> None:
     conn.close()
 
 
-def train(url: str, *args: str, backtest_days: int = 7) -> tuple[int, list[dict], str]:
+def train(
+    url: str, *args: str, backtest_days: int = 7, **extra: str
+) -> tuple[int, list[dict], str]:
     env = {
         **{k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}},
         "DATABASE_URL": url,
         "TRAIN_BACKTEST_DAYS": str(backtest_days),
         "TRAIN_MODEL_PARAMS": FAST_PARAMS,
+        **extra,
     }
     done = subprocess.run(
         energy_pipeline_argv(["train", *args]), env=env, capture_output=True, text=True,
@@ -123,3 +126,76 @@ def test_short_history_gives_a_fallback_model_and_unknown_site_fails(db: str) ->
 def test_no_data_is_not_an_error(db: str) -> None:
     code, lines, _ = train(db)
     assert code == 0 and lines == []
+
+
+def stored(url: str, version: str) -> tuple:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            """SELECT promoted, params, metrics, feature_importances, artifact FROM models
+               WHERE version = %s""", (version,),
+        )
+        row = cur.fetchone()
+    conn.close()
+    return row
+
+
+def check_importances(shares: list[dict], names: set[str]) -> None:
+    assert shares and {s["feature"] for s in shares} <= names
+    gains = [s["gain"] for s in shares]
+    assert sum(gains) == pytest.approx(1.0) and gains == sorted(gains, reverse=True)
+
+
+def test_seed_models_are_trained_recorded_and_promoted_within_the_pipelines_kind(
+    db: str,
+) -> None:
+    seed(db, "site-a", 24 * 35, seed=4)
+
+    # The pipeline's kind is default (FORECAST_MODEL unset): a default model, with the
+    # report's 80/20 split beside its backtest, and its feature importances.
+    code, [line], stderr = train(db)
+    assert code == 0 and line["model"] == "default" and line["promoted"], stderr
+    promoted, params, metrics, shares, artifact = stored(db, line["version"])
+    split = metrics["report_split"]
+    assert (split["n_train"], split["n_test"]) == (94, 24)  # 119 windows of 7 h: 118 pairs
+    assert split["train_rmse"] > 0 and split["test_rmse"] > 0
+    assert split["test_rmse"] == line["report_test_rmse"]
+    assert "test_rmse_smoothed" not in split
+    check_importances(shares, set(load_model(artifact).feature_names))  # type: ignore[attr-defined]
+    assert line["top_feature"] == shares[0]["feature"]
+
+    # `train --model seed` on that pipeline: the report's model, stored for comparison.
+    code, [line], stderr = train(db, "--model", "seed")
+    assert code == 0, stderr
+    assert (line["model"], line["promoted"]) == ("seed", False)
+    assert "stored for comparison only" in line["reason"]
+    promoted, params, metrics, shares, artifact = stored(db, line["version"])
+    model = load_model(artifact)
+    assert (model.kind, params["model"], promoted) == ("seed", "seed", False)
+    assert len(model.boosters) == 7  # type: ignore[attr-defined]
+    assert params["hyper_parameters"]["num_boost_round"] == 200  # the report's, not FAST
+    assert metrics["backtest_origins"] >= 3 and metrics["mase"] > 0
+    assert metrics["coverage_p10_p90"] == 0.0  # P10 = P50 = P90: the band covers nothing
+    split = metrics["report_split"]
+    assert (split["n_train"], split["n_test"]) == (94, 24)
+    # The report's own figures: scored against its smoothed target, lower than ours.
+    assert 0 < split["test_rmse_smoothed"] < split["test_rmse"]
+    assert 0 < split["train_rmse_smoothed"] < split["train_rmse"]
+    check_importances(shares, set(model.feature_names()))  # type: ignore[attr-defined]
+    assert all("_lag" in s["feature"] for s in shares)
+
+    # The pipeline switched to seed (spec.forecast.model): its first seed model replaces
+    # the default one, whatever their backtests.
+    code, [line], stderr = train(db, FORECAST_MODEL="seed")
+    assert code == 0 and (line["model"], line["promoted"]) == ("seed", True), stderr
+    assert "replaces the promoted default model" in line["reason"]
+    # From then on seed models compete with seed models only.
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE models SET metrics = jsonb_set(metrics, '{mase}', '0.01')"
+                    " WHERE promoted AND site_id = 'site-a'")
+    conn.close()
+    code, [line], stderr = train(db, FORECAST_MODEL="seed")
+    assert code == 0 and not line["promoted"] and "0.0100" in line["reason"], stderr
+    # A bad FORECAST_MODEL stops the command before it connects, naming the choices.
+    code, lines, stderr = train(db, FORECAST_MODEL="prophet")
+    assert code != 0 and not lines and "FORECAST_MODEL must be one of default, seed" in stderr
+    assert [r[2] for r in models(db)] == [False, False, True, False]

@@ -47,8 +47,8 @@ def test_every_route_is_documented_and_every_documented_path_is_served(state: Ap
                                              ("GET", "/metrics")}
     assert {p for _, p in documented} >= {
         "/api/v1/sites", "/api/v1/sites/{site}/readings", "/api/v1/sites/{site}/hourly",
-        "/api/v1/sites/{site}/forecasts", "/api/v1/openapi.json", "/healthz", "/readyz",
-        "/metrics"}
+        "/api/v1/sites/{site}/forecasts", "/api/v1/sites/{site}/models", "/api/v1/openapi.json",
+        "/healthz", "/readyz", "/metrics"}
 
 
 def test_every_documented_query_parameter_is_accepted_and_nothing_else(state: ApiState) -> None:
@@ -122,7 +122,7 @@ def test_limit_bounds_come_from_the_settings() -> None:
     doc = openapi_document(SETTINGS.page_sizes, "1")
     limits = [p["schema"] for item in doc["paths"].values() for p in item["get"]["parameters"]
               if p["name"] == "limit"]
-    assert len(limits) == 4
+    assert len(limits) == 5
     assert all(s == {"type": "integer", "minimum": 1, "maximum": 700, "default": 50}
                for s in limits)
 
@@ -141,3 +141,17 @@ def test_only_data_routes_need_the_bearer_token(state: ApiState) -> None:
     secured = {path for path, item in doc["paths"].items() if "security" in item["get"]}
     assert secured == {r.path for r in routes(SETTINGS.page_sizes) if r.table is not None}
     assert {"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"}.isdisjoint(secured)
+
+
+def test_models_route_documents_kind_metrics_and_importances(state: ApiState) -> None:
+    doc = document(state)
+    operation = doc["paths"]["/api/v1/sites/{site}/models"]["get"]
+    assert {p["name"] for p in operation["parameters"]} == {
+        "site", "promoted", "limit", "cursor", "format"}
+    model = doc["components"]["schemas"]["Model"]["properties"]
+    assert model["metrics"]["type"] == "object"
+    assert "report_split" in model["metrics"]["description"]
+    items = model["feature_importances"]["items"]
+    assert model["feature_importances"]["type"] == "array"
+    assert items["required"] == ["feature", "gain"] and items["additionalProperties"] is False
+    assert "artifact" not in model  # the trees stay in the registry

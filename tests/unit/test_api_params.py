@@ -11,6 +11,7 @@ from energy_pipeline.api.params import (
     check_site,
     parse_forecasts,
     parse_hourly,
+    parse_models,
     parse_readings,
     parse_sites,
     query_from_mapping,
@@ -155,6 +156,24 @@ def test_forecasts_issued_latest_or_as_of() -> None:
         parse_forecasts("s", q(issued="newest"), params, PAGES, NOW)
     with pytest.raises(BadRequest, match=r"from: from .* is after to"):
         parse_forecasts("s", q(**{"from": "now", "to": "now-1h"}), params, PAGES, NOW)
+
+
+def test_models_promoted_filter_and_cursor() -> None:
+    params = ROUTES["getModels"].query_params
+    every = parse_models("s", q(), params, PAGES)
+    assert (every.promoted, every.after, every.common.limit) == (None, None, 100)
+    promoted = parse_models("s", q(promoted="true", limit="5"), params, PAGES)
+    assert promoted.promoted is True
+    assert ("promoted", "true") in promoted.common.echo  # carried into next links
+    assert parse_models("s", q(promoted="false"), params, PAGES).promoted is False
+    key = (NOW, "s.20250601T120000Z.abcd")
+    resumed = parse_models("s", q(cursor=encode_cursor("models", key)), params, PAGES)
+    assert resumed.after == key
+    problems = errors(lambda **v: parse_models("s", q(**v), params, PAGES),
+                      promoted="yes", cursor=encode_cursor("hourly", (NOW,)), issued="latest")
+    assert problems["promoted"] == "must be true or false, got 'yes'"
+    assert problems["cursor"] == "not a cursor of the models endpoint"
+    assert "unknown parameter" in problems["issued"]
 
 
 @pytest.mark.parametrize(("site", "ok"), [("site-0", True), ("a.b_c-D9", True), ("x" * 64, True),

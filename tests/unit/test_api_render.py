@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from energy_pipeline.api.paging import CursorError, decode_cursor, encode_cursor, iso, page_link
 from energy_pipeline.api.render import NotAcceptable, csv_page, json_page, negotiate, problem
-from energy_pipeline.api.spec import FORECAST_TABLE, READING_TABLE, SITE_TABLE
+from energy_pipeline.api.spec import FORECAST_TABLE, MODEL_TABLE, READING_TABLE, SITE_TABLE
 
 pytestmark = pytest.mark.unit
 
@@ -74,6 +74,22 @@ def test_csv_page_has_context_columns_and_round_trips_values() -> None:
     assert csv_page(SITE_TABLE, [], {}) == b"site,first_hour,last_hour,last_forecast_issued_at\r\n"
 
 
+def test_a_models_json_columns_are_json_in_csv_too() -> None:
+    metrics = {"mase": 0.8, "report_split": {"test_rmse": 4.5, "n_test": 62.0}, "x": None}
+    shares = [{"feature": "target_lag1", "gain": 0.75}, {"feature": "avg_humidity_lag2",
+                                                         "gain": 0.25}]
+    row = ("s.v1", "seed", TS, None, True, TS, metrics, shares)
+    body = json.loads(json_page(MODEL_TABLE, [row], {"site": "s"}, None))
+    assert body["data"][0]["metrics"] == metrics
+    assert body["data"][0]["feature_importances"] == shares
+    parsed = list(csv.reader(io.StringIO(csv_page(MODEL_TABLE, [row], {"site": "s"}).decode())))
+    assert parsed[0] == ["site", "version", "kind", "created_at", "trained_on_until", "promoted",
+                         "promoted_at", "metrics", "feature_importances"]
+    assert parsed[1][:7] == ["s", "s.v1", "seed", "2025-01-01T13:00:00Z", "", "true",
+                             "2025-01-01T13:00:00Z"]
+    assert json.loads(parsed[1][7]) == metrics and json.loads(parsed[1][8]) == shares
+
+
 def test_iso_keeps_full_precision_in_utc() -> None:
     assert iso(TS) == "2025-01-01T13:00:00Z"
     assert iso(TS.replace(microsecond=5)) == "2025-01-01T13:00:00.000005Z"
@@ -86,6 +102,7 @@ def test_cursor_round_trip_and_rejection() -> None:
     text = encode_cursor("readings", key)
     assert "=" not in text and decode_cursor("readings", text) == key
     assert decode_cursor("sites", encode_cursor("sites", ("site-0",))) == ("site-0",)
+    assert decode_cursor("models", encode_cursor("models", (TS, "s.v1"))) == (TS, "s.v1")
     for kind, bad in [("hourly", text), ("readings", text[:-2]), ("readings", "!!"),
                       ("readings", ""), ("hourly", encode_cursor("hourly", ("2025-01-01",))),
                       ("hourly", encode_cursor("hourly", ("0001-01-01T00:00:00+14:00",))),

@@ -164,9 +164,12 @@ GROUP BY site_id
 ORDER BY site_id"""
 
 # The promoted models (newest first) with their backtest metrics, numbers at the top level
-# of `metrics` and one level down (e.g. {"lightgbm": {"mae": ...}}) flattened to rows.
+# of `metrics` and one level down (e.g. {"report_split": {"test_rmse": ...}}) flattened to
+# rows. A model's kind is params.model (no such key: a default model, as `train` wrote
+# before there were other kinds).
 MODELS_SQL = """\
-SELECT m.version, coalesce(m.site_id, 'all') AS site, m.trained_on_until, m.promoted_at,
+SELECT m.version, coalesce(m.site_id, 'all') AS site,
+       coalesce(m.params->>'model', 'default') AS kind, m.trained_on_until, m.promoted_at,
        x.metric, x.value
 FROM (
   SELECT * FROM models WHERE promoted
@@ -186,6 +189,24 @@ CROSS JOIN LATERAL (
   WHERE jsonb_typeof(n.value) = 'number'
 ) x
 ORDER BY m.promoted_at DESC NULLS LAST, x.metric"""
+
+
+# What the model serving the site splits on: its feature importances (each feature's share
+# of the boosters' split gain, in %), largest first. The site's own promoted model, else the
+# promoted model for every site (site_id NULL), as inference chooses.
+FEATURE_IMPORTANCE_SQL = """\
+SELECT f.feature, 100 * f.gain AS share, m.kind, m.version
+FROM (
+  SELECT version, coalesce(params->>'model', 'default') AS kind, feature_importances
+  FROM models
+  WHERE promoted AND (site_id = '$site' OR site_id IS NULL)
+  ORDER BY site_id NULLS LAST
+  LIMIT 1
+) m
+CROSS JOIN LATERAL jsonb_to_recordset(m.feature_importances)
+  AS f(feature text, gain double precision)
+ORDER BY f.gain DESC, f.feature
+LIMIT 20"""
 
 
 def sql_target(sql: str, fmt: str = "time_series", ref: str = "A") -> dict[str, Any]:
@@ -393,6 +414,24 @@ def energy_overview() -> dict[str, Any]:
                 description=f"`{sensor}` readings of the selected devices, averaged per interval.",
             )
         )
+    panels.append(
+        panel(
+            layout, "table", "Feature importance (model in service)",
+            [sql_target(FEATURE_IMPORTANCE_SQL, fmt="table")],
+            w=24, h=10,
+            description="What the promoted model of the site splits on: each feature's share "
+            "of its LightGBM boosters' split gain (top 20). Default models: the features of "
+            "`energy_pipeline.forecasting.features`; seed models: `<column>_lag<k>`, the "
+            "smoothed value k hours before the forecast step. Empty for a seasonal-naive "
+            "fallback model.",
+            overrides=[
+                override("share", unit="percent", min=0, **{
+                    "custom.cellOptions": {"type": "gauge", "mode": "basic"}}),
+                override("version", **{"custom.width": 320}),
+            ],
+            options={"showHeader": True, "cellHeight": "sm"},
+        )
+    )
     return dashboard(
         "energy-overview", "Energy overview", panels, [site_variable(), device_variable()],
         "now-3d", "now+24h",
@@ -440,8 +479,9 @@ def pipeline_health() -> dict[str, Any]:
             layout, "table", "Promoted models and backtest metrics",
             [sql_target(MODELS_SQL, fmt="table")],
             w=24, h=8,
-            description="The model versions in service (newest first) and the metrics of "
-            "their backtests.",
+            description="The model versions in service (newest first), their kind (default "
+            "or seed, FORECAST_MODEL), the metrics of their backtests and the original "
+            "report's 80/20 split (report_split.*).",
         ),
         # Worker metrics: only when the chart provisions a Prometheus datasource (the chart
         # drops panels on energy-prometheus otherwise).

@@ -1,4 +1,4 @@
-"""The read API (`energy-pipeline api`): sites, readings, hourly features and forecasts over HTTP.
+"""The read API (`energy-pipeline api`): sites, readings, hourly features, forecasts and models.
 
 The original report's Flask GET API, done properly: JSON and CSV, keyset pagination,
 validation that names the bad parameter, an OpenAPI 3.1 document generated from the same

@@ -40,6 +40,7 @@ from energy_pipeline.api.params import (
     check_site,
     parse_forecasts,
     parse_hourly,
+    parse_models,
     parse_readings,
     parse_sites,
 )
@@ -48,6 +49,7 @@ from energy_pipeline.api.queries import (
     Page,
     fetch_forecasts,
     fetch_hourly,
+    fetch_models,
     fetch_readings,
     fetch_sites,
     site_exists,
@@ -162,7 +164,8 @@ async def _query(state: ApiState, work: Callable[[Any], Any]) -> Any:
     except PoolTimeout as exc:
         metrics.DB_ERRORS.labels("busy").inc()
         raise ApiError(503, "Service Unavailable", str(exc)) from exc
-    except psycopg2.errors.UndefinedTable as exc:
+    except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as exc:
+        # UndefinedColumn: a newer API than the schema (models.feature_importances, 5).
         metrics.DB_ERRORS.labels("schema").inc()
         raise ApiError(503, "Service Unavailable", "database schema not migrated yet") from exc
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
@@ -215,6 +218,20 @@ def _site(request: web.Request) -> str:
     return site
 
 
+async def _site_page(state: ApiState, site: str, fetch: Callable[[Any], Page]) -> Page:
+    """`fetch(conn)`'s page of a site's rows; 404 when it is empty because there is no such
+    site (asked only then, on the same connection)."""
+
+    def work(conn: Any) -> tuple[Page, bool]:
+        page = fetch(conn)
+        return page, bool(page.rows) or site_exists(conn, site)
+
+    page, exists = await _query(state, work)
+    if not exists:
+        raise _not_found_site(site)
+    return page
+
+
 # ---- data handlers -----------------------------------------------------------------------
 
 
@@ -235,14 +252,7 @@ async def get_readings(request: web.Request) -> web.Response:
                        datetime.now(UTC))
     fmt = negotiate(q.common.format, request.headers.get("Accept"))
     budget = state.settings.api_statement_timeout_ms
-
-    def work(conn: Any) -> tuple[Page, bool]:
-        page = fetch_readings(conn, q, Deadline(budget))
-        return page, bool(page.rows) or site_exists(conn, site)
-
-    page, exists = await _query(state, work)
-    if not exists:
-        raise _not_found_site(site)
+    page = await _site_page(state, site, lambda conn: fetch_readings(conn, q, Deadline(budget)))
     envelope = {"site": site, "from": q.start, "to": q.end, "sensors": list(q.sensors),
                 "units": {s: SENSORS[s].unit for s in q.sensors}}
     link = [*q.common.echo, ("from", iso(q.start)), ("to", iso(q.end))]
@@ -256,14 +266,7 @@ async def get_hourly(request: web.Request) -> web.Response:
     q = parse_hourly(site, request.query, route.query_params, state.settings.page_sizes,
                      datetime.now(UTC))
     fmt = negotiate(q.common.format, request.headers.get("Accept"))
-
-    def work(conn: Any) -> tuple[Page, bool]:
-        page = fetch_hourly(conn, q)
-        return page, bool(page.rows) or site_exists(conn, site)
-
-    page, exists = await _query(state, work)
-    if not exists:
-        raise _not_found_site(site)
+    page = await _site_page(state, site, lambda conn: fetch_hourly(conn, q))
     envelope = {"site": site, "from": q.start, "to": q.end}
     link = [*q.common.echo, ("from", iso(q.start)), ("to", iso(q.end))]
     return await _render(request, route, fmt, page, envelope, link, "hourly")
@@ -276,20 +279,24 @@ async def get_forecasts(request: web.Request) -> web.Response:
     q = parse_forecasts(site, request.query, route.query_params, state.settings.page_sizes,
                         datetime.now(UTC))
     fmt = negotiate(q.common.format, request.headers.get("Accept"))
-
-    def work(conn: Any) -> tuple[Page, bool]:
-        page = fetch_forecasts(conn, q)
-        return page, bool(page.rows) or site_exists(conn, site)
-
-    page, exists = await _query(state, work)
-    if not exists:
-        raise _not_found_site(site)
+    page = await _site_page(state, site, lambda conn: fetch_forecasts(conn, q))
     issued = page.found.get("issued_at")
     envelope = {"site": site, "issued_at": issued}
     # Pin the run: a newer run issued while the client pages must not change later pages.
     link = [*q.common.echo, *([("issued", iso(issued))] if issued else [])]
     link += [(k, iso(v)) for k, v in (("from", q.start), ("to", q.end)) if v is not None]
     return await _render(request, route, fmt, page, envelope, link, "forecasts")
+
+
+async def get_models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    route = state.routes["getModels"]
+    site = _site(request)
+    q = parse_models(site, request.query, route.query_params, state.settings.page_sizes)
+    fmt = negotiate(q.common.format, request.headers.get("Accept"))
+    page = await _site_page(state, site, lambda conn: fetch_models(conn, q))
+    return await _render(request, route, fmt, page, {"site": site}, list(q.common.echo),
+                         "models")
 
 
 # ---- meta handlers -----------------------------------------------------------------------
@@ -337,6 +344,7 @@ HANDLERS: dict[str, Handler] = {
     "getReadings": get_readings,
     "getHourly": get_hourly,
     "getForecasts": get_forecasts,
+    "getModels": get_models,
     "getOpenApi": get_openapi,
     "healthz": healthz,
     "readyz": readyz,

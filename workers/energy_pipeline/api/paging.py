@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
-_TS_FIELDS = {"readings": (2,), "hourly": (0,), "forecasts": (0,), "sites": ()}
-_LENGTHS = {"readings": 3, "hourly": 1, "forecasts": 1, "sites": 1}
+_TS_FIELDS = {"readings": (2,), "hourly": (0,), "forecasts": (0,), "sites": (), "models": (0,)}
+_LENGTHS = {"readings": 3, "hourly": 1, "forecasts": 1, "sites": 1, "models": 2}
 
 
 class CursorError(ValueError):

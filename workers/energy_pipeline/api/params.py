@@ -140,6 +140,15 @@ class ForecastsQuery:
     after: datetime | None
 
 
+@dataclass(frozen=True)
+class ModelsQuery:
+    site: str
+    # None: every version; True: only the promoted one; False: only the others.
+    promoted: bool | None
+    common: Common
+    after: tuple[datetime, str] | None  # (created_at, version) of the previous page's last
+
+
 def check_site(site: str) -> bool:
     return bool(_ID.fullmatch(site))
 
@@ -287,6 +296,28 @@ def parse_forecasts(
     reader.raise_if_errors()
     return ForecastsQuery(site, issued_by, start, end, common,
                           key[0] if key else None)  # type: ignore[arg-type]
+
+
+def parse_models(
+    site: str, query: MultiQuery, params: Sequence[Param], pages: PageSizes
+) -> ModelsQuery:
+    reader = QueryReader(query, params)
+    promoted: bool | None = None
+    raw = reader.one("promoted")
+    if raw is not None:
+        if raw in ("true", "false"):
+            promoted = raw == "true"
+        else:
+            reader.error("promoted", f"must be true or false, got {raw[:80]!r}")
+    common = _common(reader, pages)
+    key = _cursor(reader, "models")
+    reader.raise_if_errors()
+    echo = list(common.echo)
+    if promoted is not None:
+        echo.append(("promoted", "true" if promoted else "false"))
+    after = (key[0], str(key[1])) if key else None
+    return ModelsQuery(site, promoted, Common(common.limit, common.format, tuple(echo)),
+                       after)  # type: ignore[arg-type]
 
 
 def query_from_mapping(values: Mapping[str, Sequence[str]]) -> MultiQuery:

@@ -7,7 +7,8 @@ Every statement is an index range scan on a primary key, bounded by the page siz
   of the site in key order and reads each one's [from, to) range, resuming after the
   cursor. One query over all streams would make PostgreSQL walk every stream's whole
   history outside the window, since ts is the last key column;
-- hourly: key (site_id, hour); forecasts: key (site_id, issued_at, target_time).
+- hourly: key (site_id, hour); forecasts: key (site_id, issued_at, target_time);
+- models: index (site_id, created_at DESC), ties broken by version (the primary key).
 Each page fetches limit + 1 rows: the extra row says whether a next page exists, so the
 last page never carries a `next` link to an empty page.
 """
@@ -19,7 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from energy_pipeline.api.params import ForecastsQuery, HourlyQuery, ReadingsQuery, SitesQuery
+from energy_pipeline.api.params import (
+    ForecastsQuery,
+    HourlyQuery,
+    ModelsQuery,
+    ReadingsQuery,
+    SitesQuery,
+)
 from energy_pipeline.api.pool import Connection, Deadline
 from energy_pipeline.api.spec import HOURLY_TABLE
 from energy_pipeline.core.contracts import SENSOR_NAMES
@@ -193,6 +200,31 @@ def fetch_forecasts(conn: Connection, q: ForecastsQuery) -> Page:
     page = _page(_fetch(conn, FORECASTS_SQL.format(filters=filters), args), q.common.limit,
                  lambda r: (r[0],))
     return Page(page.rows, page.next_key, {"issued_at": issued})
+
+
+# The artifact (megabytes of trees) is never read. A version's kind is params.model, which
+# `train` has always written (kinds.kind_of: a row without one is a default model).
+MODELS_SQL = """
+SELECT version, coalesce(params->>'model', 'default'), created_at, trained_on_until, promoted,
+       promoted_at, metrics, feature_importances
+FROM models
+WHERE site_id = %(site)s{filters}
+ORDER BY created_at DESC, version DESC
+LIMIT %(limit)s
+"""
+
+
+def fetch_models(conn: Connection, q: ModelsQuery) -> Page:
+    filters = ""
+    if q.promoted is not None:
+        filters += "\n  AND promoted" if q.promoted else "\n  AND NOT promoted"
+    if q.after is not None:
+        filters += "\n  AND (created_at, version) < (%(after_ts)s, %(after_version)s)"
+    args = {"site": q.site, "limit": q.common.limit + 1,
+            "after_ts": q.after[0] if q.after else None,
+            "after_version": q.after[1] if q.after else None}
+    return _page(_fetch(conn, MODELS_SQL.format(filters=filters), args), q.common.limit,
+                 lambda r: (r[2], r[0]))
 
 
 # A site exists once it has readings (ingest writes its hourly row in the same statement),

@@ -84,6 +84,10 @@ def _csv_value(value: Any) -> str:
         return ""
     if isinstance(value, datetime):
         return iso(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as JSON spells it, not Python
+    if isinstance(value, Mapping | list):  # a JSON column (a model's metrics): its JSON text
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
     if isinstance(value, float):
         return repr(value)  # shortest text that reads back as the same double
     return str(value)

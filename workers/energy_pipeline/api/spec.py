@@ -165,6 +165,12 @@ ISSUED = Param(
     f"or before it (what was known then). {_TIME_HELP}",
     {"type": "string", "anyOf": [{"const": "latest"}, *TIME_SCHEMA["anyOf"]]}, "latest",
 )
+PROMOTED = Param(
+    "promoted", "query",
+    "`true`: only the version in service (at most one per site); `false`: only the others. "
+    "Default: every version.",
+    {"type": "string", "enum": ["true", "false"]}, "true",
+)
 
 # ---- result columns ----------------------------------------------------------------------
 
@@ -233,6 +239,38 @@ FORECAST_TABLE = Table(
     csv_context=("site", "issued_at"),
 )
 
+MODEL_TABLE = Table(
+    "Model",
+    (
+        Column("version", {"type": "string"}, "model registry version"),
+        Column("kind", {"type": "string"},
+               "`default` (LightGBM quantile boosters) or `seed` (the original report's "
+               "recipe, P10 = P50 = P90)"),
+        Column("created_at", DATE_TIME, "when `train` stored it"),
+        Column("trained_on_until", nullable(DATE_TIME), "end of the hours it was trained on"),
+        Column("promoted", {"type": "boolean"}, "in service: inference serves this version"),
+        Column("promoted_at", nullable(DATE_TIME), "when it was promoted (null: never)"),
+        Column("metrics", {"type": "object"},
+               "its backtest's scores (mae, rmse, mase, coverage_p10_p90, ...; null: not "
+               "computable) and `report_split`, the original report's 80/20 evaluation "
+               "(train_rmse, test_rmse, n_train, n_test; for seed models also the report's "
+               "own figures against the smoothed target, *_smoothed); JSON text in CSV"),
+        Column("feature_importances", {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"feature": {"type": "string"}, "gain": {"type": "number"}},
+                "required": ["feature", "gain"],
+                "additionalProperties": False,
+            },
+        }, "what its LightGBM boosters split on, largest first: each feature's share of the "
+           "split gain (summing to 1; empty for a model without trees, or stored before "
+           "importances were recorded); JSON text in CSV"),
+    ),
+    envelope=(Column("site", {"type": "string"}, "site id"),),
+    csv_context=("site",),
+)
+
 _JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
 
@@ -268,6 +306,14 @@ def routes(pages: PageSizes) -> tuple[Route, ...]:
             (SITE, ISSUED, time_param("from", "Earliest target time (inclusive)."),
              time_param("to", "Target times before this."), limit, CURSOR, FORMAT),
             FORECAST_TABLE,
+        ),
+        Route(
+            "getModels", f"{API_PREFIX}/sites/{{site}}/models", "Forecasting models of a site",
+            "The site's model versions in the registry, newest first: kind, training span, "
+            "whether it is in service, backtest metrics, the original report's 80/20 split "
+            "and feature importances (never the model itself).",
+            (SITE, PROMOTED, limit, CURSOR, FORMAT),
+            MODEL_TABLE,
         ),
         Route(
             "getOpenApi", f"{API_PREFIX}/openapi.json", "This document", "OpenAPI 3.1.",
@@ -428,12 +474,12 @@ def openapi_document(pages: PageSizes, version: str) -> dict[str, Any]:
             "title": "energy-pipeline read API",
             "version": version,
             "description": (
-                "Read-only access to the readings, hourly features and forecasts the pipeline "
-                "stores. JSON by default, CSV with `Accept: text/csv` or `?format=csv`. Lists "
-                "are paginated: follow `next` (in the body and the `Link` header) until it is "
-                "null. Errors are RFC 9457 problem details naming the bad parameter. Data "
-                "routes need `Authorization: Bearer <token>` (401 without) and are "
-                "rate-limited per client (429 with Retry-After)."
+                "Read-only access to the readings, hourly features, forecasts and forecasting "
+                "models the pipeline stores. JSON by default, CSV with `Accept: text/csv` or "
+                "`?format=csv`. Lists are paginated: follow `next` (in the body and the "
+                "`Link` header) until it is null. Errors are RFC 9457 problem details naming "
+                "the bad parameter. Data routes need `Authorization: Bearer <token>` (401 "
+                "without) and are rate-limited per client (429 with Retry-After)."
             ),
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",

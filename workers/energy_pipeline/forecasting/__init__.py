@@ -5,7 +5,10 @@ Modules, one job each:
     resample   sub-hourly or irregular readings to hourly means
     csvio      the user's CSV in, forecasts CSV out
     features   leakage-safe feature transforms (lags >= horizon, calendar, weather, rolling)
-    models     default / seed / naive24 / naive168 behind one interface, text serialisation
+    models     default / seed / naive24 / naive168 behind one interface, text serialisation,
+               feature importances; the one map from a model's name to its class
+    kinds      the kinds a pipeline trains and serves (FORECAST_MODEL): names only
+    split      the original report's 80/20 evaluation of windows, for any model
     quantiles  non-crossing P10/P50/P90, band widening
     backtest   rolling-origin backtest engine
     metrics    MAE, RMSE, rMAE, MASE, pinball, coverage
@@ -15,7 +18,7 @@ Modules, one job each:
     commands   `energy-pipeline backtest`
     plot       the optional picture of a backtest (matplotlib)
     hourly_db  hourly_features in and out (a site's closed hours, a feature window)
-    registry   the `models` table: versions, the promotion rule
+    registry   the `models` table: versions, importances, the promotion rule across kinds
     train      `energy-pipeline train`: backtest on the latest days, register, promote
 
 The scheduler that calls inference from ingest is `dataplane.forecast_scheduler`; the

@@ -1,18 +1,21 @@
 """`energy-pipeline train`: fit a site's model on hourly_features, backtest it, register it.
 
-Per site (`--site`, or every site with hourly_features):
+The model is of the pipeline's kind, FORECAST_MODEL (`default` or `seed`), or of the kind
+`--model` names. Per site (`--site`, or every site with hourly_features):
 1. read the last TRAIN_HISTORY_DAYS days of closed hours (up to the forecasting
    watermark's last closed hour when ingest keeps one, else all but the newest hour,
    which may still be filling);
 2. backtest: a model fitted on everything before the last TRAIN_BACKTEST_DAYS days
    forecasts daily 00:00 origins in them, scored against seasonal naive 168 h on the same
    points (MAE, RMSE, rMAE, MASE, pinball, P10-P90 coverage);
-3. fit the model to be stored on the whole window;
-4. store it in `models` and promote it if it is not worse than the promoted one
-   (`registry.promotion_decision`).
+3. the original report's evaluation, an 80/20 chronological split of 7-hour windows
+   (`split.report_split`), recorded as `metrics.report_split`;
+4. fit the model to be stored on the whole window, and take its feature importances;
+5. store it in `models` and promote it if the rule allows (`registry.promotion_decision`:
+   within the pipeline's kind, not worse than the promoted one).
 
-Short histories still give a model: the default model's documented fallback (seasonal
-naive with a widened band) is what it then serves, and its backtest says how good that is.
+Short histories still give a model: the models' documented fallback (seasonal naive with
+a widened band) is what it then serves, and its backtest says how good that is.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +45,16 @@ from energy_pipeline.db.connect import DatabaseSettings, connect, worker_name
 from energy_pipeline.forecasting.backtest import BacktestConfig, origins, run_backtest
 from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour
 from energy_pipeline.forecasting.hourly_db import all_sites, read_site_rows
+from energy_pipeline.forecasting.kinds import (
+    SERVED_MODELS,
+    forecast_model_field,
+    model_kind_problems,
+)
 from energy_pipeline.forecasting.metrics import score
-from energy_pipeline.forecasting.models import DefaultModel, DefaultParams, SeasonalNaive
+from energy_pipeline.forecasting.models import DefaultParams, Forecaster, build_model
 from energy_pipeline.forecasting.registry import Decision, ModelRecord, register_model
 from energy_pipeline.forecasting.rows import COVARIATE_COLUMNS, MAX_HORIZON
+from energy_pipeline.forecasting.split import report_split
 from energy_pipeline.forecasting.window import frame_from_rows
 
 log = logging.getLogger("energy_pipeline.train")
@@ -63,6 +73,12 @@ class TrainSettings(CommonSettings, DatabaseSettings):
         "TRAIN_MODEL_PARAMS", "{}",
         doc='JSON object overriding default-model hyper-parameters, e.g. `{"num_leaves": 31}`',
     )
+    forecast_model: str = forecast_model_field()
+
+    def __post_init__(self) -> None:
+        problems = model_kind_problems(self.forecast_model)
+        if problems:
+            raise SettingsError("invalid settings: " + "; ".join(problems))
 
     def model_params(self) -> DefaultParams:
         try:
@@ -99,17 +115,15 @@ def plan_backtest(frame: HourlyFrame, backtest_days: int) -> BacktestPlan | None
 
 
 def backtest(
-    frame: HourlyFrame, params: DefaultParams, plan: BacktestPlan
+    frame: HourlyFrame, kind: str, factory: Callable[[], Forecaster], plan: BacktestPlan
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Metrics of the default model on the plan's origins, fitted once before the first."""
+    """Metrics of `factory`'s model on the plan's origins, fitted once before the first."""
     # One fit at the first origin: the period is short, and it keeps training cheap.
     config = BacktestConfig(
         horizon=plan.horizon, every=24, retrain_every=10**9, test_start=plan.test_start
     )
-    ours = run_backtest(
-        frame, "default", lambda: DefaultModel(past=COVARIATE_COLUMNS, params=params), config
-    )
-    naive = run_backtest(frame, "naive168", lambda: SeasonalNaive(168), config)
+    ours = run_backtest(frame, kind, factory, config)
+    naive = run_backtest(frame, "naive168", lambda: build_model("naive168"), config)
     metrics = score(ours.actual, ours.p10, ours.p50, ours.p90, naive.p50).as_dict()
     naive_metrics = score(naive.actual, naive.p10, naive.p50, naive.p90, naive.p50)
     metrics.update(
@@ -139,8 +153,10 @@ class TrainResult:
 
     def summary(self) -> dict[str, Any]:
         metrics = self.record.metrics
+        split = metrics.get("report_split") or {}
         return {
             "site_id": self.site_id,
+            "model": self.record.kind,
             "version": self.record.version,
             "promoted": self.record.promoted,
             "reason": self.decision.reason,
@@ -148,6 +164,8 @@ class TrainResult:
             "mase": metrics.get("mase"),
             "mae": metrics.get("mae"),
             "coverage_p10_p90": metrics.get("coverage_p10_p90"),
+            "report_test_rmse": split.get("test_rmse"),
+            "top_feature": (self.record.feature_importances or [{}])[0].get("feature"),
             "seconds": round(self.seconds, 2),
         }
 
@@ -157,30 +175,45 @@ def train_site(
     site_id: str,
     settings: TrainSettings,
     force: bool = False,
+    model_kind: str | None = None,
 ) -> TrainResult | None:
-    """Train, backtest and register one site's model; None when the site has no data."""
+    """Train, backtest and register one site's model of `model_kind` (default: the
+    pipeline's, FORECAST_MODEL); None when the site has no data."""
     started = time.perf_counter()
+    kind = model_kind or settings.forecast_model
     params = settings.model_params()
     rows, until = read_site_rows(conn, site_id, settings.train_history_days)
     conn.commit()  # no transaction open while we compute
     if not rows:
         return None
+
+    def factory() -> Forecaster:
+        return build_model(kind, past=COVARIATE_COLUMNS, params=params)
+
     frame = frame_from_rows(rows)
     plan = plan_backtest(frame, settings.train_backtest_days)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
     backtest_info: dict[str, Any] | None = None
     if plan is not None:
-        metrics, backtest_info = backtest(frame, params, plan)
-    model = DefaultModel(past=COVARIATE_COLUMNS, params=params)
+        scores, backtest_info = backtest(frame, kind, factory, plan)
+        metrics.update(scores)
+    split = report_split(frame, factory)
+    if split is not None:
+        metrics["report_split"] = split.as_dict()
+    model = factory()
     model.fit(frame, MAX_HORIZON)
+    artifact = model.to_text()
+    # What the model keeps of its making, read back from its own text: the
+    # hyper-parameters it was trained with and, for the default model, how training went.
+    stored = json.loads(artifact)
     record_params = {
-        "model": model.kind,
+        "model": kind,
         "past_covariates": list(COVARIATE_COLUMNS),
-        "hyper_parameters": dataclasses.asdict(params),
+        "hyper_parameters": stored.get("params"),
         "history_days": settings.train_history_days,
         "backtest_days": settings.train_backtest_days,
         "backtest": backtest_info,
-        "training": model.trained,
+        "training": stored.get("trained"),
         "rows": len(rows),
         "first_hour": iso_hour(frame.times[0]),
     }
@@ -188,11 +221,13 @@ def train_site(
         record, decision = register_model(
             conn,
             site_id=site_id,
-            artifact=model.to_text(),
+            artifact=artifact,
             trained_on_until=until,
             params=record_params,
             metrics=metrics,
             force=force,
+            feature_importances=model.feature_importances(),
+            serving=settings.forecast_model,
         )
     return TrainResult(site_id, record, decision, time.perf_counter() - started)
 
@@ -215,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         for site in sites:
             try:
-                result = train_site(conn, site, settings, force=args.force)
+                result = train_site(conn, site, settings, force=args.force, model_kind=args.model)
             except Exception:
                 conn.rollback()
                 failed.append(site)
@@ -250,14 +285,21 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description=(
             "For --site (default: every site) read the last TRAIN_HISTORY_DAYS days of "
             "hourly_features, backtest on the last TRAIN_BACKTEST_DAYS days against "
-            "seasonal naive 168 h, store a new version in `models` and promote it only if "
-            "its backtest MASE is not worse than the promoted version's. Logs one JSON "
-            "line per site (message \"model registered\"). Exits 1 naming the sites whose "
-            "training failed, if any."
+            "seasonal naive 168 h, score the original report's 80/20 split, store a new "
+            "version in `models` with its feature importances and promote it only if it is "
+            "of the pipeline's kind (FORECAST_MODEL) and its backtest MASE is not worse "
+            "than the promoted version's of that kind. Logs one JSON line per site "
+            "(message \"model registered\"). Exits 1 naming the sites whose training "
+            "failed, if any."
         ),
         epilog=environment_help(TrainSettings),
     )
     p.add_argument("--site", default=None, help="one site id (default: all sites)")
+    p.add_argument(
+        "--model", choices=SERVED_MODELS, default=None,
+        help="the kind of model to train (default: FORECAST_MODEL); one of another kind than "
+        "FORECAST_MODEL is stored for comparison, not promoted (unless --force)",
+    )
     p.add_argument(
         "--force", action="store_true", help="promote the new version whatever its backtest"
     )

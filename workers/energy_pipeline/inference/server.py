@@ -6,9 +6,16 @@ NOT_SERVING until the first model is loaded (so no client is routed to a pod tha
 fail) and again from SIGTERM on, while in-flight requests drain.
 
 The main thread polls the registry every MODEL_REFRESH_S seconds and hot-swaps newly
-promoted versions (`store.ModelStore`). Deadlines: a request whose deadline has already
-passed is not computed, and one that expires while computing is answered with
-DEADLINE_EXCEEDED instead of a result nobody waits for.
+promoted versions (`store.ModelStore`). A promoted version is served whatever its kind
+(`default`, or `seed`, the original report's recipe with P10 = P50 = P90): its artifact
+says which class reads it. FORECAST_MODEL is the kind the pipeline means to serve; the
+sites still served by another kind (until `train` promotes one of the new kind: a forecast
+of the old kind beats none meanwhile) are named by a warning whenever the models change,
+and every served model shows its kind in energy_inference_model_info.
+
+Deadlines: a request whose deadline has already passed is not computed, and one that
+expires while computing is answered with DEADLINE_EXCEEDED instead of a result nobody
+waits for.
 
 Mutual TLS (energy_pipeline.inference.tls) unless GRPC_TLS=false: a client must present
 a certificate signed by GRPC_TLS_CA_FILE, or its handshake fails. The certificate files
@@ -30,7 +37,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from functools import wraps
@@ -62,6 +69,7 @@ from energy_pipeline.core.settings import (
     load,
 )
 from energy_pipeline.db.connect import DatabaseSettings, worker_name
+from energy_pipeline.forecasting.kinds import forecast_model_field, model_kind_problems
 from energy_pipeline.forecasting.rows import MAX_HORIZON
 from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.convert import (
@@ -93,7 +101,8 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 MODEL_INFO = Gauge(
-    "energy_inference_model_info", "1 for each model being served", ["site_id", "version"]
+    "energy_inference_model_info", "1 for each model being served",
+    ["site_id", "version", "kind"],
 )
 MODELS_LOADED = Gauge("energy_inference_models_loaded", "Promoted models being served")
 MODEL_LOADS = Counter(
@@ -117,9 +126,10 @@ class InferenceSettings(CommonSettings, DatabaseSettings, GrpcTlsSettings):
         "GRPC_MAX_WORKERS", 4,
         doc="threads handling RPCs (forecasting holds the GIL much of the time)", minimum=1,
     )
+    forecast_model: str = forecast_model_field()
 
     def __post_init__(self) -> None:
-        problems = self.tls_problems()
+        problems = self.tls_problems() + model_kind_problems(self.forecast_model)
         if problems:
             raise SettingsError("invalid settings: " + "; ".join(problems))
 
@@ -149,6 +159,22 @@ def observed(method: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The registry's metrics as ModelInfo's map of numbers: the backtest's at the top, one
+    level of nesting flattened with a dot (`report_split.test_rmse`), null and text left out."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if _number(value):
+            out[key] = float(value)
+        elif isinstance(value, Mapping):
+            out.update({f"{key}.{k}": float(v) for k, v in value.items() if _number(v)})
+    return out
 
 
 def _check_deadline(context: grpc.ServicerContext, stage: str) -> None:
@@ -214,11 +240,7 @@ class ForecasterService(pb_grpc.ForecasterServicer):
         info = pb.ModelInfo(
             version=loaded.version,
             site_id=loaded.site_id or "",
-            metrics={
-                k: float(v)
-                for k, v in loaded.metrics.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            },
+            metrics=numeric_metrics(loaded.metrics),
         )
         info.created_at.FromDatetime(loaded.created_at)
         if loaded.trained_on_until is not None:
@@ -311,8 +333,16 @@ class InferenceServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
 
+    def other_kinds(self) -> dict[str, str]:
+        """{site: kind} of the sites served by another kind than FORECAST_MODEL."""
+        return {
+            site or "*": m.kind
+            for site, m in sorted(self.store.models().items(), key=lambda item: item[0] or "")
+            if m.kind != self.settings.forecast_model
+        }
+
     def refresh(self) -> None:
-        before = {site: m.version for site, m in self.store.models().items()}
+        before = {site: (m.version, m.kind) for site, m in self.store.models().items()}
         try:
             result = self.store.refresh()
         except psycopg2.Error as exc:
@@ -327,11 +357,11 @@ class InferenceServer:
         MODEL_LOADS.labels("ok").inc(len(result.loaded))
         MODEL_LOADS.labels("failed").inc(len(result.failed))
         after = self.store.models()
-        for site, version in before.items():
+        for site, (version, kind) in before.items():
             if site not in after or after[site].version != version:
-                MODEL_INFO.remove(site or "", version)
+                MODEL_INFO.remove(site or "", version, kind)
         for site, loaded in after.items():
-            MODEL_INFO.labels(site or "", loaded.version).set(1)
+            MODEL_INFO.labels(site or "", loaded.version, loaded.kind).set(1)
         MODELS_LOADED.set(len(after))
         if result.changed:
             log.info(
@@ -343,6 +373,13 @@ class InferenceServer:
                     "seconds": round(result.seconds, 3),
                 },
             )
+            others = self.other_kinds()
+            if others:
+                log.warning(
+                    "serving models of another kind than FORECAST_MODEL until train "
+                    "promotes one of it",
+                    extra={"forecast_model": self.settings.forecast_model, "sites": others},
+                )
         if not self.stopping.is_set():
             self._set_serving(self.store.loaded)
 

@@ -33,6 +33,11 @@ class LoadedModel:
     metrics: Mapping[str, Any]
     model: Forecaster
 
+    @property
+    def kind(self) -> str:
+        """`default`, `seed`, ...: the artifact's own word, whatever the registry row says."""
+        return self.model.kind
+
     @classmethod
     def from_record(cls, record: ModelRecord) -> LoadedModel:
         return cls(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -23,6 +24,8 @@ class Forecaster(Protocol):
     < origin and may read future covariates up to the last target time. It never raises
     for lack of history: it falls back and says so in `QuantileForecast.method`.
     `to_text()` gives JSON that `models.load_model` turns back into an equal model.
+    `feature_importances()` says what the fitted model's trees split on: (feature, share of
+    the gain) pairs, largest first, shares summing to 1; [] for a model without trees.
     """
 
     kind: ClassVar[str]
@@ -34,6 +37,44 @@ class Forecaster(Protocol):
     ) -> QuantileForecast: ...
 
     def to_text(self) -> str: ...
+
+    def feature_importances(self) -> list[tuple[str, float]]: ...
+
+
+class Booster(Protocol):
+    """What `gain_shares` reads of a `lightgbm.Booster` (this module loads no LightGBM)."""
+
+    def feature_name(self) -> list[str]: ...
+
+    def feature_importance(self, importance_type: str = ...) -> np.ndarray: ...
+
+
+def gain_shares(boosters: Iterable[Booster]) -> list[tuple[str, float]]:
+    """Per feature, its share of each booster's total split gain, averaged over the boosters.
+
+    Normalising each booster first gives every booster (a quantile, a step ahead) the same
+    weight whatever the scale of its loss. Boosters without a split are left out; features
+    never split on are listed with 0, so every input of the model is named.
+    """
+    total: dict[str, float] = {}
+    counted = 0
+    for booster in boosters:
+        gains = np.asarray(booster.feature_importance(importance_type="gain"), dtype=np.float64)
+        names = booster.feature_name()
+        if len(names) != len(gains):
+            raise ValueError("a booster's feature names and gains differ in number")
+        for name in names:
+            total.setdefault(name, 0.0)
+        whole = float(gains.sum())
+        if not np.isfinite(whole) or whole <= 0:
+            continue
+        counted += 1
+        for name, gain in zip(names, gains, strict=True):
+            total[name] += float(gain) / whole
+    if counted == 0:
+        return []
+    shares = [(name, value / counted) for name, value in total.items()]
+    return sorted(shares, key=lambda item: (-item[1], item[0]))
 
 
 def envelope(kind: str, body: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ import numpy as np
 from energy_pipeline.core.contracts import MIN_TRAIN_HOURS
 from energy_pipeline.forecasting.features import FeatureMatrix, default_pipeline
 from energy_pipeline.forecasting.frame import HourlyFrame
-from energy_pipeline.forecasting.models.base import envelope
+from energy_pipeline.forecasting.models.base import envelope, gain_shares
 from energy_pipeline.forecasting.models.naive import fallback_forecast
 from energy_pipeline.forecasting.quantiles import (
     QUANTILES,
@@ -324,6 +324,11 @@ class DefaultModel:
         if np.isnan(forecast.p50).any():
             return fallback_forecast(frame, origin, horizons)
         return forecast
+
+    def feature_importances(self) -> list[tuple[str, float]]:
+        """Gain shares over the three quantile boosters (`base.gain_shares`); [] when the
+        model falls back to seasonal naive."""
+        return gain_shares(self.boosters[q] for q in sorted(self.boosters))
 
     # -- text form ------------------------------------------------------------------
 

@@ -90,6 +90,9 @@ class SeasonalNaive:
             lo[i], hi[i] = band or spread_band(frame.target, origin)
         return non_crossing(p50 + lo, p50, p50 + hi)
 
+    def feature_importances(self) -> list[tuple[str, float]]:
+        return []  # no trees: it repeats the season
+
     def to_text(self) -> str:
         bands = {str(k): list(v) for k, v in self.bands.items()}
         return envelope(self.kind, {"period": self.period, "bands": bands})

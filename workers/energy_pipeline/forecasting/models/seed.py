@@ -17,6 +17,12 @@ departures, both about honesty rather than skill:
 `lightgbm.train` with the equivalent parameters (subsample -> bagging_fraction, which like
 in the report has no effect without a bagging frequency) so scikit-learn is not needed.
 The recipe has no notion of uncertainty, so P10 = P50 = P90.
+
+The report's own evaluation (80/20 chronological split of the windows, RMSE on both parts,
+target smoothed as everything else) is `smoothed_split`; `split.report_split` scores the
+same split against the measured target, as for any model. Features are named
+`<column>_lag<k>`: the column's smoothed value k rows before the first step forecast
+(`target` is the energy consumption).
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ import numpy as np
 from scipy.signal import savgol_filter
 
 from energy_pipeline.forecasting.frame import HourlyFrame
-from energy_pipeline.forecasting.models.base import envelope
+from energy_pipeline.forecasting.models.base import envelope, gain_shares
 from energy_pipeline.forecasting.models.naive import fallback_forecast
 from energy_pipeline.forecasting.quantiles import QuantileForecast
+from energy_pipeline.forecasting.split import WINDOW, rmse
 
-WINDOW = 7
+TARGET_NAME = "target"
 SAVGOL_WINDOW = 5
 SAVGOL_ORDER = 2
 # Fewer windows than this cannot train 7 trees sensibly; the fallback is used instead.
@@ -90,19 +97,60 @@ class SeedModel:
         cols += [frame.future[name][:stop] for name in self.future]
         return np.stack([smooth(c) for c in cols], axis=1)
 
-    def fit(self, frame: HourlyFrame, max_horizon: int) -> None:
-        self.boosters = []
-        rows = self._columns(frame, len(frame))
-        starts = np.arange(0, len(frame) - 2 * WINDOW + 1, WINDOW)
-        if len(starts) < MIN_WINDOWS:
-            return
+    def feature_names(self) -> list[str]:
+        """Names of the flattened window, row by row as `_pairs` lays it out."""
+        columns = [TARGET_NAME, *self.past, *self.future]
+        return [f"{c}_lag{WINDOW - row}" for row in range(WINDOW) for c in columns]
+
+    @staticmethod
+    def _pairs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The non-overlapping windows of smoothed rows (x) and the next 7 targets (y)."""
+        starts = np.arange(0, len(rows) - 2 * WINDOW + 1, WINDOW)
+        if len(starts) == 0:
+            return np.empty((0, WINDOW * rows.shape[1])), np.empty((0, WINDOW))
         x = np.stack([rows[s : s + WINDOW].ravel() for s in starts])
         y = np.stack([rows[s + WINDOW : s + 2 * WINDOW, 0] for s in starts])
+        return x, y
+
+    def _train(self, x: np.ndarray, y: np.ndarray) -> list[lgb.Booster]:
+        """One booster per step ahead, with the report's hyper-parameters."""
         params = {**REPORT_PARAMS, "seed": self.seed, "num_threads": self.num_threads}
+        names = self.feature_names()
+        boosters = []
         for step in range(WINDOW):
             ok = np.isfinite(y[:, step])
-            data = lgb.Dataset(x[ok], y[ok, step])
-            self.boosters.append(lgb.train(params, data, num_boost_round=REPORT_ROUNDS))
+            data = lgb.Dataset(x[ok], y[ok, step], feature_name=names)
+            boosters.append(lgb.train(params, data, num_boost_round=REPORT_ROUNDS))
+        return boosters
+
+    def fit(self, frame: HourlyFrame, max_horizon: int) -> None:
+        self.boosters = []
+        x, y = self._pairs(self._columns(frame, len(frame)))
+        if len(x) < MIN_WINDOWS:
+            return
+        self.boosters = self._train(x, y)
+
+    def smoothed_split(self, frame: HourlyFrame, n_train: int) -> dict[str, float]:
+        """The report's figures: its 80/20 split scored against the smoothed target.
+
+        As the report did it: the whole series smoothed first, boosters trained on the
+        first `n_train` pairs, RMSE of all 7 steps of the training and of the test pairs.
+        Trains boosters of its own; the model itself is left as it is. {} when the
+        training part is too short for the recipe.
+        """
+        x, y = self._pairs(self._columns(frame, len(frame)))
+        if n_train < MIN_WINDOWS or n_train >= len(x):
+            return {}
+        boosters = self._train(x[:n_train], y[:n_train])
+        predicted = np.stack([b.predict(x, num_threads=self.num_threads) for b in boosters], 1)
+        return {
+            "train_rmse_smoothed": rmse(predicted[:n_train] - y[:n_train]),
+            "test_rmse_smoothed": rmse(predicted[n_train:] - y[n_train:]),
+        }
+
+    def feature_importances(self) -> list[tuple[str, float]]:
+        """Gain shares over the seven step boosters (`base.gain_shares`)."""
+        return gain_shares(self.boosters)
 
     def predict(self, frame: HourlyFrame, origin: int, horizons: np.ndarray) -> QuantileForecast:
         horizons = np.asarray(horizons, dtype=np.int64)
