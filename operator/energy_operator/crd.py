@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 from energy_pipeline.core.contracts import SENSOR_NAMES
+from energy_pipeline.forecasting.kinds import DEFAULT_KIND, SERVED_MODELS
 
 GROUP = "energy.pipeline.dev"
 VERSION = "v1alpha1"
@@ -697,6 +698,16 @@ def spec_schema() -> dict[str, Any]:
                 "Cron schedule of the training CronJob (five fields, or @daily and the like).",
                 default="0 3 * * *", pattern=CRON, maxLength=128,
             ),
+            "model": string(
+                "The kind of model trained and served: default (LightGBM quantile boosters, "
+                "P10/P50/P90) or seed (the original report's recipe: Savitzky-Golay "
+                "smoothing, windows of 7 hours, seven per-step LightGBM models, P10 = P50 = "
+                "P90). Training promotes only models of this kind; after a change the next "
+                "training run's model replaces the promoted one of the other kind, which "
+                "inference serves until then.",
+                env=Env("FORECAST_MODEL", ("inference", "train")), default=DEFAULT_KIND,
+                enum=list(SERVED_MODELS),
+            ),
             "trainHistoryDays": integer(
                 "Days of hourly features a training run learns from.",
                 env=Env("TRAIN_HISTORY_DAYS", T), default=90, minimum=1, maximum=3650,
@@ -710,7 +721,8 @@ def spec_schema() -> dict[str, Any]:
                 "type": "object",
                 "description": (
                     "Numeric hyper-parameters overriding the default model's, for example "
-                    "learning_rate: 0.05, num_leaves: 15. Sets TRAIN_MODEL_PARAMS (train) as JSON."
+                    "learning_rate: 0.05, num_leaves: 15 (seed models keep the report's). Sets "
+                    "TRAIN_MODEL_PARAMS (train) as JSON."
                 ),
                 "additionalProperties": {"type": "number"},
                 "maxProperties": len(MODEL_PARAMETERS),
@@ -766,6 +778,47 @@ def spec_schema() -> dict[str, Any]:
         default={},
     )
 
+    monitoring = obj(
+        "How a Prometheus finds the workers' /metrics (port http, 8080; a scraper must also be "
+        "admitted by networkPolicy.metricsFrom).",
+        {
+            "scrapeAnnotations": boolean(
+                "Annotate the worker pods prometheus.io/scrape, prometheus.io/port and "
+                "prometheus.io/path, the convention of Prometheus' own Kubernetes example "
+                "configuration.",
+                default=True,
+            ),
+            "podMonitor": obj(
+                "A PodMonitor <name> (monitoring.coreos.com/v1) selecting this pipeline's "
+                "worker pods, created only while the Prometheus Operator's CRDs are in the "
+                "cluster (the operator looks on every pass, so installing them later works).",
+                {
+                    "enabled": boolean(
+                        "Create the PodMonitor when its CRD exists; false deletes it.",
+                        default=True,
+                    ),
+                    "labels": {
+                        "type": "object",
+                        "description": "Labels of the PodMonitor, for the podMonitorSelector "
+                                       "of your Prometheus resource (e.g. release: "
+                                       "kube-prometheus-stack).",
+                        "additionalProperties": {"type": "string", "maxLength": 63},
+                        "maxProperties": 16,
+                        "default": {},
+                    },
+                    "interval": string(
+                        "Scrape interval.", default="30s", maxLength=16,
+                        # The PodMonitor CRD's own duration pattern.
+                        pattern=r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?"
+                                r"(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+                    ),
+                },
+                default={},
+            ),
+        },
+        default={},
+    )
+
     return obj(
         "Desired state of one energy pipeline: MQTT -> bridge -> Kafka -> ingest -> "
         "PostgreSQL, with LightGBM forecasts served over gRPC.",
@@ -806,6 +859,7 @@ def spec_schema() -> dict[str, Any]:
             "forecast": forecast,
             "api": api,
             "networkPolicy": network_policy,
+            "monitoring": monitoring,
         },
         required=("mqtt", "kafka", "database"),
         rules=(

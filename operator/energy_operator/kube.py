@@ -35,6 +35,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("energy.pipeline.dev/v1alpha1", "EnergyPipeline"): "energypipelines",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
 }
 
 REQUEST_TIMEOUT = 15.0
@@ -116,6 +117,19 @@ class Kube:
         query = [("labelSelector", label_selector)] if label_selector else []
         found = self.request("GET", resource_path(api_version, kind, namespace), query=query)
         return list(found.get("items", []))
+
+    def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves this kind now (discovery: a CRD may come and go).
+        Discovery is open to every authenticated user, so this needs no RBAC rule. An answer
+        other than the list (404: no such group; 503: an aggregated API down) counts as not
+        served: the caller then neither creates nor deletes that kind's children."""
+        path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        try:
+            found = self.request("GET", path)
+        except KubeError:
+            return False
+        return any(r.get("kind") == kind and "/" not in r.get("name", "")
+                   for r in (found or {}).get("resources", []))
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """A Secret's value, or None when the Secret or the key is missing."""

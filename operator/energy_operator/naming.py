@@ -14,6 +14,9 @@ APP_NAME = "energy-pipeline"
 CONFIG_HASH_ANNOTATION = "energy.pipeline.dev/config-hash"
 # On Job <name>-train-first: which of the operator's tries it is (the retry backoff grows).
 FIRST_TRAINING_ATTEMPT_ANNOTATION = "energy.pipeline.dev/first-training-attempt"
+# The Prometheus Operator's PodMonitor: a child only while its CRD is in the cluster.
+POD_MONITOR_API = "monitoring.coreos.com/v1"
+POD_MONITOR = "PodMonitor"
 # kopf's finalizer, present only while spec.kafka.deleteTopicsOnDelete is true.
 FINALIZER = "energy.pipeline.dev/delete-topics"
 # kopf's bookkeeping annotations (last handled spec, handler progress) use this prefix.
@@ -65,6 +68,10 @@ class ChildNames:
     def first_training(self) -> str:
         """The Job the operator starts once, when enough history is stored and no model is."""
         return f"{self.pipeline}-train-first"
+
+    @property
+    def pod_monitor(self) -> str:
+        return self.pipeline
 
     @property
     def service_account(self) -> str:

@@ -60,8 +60,9 @@ SUMMARY = (
     "certificate Secrets and posts Events; while a pipeline has no model it starts (and",
     "retries) its first training Job. It holds a Lease in its own namespace for leader",
     "election. It needs no access to pods, nodes, namespaces or CRDs (kopf's resource",
-    "scanning is off), nor update on its children other than those certificate Secrets",
-    "(server-side apply patches them).",
+    "scanning is off; whether the PodMonitor kind exists, it learns from discovery), nor",
+    "update on its children other than those certificate Secrets (server-side apply",
+    "patches them).",
 )
 
 # What the operator does for each EnergyPipeline: a ClusterRole (every namespace) or, in the
@@ -98,6 +99,11 @@ CLUSTER_RULES = (
          "does)",
          ("networking.k8s.io",), ("networkpolicies",), ("get", "list", "create", "patch",
                                                          "delete")),
+    Rule("apply the PodMonitor that points a Prometheus Operator at the workers' /metrics, "
+         "where its CRD is installed; delete it once spec.monitoring.podMonitor.enabled turns "
+         "false",
+         ("monitoring.coreos.com",), ("podmonitors",), ("get", "list", "create", "patch",
+                                                        "delete")),
     Rule("read the Secrets the spec references (database URL, Kafka SASL credentials) for its "
          "own migrations and topic administration",
          ("",), ("secrets",), ("get",)),

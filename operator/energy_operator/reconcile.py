@@ -46,7 +46,13 @@ from energy_pipeline.db.migrate import MigrationError, latest_version, migrate, 
 
 from energy_operator import certificates, crd, render
 from energy_operator.kube import Kube, KubeError
-from energy_operator.naming import OPTIONAL_WORKERS, ChildNames, instance_selector
+from energy_operator.naming import (
+    OPTIONAL_WORKERS,
+    POD_MONITOR,
+    POD_MONITOR_API,
+    ChildNames,
+    instance_selector,
+)
 from energy_operator.status import (
     FirstTraining,
     History,
@@ -256,18 +262,20 @@ def apply_children(kube: Kube, body: Mapping[str, Any], spec: Mapping[str, Any],
     """
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    children = render.render_children(name, namespace, spec)
+    served = set(render.PRUNABLE_KINDS) | {k for k in render.OPTIONAL_KINDS if kube.serves(*k)}
+    children = render.render_children(
+        name, namespace, spec, pod_monitors=(POD_MONITOR_API, POD_MONITOR) in served)
     adopt(children, body)
     existing: dict[tuple[str, str], str] = {}
     # Children of the kinds that come and go with the spec, controlled by this very object.
     prunable: dict[tuple[str, str], tuple[str, str]] = {}
     selector = instance_selector(name)
-    kinds = {(c["apiVersion"], c["kind"]) for c in children} | set(render.PRUNABLE_KINDS)
+    kinds = {(c["apiVersion"], c["kind"]) for c in children} | served
     for api_version, kind in sorted(kinds):
         for item in kube.list(api_version, kind, namespace, selector):
             key = (kind, item["metadata"]["name"])
             existing[key] = _version(item)
-            if (api_version, kind) in render.PRUNABLE_KINDS and _controlled_by(item, meta):
+            if (api_version, kind) in served and _controlled_by(item, meta):
                 prunable[key] = (api_version, item["metadata"]["uid"])
     created: list[str] = []
     restored: list[str] = []

@@ -24,6 +24,7 @@ from energy_pipeline.core.contracts import MIN_TRAIN_HOURS, all_kafka_topics
 from energy_operator import certificates, crd
 from energy_operator.naming import (
     API_PORT,
+    APP_NAME,
     CLUSTER_DOMAIN,
     CONFIG_HASH_ANNOTATION,
     DEPLOYMENT_WORKERS,
@@ -31,6 +32,8 @@ from energy_operator.naming import (
     GRPC_PORT,
     HTTP_PORT,
     OPTIONAL_WORKERS,
+    POD_MONITOR,
+    POD_MONITOR_API,
     ChildNames,
     labels,
     selector_labels,
@@ -407,10 +410,42 @@ def deployment(name: str, namespace: str, worker: str, spec: Mapping[str, Any],
             "template": {
                 "metadata": {
                     "labels": labels(name, worker),
-                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash(worker, env, data)},
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash(worker, env, data),
+                                    **scrape_annotations(spec)},
                 },
                 "spec": pod,
             },
+        },
+    }
+
+
+def scrape_annotations(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The prometheus.io/* convention (Prometheus' example kubernetes_sd configuration reads
+    them); every worker with a Deployment serves /metrics on the same port."""
+    if not spec["monitoring"]["scrapeAnnotations"]:
+        return {}
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(HTTP_PORT),
+            "prometheus.io/path": "/metrics"}
+
+
+def pod_monitor(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The Prometheus Operator's scrape target for every worker pod of this pipeline."""
+    settings = spec["monitoring"]["podMonitor"]
+    return {
+        "apiVersion": POD_MONITOR_API,
+        "kind": POD_MONITOR,
+        "metadata": {"name": ChildNames(name).pod_monitor, "namespace": namespace,
+                     # The user's labels first: ours identify the child and must win.
+                     "labels": {**settings["labels"], **labels(name, "metrics")}},
+        "spec": {
+            "selector": {
+                "matchLabels": {"app.kubernetes.io/name": APP_NAME,
+                                "app.kubernetes.io/instance": name},
+                "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
+                                      "values": list(DEPLOYMENT_WORKERS + OPTIONAL_WORKERS)}],
+            },
+            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "scheme": "http",
+                                     "interval": settings["interval"]}],
         },
     }
 
@@ -554,10 +589,12 @@ def service_account(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
-def render_children(name: str, namespace: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+def render_children(name: str, namespace: str, spec: Mapping[str, Any],
+                    pod_monitors: bool = False) -> list[dict[str, Any]]:
     """Every child of one EnergyPipeline, in the order they are applied.
 
-    `spec` may be partial: CRD defaults are filled in first.
+    `spec` may be partial: CRD defaults are filled in first. `pod_monitors`: the cluster
+    serves the PodMonitor kind (the reconciler asks the API server's discovery).
     """
     spec = crd.with_defaults(spec)
     data = config_data(name, namespace, spec)
@@ -570,6 +607,8 @@ def render_children(name: str, namespace: str, spec: Mapping[str, Any]) -> list[
     children.append(train_cronjob(name, namespace, spec, data))
     children += [pod_disruption_budget(name, namespace, w) for w in workers]
     children += network_policies(name, namespace, spec, workers)
+    if pod_monitors and spec["monitoring"]["podMonitor"]["enabled"]:
+        children.append(pod_monitor(name, namespace, spec))
     return children
 
 
@@ -577,6 +616,8 @@ def render_children(name: str, namespace: str, spec: Mapping[str, Any]) -> list[
 # these kinds that this pipeline owns but no longer renders is deleted by the reconciler.
 PRUNABLE_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"),
                   ("policy/v1", "PodDisruptionBudget"), (NETWORK_POLICY_API, NETWORK_POLICY))
+# Prunable too, but listed only where the cluster serves the kind (a CRD of another project).
+OPTIONAL_KINDS = ((POD_MONITOR_API, POD_MONITOR),)
 
 
 def topic_names(spec: Mapping[str, Any]) -> list[str]:

@@ -247,3 +247,65 @@ def test_a_missing_mqtt_ca_secret_is_a_problem_naming_its_fix(
     plain = Outcome()
     check_mqtt_ca(client, namespace, crd.with_defaults(SPEC), plain)
     assert not plain.problems
+
+
+@pytest.fixture
+def pod_monitor_kind(kube: KubeControlPlane) -> Iterator[None]:
+    """The Prometheus Operator's real PodMonitor CRD (from the Go module proxy), removed after
+    the test so that other tests see a cluster without it."""
+    from energy_harness.localstack.kube_install import pod_monitor_crd
+
+    kube.kubectl("apply", "--server-side", "-f", str(pod_monitor_crd()))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                 "crd/podmonitors.monitoring.coreos.com")
+    yield
+    kube.kubectl("delete", "crd", "podmonitors.monitoring.coreos.com", "--wait=true")
+
+
+def test_a_pod_monitor_follows_its_crd_and_the_spec_under_the_operators_own_rbac(
+    kube: KubeControlPlane, namespace: str, operator_kubeconfig: Any,
+    pod_monitor_kind: None,
+) -> None:
+    from energy_operator.kube import new_api_client
+
+    admin = Kube(kube.api_client)
+    # The operator's ServiceAccount with the RBAC the chart ships: discovery and the
+    # PodMonitor rule are enough.
+    operator = Kube(new_api_client(str(operator_kubeconfig)))
+    body = owner(admin, namespace, "demo")
+    wanted = {**SPEC, "monitoring": {"podMonitor": {"labels": {"release": "prom"}}}}
+    assert operator.serves("monitoring.coreos.com/v1", "PodMonitor")
+    out = apply(operator, body, wanted, False)
+    assert not out.problems
+    monitor = admin.get("monitoring.coreos.com/v1", "PodMonitor", namespace, "demo")
+    # The API server validated it against the Prometheus Operator's own schema.
+    assert monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "http", "path": "/metrics", "scheme": "http", "interval": "30s"}]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+    # The workers it selects are this pipeline's Deployments' pods, found by the API server.
+    selector = monitor["spec"]["selector"]
+    terms = [f"{k}={v}" for k, v in selector["matchLabels"].items()]
+    terms += [f"{e['key']} in ({','.join(e['values'])})" for e in selector["matchExpressions"]]
+    expression = ",".join(terms)
+    selected = admin.list("apps/v1", "Deployment", namespace, expression)
+    assert sorted(d["metadata"]["name"] for d in selected) == [
+        "demo-bridge", "demo-inference", "demo-ingest"]
+
+    out = apply(operator, body, {**SPEC, "monitoring": {"podMonitor": {"enabled": False}}}, True)
+    assert not out.problems
+    assert [e.reason for e in out.events] == ["Deleted"]
+    assert "PodMonitor demo" in out.events[0].message
+    assert admin.get("monitoring.coreos.com/v1", "PodMonitor", namespace, "demo") is None
+
+
+def test_without_the_pod_monitor_crd_nothing_is_asked_of_it(
+    kube: KubeControlPlane, namespace: str
+) -> None:
+    client = Kube(kube.api_client)
+    assert not client.serves("monitoring.coreos.com/v1", "PodMonitor")
+    assert client.serves("apps/v1", "Deployment")
+    body = owner(client, namespace, "demo")
+    out = apply(client, body, SPEC, False)
+    assert not out.problems and [e.reason for e in out.events] == ["Created"]
+    assert "PodMonitor" not in out.events[0].message

@@ -122,10 +122,12 @@ def test_each_worker_reads_exactly_its_settings() -> None:
         "FORECAST_HISTORY_HOURS", "FORECAST_DEADLINE_MS", "FORECAST_STREAM_IDLE_S", *GRPC_TLS,
     }
     assert env_names(inference) == common | {
-        "DATABASE_URL", "GRPC_PORT", "MODEL_REFRESH_S", "GRPC_MAX_WORKERS", *GRPC_TLS}
+        "DATABASE_URL", "GRPC_PORT", "MODEL_REFRESH_S", "GRPC_MAX_WORKERS", "FORECAST_MODEL",
+        *GRPC_TLS}
     # A Job serves no probes: no HTTP_PORT.
     assert env_names(train) == common - {"HTTP_PORT"} | {
-        "DATABASE_URL", "TRAIN_HISTORY_DAYS", "TRAIN_BACKTEST_DAYS", "TRAIN_MODEL_PARAMS"}
+        "DATABASE_URL", "TRAIN_HISTORY_DAYS", "TRAIN_BACKTEST_DAYS", "TRAIN_MODEL_PARAMS",
+        "FORECAST_MODEL"}
 
 
 def test_credentials_come_from_the_referenced_secrets() -> None:
@@ -580,3 +582,59 @@ def test_mqtt_tls_with_the_system_cas_and_without_tls() -> None:
     # No spec.mqtt.tls: neither key, so the bridge's defaults (plain MQTT) hold.
     default = children()[("ConfigMap", "demo-config")]["data"]
     assert not {"MQTT_TLS", "MQTT_CA_FILE"} & set(default)
+
+
+def _matches(selector: dict[str, Any], pod_labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions with In) against a pod's labels."""
+    if any(pod_labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In"
+        if pod_labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def test_worker_pods_carry_the_prometheus_scrape_annotations_unless_turned_off() -> None:
+    spec = with_changes(api={"enabled": True})
+    for worker in ("bridge", "ingest", "inference", "api"):
+        template = children(spec)[("Deployment", f"demo-{worker}")]["spec"]["template"]
+        port = str(HTTP_PORT)
+        assert {k: v for k, v in template["metadata"]["annotations"].items()
+                if k.startswith("prometheus.io/")} == {
+            "prometheus.io/scrape": "true", "prometheus.io/port": port,
+            "prometheus.io/path": "/metrics"}
+        # The annotated port is the one the container serves /metrics on.
+        (only,) = template["spec"]["containers"]
+        assert {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"} in only["ports"]
+    off = with_changes(monitoring={"scrapeAnnotations": False})
+    template = children(off)[("Deployment", "demo-bridge")]["spec"]["template"]
+    assert not any(k.startswith("prometheus.io/") for k in template["metadata"]["annotations"])
+
+
+def test_a_pod_monitor_selects_every_worker_pod_of_its_pipeline_only_where_served() -> None:
+    spec = with_changes(api={"enabled": True},
+                        monitoring={"podMonitor": {"labels": {"release": "prom"},
+                                                   "interval": "15s"}})
+    assert ("PodMonitor", "demo") not in children(spec)  # the kind is not served
+    objs = {(c["kind"], c["metadata"]["name"]): c
+            for c in render.render_children("demo", "energy", spec, pod_monitors=True)}
+    monitor = objs[("PodMonitor", "demo")]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+    assert monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "http", "path": "/metrics", "scheme": "http", "interval": "15s"}]
+    selector = monitor["spec"]["selector"]
+    pods = {name: obj["spec"]["template"]["metadata"]["labels"]
+            for (kind, name), obj in objs.items() if kind == "Deployment"}
+    assert set(pods) == {"demo-bridge", "demo-ingest", "demo-inference", "demo-api"}
+    assert all(_matches(selector, labels) for labels in pods.values())
+    # Not the training Job's pods (no /metrics) nor another pipeline's workers.
+    train = objs[("CronJob", "demo-train")]["spec"]["jobTemplate"]["spec"]["template"]
+    assert not _matches(selector, train["metadata"]["labels"])
+    other = children(name="other")[("Deployment", "other-bridge")]
+    assert not _matches(selector, other["spec"]["template"]["metadata"]["labels"])
+    disabled = with_changes(monitoring={"podMonitor": {"enabled": False}})
+    assert not [c for c in render.render_children("demo", "energy", disabled, pod_monitors=True)
+                if c["kind"] == "PodMonitor"]

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -45,6 +46,9 @@ TELEGRAF_VERSION = "v1.37.2"
 TELEGRAF_TAGS = (
     "custom", "inputs.mqtt_consumer", "outputs.kafka", "parsers.json", "serializers.json"
 )
+# The Prometheus Operator, whose PodMonitor CRD the cluster tests install (Apache-2.0): the
+# newest release whose root module the Go proxy serves here (v0.95.2 is refused).
+PROMETHEUS_OPERATOR_VERSION = "v0.86.1"
 
 MIN_GO = (1, 24)
 
@@ -379,6 +383,31 @@ def ensure_telegraf(version: str = TELEGRAF_VERSION) -> Path:
         [f"-X github.com/influxdata/telegraf/internal.Version={version.removeprefix('v')}"],
         TELEGRAF_TAGS,
     )
+
+
+def go_module_dir(module: str, version: str) -> Path:
+    """A module's source tree, downloaded from the Go module proxy into the module cache
+    (`go mod download`, a no-op once cached): for files a module ships that are not Go code."""
+    go = ensure_go()
+    with tempfile.TemporaryDirectory() as outside_any_module:
+        result = subprocess.run(
+            [str(go), "mod", "download", "-json", f"{module}@{version}"],
+            cwd=outside_any_module, env=go_build_env(go), stdin=subprocess.DEVNULL,
+            capture_output=True, text=True,
+        )
+    try:
+        answer = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        answer = {"Error": result.stderr.strip() or f"exit {result.returncode}"}
+    if result.returncode != 0 or "Dir" not in answer:
+        raise ServiceError(f"go mod download {module}@{version}: {answer.get('Error')}")
+    return Path(answer["Dir"])
+
+
+def pod_monitor_crd(version: str = PROMETHEUS_OPERATOR_VERSION) -> Path:
+    """The Prometheus Operator's own PodMonitor CRD (monitoring.coreos.com/v1)."""
+    root = go_module_dir("github.com/prometheus-operator/prometheus-operator", version)
+    return root / "example" / "prometheus-operator-crd" / "monitoring.coreos.com_podmonitors.yaml"
 
 
 @functools.cache
