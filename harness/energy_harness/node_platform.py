@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import yaml
+from energy_pipeline.db.connect import with_schema
 
 from energy_harness.images import REPO
 from energy_harness.localstack.kube import KubeControlPlane
@@ -248,7 +249,10 @@ class Platform:
         service = self.get("service", "energy-postgres")
         parts = urlsplit(url)
         netloc = parts.netloc.replace(parts.hostname or "", service["spec"]["clusterIP"], 1)
-        return urlunsplit(parts._replace(netloc=netloc))
+        # In the pipeline's own schema, as its workers connect (DATABASE_SCHEMA of its
+        # ConfigMap, which the operator derives from its name).
+        schema = self.get("configmap", f"{PIPELINE}-config")["data"]["DATABASE_SCHEMA"]
+        return with_schema(urlunsplit(parts._replace(netloc=netloc)), schema)
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         conn = psycopg2.connect(self.dsn(), connect_timeout=10)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from energy_pipeline.core.contracts import SENSOR_NAMES
+from energy_pipeline.core.contracts import SCHEMA_NAME, SENSOR_NAMES, TOPIC_ROOT
 from energy_pipeline.forecasting.kinds import DEFAULT_KIND, SERVED_MODELS
 
 GROUP = "energy.pipeline.dev"
@@ -289,17 +289,23 @@ def spec_schema() -> dict[str, Any]:
             "port": integer(
                 "Broker port.", env=Env("MQTT_PORT", B), default=1883, minimum=1, maximum=65535,
             ),
+            "topicRoot": string(
+                "Topic root of this pipeline's readings: devices publish to "
+                "<topicRoot>/<site>/<sensor>/<device>, and the bridge rejects (and counts) a "
+                "topic outside it. Unset: the pipeline's name, so that pipelines sharing a "
+                "broker do not read each other's devices.",
+                env=Env("MQTT_TOPIC_ROOT", B), minLength=1, maxLength=512,
+                pattern=f"^{TOPIC_ROOT.pattern}$",
+            ),
             "topicFilter": string(
-                "MQTT topic filter to bridge; readings are published to "
-                "energy/<site>/<sensor>/<device>.",
-                env=Env("MQTT_TOPIC_FILTER", B), default="energy/#", minLength=1, maxLength=1024,
+                "MQTT topic filter to bridge. Unset: <topicRoot>/#.",
+                env=Env("MQTT_TOPIC_FILTER", B), minLength=1, maxLength=1024,
             ),
             "sharedGroup": string(
                 "Shared-subscription group, so that the bridge replicas share the stream "
-                "($share/<group>/<filter>). Empty: a plain subscription (every replica gets "
-                "every message).",
-                env=Env("MQTT_SHARED_GROUP", B), default="bridge", maxLength=128,
-                pattern=r"^[^/+#]*$",
+                "($share/<group>/<filter>). Unset: the pipeline's name. Empty: a plain "
+                "subscription (every replica gets every message).",
+                env=Env("MQTT_SHARED_GROUP", B), maxLength=128, pattern=r"^[^/+#]*$",
             ),
             "sessionExpirySeconds": integer(
                 "How long the broker keeps a disconnected bridge's session and its "
@@ -351,8 +357,9 @@ def spec_schema() -> dict[str, Any]:
             ),
             "topicPrefix": string(
                 "Topics are <prefix>.<sensor> (temperature, humidity, squarefootage, "
-                "renewableenergy, energyconsumption) and <prefix>.deadletter.",
-                env=Env("KAFKA_TOPIC_PREFIX", BI), default="energy", minLength=1, maxLength=200,
+                "renewableenergy, energyconsumption) and <prefix>.deadletter. Unset: the "
+                "pipeline's name.",
+                env=Env("KAFKA_TOPIC_PREFIX", BI), minLength=1, maxLength=200,
                 pattern=r"^[a-zA-Z0-9_-][a-zA-Z0-9._-]*$",
             ),
             "partitions": integer(
@@ -430,8 +437,8 @@ def spec_schema() -> dict[str, Any]:
                 },
             ),
             "consumerGroup": string(
-                "Consumer group of the ingest workers.",
-                env=Env("KAFKA_CONSUMER_GROUP", IN), default="ingest", minLength=1, maxLength=249,
+                "Consumer group of the ingest workers. Unset: <pipeline name>-ingest.",
+                env=Env("KAFKA_CONSUMER_GROUP", IN), minLength=1, maxLength=249,
             ),
             "deleteTopicsOnDelete": boolean(
                 "Delete the topics (and their data) when the EnergyPipeline is deleted. The "
@@ -470,6 +477,13 @@ def spec_schema() -> dict[str, Any]:
                 "verifies its own connections with it too. An sslmode in the URL wins. "
                 "Absent: libpq's default (sslmode=prefer, unverified).",
                 {"key": ("ca.crt", "the CA certificate")},
+            ),
+            "schema": string(
+                "PostgreSQL schema holding this pipeline's tables (set as search_path of "
+                "every connection; the operator creates it when it migrates). Unset: the "
+                "pipeline's name with '-' as '_'. public: the database's default schema.",
+                env=Env("DATABASE_SCHEMA", ("ingest", "inference", "train", "api")),
+                minLength=1, maxLength=63, pattern=f"^{SCHEMA_NAME.pattern}$",
             ),
         },
         required=("urlSecret",),
@@ -866,7 +880,7 @@ def spec_schema() -> dict[str, Any]:
             rule("self.ingestion.replicas <= self.kafka.partitions",
                  "ingestion.replicas must not exceed kafka.partitions: a partition is read by "
                  "one ingest worker, extra workers would sit idle", ".ingestion.replicas"),
-            rule("self.ingestion.bridge.connections == 1 || "
+            rule("self.ingestion.bridge.connections == 1 || !has(self.mqtt.topicFilter) || "
                  "self.mqtt.topicFilter.matches('^[^+#]+/#$')",
                  "ingestion.bridge.connections above 1 splits mqtt.topicFilter by sensor type: "
                  "it must be <root>/# with no wildcard in <root>",
@@ -1085,13 +1099,38 @@ def settings() -> list[Setting]:
     return out
 
 
-def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """`spec` with the CRD's defaults filled in, as the API server would store it.
+def with_defaults(spec: Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
+    """`spec` with the CRD's defaults filled in, as the API server would store it, and with
+    `name` (the pipeline's) also the defaults derived from it (`derived_defaults`).
 
     The API server already defaults what it stores; this makes rendering total for specs
     written before a field existed and for unit tests with minimal specs.
     """
-    return _default(spec_schema(), copy.deepcopy(dict(spec)))
+    value = _default(spec_schema(), copy.deepcopy(dict(spec)))
+    if name is not None:
+        for path, derived in derived_defaults(name, value).items():
+            if get_path(value, path) is None:
+                value.setdefault(path[0], {})[path[1]] = derived
+    return value
+
+
+def derived_defaults(name: str, spec: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """What the fields that isolate pipelines from each other default to for pipeline `name`:
+    its own MQTT topics and shared group, Kafka topics and consumer group, database schema.
+
+    No static CRD default can depend on the object's name, so the operator fills these in;
+    two pipelines that leave them unset never share a stream or a table. A value the spec
+    sets wins (the filter follows the spec's topicRoot).
+    """
+    root = get_path(spec, ("mqtt", "topicRoot")) or name
+    return {
+        ("mqtt", "topicRoot"): name,
+        ("mqtt", "topicFilter"): f"{root}/#",
+        ("mqtt", "sharedGroup"): name,
+        ("kafka", "topicPrefix"): name,
+        ("kafka", "consumerGroup"): f"{name}-ingest",
+        ("database", "schema"): name.replace("-", "_"),
+    }
 
 
 def _default(node: Mapping[str, Any], value: Any) -> Any:

@@ -76,7 +76,8 @@ class Runtime:
             self.running += 1
         started = time.monotonic()
         try:
-            outcome = reconcile(self.kube, namespace, name, _adopt)
+            outcome = reconcile(self.kube, namespace, name, _adopt,
+                                scope=self.settings.namespaces)
         except Exception:
             RECONCILES.labels(trigger, "error").inc()
             self.due[(namespace, name)] = time.monotonic() + SETTLE_S
@@ -161,7 +162,8 @@ def delete_topics_handler(body: kopf.Body, **_: Any) -> None:
     """Runs only while deleteTopicsOnDelete is true, and so does kopf's finalizer."""
     assert RUNTIME.kube is not None
     try:
-        delete_pipeline_topics(RUNTIME.kube, dict(body))
+        delete_pipeline_topics(RUNTIME.kube, dict(body), scope=RUNTIME.settings.namespaces
+                               if RUNTIME.settings else ())
     except Exception as exc:
         raise kopf.TemporaryError(f"could not delete the topics yet: {exc}", delay=10) from exc
 

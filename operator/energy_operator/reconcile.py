@@ -16,7 +16,7 @@ import hashlib
 import logging
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,10 +41,16 @@ from energy_pipeline.dataplane.topics import (
     set_topic_config,
     topic_config,
 )
-from energy_pipeline.db.connect import DatabaseUnreachable, connect, with_ca, worker_name
+from energy_pipeline.db.connect import (
+    DatabaseUnreachable,
+    connect,
+    with_ca,
+    with_schema,
+    worker_name,
+)
 from energy_pipeline.db.migrate import MigrationError, latest_version, migrate, schema_version
 
-from energy_operator import certificates, crd, render
+from energy_operator import certificates, crd, isolation, render
 from energy_operator.kube import Kube, KubeError
 from energy_operator.naming import (
     OPTIONAL_WORKERS,
@@ -189,7 +195,12 @@ def database_url(kube: Kube, namespace: str, spec: Mapping[str, Any],
     database = spec["database"]
     url = _secret(kube, namespace, database["urlSecret"], "key", "spec.database.urlSecret",
                   outcome)
-    if url is None or not database.get("caSecret"):
+    if url is None:
+        return None
+    # The pipeline's schema (spec.database.schema), as the workers' DATABASE_SCHEMA sets it:
+    # migrations and the status's facts are this pipeline's own.
+    url = with_schema(url, database["schema"]) if database.get("schema") else url
+    if not database.get("caSecret"):
         return url
     ca = _secret(kube, namespace, database["caSecret"], "key", "spec.database.caSecret",
                  outcome)
@@ -707,28 +718,53 @@ def _lock_for(key: str) -> threading.Lock:
 
 
 def reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
-              now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Outcome:
+              now: Callable[[], datetime] = lambda: datetime.now(UTC),
+              scope: Sequence[str] = ()) -> Outcome:
     """Bring one EnergyPipeline's children, topics and schema to its spec; write its status.
 
-    Serialised per object: an event handler and the periodic pass never overlap on it.
+    `scope`: the namespaces the operator watches (empty: all), where the pipelines it could
+    clash with live. Serialised per object: an event handler and the periodic pass never
+    overlap on it.
     """
     with _lock_for(f"{namespace}/{name}"):
-        return _reconcile(kube, namespace, name, adopt, now)
+        return _reconcile(kube, namespace, name, adopt, now, scope)
+
+
+def clashes(kube: Kube, body: Mapping[str, Any], scope: Sequence[str],
+            outcome: Outcome) -> bool:
+    """Whether an earlier pipeline in `scope` holds a topic, group or schema this one claims
+    (each clash becomes a Problem naming it and the fix). The list comes from the API
+    server on every pass: a clash ends as soon as the other pipeline is changed or deleted."""
+    try:
+        bodies = [b for namespace in (scope or [None])
+                  for b in kube.list(crd.API_VERSION, crd.KIND, namespace)]
+    except KubeError as exc:
+        outcome.problem("PipelinesUnlisted", "cannot list the other EnergyPipelines to check "
+                        f"that none uses this one's topics or schema: {exc.message}",
+                        blocking=False)
+        return False
+    others = [isolation.from_body(b) for b in bodies
+              if not b["metadata"].get("deletionTimestamp")]
+    found = isolation.conflicts(isolation.from_body(body), others)
+    outcome.problems.extend(found)
+    return bool(found)
 
 
 def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
-               now: Callable[[], datetime]) -> Outcome:
+               now: Callable[[], datetime], scope: Sequence[str]) -> Outcome:
     body = kube.get(crd.API_VERSION, crd.KIND, namespace, name)
     if body is None:
         return Outcome(skipped="deleted")
     if body["metadata"].get("deletionTimestamp"):
         # Being deleted: recreating children now would only feed the garbage collector.
         return Outcome(skipped="deleting")
-    spec = crd.with_defaults(body.get("spec") or {})
+    spec = crd.with_defaults(body.get("spec") or {}, name)
     previous = body.get("status") or {}
     paused = bool(spec["paused"])
-    change = not paused
     outcome = Outcome()
+    # A pipeline refused for a clash is observed, never acted on: its children, topics and
+    # schema stay as they are (none, for a new one) while the status says why.
+    change = not paused and not clashes(kube, body, scope, outcome)
 
     db_url = database_url(kube, namespace, spec, outcome)
     kafka = kafka_config(kube, namespace, spec, outcome)
@@ -828,11 +864,19 @@ def _already_reported(problem: Problem, previous: Mapping[str, Any]) -> bool:
     return False
 
 
-def delete_pipeline_topics(kube: Kube, body: Mapping[str, Any]) -> list[str]:
-    """The finalizer's work: delete the topics (only when spec.kafka.deleteTopicsOnDelete)."""
+def delete_pipeline_topics(kube: Kube, body: Mapping[str, Any],
+                           scope: Sequence[str] = ()) -> list[str]:
+    """The finalizer's work: delete the topics (only when spec.kafka.deleteTopicsOnDelete),
+    unless the pipeline was refused for a clash: its topics are then another's."""
     meta = body["metadata"]
-    spec = crd.with_defaults(body.get("spec") or {})
+    spec = crd.with_defaults(body.get("spec") or {}, meta["name"])
     outcome = Outcome()
+    if clashes(kube, body, scope, outcome):
+        kube.post_event(dict(body), "TopicsKept", "topics not deleted: " + "; ".join(
+            p.message.split(":", 1)[0] for p in outcome.problems))
+        return []
+    if outcome.problems:  # the other pipelines could not be listed: delete nothing yet
+        raise RuntimeError("; ".join(p.message for p in outcome.problems))
     config = kafka_config(kube, meta["namespace"], spec, outcome)
     if config is None:
         raise RuntimeError("; ".join(p.message for p in outcome.problems))

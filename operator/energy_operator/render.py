@@ -109,7 +109,9 @@ def inference_target(name: str, namespace: str) -> str:
 
 
 def config_data(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, str]:
-    """The ConfigMap: every non-secret setting, keyed by its environment variable."""
+    """The ConfigMap: every non-secret setting, keyed by its environment variable (those
+    derived from `name` included)."""
+    spec = crd.with_defaults(spec, name)
     data: dict[str, str] = {}
     for setting in crd.settings():
         value = crd.get_path(spec, setting.path)
@@ -529,7 +531,7 @@ def first_training_job(name: str, namespace: str, spec: Mapping[str, Any],
     `attempt` counts the operator's tries; a failed one is replaced by the next after a backoff
     (`status.plan_first_training`).
     """
-    spec = crd.with_defaults(spec)
+    spec = crd.with_defaults(spec, name)
     template = train_cronjob(name, namespace, spec, config_data(name, namespace, spec))[
         "spec"]["jobTemplate"]
     return {
@@ -593,10 +595,11 @@ def render_children(name: str, namespace: str, spec: Mapping[str, Any],
                     pod_monitors: bool = False) -> list[dict[str, Any]]:
     """Every child of one EnergyPipeline, in the order they are applied.
 
-    `spec` may be partial: CRD defaults are filled in first. `pod_monitors`: the cluster
-    serves the PodMonitor kind (the reconciler asks the API server's discovery).
+    `spec` may be partial: CRD defaults (and those derived from `name`) are filled in first.
+    `pod_monitors`: the cluster serves the PodMonitor kind (the reconciler asks the API
+    server's discovery).
     """
-    spec = crd.with_defaults(spec)
+    spec = crd.with_defaults(spec, name)
     data = config_data(name, namespace, spec)
     workers = deployment_workers(spec)
     children = [service_account(name, namespace), config_map(name, namespace, data)]
@@ -620,8 +623,9 @@ PRUNABLE_KINDS = (("apps/v1", "Deployment"), ("v1", "Service"),
 OPTIONAL_KINDS = ((POD_MONITOR_API, POD_MONITOR),)
 
 
-def topic_names(spec: Mapping[str, Any]) -> list[str]:
-    return all_kafka_topics(crd.with_defaults(spec)["kafka"]["topicPrefix"])
+def topic_names(spec: Mapping[str, Any], name: str | None = None) -> list[str]:
+    """The pipeline's Kafka topics; `name` for a spec whose topicPrefix may be derived."""
+    return all_kafka_topics(crd.with_defaults(spec, name)["kafka"]["topicPrefix"])
 
 
 def desired_replicas(spec: Mapping[str, Any]) -> dict[str, int]:

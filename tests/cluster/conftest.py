@@ -4,8 +4,11 @@ scheduler, kwok with 3 fake nodes) per test session, plus kubectl and helm bound
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from energy_harness.localstack.kube import KubeControlPlane
@@ -86,6 +89,27 @@ def operator_kubeconfig(
     token = service_account_token(Kube(kube.api_client), "energy-system", "energy-operator")
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"
     return service_account_kubeconfig(kube.kubeconfig, token, path)
+
+
+@contextlib.contextmanager
+def leading_operator(kubeconfig: Path, log_dir: Path, interval: int) -> Iterator[Any]:
+    """`energy-pipeline operator` as a local process under the chart's RBAC (`kubeconfig`),
+    reconciling every `interval` seconds, once it leads (a short Lease: a module's operator
+    takes over quickly from the previous module's); stopped at the end."""
+    from energy_harness.operator_local import OperatorProcess
+
+    proc = OperatorProcess(
+        kubeconfig=kubeconfig, log_path=log_dir / "operator.log",
+        env={"RECONCILE_INTERVAL_S": str(interval),
+             "LEADER_ELECTION_NAMESPACE": "energy-system",
+             "LEADER_ELECTION_LEASE_S": "6", "LEADER_ELECTION_RENEW_S": "1"},
+    )
+    proc.start()
+    try:
+        proc.wait_role("leader", 20)
+        yield proc
+    finally:
+        proc.stop()
 
 
 # -- one helm release in a namespace of its own (the chart tests) ----------------------------

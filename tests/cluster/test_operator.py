@@ -35,7 +35,10 @@ from energy_operator.kube import Kube
 from energy_operator.reconcile import Outcome, kafka_config
 from energy_pipeline.core.settings import KafkaSettings, load
 from energy_pipeline.dataplane.topics import delete_topics, describe_topics
+from energy_pipeline.db.connect import with_schema
 from energy_pipeline.db.migrate import latest_version, schema_version
+
+from .conftest import leading_operator
 
 pytestmark = pytest.mark.cluster
 
@@ -78,22 +81,9 @@ def operator(
     postgres: PostgresServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(
-        kubeconfig=operator_kubeconfig,
-        log_path=tmp_path_factory.mktemp("operator-logs") / "operator.log",
-        env={
-            "RECONCILE_INTERVAL_S": str(INTERVAL),
-            "LEADER_ELECTION_NAMESPACE": "energy-system",
-            "LEADER_ELECTION_LEASE_S": "6",
-            "LEADER_ELECTION_RENEW_S": "1",
-        },
-    )
-    proc.start()
-    proc.wait_role("leader", 20)
-    try:
+    with leading_operator(operator_kubeconfig, tmp_path_factory.mktemp("operator-logs"),
+                          INTERVAL) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @dataclass
@@ -113,11 +103,14 @@ class Pipeline:
     roles: list[str] = field(default_factory=list)
 
     def spec(self, **sections: Any) -> dict[str, Any]:
+        # The test's own topic root, prefix and group (not the ones derived from the shared
+        # name "demo"): a pipeline of an earlier test, still being deleted, never clashes.
+        # Its own database too, in the default schema.
         spec: dict[str, Any] = {
-            "mqtt": {"host": self.mqtt[0], "port": self.mqtt[1]},
+            "mqtt": {"host": self.mqtt[0], "port": self.mqtt[1], "topicRoot": self.prefix},
             "kafka": {"bootstrapServers": self.bootstrap, "topicPrefix": self.prefix,
-                      "brokers": 3},
-            "database": {"urlSecret": {"name": "pg", "key": "url"}},
+                      "consumerGroup": f"{self.prefix}-ingest", "brokers": 3},
+            "database": {"urlSecret": {"name": "pg", "key": "url"}, "schema": "public"},
         }
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(spec.get(key), dict):
@@ -244,7 +237,10 @@ def test_example_becomes_ready_with_children_topics_and_schema(pipeline: Pipelin
     del spec["database"]["caSecret"]
     del spec["mqtt"]["tls"], spec["mqtt"]["credentialsSecret"]
     spec["mqtt"]["port"] = 1883
-    spec["kafka"].update(bootstrapServers=pipeline.bootstrap, topicPrefix=pipeline.prefix)
+    # The example's names are the chart's (its ACLs name them); here the test's own.
+    spec["mqtt"].update(topicRoot=pipeline.prefix, sharedGroup=pipeline.prefix)
+    spec["kafka"].update(bootstrapServers=pipeline.bootstrap, topicPrefix=pipeline.prefix,
+                         consumerGroup=f"{pipeline.prefix}-ingest")
     secret = spec["database"]["urlSecret"]
     pipeline.client.create({"apiVersion": "v1", "kind": "Secret",
                             "metadata": {"name": secret["name"], "namespace": pipeline.namespace},
@@ -284,7 +280,10 @@ def test_example_becomes_ready_with_children_topics_and_schema(pipeline: Pipelin
     topics = pipeline.topics()
     assert len(topics) == 6
     assert {(t.partitions, t.replication_factor) for t in topics.values()} == {(4, 2)}
-    assert schema_version(pipeline.database_url) == latest_version()
+    # The example leaves spec.database.schema to the default: the pipeline's name.
+    assert "schema" not in spec["database"]
+    assert schema_version(with_schema(pipeline.database_url, "demo")) == latest_version()
+    assert schema_version(pipeline.database_url) == 0  # nothing in public
     assert status["schemaVersion"] == latest_version()
     assert status["topics"]["state"] == "Ready"
     assert (status["ingestion"], status["inference"]) == ("4/4", "2/2")
@@ -390,7 +389,10 @@ def test_rendered_workers_run_locally_with_the_rendered_environment(
                                              "--start", "2026-01-01T00:00:00Z",
                                              "--fault-rate", "0"],
                                 {**basics, "MQTT_HOST": mqtt_broker.host,
-                                 "MQTT_PORT": str(mqtt_broker.port)}, tmp_path / "logs")
+                                 "MQTT_PORT": str(mqtt_broker.port),
+                                 # Under the pipeline's topic root, as its devices publish.
+                                 "MQTT_TOPIC_ROOT": envs["bridge"]["MQTT_TOPIC_ROOT"]},
+                                tmp_path / "logs")
         publish.start(wait_ready=False)
         assert publish.wait(60) == 0
         expected = 5 * 2 * 24

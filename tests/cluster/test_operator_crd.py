@@ -133,7 +133,8 @@ def test_valid_spec_is_stored_with_defaults(kube: KubeControlPlane, namespace: s
     spec = stored["spec"]
     assert spec["kafka"]["partitions"] == 4
     assert spec["kafka"]["replicationFactor"] == 2
-    assert spec["kafka"]["topicPrefix"] == "energy"
+    # No static default: the operator derives it (and the other names) from the name.
+    assert "topicPrefix" not in spec["kafka"] and "schema" not in spec["database"]
     assert spec["kafka"]["deleteTopicsOnDelete"] is False
     assert spec["database"]["urlSecret"]["key"] == "url"
     assert spec["ingestion"]["replicas"] == 2

@@ -38,6 +38,8 @@ from energy_operator.reconcile import registry_facts
 from energy_pipeline.dataplane.topics import delete_topics
 from energy_pipeline.forecasting.hourly_db import read_site_rows, write_hourly_frame
 
+from .conftest import leading_operator
+
 pytestmark = pytest.mark.cluster
 
 API = "energy.pipeline.dev/v1alpha1"
@@ -54,19 +56,9 @@ FAST_MODEL = {"num_boost_round": 30, "early_stopping_rounds": 5, "max_rows": 800
 def operator(kube: KubeControlPlane, operator_kubeconfig: Path, kafka_cluster: KafkaCluster,
              postgres: PostgresServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(
-        kubeconfig=operator_kubeconfig,
-        log_path=tmp_path_factory.mktemp("operator-logs") / "operator.log",
-        env={"RECONCILE_INTERVAL_S": str(INTERVAL),
-             "LEADER_ELECTION_NAMESPACE": "energy-system",
-             "LEADER_ELECTION_LEASE_S": "6", "LEADER_ELECTION_RENEW_S": "1"},
-    )
-    proc.start()
-    proc.wait_role("leader", 20)
-    try:
+    with leading_operator(operator_kubeconfig, tmp_path_factory.mktemp("operator-logs"),
+                          INTERVAL) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @dataclass
@@ -79,10 +71,11 @@ class Pipeline:
 
     def spec(self, **forecast: Any) -> dict[str, Any]:
         return {
-            "mqtt": {"host": "127.0.0.1"},
+            # The test's own names (see tests/cluster/test_operator.py's Pipeline.spec).
+            "mqtt": {"host": "127.0.0.1", "topicRoot": self.prefix},
             "kafka": {"bootstrapServers": self.bootstrap, "topicPrefix": self.prefix,
-                      "brokers": 3},
-            "database": {"urlSecret": {"name": "pg", "key": "url"}},
+                      "consumerGroup": f"{self.prefix}-ingest", "brokers": 3},
+            "database": {"urlSecret": {"name": "pg", "key": "url"}, "schema": "public"},
             "forecast": {"modelParameters": FAST_MODEL, **forecast},
         }
 

@@ -30,6 +30,7 @@ from energy_harness.localstack.docker import DockerEngine
 from energy_harness.testing import expected_rows, stored_rows, wait_for
 from energy_operator.render import render_children
 from energy_pipeline.core.contracts import all_kafka_topics
+from energy_pipeline.db.connect import with_schema
 from energy_pipeline.db.migrate import latest_version
 
 pytestmark = pytest.mark.container
@@ -187,7 +188,10 @@ def test_the_worker_image_stores_every_reading_through_the_charts_pods(
     run("energy-pipeline", "simulate", *SIMULATION)
     app = urlsplit(secret["DATABASE_URL"])
     host, port = database.address("postgres")
-    local_url = urlunsplit(app._replace(netloc=f"{app.username}:{app.password}@{host}:{port}"))
+    # In the pipeline's schema (DATABASE_SCHEMA, derived from its name), as its workers read.
+    local_url = with_schema(urlunsplit(app._replace(
+        netloc=f"{app.username}:{app.password}@{host}:{port}")), config["DATABASE_SCHEMA"])
+    assert config["DATABASE_SCHEMA"] == PIPELINE.replace("-", "_")
     wait_for(lambda: len(stored_rows(local_url)) >= len(expected), 180,
              f"{len(expected)} readings stored", interval=1.0)  # fmt: skip
     assert stored_rows(local_url) == expected

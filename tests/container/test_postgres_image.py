@@ -230,10 +230,15 @@ def test_roles_hold_exactly_what_the_init_script_grants(
     (admin_user, _), (app_user, _), (reader_user, _) = roles["admin"], roles["app"], roles["reader"]
     database = chart.env["POSTGRES_DB"]
     table = f"t_{uuid.uuid4().hex[:8]}"
+    schema = f"p_{uuid.uuid4().hex[:8]}"
     with pod.connect(*roles["app"]) as cur:
         # Owning the database (and so the public schema, PostgreSQL >= 15) lets it migrate.
         cur.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY)")
         cur.execute(f"INSERT INTO public.{table} VALUES (1), (2)")
+        # A pipeline's own schema, as its migration makes it.
+        cur.execute(f"CREATE SCHEMA {schema}")
+        cur.execute(f"CREATE TABLE {schema}.readings AS SELECT 7 AS id")
+        cur.execute(f"CREATE VIEW {schema}.distributeddata AS SELECT id FROM {schema}.readings")
     with pod.connect(*roles["admin"]) as cur:
         ours = _rows(cur, "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1")
         assert ours == sorted([(admin_user,), (app_user,), (reader_user,)])
@@ -253,12 +258,16 @@ def test_roles_hold_exactly_what_the_init_script_grants(
                         reader_user) == ["USAGE"]  # fmt: skip
         assert _granted(cur, "SELECT relacl FROM pg_class WHERE oid = %s::regclass", (table,),
                         reader_user) == ["SELECT"]  # fmt: skip
-        assert _rows(
+        # Tables of public, and (namespace "-": any) every schema and table the owner makes:
+        # each pipeline's schema (spec.database.schema), created by its migration.
+        assert sorted(_rows(
             cur,
             "SELECT d.defaclrole::regrole::text, d.defaclnamespace::regnamespace::text, "
             "d.defaclobjtype, a.grantee::regrole::text, a.privilege_type "
             "FROM pg_default_acl d, aclexplode(d.defaclacl) a WHERE a.grantee <> d.defaclrole",
-        ) == [(app_user, "public", "r", reader_user, "SELECT")]
+        )) == [(app_user, "-", "n", reader_user, "USAGE"),
+               (app_user, "-", "r", reader_user, "SELECT"),
+               (app_user, "public", "r", reader_user, "SELECT")]
         settings = _rows(cur, "SELECT rolname, rolconfig FROM pg_roles WHERE rolconfig IS NOT NULL")
         reader_settings = ["statement_timeout=30s", "default_transaction_read_only=on"]
         assert settings == [(reader_user, reader_settings)]
@@ -266,6 +275,7 @@ def test_roles_hold_exactly_what_the_init_script_grants(
         assert _rows(cur, "SHOW default_transaction_read_only") == [("on",)]
         assert _rows(cur, "SHOW statement_timeout") == [("30s",)]
         assert _rows(cur, f"SELECT id FROM public.{table} ORDER BY id") == [(1,), (2,)]
+        assert _rows(cur, f"SELECT id FROM {schema}.distributeddata") == [(7,)]
         with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
             cur.execute(f"INSERT INTO public.{table} VALUES (3)")
         # Read-only sessions are a setting the reader may change; the privileges still hold.

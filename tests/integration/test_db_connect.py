@@ -141,3 +141,48 @@ def test_lazy_connection_reconnects_after_the_server_dropped_it(
         assert lazy.get() is not second
     finally:
         lazy.close()
+
+
+def test_each_pipelines_schema_holds_its_own_tables_in_one_database(database: str) -> None:
+    """DATABASE_SCHEMA: `migrate` creates the schema and migrates into it, every connection
+    of the worker resolves table names there, and two schemas of one database stay apart."""
+    from energy_pipeline.core.settings import SettingsError, load
+    from energy_pipeline.db.connect import DatabaseSettings, schema_of, with_schema
+    from energy_pipeline.db.migrate import latest_version, migrate, schema_version
+
+    urls = {}
+    for schema in ("alpha", "beta_2"):
+        found = load(DatabaseSettings, {"DATABASE_URL": database, "DATABASE_SCHEMA": schema})
+        urls[schema] = found.database_dsn()
+        assert schema_of(urls[schema]) == schema
+        assert schema_version(urls[schema]) == 0
+        assert migrate(urls[schema]) == latest_version()
+    for schema, url in urls.items():
+        conn = connect(url, application_name=worker_name("test"))
+        try:
+            with conn, conn.cursor() as cur:
+                assert settings(conn, "search_path") == (schema,)
+                cur.execute("INSERT INTO readings (site_id, sensor, device_id, ts, value) "
+                            "VALUES (%s, 'temperature', '1', now(), 20)", (f"site-{schema}",))
+        finally:
+            conn.close()
+    for schema, url in urls.items():
+        conn = connect(url, application_name=worker_name("test"))
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT site_id FROM readings")
+                assert cur.fetchall() == [(f"site-{schema}",)]
+                cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s "
+                            "AND tablename = 'readings'", (schema,))
+                assert cur.fetchone() == (1,)
+        finally:
+            conn.close()
+    # The fixture's own tables (public) saw none of it.
+    with psycopg2.connect(database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM public.readings")
+        assert cur.fetchone() == (0,)
+    # A name that would need quoting (or inject SQL) is refused with the others at load.
+    with pytest.raises(SettingsError, match="DATABASE_SCHEMA"):
+        load(DatabaseSettings, {"DATABASE_URL": database, "DATABASE_SCHEMA": "x; DROP"})
+    with pytest.raises(ValueError, match="lower-case"):
+        with_schema(database, "Alpha")

@@ -579,7 +579,7 @@ def test_hivemq_admits_only_tls_logins_each_within_its_permission(
     # The broker is shown the hashes only, never a client's password.
     assert platform.exec(pod, "hivemq", "ls", "/etc/hivemq-credentials").split() == ["users"]
     mounted = platform.exec(pod, "hivemq", "cat", "/etc/hivemq-credentials/users")
-    assert "bridge subscribe $share/bridge/energy/# pbkdf2-sha256$" in mounted
+    assert "bridge subscribe $share/energy/energy/# pbkdf2-sha256$" in mounted
     assert users["bridge-password"] not in mounted and users["simulator-password"] not in mounted
     ca = tmp_path / "ca.crt"
     ca.write_text(_secret_text(platform, MQTT_TLS_SECRET)["ca.crt"])

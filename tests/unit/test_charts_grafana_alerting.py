@@ -5,7 +5,9 @@ start; no Grafana server runs here (DESIGN: AGPL, no image), so the files are ch
 against Grafana's documented provisioning format, with the setting keys its notifiers read
 (sources named at CONTACT_POINT_SETTINGS), and what Grafana does with them is replayed:
 its ${VARIABLE} interpolation over the environment the Deployment builds from the Secrets,
-and the routing of the rules' alerts through the policy tree.
+and the routing of the rules' alerts through the policy tree. The alert rules likewise:
+Grafana's documented rule file format, one copy per pipeline (`pipelines`, a PostgreSQL
+schema each), and the values that cannot work.
 
 Marked `cluster` like test_charts_render (the helm binary comes from the cached Kubernetes
 tools build; no API server is started here).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -205,6 +208,89 @@ def policy_errors(doc: Any, contact_points: set[str]) -> list[str]:
                         "policy", root=True)
 
 
+# Grafana's rule file (docs: "Provision alert rules" in the file-provisioning page above;
+# pkg/services/provisioning/alerting rules types: AlertRuleGroupV1, AlertRuleV1, QueryV1).
+RULE_KEYS = frozenset({"uid", "title", "condition", "data", "dashboardUid", "panelId",
+                       "noDataState", "execErrState", "for", "annotations", "labels",
+                       "isPaused", "notification_settings", "keep_firing_for"})
+RULE_REQUIRED = ("uid", "title", "condition", "data", "for")
+QUERY_KEYS = frozenset({"refId", "datasourceUid", "model", "relativeTimeRange", "queryType"})
+NO_DATA_STATES = frozenset({"NoData", "Alerting", "OK", "KeepLast"})
+EXEC_ERR_STATES = frozenset({"Error", "Alerting", "OK", "KeepLast"})
+
+
+def rule_file_errors(doc: Any) -> list[str]:
+    errors: list[str] = []
+    if not isinstance(doc, dict) or doc.get("apiVersion") != 1:
+        return ["apiVersion must be 1"]
+    if extra := set(doc) - {"apiVersion", "groups", "deleteRules"}:
+        errors.append(f"unexpected top-level keys {extra}")
+    uids: list[str] = []
+    titles: list[tuple[Any, Any, Any]] = []
+    group_names: list[tuple[Any, Any, Any]] = []
+    for group in doc.get("groups", []):
+        where = f"group {group.get('name')!r}"
+        if extra := set(group) - {"orgId", "name", "folder", "interval", "rules"}:
+            errors.append(f"{where}: unknown keys {extra}")
+        for key in ("name", "folder"):
+            if not isinstance(group.get(key), str) or not group[key].strip():
+                errors.append(f"{where}: {key} is required")
+        if not (isinstance(group.get("interval"), str) and DURATION.match(group["interval"])):
+            errors.append(f"{where}: interval {group.get('interval')!r} is not a duration")
+        org = group.get("orgId", 1)
+        group_names.append((org, group.get("folder"), group.get("name")))
+        rules = group.get("rules")
+        if not isinstance(rules, list) or not rules:
+            errors.append(f"{where}: rules must be a non-empty list")
+            continue
+        for rule in rules:
+            at = f"{where} rule {rule.get('uid')!r}"
+            if set(rule) - RULE_KEYS:
+                errors.append(f"{at}: unknown keys {set(rule) - RULE_KEYS}")
+            missing = [k for k in RULE_REQUIRED if k not in rule]
+            if missing:
+                errors.append(f"{at}: missing {missing}")
+                continue
+            if not isinstance(rule["uid"], str) or not UID.match(rule["uid"]):
+                errors.append(f"{at}: uid is not a Grafana uid (at most 40 of [a-zA-Z0-9_-])")
+            uids.append(rule["uid"])
+            titles.append((org, group.get("folder"), rule["title"]))
+            if not (isinstance(rule["for"], str) and DURATION.match(rule["for"])):
+                errors.append(f"{at}: for {rule['for']!r} is not a duration")
+            if rule.get("noDataState", "NoData") not in NO_DATA_STATES:
+                errors.append(f"{at}: noDataState {rule['noDataState']!r}")
+            if rule.get("execErrState", "Error") not in EXEC_ERR_STATES:
+                errors.append(f"{at}: execErrState {rule['execErrState']!r}")
+            for name, value in rule.get("labels", {}).items():
+                if not LABEL_NAME.match(name) or not isinstance(value, str) or not value:
+                    errors.append(f"{at}: label {name}={value!r}")
+            refs = []
+            for step in rule["data"]:
+                if set(step) - QUERY_KEYS or not {"refId", "datasourceUid", "model"} <= set(step):
+                    errors.append(f"{at}: query keys {sorted(step)}")
+                    continue
+                refs.append(step["refId"])
+                if step["model"].get("refId", step["refId"]) != step["refId"]:
+                    errors.append(f"{at}: model refId differs from {step['refId']}")
+                if step["datasourceUid"] != "__expr__":
+                    span = step.get("relativeTimeRange", {})
+                    if not (isinstance(span.get("from"), int) and isinstance(span.get("to"), int)
+                            and span["from"] > span["to"] >= 0):
+                        errors.append(f"{at}: relativeTimeRange {span!r}")
+            if rule["condition"] not in refs:
+                errors.append(f"{at}: condition {rule['condition']!r} is none of {refs}")
+    for kind, seen in (("uid", uids), ("title in a folder", titles),
+                       ("group name in a folder", group_names)):
+        if len(seen) != len(set(seen)):
+            errors.append(f"{kind} not unique: {seen}")
+    for delete in doc.get("deleteRules", []):
+        if set(delete) != {"orgId", "uid"} or not UID.match(str(delete["uid"])):
+            errors.append(f"deleteRules entry {delete!r}")
+        elif delete["uid"] in uids:
+            errors.append(f"deleteRules deletes the provisioned rule {delete['uid']}")
+    return errors
+
+
 # -- What Grafana does with the files ---------------------------------------------------------
 
 _VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z0-9_]+))")
@@ -342,6 +428,71 @@ def test_the_format_checker_rejects_broken_documents(
     assert broken_policy(lambda p: p["routes"][0].update(object_matchers=[["severity", "~"]]))
     assert broken_policy(lambda p: p.update(repeat_interval="4 hours"))
     assert broken_policy(lambda p: p.pop("receiver"))
+
+
+# -- Alert rules: a copy per pipeline -------------------------------------------------------------
+
+BASE_UIDS = ["energy-stale-data", "energy-forecast-consumption-high",
+             "energy-forecast-error-high", "energy-readings-lost"]
+LONG_SCHEMA = "a_pipeline_schema_name_too_long_for_a_uid"
+PIPELINE_TABLES = {"readings", "hourly_features", "forecasts", "models", "ingest_lost_records"}
+
+
+def test_the_rules_are_provisioned_once_per_pipeline(
+    helm: Path, grafana_chart: Path, tmp_path: Path,  # noqa: F811
+    default_grafana: list[dict[str, Any]],
+) -> None:
+    pipelines = ["energy", "other", LONG_SCHEMA]
+    docs = render(helm, grafana_chart, {"pipelines": pipelines}, tmp_path)
+    for rendered, expected in ((default_grafana, ["energy"]), (docs, pipelines)):
+        rules = yaml.safe_load(files(rendered)["alert-rules.yaml"])
+        assert rule_file_errors(rules) == []
+        assert [g["name"] for g in rules["groups"]] == [f"energy-pipeline-{p}" for p in expected]
+        # The rules' uids before copies: deleted, as Grafana keeps provisioned rules that
+        # leave the file (and those read tables where no pipeline keeps them now).
+        assert rules["deleteRules"] == [{"orgId": 1, "uid": uid} for uid in BASE_UIDS]
+        for group, pipeline in zip(rules["groups"], expected, strict=True):
+            assert group["folder"] == "Energy pipeline" and group["interval"] == "1m"
+            assert [r["uid"].rsplit("-", 1)[0] for r in group["rules"]] == BASE_UIDS
+            for rule in group["rules"]:
+                # Notifications say which pipeline: the label, the title, the description.
+                assert rule["labels"]["pipeline"] == pipeline
+                assert rule["title"].endswith(f" ({pipeline})")
+                assert f"pipeline {pipeline}" in rule["annotations"]["description"].lower()
+                (query,) = [d for d in rule["data"] if d["datasourceUid"] == "energy-postgres"]
+                sql = query["model"]["rawSql"]
+                tables = re.findall(r'(?:FROM|JOIN)\s+("[^"]+"\.)?(\w+)', sql)
+                read = [(prefix, name) for prefix, name in tables if name in PIPELINE_TABLES]
+                assert read and all(prefix == f'"{pipeline}".' for prefix, _ in read), sql
+                assert "__" not in json.dumps(rule).replace("__expr__", "")
+    rules = yaml.safe_load(files(docs)["alert-rules.yaml"])
+    uids = [r["uid"] for g in rules["groups"] for r in g["rules"]]
+    assert uids[:4] == [f"{uid}-energy" for uid in BASE_UIDS]
+    # A schema that does not fit a uid whole: a hash of it instead, still one per pipeline.
+    assert all(len(uid) <= 40 and not uid.endswith(LONG_SCHEMA) for uid in uids[8:])
+    assert len(set(uids)) == 12
+    # The routing sees every copy (alertname is the title, pipeline a label of its own).
+    assert set(rule_severities(docs).values()) == {"critical", "warning"}
+
+
+def test_the_rule_checker_rejects_broken_rule_files(
+    default_grafana: list[dict[str, Any]],
+) -> None:
+    rules = yaml.safe_load(files(default_grafana)["alert-rules.yaml"])
+
+    def broken(change: Any) -> list[str]:
+        doc = copy.deepcopy(rules)
+        change(doc)
+        return rule_file_errors(doc)
+
+    first = rules["groups"][0]["rules"][0]["uid"]
+    assert broken(lambda d: d["groups"][0]["rules"][1].update(uid=first))
+    assert broken(lambda d: d["groups"][0]["rules"][0].update(uid="x" * 41))
+    assert broken(lambda d: d["groups"][0]["rules"][0].update(condition="D"))
+    assert broken(lambda d: d["groups"][0]["rules"][0].pop("for"))
+    assert broken(lambda d: d["groups"].append(copy.deepcopy(d["groups"][0])))
+    assert broken(lambda d: d["deleteRules"].append({"orgId": 1, "uid": first}))
+    assert broken(lambda d: d["groups"][0]["rules"][0]["labels"].update({"pipe-line": "x"}))
 
 
 # -- Nothing configured ------------------------------------------------------------------------
@@ -577,6 +728,14 @@ def test_a_changed_contact_point_restarts_grafana(
     ({"smtp": {**SMTP, "passwordSecret": {"name": "", "key": "password"}}},
      "smtp.user needs smtp.passwordSecret.name"),
     ({"smtp": {**SMTP, "user": ""}}, "smtp.passwordSecret.name needs smtp.user"),
+    ({"pipelines": []}, "pipelines must name at least one pipeline's PostgreSQL schema"),
+    ({"pipelines": "energy"}, "pipelines must be a list of PostgreSQL schema names"),
+    ({"pipelines": ["energy", "Other"]}, 'pipelines: "Other" is not a schema name'),
+    ({"pipelines": ["energy-two"]}, 'pipelines: "energy-two" is not a schema name'),
+    ({"pipelines": ["x" * 64]}, "is not a schema name"),
+    ({"pipelines": ["energy", "other", "energy"]}, "pipelines names a schema twice"),
+    # The dashboards need it too, with the alert rules off.
+    ({"pipelines": [], "alerts": {"enabled": False}}, "pipelines must name at least one"),
 ])
 def test_inconsistent_values_fail_with_a_clear_message(
     helm: Path, grafana_chart: Path, tmp_path: Path,  # noqa: F811

@@ -72,8 +72,9 @@ def test_the_hook_makes_the_brokers_certificate_and_the_users(
     args = hook_args(default_docs)
     assert ("--certificate=energy-hivemq-tls=energy-hivemq.energy.svc,"
             "energy-hivemq.energy.svc.cluster.local,energy-hivemq.energy,energy-hivemq") in args
-    # The bridge may only hold its shared subscription; the simulator plays every site.
-    assert ("--mqtt-users=energy-mqtt-users=bridge:subscribe:$share/bridge/energy/#,"
+    # The bridge may only hold its shared subscription; the simulator plays every site. Both
+    # under the example's names, which the operator derives from its name, `energy`.
+    assert ("--mqtt-users=energy-mqtt-users=bridge:subscribe:$share/energy/energy/#,"
             "simulator:publish:energy/#") in args
     names = by_kind(default_docs, "Role")["energy-platform-secrets"]["rules"][1]["resourceNames"]
     assert {"energy-hivemq-tls", "energy-mqtt-users"} <= set(names)
@@ -130,6 +131,32 @@ def test_each_device_listed_gets_a_user_for_its_own_site(
     }, tmp_path)
     assert ("--mqtt-users=energy-mqtt-users=bridge:subscribe:$share/ingest-a/energy/#,"
             "building-7:publish:energy/site-007/#") in hook_args(docs)
+
+
+def test_the_users_follow_the_examples_name_and_topic_root(
+    helm: Path, platform_chart: Path, tmp_path: Path,  # noqa: F811
+) -> None:
+    """The names the operator derives from example.name (or the topicRoot the example sets)
+    are the ones the MQTT users may use, and the simulator publishes under that root."""
+    docs = render(helm, platform_chart, {
+        "platformSecrets": {"mqtt": {"devices": [{"name": "building-7", "site": "site-007"}]}},
+        "example": {"name": "campus"},
+    }, tmp_path)
+    assert ("--mqtt-users=energy-mqtt-users=bridge:subscribe:$share/campus/campus/#,"
+            "simulator:publish:campus/#,building-7:publish:campus/site-007/#") in hook_args(docs)
+    (simulator,) = [d for d in docs if d["kind"] == "Deployment"
+                    and d["metadata"]["name"].endswith("simulator")]
+    env = {e["name"]: e.get("value") for e in
+           simulator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MQTT_TOPIC_ROOT"] == "campus"
+    rooted = render(helm, platform_chart, {
+        "simulator": {"enabled": False},
+        "example": {"name": "campus", "extraSpec": {"mqtt": {"topicRoot": "grid/campus",
+                                                             "sharedGroup": ""}}},
+    }, tmp_path)
+    # An empty shared group: a plain subscription, which the user is then allowed instead.
+    assert ("--mqtt-users=energy-mqtt-users=bridge:subscribe:grid/campus/#"
+            in hook_args(rooted))
 
 
 def test_the_operator_mounts_that_ca_into_the_bridge(

@@ -439,7 +439,7 @@ def test_kafka_acls_are_the_roles_of_the_local_secured_cluster(
         return "".join(word.capitalize() for word in operation.split("_"))
 
     expected = {(f"User:{a.principal}", camel(a.operation), f"--{a.resource}", a.name)
-                for a in role_acls("energy", "ingest")}
+                for a in role_acls("energy", "energy-ingest")}
     assert rendered == expected
 
 
@@ -570,19 +570,19 @@ def test_alert_rules_carry_the_configured_levels(production_docs: list[dict[str,
             "evaluator"]["params"][0]
         for g in rules["groups"] for r in g["rules"]
     }
+    # One copy per pipeline; the default pipeline is the platform's example, `energy`.
     assert levels == {
-        "energy-stale-data": 600,
-        "energy-forecast-consumption-high": 420.5,
-        "energy-forecast-error-high": 30,
-        "energy-readings-lost": 5,
+        "energy-stale-data-energy": 600,
+        "energy-forecast-consumption-high-energy": 420.5,
+        "energy-forecast-error-high-energy": 30,
+        "energy-readings-lost-energy": 5,
     }
     by_uid = {r["uid"]: r for g in rules["groups"] for r in g["rules"]}
-    lost = by_uid["energy-readings-lost"]
+    lost = by_uid["energy-readings-lost-energy"]
     assert "interval '48 hours'" in lost["data"][0]["model"]["rawSql"]
 
 
-def test_alert_placeholders_match_the_sql_test(default_docs: list[dict[str, Any]]) -> None:
-    """tests/integration/test_dashboards_sql.py fills the placeholders itself: same result."""
+def dashboards_sql_module() -> Any:
     spec = importlib.util.spec_from_file_location(
         "dashboards_sql", ROOT / "tests" / "integration" / "test_dashboards_sql.py"
     )
@@ -590,14 +590,54 @@ def test_alert_placeholders_match_the_sql_test(default_docs: list[dict[str, Any]
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    chart_default_alert_values = module.chart_default_alert_values
-    raw = (CHARTS / "grafana" / "alerting" / "rules.yaml").read_text()
-    for placeholder, value in chart_default_alert_values().items():
-        raw = raw.replace(placeholder, value)
-    rendered = by_kind(default_docs, "ConfigMap")["energy-grafana-provisioning"]["data"][
-        "alert-rules.yaml"
-    ]
-    assert yaml.safe_load(rendered) == yaml.safe_load(raw)
+    return module
+
+
+def test_alert_placeholders_match_the_sql_test(
+    helm: Path, platform_chart: Path, tmp_path: Path, default_docs: list[dict[str, Any]],
+) -> None:
+    """tests/integration/test_dashboards_sql.py makes the rule file itself (placeholders,
+    a copy per pipeline, the uids): the same as the chart, for the default and for two
+    pipelines, one with a schema name too long to fit a uid whole."""
+    module = dashboards_sql_module()
+    pipelines = ["other", "energy", "a_pipeline_schema_name_too_long_for_a_uid"]
+    docs = render(helm, platform_chart, {"grafana": {"pipelines": pipelines}}, tmp_path)
+    for rendered_docs, expected in ((default_docs, ["energy"]), (docs, pipelines)):
+        rendered = by_kind(rendered_docs, "ConfigMap")["energy-grafana-provisioning"]["data"][
+            "alert-rules.yaml"
+        ]
+        assert yaml.safe_load(rendered) == module.chart_alert_rules(expected)
+    assert module.chart_default_values()["pipelines"] == ["energy"]
+
+
+def pipeline_variables(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    dashboards = by_kind(docs, "ConfigMap")["energy-grafana-dashboards"]["data"]
+    return {name: next(v for v in json.loads(body)["templating"]["list"]
+                       if v["name"] == "pipeline")
+            for name, body in dashboards.items()}
+
+
+def test_the_dashboards_open_on_the_first_pipeline(
+    helm: Path, platform_chart: Path, tmp_path: Path, default_docs: list[dict[str, Any]],
+) -> None:
+    """Every dashboard has the `pipeline` variable, its current value the first of
+    grafana.pipelines; every panel query reads the tables of the selected pipeline."""
+    docs = render(helm, platform_chart, {"grafana": {"pipelines": ["other", "energy"]}},
+                  tmp_path)
+    for rendered, first in ((default_docs, "energy"), (docs, "other")):
+        variables = pipeline_variables(rendered)
+        assert set(variables) == {"energy-overview.json", "pipeline-health.json"}
+        for variable in variables.values():
+            assert variable["current"] == {"selected": True, "text": first, "value": first}
+            assert (variable["type"], variable["multi"], variable["includeAll"]) == (
+                "query", False, False)
+    for body in by_kind(docs, "ConfigMap")["energy-grafana-dashboards"]["data"].values():
+        dashboard = json.loads(body)
+        queries = [t["rawSql"] for p in dashboard["panels"] for t in p["targets"]
+                   if "rawSql" in t]
+        queries += [v["query"] for v in dashboard["templating"]["list"] if v["name"] != "pipeline"]
+        for sql in queries:
+            assert '"${pipeline}".' in sql, sql
 
 
 def test_ingress(default_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]]) -> None:

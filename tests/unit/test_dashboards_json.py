@@ -95,8 +95,11 @@ def test_dashboard_structure_loads_in_grafana_12(path: Path) -> None:
 def test_energy_overview_has_what_the_issue_asks_for() -> None:
     dashboard = load(CHART / "dashboards" / "energy-overview.json")
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert set(variables) == {"site", "device"}
+    assert set(variables) == {"pipeline", "site", "device"}
     assert variables["device"]["multi"] and variables["device"]["includeAll"]
+    # One pipeline (PostgreSQL schema) at a time; its value qualifies every table.
+    assert not (variables["pipeline"]["multi"] or variables["pipeline"]["includeAll"])
+    assert dashboard["templating"]["list"][0]["name"] == "pipeline"  # the others depend on it
     sqls = {p["title"]: p["targets"][0]["rawSql"] for p in panels(dashboard)}
     for sensor in SENSORS:
         matching = [t for t, sql in sqls.items() if f"sensor = '{sensor}'" in sql]

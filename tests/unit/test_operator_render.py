@@ -108,26 +108,26 @@ def test_each_worker_reads_exactly_its_settings() -> None:
     inference, train = container(objs, "inference"), container(objs, "train")
     common = {"PIPELINE_NAME", "LOG_LEVEL", "HTTP_PORT"}
     assert env_names(bridge) == common | {
-        "MQTT_HOST", "MQTT_PORT", "MQTT_TOPIC_FILTER", "MQTT_SHARED_GROUP",
+        "MQTT_HOST", "MQTT_PORT", "MQTT_TOPIC_ROOT", "MQTT_TOPIC_FILTER", "MQTT_SHARED_GROUP",
         "MQTT_SESSION_EXPIRY_S", "MQTT_USERNAME", "MQTT_PASSWORD",
         "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PREFIX", "KAFKA_SECURITY_PROTOCOL",
         "BRIDGE_RECEIVE_MAXIMUM", "BRIDGE_LINGER_MS", "BRIDGE_CONNECTIONS", "MAX_PAYLOAD_BYTES",
         "MAX_FUTURE_S",
     }
     assert env_names(ingest) == common | {
-        "DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PREFIX",
+        "DATABASE_URL", "DATABASE_SCHEMA", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PREFIX",
         "KAFKA_SECURITY_PROTOCOL", "KAFKA_CONSUMER_GROUP", "KAFKA_SESSION_TIMEOUT_MS",
         "INGEST_BATCH_SIZE", "INGEST_BATCH_MAX_WAIT_MS", "DB_RETRY_MAX_S", "MAX_PAYLOAD_BYTES",
         "MAX_FUTURE_S", "INFERENCE_TARGET", "FORECAST_HORIZONS", "FORECAST_LATENESS_S",
         "FORECAST_HISTORY_HOURS", "FORECAST_DEADLINE_MS", "FORECAST_STREAM_IDLE_S", *GRPC_TLS,
     }
     assert env_names(inference) == common | {
-        "DATABASE_URL", "GRPC_PORT", "MODEL_REFRESH_S", "GRPC_MAX_WORKERS", "FORECAST_MODEL",
-        *GRPC_TLS}
+        "DATABASE_URL", "DATABASE_SCHEMA", "GRPC_PORT", "MODEL_REFRESH_S", "GRPC_MAX_WORKERS",
+        "FORECAST_MODEL", *GRPC_TLS}
     # A Job serves no probes: no HTTP_PORT.
     assert env_names(train) == common - {"HTTP_PORT"} | {
-        "DATABASE_URL", "TRAIN_HISTORY_DAYS", "TRAIN_BACKTEST_DAYS", "TRAIN_MODEL_PARAMS",
-        "FORECAST_MODEL"}
+        "DATABASE_URL", "DATABASE_SCHEMA", "TRAIN_HISTORY_DAYS", "TRAIN_BACKTEST_DAYS",
+        "TRAIN_MODEL_PARAMS", "FORECAST_MODEL"}
 
 
 def test_credentials_come_from_the_referenced_secrets() -> None:
@@ -326,6 +326,7 @@ def test_api_deployment() -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert env_names(c) == {"PIPELINE_NAME", "LOG_LEVEL", "HTTP_PORT", "DATABASE_URL",
+                            "DATABASE_SCHEMA",
                             "API_PORT", "API_DEFAULT_PAGE_SIZE", "API_MAX_PAGE_SIZE",
                             "API_STATEMENT_TIMEOUT_MS", "API_DB_POOL_SIZE", "API_TOKENS_FILE",
                             "API_RATE_LIMIT", "API_RATE_BURST"}

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from energy_pipeline.core import validation, validation_fast
 from energy_pipeline.core.contracts import (
+    MQTT_TOPIC_ROOT,
     SENSOR_NAMES,
     SENSORS,
     Reading,
@@ -203,7 +204,7 @@ def test_mqtt_fast_path_agrees_with_the_readable_parser(seed: int) -> None:
                     topic,
                     payload,
                 )
-                fast = _mqtt_fast(topic, payload, NOW, LIMITS)
+                fast = _mqtt_fast(topic, payload, NOW, LIMITS, MQTT_TOPIC_ROOT)
                 if fast is not None:
                     accepted += 1
                     assert exact([fast]) == exact(readable), (topic, payload)
@@ -225,7 +226,8 @@ def test_canonical_records_take_the_short_path_and_round_trip() -> None:
         reading = random_reading(rng)
         assert exact(_kafka_fast(reading.to_kafka_value(), NOW, LIMITS)) == exact(reading)
         topic = mqtt_topic(reading.site, reading.sensor, reading.device)
-        assert exact(_mqtt_fast(topic, reading.to_mqtt_payload(), NOW, LIMITS)) == exact(reading)
+        fast = _mqtt_fast(topic, reading.to_mqtt_payload(), NOW, LIMITS, MQTT_TOPIC_ROOT)
+        assert exact(fast) == exact(reading)
 
 
 @pytest.mark.parametrize(
@@ -314,3 +316,20 @@ def test_format_ts_and_record_encoding_are_unchanged() -> None:
     assert math.isnan(
         json.loads(Reading("s", "humidity", "0", NOW, math.nan).to_kafka_value())["value"]
     )
+
+
+@pytest.mark.parametrize("root", ["campus-b", "grid/region-1/campus"])
+def test_a_pipelines_topic_root_is_parsed_and_others_are_bad_topics(root: str) -> None:
+    """Both parsers take the pipeline's topic root (MQTT_TOPIC_ROOT): its own devices'
+    readings pass, the same message under another pipeline's root is a bad topic."""
+    payload = b'{"ts":"2025-01-01T00:00:00Z","value":21.5}'
+    own = mqtt_topic("site-1", "temperature", "dev-1", root)
+    for parse in (validation.parse_mqtt, validation_fast.parse_mqtt):
+        result = parse(own, payload, NOW, LIMITS, root)
+        assert isinstance(result, list) and [(r.site, r.sensor, r.device) for r in result] == [
+            ("site-1", "temperature", "dev-1")]
+        for other in (mqtt_topic("site-1", "temperature", "dev-1"),  # the default root
+                      f"{root}x/site-1/temperature/dev-1", f"{root}/site-1/temperature",
+                      f"x/{own}"):
+            rejected = parse(other, payload, NOW, LIMITS, root)
+            assert isinstance(rejected, Rejection) and rejected.reason == "bad_topic", other

@@ -19,3 +19,10 @@ app.kubernetes.io/part-of: energy-pipeline
 {{- $op := .Values.operator.image -}}
 {{- printf "%s:%s" $op.repository ($op.tag | default .Chart.AppVersion) -}}
 {{- end -}}
+
+{{/* The example pipeline's MQTT topic root: spec.mqtt.topicRoot from example.extraSpec, else
+     what the operator derives, its name. The simulator publishes and the MQTT users may
+     publish or subscribe under it. */}}
+{{- define "energy-platform.topicRoot" -}}
+{{- (.Values.example.extraSpec.mqtt | default dict).topicRoot | default .Values.example.name -}}
+{{- end -}}

@@ -1,7 +1,8 @@
 """Writes the Grafana dashboards of this chart (`../dashboards/*.json`) from Python.
 
 Generated rather than hand-edited so that every panel has the same shape (datasource, ids,
-grid) and the SQL lives in one readable place. After editing, run
+grid) and the SQL lives in one readable place. Every query reads the tables of the pipeline
+chosen in the `pipeline` variable (one PostgreSQL schema per EnergyPipeline). After editing, run
 `python charts/grafana/src/generate_dashboards.py`; a unit test fails while the committed
 JSON differs from what this produces. Excluded from the packaged chart by .helmignore.
 """
@@ -18,6 +19,23 @@ PROMETHEUS = {"type": "prometheus", "uid": "energy-prometheus"}
 # Grafana 12.x dashboards; Grafana migrates older schema versions on load, never newer ones.
 SCHEMA_VERSION = 41
 
+# Every pipeline keeps its tables in a PostgreSQL schema of its own (spec.database.schema), so
+# every table below is qualified by the `pipeline` variable: "${pipeline}".readings. Grafana's
+# PostgreSQL datasource pastes a single-value variable's value as it is, only doubling `'`
+# (SqlDatasource.interpolateVariable, grafana/grafana packages/grafana-sql; docs: "PostgreSQL
+# template variables", quoting only for multi-value variables), so that reads
+# "energy".readings: a quoted identifier, exact whatever the schema's name.
+# The variable's options: schemas holding a pipeline's tables that the reader may read
+# (information_schema shows only tables it has a privilege on), limited to the names the CRD
+# admits for spec.database.schema: a value goes between the double quotes unescaped.
+PIPELINES_SQL = """\
+SELECT DISTINCT table_schema
+FROM information_schema.tables
+WHERE table_name = 'hourly_features'
+  AND table_schema ~ '^[a-z_][a-z0-9_]*$'
+  AND has_schema_privilege(table_schema, 'USAGE')
+ORDER BY 1"""
+
 SENSORS = (
     ("temperature", "Temperature", "celsius"),
     ("humidity", "Humidity", "percent"),
@@ -32,12 +50,14 @@ FRESHNESS_SQL = """\
 SELECT s.site_id, EXTRACT(EPOCH FROM now() - r.last_ts)::double precision AS age_seconds
 FROM (
   SELECT site_id, max(hour) AS last_hour
-  FROM hourly_features
+  FROM "${pipeline}".hourly_features
   WHERE hour > now() - interval '30 days'
   GROUP BY site_id
 ) s
 CROSS JOIN LATERAL (
-  SELECT max(ts) AS last_ts FROM readings r WHERE r.site_id = s.site_id AND r.ts >= s.last_hour
+  SELECT max(ts) AS last_ts
+  FROM "${pipeline}".readings r
+  WHERE r.site_id = s.site_id AND r.ts >= s.last_hour
 ) r
 ORDER BY s.site_id"""
 
@@ -45,7 +65,7 @@ ORDER BY s.site_id"""
 def sensor_sql(sensor: str) -> str:
     return f"""\
 SELECT $__timeGroupAlias(ts, $__interval), device_id AS metric, avg(value) AS value
-FROM readings
+FROM "${{pipeline}}".readings
 WHERE $__timeFilter(ts)
   AND site_id = '$site'
   AND sensor = '{sensor}'
@@ -59,11 +79,11 @@ ORDER BY 1, 2"""
 CONSUMPTION_VS_FORECAST_SQL = """\
 WITH actual AS (
   SELECT hour, avg_energyconsumption AS actual
-  FROM hourly_features
+  FROM "${pipeline}".hourly_features
   WHERE site_id = '$site' AND $__timeFilter(hour)
 ), latest AS (
   SELECT DISTINCT ON (target_time) target_time, p10, p50, p90
-  FROM forecasts
+  FROM "${pipeline}".forecasts
   WHERE site_id = '$site' AND $__timeFilter(target_time)
   ORDER BY target_time, issued_at DESC
 )
@@ -76,11 +96,11 @@ ORDER BY 1"""
 # quantiles summed per UTC day, with the hour count so a partial first/last day shows.
 NEXT_7_DAYS_SQL = """\
 WITH run AS (
-  SELECT max(issued_at) AS issued_at FROM forecasts WHERE site_id = '$site'
+  SELECT max(issued_at) AS issued_at FROM "${pipeline}".forecasts WHERE site_id = '$site'
 )
 SELECT to_char(date_trunc('day', f.target_time, 'UTC'), 'YYYY-MM-DD') AS day,
        count(*) AS hours, sum(f.p10) AS p10, sum(f.p50) AS p50, sum(f.p90) AS p90
-FROM forecasts f
+FROM "${pipeline}".forecasts f
 JOIN run ON f.issued_at = run.issued_at
 WHERE f.site_id = '$site'
   AND f.target_time >= date_trunc('day', now(), 'UTC')
@@ -97,8 +117,8 @@ WITH pairs AS (
          abs(f.p50 - h.avg_energyconsumption) AS abs_err,
          abs(h.avg_energyconsumption) AS abs_actual,
          CASE WHEN h.avg_energyconsumption BETWEEN f.p10 AND f.p90 THEN 1.0 ELSE 0.0 END AS covered
-  FROM forecasts f
-  JOIN hourly_features h ON h.site_id = f.site_id AND h.hour = f.target_time
+  FROM "${pipeline}".forecasts f
+  JOIN "${pipeline}".hourly_features h ON h.site_id = f.site_id AND h.hour = f.target_time
   WHERE f.site_id = '$site'
     AND f.horizon BETWEEN 1 AND 24
     AND $__timeFilter(f.target_time)
@@ -121,7 +141,7 @@ ORDER BY 1"""
 # the week of slack still counts readings that arrived late (a replay, a backfill).
 ROWS_PER_MINUTE_SQL = """\
 SELECT $__timeGroupAlias(ingested_at, '1m'), count(*)::double precision AS "rows/min"
-FROM readings
+FROM "${pipeline}".readings
 WHERE $__timeFilter(ingested_at)
   AND ts >= $__timeFrom()::timestamptz - interval '7 days'
 GROUP BY 1
@@ -132,7 +152,7 @@ SELECT $__timeGroupAlias(ingested_at, $__interval),
        avg(EXTRACT(EPOCH FROM ingested_at - ts)) AS "mean delay",
        percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM ingested_at - ts))
          AS "p95 delay"
-FROM readings
+FROM "${pipeline}".readings
 WHERE $__timeFilter(ingested_at)
   AND ts >= $__timeFrom()::timestamptz - interval '7 days'
 GROUP BY 1
@@ -142,16 +162,16 @@ ORDER BY 1"""
 FORECAST_BACKLOG_SQL = """\
 SELECT s.site_id, count(h.hour)::double precision AS backlog_hours
 FROM (
-  SELECT DISTINCT site_id FROM hourly_features
+  SELECT DISTINCT site_id FROM "${pipeline}".hourly_features
   WHERE hour >= date_trunc('hour', now()) - interval '24 hours'
 ) s
-LEFT JOIN hourly_features h
+LEFT JOIN "${pipeline}".hourly_features h
   ON h.site_id = s.site_id
   AND h.hour >= date_trunc('hour', now()) - interval '24 hours'
   AND h.hour < date_trunc('hour', now())
   AND h.n_readings > 0
   AND NOT EXISTS (
-    SELECT 1 FROM forecasts f
+    SELECT 1 FROM "${pipeline}".forecasts f
     WHERE f.site_id = h.site_id AND f.issued_at >= h.hour + interval '1 hour'
   )
 GROUP BY s.site_id
@@ -159,7 +179,7 @@ ORDER BY s.site_id"""
 
 LAST_FORECAST_SQL = """\
 SELECT site_id, EXTRACT(EPOCH FROM now() - max(issued_at))::double precision AS age_seconds
-FROM forecasts
+FROM "${pipeline}".forecasts
 GROUP BY site_id
 ORDER BY site_id"""
 
@@ -172,7 +192,7 @@ SELECT m.version, coalesce(m.site_id, 'all') AS site,
        coalesce(m.params->>'model', 'default') AS kind, m.trained_on_until, m.promoted_at,
        x.metric, x.value
 FROM (
-  SELECT * FROM models WHERE promoted
+  SELECT * FROM "${pipeline}".models WHERE promoted
   ORDER BY promoted_at DESC NULLS LAST, created_at DESC
   LIMIT 5
 ) m
@@ -198,7 +218,7 @@ FEATURE_IMPORTANCE_SQL = """\
 SELECT f.feature, 100 * f.gain AS share, m.kind, m.version
 FROM (
   SELECT version, coalesce(params->>'model', 'default') AS kind, feature_importances
-  FROM models
+  FROM "${pipeline}".models
   WHERE promoted AND (site_id = '$site' OR site_id IS NULL)
   ORDER BY site_id NULLS LAST
   LIMIT 1
@@ -308,53 +328,61 @@ def dashboard(uid: str, title: str, panels: list[dict[str, Any]], variables: lis
         "timepicker": {},
         "templating": {"list": variables},
         "annotations": {"list": []},
+        # includeVars: the other dashboard opens on the same pipeline.
         "links": [
             {"type": "dashboards", "tags": ["energy-pipeline"], "asDropdown": False,
-             "title": "Energy pipeline", "includeVars": False, "keepTime": True}
+             "title": "Energy pipeline", "includeVars": True, "keepTime": True}
         ],
         "panels": panels,
     }
 
 
-def site_variable() -> dict[str, Any]:
-    query = "SELECT DISTINCT site_id FROM hourly_features ORDER BY 1"
+def query_variable(name: str, label: str, query: str, **options: Any) -> dict[str, Any]:
+    """A variable whose options a query on the PostgreSQL datasource lists; `options`
+    overrides Grafana's settings below (multi, includeAll, refresh, sort, current)."""
     return {
-        "name": "site",
-        "label": "Site",
+        "name": name,
+        "label": label,
         "type": "query",
         "datasource": POSTGRES,
         "query": query,
         "definition": query,
-        # Forecasts are per site: one site at a time.
         "multi": False,
         "includeAll": False,
+        # On dashboard load.
         "refresh": 1,
         "sort": 1,
         "current": {},
         "options": [],
+        **options,
     }
+
+
+def pipeline_variable() -> dict[str, Any]:
+    # One schema at a time: each query reads the tables of one pipeline. `current` stays empty
+    # here: the chart sets it to the first of its `pipelines` value (grafana.dashboard).
+    return query_variable("pipeline", "Pipeline", PIPELINES_SQL)
+
+
+def site_variable() -> dict[str, Any]:
+    # Forecasts are per site: one site at a time.
+    return query_variable(
+        "site", "Site",
+        'SELECT DISTINCT site_id FROM "${pipeline}".hourly_features ORDER BY 1',
+    )
 
 
 def device_variable() -> dict[str, Any]:
     query = (
-        "SELECT DISTINCT device_id FROM readings "
+        'SELECT DISTINCT device_id FROM "${pipeline}".readings '
         "WHERE site_id = '$site' AND $__timeFilter(ts) ORDER BY 1"
     )
-    return {
-        "name": "device",
-        "label": "Device",
-        "type": "query",
-        "datasource": POSTGRES,
-        "query": query,
-        "definition": query,
-        "multi": True,
-        "includeAll": True,
+    return query_variable(
+        "device", "Device", query, multi=True, includeAll=True,
         # On time range change: the query reads the time range.
-        "refresh": 2,
-        "sort": 3,
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "options": [],
-    }
+        refresh=2, sort=3,
+        current={"selected": True, "text": ["All"], "value": ["$__all"]},
+    )
 
 
 def energy_overview() -> dict[str, Any]:
@@ -433,7 +461,8 @@ def energy_overview() -> dict[str, Any]:
         )
     )
     return dashboard(
-        "energy-overview", "Energy overview", panels, [site_variable(), device_variable()],
+        "energy-overview", "Energy overview", panels,
+        [pipeline_variable(), site_variable(), device_variable()],
         "now-3d", "now+24h",
         "Sensor readings, energy consumption against its forecast, and forecast quality.",
     )
@@ -521,7 +550,8 @@ def pipeline_health() -> dict[str, Any]:
         ),
     ]
     return dashboard(
-        "energy-pipeline-health", "Pipeline health", panels, [], "now-6h", "now",
+        "energy-pipeline-health", "Pipeline health", panels, [pipeline_variable()],
+        "now-6h", "now",
         "Is data flowing and are forecasts current: freshness, throughput, delay, backlog, "
         "model in service; worker metrics when Prometheus is configured.",
     )

@@ -61,8 +61,33 @@ app.kubernetes.io/part-of: energy-pipeline
 {{- else if $p.enabled }}true{{ end -}}
 {{- end -}}
 
+{{/* The PostgreSQL schemas of the pipelines (value `pipelines`), as a JSON list: each
+     EnergyPipeline keeps its tables in a schema of its own (spec.database.schema). Fails
+     unless it is a non-empty list of distinct names as the CRD admits them there, since a
+     name goes unescaped between double quotes into the rules' SQL. */}}
+{{- define "grafana.pipelines" -}}
+{{- $pipelines := .Values.pipelines -}}
+{{- if not (kindIs "slice" $pipelines) -}}
+{{- fail "pipelines must be a list of PostgreSQL schema names (spec.database.schema of each EnergyPipeline), e.g. [energy]" -}}
+{{- end -}}
+{{- if not $pipelines -}}
+{{- fail "pipelines must name at least one pipeline's PostgreSQL schema (spec.database.schema; by default the EnergyPipeline's name with '-' as '_'), e.g. [energy]" -}}
+{{- end -}}
+{{- range $pipelines -}}
+{{- if not (regexMatch "^[a-z_][a-z0-9_]{0,62}$" (toString .)) -}}
+{{- fail (printf "pipelines: %q is not a schema name as spec.database.schema admits it (lower-case letters, digits and '_', not starting with a digit, at most 63)" (toString .)) -}}
+{{- end -}}
+{{- end -}}
+{{- if ne (len $pipelines) (len (uniq $pipelines)) -}}
+{{- fail (printf "pipelines names a schema twice: %v" $pipelines) -}}
+{{- end -}}
+{{- toJson $pipelines -}}
+{{- end -}}
+
 {{/* A dashboard file as JSON; panels on the Prometheus datasource are dropped when that
-     datasource is not provisioned, so no panel points at a datasource that is missing. */}}
+     datasource is not provisioned, so no panel points at a datasource that is missing. The
+     `pipeline` variable opens on the first of `pipelines` (Grafana keeps a current value that
+     its query still lists, else takes the first it lists). */}}
 {{- define "grafana.dashboard" -}}
 {{- $root := index . 0 -}}
 {{- $dashboard := $root.Files.Get (index . 1) | fromJson -}}
@@ -75,10 +100,33 @@ app.kubernetes.io/part-of: energy-pipeline
 {{- end -}}
 {{- $_ := set $dashboard "panels" $kept -}}
 {{- end -}}
+{{- $first := include "grafana.pipelines" $root | fromJsonArray | first -}}
+{{- range $dashboard.templating.list -}}
+{{- if eq .name "pipeline" -}}
+{{- $_ := set . "current" (dict "selected" true "text" $first "value" $first) -}}
+{{- end -}}
+{{- end -}}
 {{- toPrettyJson $dashboard -}}
 {{- end -}}
 
-{{/* Alert rules with the thresholds from values in place of their placeholders. */}}
+{{/* A rule's uid in the copy for one pipeline: <uid>-<schema>, or where that is longer than
+     Grafana's 40 characters (util.IsValidShortUID), <uid>-<the schema's sha256, cut to fit>.
+     Argument: (list uid schema). */}}
+{{- define "grafana.ruleUid" -}}
+{{- $base := index . 0 -}}
+{{- $schema := index . 1 -}}
+{{- $uid := printf "%s-%s" $base $schema -}}
+{{- if gt (len $uid) 40 -}}
+{{- $uid = printf "%s-%s" $base (sha256sum $schema | trunc (int (sub 39 (len $base)))) -}}
+{{- end -}}
+{{- $uid -}}
+{{- end -}}
+
+{{/* Alert rules with the thresholds from values in place of their placeholders, one copy of
+     alerting/rules.yaml's group per pipeline (__PIPELINE__: its schema), each rule's uid
+     suffixed (grafana.ruleUid). The uids the rules had before there were copies per pipeline
+     are deleted: Grafana keeps a provisioned rule that leaves the file, and those read the
+     tables unqualified, where a pipeline's tables no longer are. */}}
 {{- define "grafana.alertRules" -}}
 {{- $a := .Values.alerts -}}
 {{- $placeholders := dict
@@ -96,5 +144,32 @@ app.kubernetes.io/part-of: energy-pipeline
 {{- range $key, $value := $placeholders -}}
 {{- $rules = replace $key $value $rules -}}
 {{- end -}}
-{{- $rules -}}
+{{- $groups := list -}}
+{{- $uids := list -}}
+{{- $legacy := list -}}
+{{- range $pipeline := include "grafana.pipelines" . | fromJsonArray -}}
+{{- $doc := replace "__PIPELINE__" $pipeline $rules | fromYaml -}}
+{{- with $doc.Error -}}
+{{- fail (printf "alerting/rules.yaml with alerts.* in place is no YAML: %s" .) -}}
+{{- end -}}
+{{- range $group := $doc.groups -}}
+{{- range $rule := $group.rules -}}
+{{- $legacy = append $legacy $rule.uid -}}
+{{- $_ := set $rule "uid" (include "grafana.ruleUid" (list $rule.uid $pipeline)) -}}
+{{- $uids = append $uids $rule.uid -}}
+{{- end -}}
+{{- $groups = append $groups $group -}}
+{{- end -}}
+{{- end -}}
+{{- $legacy = uniq $legacy -}}
+{{- $all := concat $uids $legacy -}}
+{{- if ne (len $all) (len (uniq $all)) -}}
+{{- fail (printf "two alert rules would have the same uid: %v (pipelines whose schema names share their sha256 prefix?)" $uids) -}}
+{{- end -}}
+{{- $deletes := list -}}
+{{- range $legacy -}}
+{{- $deletes = append $deletes (dict "orgId" 1 "uid" .) -}}
+{{- end -}}
+# From the grafana chart's alerting/rules.yaml: one group per pipeline (`pipelines`).
+{{ dict "apiVersion" 1 "groups" $groups "deleteRules" $deletes | toYaml }}
 {{- end -}}

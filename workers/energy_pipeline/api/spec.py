@@ -107,7 +107,7 @@ class Route:
 # ---- parameters -------------------------------------------------------------------------
 
 SITE = Param(
-    "site", "path", "Site id, as in the MQTT topic `energy/<site>/...`.",
+    "site", "path", "Site id, as in the MQTT topic `<topic root>/<site>/...`.",
     {"type": "string", "pattern": ID_PATTERN}, "site-0", required=True,
 )
 TIME_SCHEMA: dict[str, Any] = {

@@ -55,11 +55,26 @@ DEFAULT_LIMITS = Limits()
 MIN_TRAIN_HOURS = 14 * 24
 
 MQTT_TOPIC_ROOT = "energy"
+# A topic root: levels without wildcards or white space (spec.mqtt.topicRoot's pattern).
+TOPIC_ROOT = re.compile(r"[^/+#\s]+(/[^/+#\s]+)*")
+# A pipeline's database schema (spec.database.schema, DATABASE_SCHEMA): lower-case, so that it
+# needs no quoting in any SQL, and within PostgreSQL's NAMEDATALEN - 1 bytes.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 DEFAULT_TOPIC_PREFIX = "energy"
 
 
-def mqtt_topic(site: str, sensor: str, device: str) -> str:
-    return f"{MQTT_TOPIC_ROOT}/{site}/{sensor}/{device}"
+def mqtt_topic(site: str, sensor: str, device: str, root: str = MQTT_TOPIC_ROOT) -> str:
+    """Where a device publishes: `<root>/<site>/<sensor>/<device>`; `root` is the pipeline's
+    (MQTT_TOPIC_ROOT, spec.mqtt.topicRoot), and may itself hold '/'."""
+    return f"{root}/{site}/{sensor}/{device}"
+
+
+def topic_parts(topic: str, root: str = MQTT_TOPIC_ROOT) -> list[str] | None:
+    """[site, sensor, device] of a topic `mqtt_topic(..., root)` made; None for any other."""
+    if not topic.startswith(root) or topic[len(root):len(root) + 1] != "/":
+        return None
+    parts = topic[len(root) + 1:].split("/")
+    return parts if len(parts) == 3 else None
 
 
 def kafka_topic(prefix: str, sensor: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from energy_pipeline.core.contracts import Limits
+from energy_pipeline.core.contracts import MQTT_TOPIC_ROOT, TOPIC_ROOT, Limits
 from energy_pipeline.core.kafka import client_config, read_secret_file
 
 T = TypeVar("T")
@@ -28,9 +28,11 @@ class SettingsError(ValueError):
     """One or more environment variables are missing or malformed."""
 
 
-def env(name: str, default: Any = MISSING, *, doc: str = "", minimum: float | None = None) -> Any:
-    """A settings field bound to environment variable `name`."""
-    metadata = {"env": name, "doc": doc, "minimum": minimum}
+def env(name: str, default: Any = MISSING, *, doc: str = "", minimum: float | None = None,
+        pattern: re.Pattern[str] | None = None) -> Any:
+    """A settings field bound to environment variable `name` (a string one may have to match
+    `pattern` in full)."""
+    metadata = {"env": name, "doc": doc, "minimum": minimum, "pattern": pattern}
     if default is MISSING:
         return field(metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -81,6 +83,10 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
         minimum = f.metadata.get("minimum")
         if minimum is not None and value is not None and value < minimum:
             errors.append(f"{name} must be at least {minimum}, got {value}")
+            continue
+        pattern = f.metadata.get("pattern")
+        if pattern is not None and not pattern.fullmatch(value):
+            errors.append(f"{name}={value!r} must match {pattern.pattern}")
             continue
         values[f.name] = value
     if errors:
@@ -211,6 +217,12 @@ def default_client_id(user: str = "") -> str:
 class MqttSettings:
     mqtt_host: str = env("MQTT_HOST", "127.0.0.1", doc="MQTT broker host")
     mqtt_port: int = env("MQTT_PORT", 1883, doc="MQTT broker port", minimum=1)
+    mqtt_topic_root: str = env(
+        "MQTT_TOPIC_ROOT", MQTT_TOPIC_ROOT,
+        doc="topic root of the pipeline's readings, <root>/<site>/<sensor>/<device>: where "
+        "the simulator publishes; the bridge dead-letters a topic outside it (bad_topic)",
+        pattern=TOPIC_ROOT,
+    )
     mqtt_username: str = env("MQTT_USERNAME", "", doc="MQTT user (empty: anonymous)")
     mqtt_password: str = env("MQTT_PASSWORD", "", doc="MQTT password")
     mqtt_password_file: str = env(

@@ -25,6 +25,7 @@ from energy_pipeline.core.contracts import (
     Limits,
     Reading,
     is_finite_number,
+    topic_parts,
 )
 
 
@@ -153,14 +154,14 @@ def _seq(doc: dict[str, object]) -> int | None:
     return seq
 
 
-def _topic_parts(topic: str) -> tuple[str, str, str]:
-    parts = topic.split("/")
-    if len(parts) != 4 or parts[0] != MQTT_TOPIC_ROOT:
+def _topic_parts(topic: str, root: str) -> tuple[str, str, str]:
+    parts = topic_parts(topic, root)
+    if parts is None:
         raise Invalid(
             Reason.BAD_TOPIC,
-            f"topic {topic[:120]!r} is not {MQTT_TOPIC_ROOT}/<site>/<sensor>/<device>",
+            f"topic {topic[:120]!r} is not {root[:120]}/<site>/<sensor>/<device>",
         )
-    _, site, sensor, device = parts
+    site, sensor, device = parts
     for label, ident in (("site", site), ("device", device)):
         if not valid_id(ident):
             raise Invalid(Reason.BAD_TOPIC, f"{label} id {ident[:80]!r} must match {_ID.pattern}")
@@ -203,17 +204,18 @@ def _combined(
 
 
 def parse_mqtt(
-    topic: str, payload: bytes, now: datetime, limits: Limits = DEFAULT_LIMITS
+    topic: str, payload: bytes, now: datetime, limits: Limits = DEFAULT_LIMITS,
+    root: str = MQTT_TOPIC_ROOT,
 ) -> list[Reading] | Rejection:
     """One MQTT message into its readings (five for a combined record), or the first check it
-    fails."""
+    fails; a topic outside `root` (the pipeline's MQTT_TOPIC_ROOT) is a BAD_TOPIC."""
     try:
         if len(payload) > limits.max_payload_bytes:
             raise Invalid(
                 Reason.OVERSIZED,
                 f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}",
             )
-        site, sensor, device = _topic_parts(topic)
+        site, sensor, device = _topic_parts(topic, root)
         doc = _require_object(_load_json(payload))
         if sensor == COMBINED:
             return _combined(site, device, doc, now, limits)

@@ -27,6 +27,7 @@ from energy_pipeline.core.contracts import (
     Limits,
     Reading,
     new_reading,
+    topic_parts,
 )
 from energy_pipeline.core.validation import ID_CHARS, JSON_DECODER, Invalid, Rejection, valid_id
 
@@ -132,13 +133,15 @@ def _kafka_fast(value: bytes | None, now: datetime, limits: Limits) -> Reading |
     return _from_doc(site, sensor, device, doc, now, limits)
 
 
-def _mqtt_fast(topic: str, payload: bytes, now: datetime, limits: Limits) -> Reading | None:
+def _mqtt_fast(
+    topic: str, payload: bytes, now: datetime, limits: Limits, root: str
+) -> Reading | None:
     if type(payload) is not bytes or len(payload) > limits.max_payload_bytes:
         return None
-    parts = topic.split("/")
-    if len(parts) != 4 or parts[0] != MQTT_TOPIC_ROOT:
+    parts = topic_parts(topic, root)
+    if parts is None:
         return None
-    _, site, sensor, device = parts
+    site, sensor, device = parts
     if sensor not in SENSORS or not valid_id(site) or not valid_id(device):
         return None
     m = _MQTT_PAYLOAD(payload.decode("latin-1"))
@@ -161,13 +164,14 @@ def _mqtt_fast(topic: str, payload: bytes, now: datetime, limits: Limits) -> Rea
 
 
 def parse_mqtt(
-    topic: str, payload: bytes, now: datetime, limits: Limits = DEFAULT_LIMITS
+    topic: str, payload: bytes, now: datetime, limits: Limits = DEFAULT_LIMITS,
+    root: str = MQTT_TOPIC_ROOT,
 ) -> list[Reading] | Rejection:
     """validation.parse_mqtt: one MQTT message into its readings, or why not."""
-    fast = _mqtt_fast(topic, payload, now, limits)
+    fast = _mqtt_fast(topic, payload, now, limits, root)
     if fast is not None:
         return [fast]
-    return validation.parse_mqtt(topic, payload, now, limits)
+    return validation.parse_mqtt(topic, payload, now, limits, root)
 
 
 def parse_kafka_value(

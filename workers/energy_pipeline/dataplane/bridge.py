@@ -69,7 +69,9 @@ log = logging.getLogger("energy_pipeline.dataplane.bridge")
 @dataclass(frozen=True, kw_only=True)
 class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSettings):
     http_port: int = http_port_field(9101)
-    mqtt_topic_filter: str = env("MQTT_TOPIC_FILTER", "energy/#", doc="MQTT topics to bridge")
+    mqtt_topic_filter: str = env(
+        "MQTT_TOPIC_FILTER", "", doc="MQTT topics to bridge (empty: MQTT_TOPIC_ROOT/#)"
+    )
     mqtt_shared_group: str = env(
         "MQTT_SHARED_GROUP", "bridge", doc="shared-subscription group (empty: plain subscription)"
     )
@@ -103,13 +105,18 @@ class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSett
                 f"BRIDGE_CONNECTIONS must be at most {len(SENSOR_NAMES)} (one per sensor "
                 f"type), got {self.bridge_connections}"
             )
-        if self.bridge_connections > 1 and shard_root(self.mqtt_topic_filter) is None:
+        if self.bridge_connections > 1 and shard_root(self.topic_filter) is None:
             problems.append(
                 "BRIDGE_CONNECTIONS above 1 splits MQTT_TOPIC_FILTER by sensor type, so it "
-                f"must be <root>/# with no wildcard in <root>, got {self.mqtt_topic_filter!r}"
+                f"must be <root>/# with no wildcard in <root>, got {self.topic_filter!r}"
             )
         if problems:
             raise SettingsError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def topic_filter(self) -> str:
+        """MQTT_TOPIC_FILTER, or every topic under MQTT_TOPIC_ROOT."""
+        return self.mqtt_topic_filter or f"{self.mqtt_topic_root}/#"
 
     def subscription(self, topic_filter: str) -> str:
         if self.mqtt_shared_group:
@@ -117,7 +124,7 @@ class BridgeSettings(CommonSettings, KafkaSettings, MqttSettings, ValidationSett
         return topic_filter
 
     def link_filters(self) -> list[tuple[str, ...]]:
-        return shard_filters(self.mqtt_topic_filter, self.bridge_connections)
+        return shard_filters(self.topic_filter, self.bridge_connections)
 
 
 def shard_root(topic_filter: str) -> str | None:
@@ -248,7 +255,7 @@ class MqttLink:
         self.subscriptions = [settings.subscription(f) for f in filters]
         self.stale = sorted(
             settings.subscription(f)
-            for f in every_layout_filter(settings.mqtt_topic_filter) - set(filters)
+            for f in every_layout_filter(settings.topic_filter) - set(filters)
         )
         self.received = 0  # since the last idle check
         self.inflight = 0
@@ -562,7 +569,8 @@ class Bridge:
         self._inflight += 1
         sock = link.socket()
         assert sock is not None  # a message arrived on it
-        result = parse_mqtt(msg.topic, msg.payload, self._now, self.limits)
+        result = parse_mqtt(msg.topic, msg.payload, self._now, self.limits,
+                            self.settings.mqtt_topic_root)
         if isinstance(result, Rejection):
             self._dead_letter(msg, result, PendingAck(1, msg.mid, msg.qos, link, sock))
             return

@@ -24,7 +24,7 @@ from importlib import resources
 
 import psycopg2
 
-from energy_pipeline.db.connect import connect, worker_name
+from energy_pipeline.db.connect import DEFAULT_SCHEMA, connect, schema_of, worker_name
 
 log = logging.getLogger(__name__)
 APPLICATION_NAME = worker_name("migrate")
@@ -70,7 +70,11 @@ def latest_version() -> int:
 
 
 def migrate(dsn: str, lock_timeout_s: float = LOCK_TIMEOUT_S) -> int:
-    """Apply every pending migration; returns the schema version now in place."""
+    """Apply every pending migration; returns the schema version now in place.
+
+    The tables go to the schema the DSN names (connect.with_schema), created here if missing:
+    each pipeline sharing a database migrates its own schema, with its own schema_migrations.
+    """
     conn = connect(dsn, application_name=APPLICATION_NAME)
     try:
         with conn, conn.cursor() as cur:
@@ -78,6 +82,11 @@ def migrate(dsn: str, lock_timeout_s: float = LOCK_TIMEOUT_S) -> int:
             cur.execute("SET client_connection_check_interval = '2s'")
         _lock(conn, lock_timeout_s)
         try:
+            schema = schema_of(dsn)
+            if schema != DEFAULT_SCHEMA:
+                with conn, conn.cursor() as cur:
+                    # with_schema admits only [a-z_][a-z0-9_]*: no quoting needed.
+                    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             return _apply_pending(conn)
         finally:
             with conn, conn.cursor() as cur:

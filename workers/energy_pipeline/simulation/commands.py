@@ -210,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     # Messages from this index on are ahead of the bridge's future limit (none: no limit).
     in_time: int | None = None
     if window is None:
-        messages: Iterator[Message] = replay_messages(Path(args.replay), args.site)
+        messages: Iterator[Message] = replay_messages(Path(args.replay), args.site,
+                                                      settings.mqtt_topic_root)
         description: dict[str, object] = {"replay": args.replay}
     else:
         config = window.config
@@ -221,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
             )
         readings = realtime(config, stop) if args.realtime else generate(config)
         messages = (
-            combined_messages(readings) if args.format == "combined" else single_messages(readings)
+            combined_messages(readings, settings.mqtt_topic_root) if args.format == "combined"
+            else single_messages(readings, settings.mqtt_topic_root)
         )
         description = {
             "sites": config.sites,
@@ -287,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 DESCRIPTION = f"""\
-Publishes simulated building sensor readings on energy/<site>/<sensor>/<device> (MQTT 5,
+Publishes simulated building sensor readings on <MQTT_TOPIC_ROOT>/<site>/<sensor>/<device> (MQTT 5,
 QoS 1): --sites x 5 sensors x --devices streams, one reading each per --interval,
 reproducible from --seed (or a recorded CSV with --replay).
 

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from energy_pipeline.core.contracts import COMBINED, SENSOR_TYPES, SENSORS, Reading, mqtt_topic
+from energy_pipeline.core.contracts import (
+    COMBINED,
+    MQTT_TOPIC_ROOT,
+    SENSOR_TYPES,
+    SENSORS,
+    Reading,
+    mqtt_topic,
+)
 from energy_pipeline.core.settings import MqttSettings
 from energy_pipeline.dataplane.mqtt_client import new_client, persistent_session
 
@@ -29,12 +36,14 @@ NO_MATCHING_SUBSCRIBERS = 0x10
 HOLD_RETRY_S = 1.0
 
 
-def single_messages(readings: Iterable[Reading]) -> Iterator[Message]:
+def single_messages(readings: Iterable[Reading], root: str = MQTT_TOPIC_ROOT
+                    ) -> Iterator[Message]:
     for r in readings:
-        yield mqtt_topic(r.site, r.sensor, r.device), r.to_mqtt_payload()
+        yield mqtt_topic(r.site, r.sensor, r.device, root), r.to_mqtt_payload()
 
 
-def combined_messages(readings: Iterable[Reading]) -> Iterator[Message]:
+def combined_messages(readings: Iterable[Reading], root: str = MQTT_TOPIC_ROOT
+                      ) -> Iterator[Message]:
     """The original report's record: one message per device and time with all five sensors.
 
     Expects readings grouped by time (as `signals.generate` yields them).
@@ -52,12 +61,12 @@ def combined_messages(readings: Iterable[Reading]) -> Iterator[Message]:
             record[SENSORS[r.sensor].combined_field] = r.value
         for (site, device), record in records.items():
             yield (
-                mqtt_topic(site, COMBINED, device),
+                mqtt_topic(site, COMBINED, device, root),
                 json.dumps(record, separators=(",", ":")).encode(),
             )
 
 
-def replay_messages(path: Path, site: str) -> Iterator[Message]:
+def replay_messages(path: Path, site: str, root: str = MQTT_TOPIC_ROOT) -> Iterator[Message]:
     """A recorded CSV: the report's combined columns, or long rows site,sensor,device,ts,value."""
     with path.open(newline="") as handle:
         rows = csv.DictReader(handle)
@@ -71,12 +80,13 @@ def replay_messages(path: Path, site: str) -> Iterator[Message]:
                 for spec in SENSOR_TYPES:
                     if row.get(spec.combined_field) not in (None, ""):
                         record[spec.combined_field] = float(row[spec.combined_field])
-                topic = mqtt_topic(row.get("SiteId") or site, COMBINED, row["DeviceId"])
+                topic = mqtt_topic(row.get("SiteId") or site, COMBINED, row["DeviceId"], root)
                 yield topic, json.dumps(record, separators=(",", ":")).encode()
         elif {"sensor", "device", "ts", "value"} <= header:
             for row in rows:
                 payload = json.dumps({"ts": row["ts"], "value": float(row["value"])}).encode()
-                yield mqtt_topic(row.get("site") or site, row["sensor"], row["device"]), payload
+                yield (mqtt_topic(row.get("site") or site, row["sensor"], row["device"], root),
+                       payload)
         else:
             raise ValueError(
                 f"{path}: expected columns Timestamp,DeviceId,Temperature,... or "
