@@ -873,7 +873,7 @@ def delete_pipeline_topics(kube: Kube, body: Mapping[str, Any],
     outcome = Outcome()
     if clashes(kube, body, scope, outcome):
         kube.post_event(dict(body), "TopicsKept", "topics not deleted: " + "; ".join(
-            p.message.split(":", 1)[0] for p in outcome.problems))
+            p.message for p in outcome.problems))
         return []
     if outcome.problems:  # the other pipelines could not be listed: delete nothing yet
         raise RuntimeError("; ".join(p.message for p in outcome.problems))
