@@ -237,3 +237,29 @@ def test_seed_with_too_little_history_falls_back(frame: HourlyFrame) -> None:
 def test_load_model_rejects_foreign_text() -> None:
     with pytest.raises(ValueError):
         load_model(json.dumps({"format": "something-else"}))
+
+
+def test_each_booster_validates_on_a_dataset_of_its_own(
+        frame: HourlyFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quantile boosters train side by side in threads, and `lgb.train` writes to its
+    valid sets through LightGBM's C API: one Dataset shared by them aborted the process. Real
+    training, every call to `lgb.train` recorded."""
+    import lightgbm as lgb
+
+    seen: list[list[int]] = []
+    train = lgb.train
+
+    def recording(*args: object, **kwargs: object) -> lgb.Booster:
+        seen.append([id(v) for v in kwargs.get("valid_sets") or []])  # type: ignore[union-attr]
+        return train(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lgb, "train", recording)
+    params = DefaultParams(num_boost_round=25, early_stopping_rounds=5, max_rows=6000,
+                           num_threads=5, holdout_hours=24 * 7)
+    model = DefaultModel(past=PAST_COLUMNS, params=params)
+    model.fit(frame.slice(0, 24 * 35), 48)
+    assert "fallback" not in model.trained
+    with_valid = [ids for ids in seen if ids]
+    assert len(with_valid) >= 2  # the early-stopping pass, one call per quantile
+    ids = [i for each in with_valid for i in each]
+    assert len(ids) == len(set(ids))

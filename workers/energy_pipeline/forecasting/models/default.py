@@ -213,28 +213,32 @@ class DefaultModel:
             free_raw_data=False,
             params=self._booster_config(QUANTILES[0]),
         )
-        valid_data = None
+        # A validation Dataset per booster: `lgb.train` writes to its valid sets (parameters,
+        # then feature names through the C API, in `set_reference`), and five threads doing so
+        # on one shared handle aborted the process (LightGBM 4.7.0, once in a CI run).
+        valid_data: dict[float, lgb.Dataset] = {}
         if valid is not None:
-            valid_data = lgb.Dataset(rows.x[valid], rows.z[valid], reference=data)
+            valid_data = {q: lgb.Dataset(rows.x[valid], rows.z[valid], reference=data)
+                          for q in QUANTILES}
 
         def train_one(q: float) -> lgb.Booster:
             callbacks = []
-            if valid_data is not None:
+            if valid_data:
                 stop = lgb.early_stopping(self.params.early_stopping_rounds, verbose=False)
                 callbacks.append(stop)
             return lgb.train(
                 self._booster_config(q),
                 data,
                 num_boost_round=rounds[q],
-                valid_sets=[valid_data] if valid_data is not None else None,
+                valid_sets=[valid_data[q]] if valid_data else None,
                 callbacks=callbacks,
             )
 
         # One single-threaded booster per quantile, side by side: LightGBM releases the
         # GIL, and OpenMP threads inside one booster spin badly on a busy 2-core machine.
         data.construct()
-        if valid_data is not None:
-            valid_data.construct()
+        for each in valid_data.values():
+            each.construct()
         workers = self.params.num_threads or os.cpu_count() or 1
         with ThreadPoolExecutor(max_workers=workers) as pool:
             trained = list(pool.map(train_one, QUANTILES))
