@@ -18,7 +18,8 @@ DEMO_STAMP := $(VENV)/.installed-demo-$(DEPS_HASH)
 # per install (pip relays a build backend's warnings at warning level); a failed install
 # still shows its error and the build's output.
 PIP_INSTALL := $(BIN)/pip install -qq --disable-pip-version-check
-PYTEST_ARGS ?=
+# The slowest tests at the end of every run: where the time of `make test` goes.
+PYTEST_ARGS ?= --durations=30 --durations-min=20
 
 .PHONY: help venv demo-venv stack-deps deps lint generate test unit integration cluster container e2e node stack demo bench up down clean
 

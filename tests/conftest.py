@@ -47,6 +47,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=rank)
 
 
+_terminal: list[object] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _terminal[:] = [session.config.pluginmanager.get_plugin("terminalreporter")]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A failure's reason and time on a line of its own, at once: CI shows only the tail of
+    the log, and a run stopped by CI's time limit never reaches pytest's summary."""
+    if not report.failed or not _terminal or _terminal[0] is None:
+        return
+    crash = getattr(report.longrepr, "reprcrash", None)
+    reason = crash.message.splitlines()[0][:300] if crash is not None else "see the log"
+    _terminal[0].write_line(  # type: ignore[attr-defined]
+        f"\nFAILED {report.nodeid} ({report.when}, {report.duration:.0f}s): {reason}")
+
+
 @pytest.fixture(scope="session")
 def services_dir() -> Iterator[Path]:
     """Outside pytest's basetemp: a concurrent pytest run prunes old basetemps, and with them

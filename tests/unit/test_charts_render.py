@@ -166,6 +166,12 @@ def test_workloads_run_as_non_root_with_resources_and_probes(
             assert resources.get("requests", {}).get("cpu"), where
             assert resources.get("requests", {}).get("memory"), where
             assert resources.get("limits", {}).get("memory"), where
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                # Kubernetes' default of 1 s fails a probe whenever the node is busy for a
+                # second (an exec probe starts a process): seen killing the simulator and
+                # failing Kafka's users container on the node right after an install.
+                if kind in container:
+                    assert container[kind].get("timeoutSeconds", 1) >= 5, f"{where} {kind}"
         if name.startswith("Job/"):
             # One-shot (the chart's hook): bounded by a deadline instead of probed.
             doc = next(d for d in docs

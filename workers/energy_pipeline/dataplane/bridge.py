@@ -699,6 +699,10 @@ class Bridge:
         # (and a reminder), so each attempt here logs at debug after the first.
         level = logging.WARNING
         while True:
+            # Waiting for Kafka is progress, not a hang: readiness names the dependency, and
+            # liveness failing here restarted bridges in a loop on a node busy with a fresh
+            # install (Kafka still starting after the 60 s the heartbeat allows).
+            self.heartbeat.beat()
             try:
                 missing = self.load_partitions()
             except KafkaException as exc:
