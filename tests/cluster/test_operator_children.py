@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from energy_harness.localstack.kube import KubeControlPlane
+from energy_harness.testing import wait_for
 from energy_operator import crd
 from energy_operator.kube import Kube
 from energy_operator.reconcile import Outcome, apply_children, check_mqtt_ca
@@ -258,6 +259,11 @@ def pod_monitor_kind(kube: KubeControlPlane) -> Iterator[None]:
     kube.kubectl("apply", "--server-side", "-f", str(pod_monitor_crd()))
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                  "crd/podmonitors.monitoring.coreos.com")
+    # Established comes before discovery lists the kind (the API server updates discovery on
+    # its own; seen once in CI: the operator's first question answered "not served").
+    served = Kube(kube.api_client)
+    wait_for(lambda: served.serves("monitoring.coreos.com/v1", "PodMonitor"), 60,
+             "discovery serving PodMonitor", interval=0.5)
     yield
     kube.kubectl("delete", "crd", "podmonitors.monitoring.coreos.com", "--wait=true")
 
