@@ -21,7 +21,7 @@ PIP_INSTALL := $(BIN)/pip install -qq --disable-pip-version-check
 # The slowest tests at the end of every run: where the time of `make test` goes.
 PYTEST_ARGS ?= --durations=30 --durations-min=20
 
-.PHONY: help venv demo-venv stack-deps deps lint generate test unit integration cluster container e2e node stack demo bench up down clean
+.PHONY: help venv demo-venv stack-deps deps lint generate test unit integration cluster container e2e node stack demo bench bench-openstef up down clean
 
 help:
 	@echo "make demo         the whole pipeline on this machine, live view, demo-out/forecast.png (DURATION=180: stop after 180 s)"
@@ -32,6 +32,7 @@ help:
 	@echo "make generate     rewrite every generated file (CRD, RBAC, README tables, gRPC stubs, dashboards)"
 	@echo "make stack        real Kafka (3 nodes), PostgreSQL and MQTT on 127.0.0.1 until Ctrl-C"
 	@echo "make bench        benchmarks of this machine, written to bench/"
+	@echo "make bench-openstef  forecast comparison with OpenSTEF (own Python 3.12 venv), bench/forecast-compare.{json,md}"
 	@echo "make up / down    the platform on a kind cluster (needs docker, kind, kubectl, helm)"
 	@echo "make clean        remove the venv (caches in ~/.cache/energy-pipeline are kept)"
 
@@ -96,6 +97,14 @@ bench: deps
 	$(BIN)/python -m energy_harness.bench.serving --out bench/serving.json
 	$(BIN)/python -m energy_harness.bench.worker_rss --out bench/worker_rss.json
 	$(BIN)/python -m energy_harness.bench.node_platform --out bench/node_platform.json
+	$(MAKE) bench-openstef
+
+# Ours vs OpenSTEF (in its own Python 3.12 venv under ~/.cache/energy-pipeline, never a
+# product dependency), naive and seed, with and without weather forecasts; after serving,
+# whose training and RPC figures it copies.
+bench-openstef: deps
+	$(PIP_INSTALL) -e '.[dev,bench]' -e ./harness
+	$(BIN)/python -m energy_harness.bench.compare --out bench/forecast-compare.json --md bench/forecast-compare.md
 
 # Every image the platform needs; bases are made from Debian packages where no registry answers.
 image: venv

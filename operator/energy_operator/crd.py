@@ -46,6 +46,7 @@ MODEL_PARAMETERS = (
     "num_boost_round", "early_stopping_rounds", "learning_rate", "num_leaves",
     "min_data_in_leaf", "feature_fraction", "bagging_fraction", "lambda_l2", "max_rows",
     "holdout_hours", "min_train_hours", "min_window_hours", "num_threads", "seed",
+    "issued_dropout",
 )
 
 # Internal marker on schema nodes; stripped from the published CRD.
@@ -357,8 +358,8 @@ def spec_schema() -> dict[str, Any]:
             ),
             "topicPrefix": string(
                 "Topics are <prefix>.<sensor> (temperature, humidity, squarefootage, "
-                "renewableenergy, energyconsumption) and <prefix>.deadletter. Unset: the "
-                "pipeline's name.",
+                "renewableenergy, energyconsumption), <prefix>.weather_forecast and "
+                "<prefix>.deadletter. Unset: the pipeline's name.",
                 env=Env("KAFKA_TOPIC_PREFIX", BI), minLength=1, maxLength=200,
                 pattern=r"^[a-zA-Z0-9_-][a-zA-Z0-9._-]*$",
             ),
@@ -975,6 +976,23 @@ def status_schema() -> dict[str, Any]:
                 },
             ),
             "lastForecastTime": string("When the newest forecast was issued.", format="date-time"),
+            "missingInputs": {
+                "type": "array",
+                "description": "Model inputs that sites' newest forecasts were made without "
+                               "(absent when none): e.g. weather_forecast while no weather "
+                               "forecast for the hours ahead has arrived on "
+                               "<spec.mqtt.topicRoot>/<site>/weather_forecast/<source>; such "
+                               "forecasts are those of the model as trained without it.",
+                "items": obj(
+                    "One input and the sites lacking it.",
+                    {
+                        "input": string("The input, e.g. weather_forecast."),
+                        "sites": integer("How many sites' newest forecast lacked it."),
+                        "siteNames": {"type": "array", "items": {"type": "string"},
+                                      "description": "The first ten of them by name."},
+                    },
+                ),
+            },
             "apiTokens": obj(
                 "While spec.api.enabled: the Secret with the read API's tokens file.",
                 {

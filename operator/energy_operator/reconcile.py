@@ -81,6 +81,8 @@ KAFKA_TIMEOUT = 5.0
 # The schema version that added forecast_sites, which says up to where a site's hours are
 # closed (the history query reads it).
 FORECASTING_SCHEMA_VERSION = 2
+# The schema version that records what each site's newest forecast lacked (0007).
+INPUTS_SCHEMA_VERSION = 7
 
 Adopt = Callable[[list[dict[str, Any]], Mapping[str, Any]], None]
 
@@ -100,6 +102,8 @@ class DatabaseFacts:
     # Read only while no model is promoted: (site, closed hours with a consumption value in
     # the training window) of the site with the most, (None, 0) without any.
     history: tuple[str | None, int] | None = None
+    # Per model input, the sites whose newest forecast was made without it.
+    missing_inputs: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -584,6 +588,7 @@ def reconcile_schema(url: str | None, change: bool, outcome: Outcome,
             )
         facts = registry_facts(
             url, history_days if version >= FORECASTING_SCHEMA_VERSION else None,
+            inputs=version >= INPUTS_SCHEMA_VERSION,
         ) if version >= 1 else DatabaseFacts()
         facts.schema_version = version
     except MigrationError as exc:
@@ -627,11 +632,22 @@ LIMIT 1
 """
 
 
-def registry_facts(dsn: str, history_days: int | None = None) -> DatabaseFacts:
+# Per input, the sites whose newest forecast lacked it (forecast_sites.missing_inputs).
+_MISSING_INPUTS_SQL = """
+SELECT i.input, array_agg(s.site_id ORDER BY s.site_id)
+FROM forecast_sites s CROSS JOIN unnest(s.missing_inputs) AS i(input)
+GROUP BY i.input ORDER BY i.input
+"""
+
+
+def registry_facts(dsn: str, history_days: int | None = None,
+                   inputs: bool = False) -> DatabaseFacts:
     """The newest forecast and how many models are promoted (inference serves only those);
-    with `history_days` and no model promoted, the training history stored (`_HISTORY_SQL`)."""
+    with `history_days` and no model promoted, the training history stored (`_HISTORY_SQL`);
+    with `inputs`, the sites whose newest forecast lacked a model input."""
     conn = connect(dsn, application_name=worker_name("operator"), readonly=True)
     history: tuple[str | None, int] | None = None
+    missing: dict[str, list[str]] = {}
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT max(issued_at) FROM forecasts")
@@ -642,10 +658,13 @@ def registry_facts(dsn: str, history_days: int | None = None) -> DatabaseFacts:
                 cur.execute(_HISTORY_SQL, {"days": history_days})
                 row = cur.fetchone()
                 history = (row[0], int(row[1])) if row else (None, 0)
+            if inputs:
+                cur.execute(_MISSING_INPUTS_SQL)
+                missing = {name: list(sites) for name, sites in cur.fetchall()}
     finally:
         conn.close()
     return DatabaseFacts(None, last.astimezone(UTC) if last is not None else None, promoted,
-                         history)
+                         history, missing)
 
 
 def observe_training_jobs(kube: Kube, name: str, namespace: str) -> list[TrainingJob]:
@@ -815,6 +834,7 @@ def _reconcile(kube: Kube, namespace: str, name: str, adopt: Adopt,
         schema_latest=latest_version(),
         last_forecast=database.last_forecast,
         promoted_models=database.promoted_models,
+        missing_inputs=database.missing_inputs if database.schema_version is not None else None,
         first_training=first,
         problems=outcome.problems,
         changes=outcome.changes,

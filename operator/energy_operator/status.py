@@ -313,6 +313,8 @@ class Observed:
     last_forecast: datetime | None = None
     # None: unknown (database unreachable); 0: inference has nothing to serve yet.
     promoted_models: int | None = None
+    # Per model input, the sites whose newest forecast was made without it (None: unknown).
+    missing_inputs: Mapping[str, Sequence[str]] | None = None
     # Where the first training stands while no model is promoted (None: nothing owed/unknown).
     first_training: FirstTraining | None = None
     problems: Sequence[Problem] = ()
@@ -430,6 +432,20 @@ def conditions(
     return out
 
 
+# Sites named per missing input in the status; the count says how many there are in all.
+MISSING_INPUT_SITES_SHOWN = 10
+
+
+def missing_inputs_status(missing: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """status.missingInputs: per input, how many sites' newest forecast lacked it and the
+    first of them by name."""
+    return [
+        {"input": name, "sites": len(sites),
+         "siteNames": list(sites[:MISSING_INPUT_SITES_SHOWN])}
+        for name, sites in sorted(missing.items())
+    ]
+
+
 def build_status(
     observed: Observed,
     pipeline: str,
@@ -462,6 +478,11 @@ def build_status(
         status["firstTraining"] = observed.first_training.as_status()
     elif observed.promoted_models is None and "firstTraining" in previous:
         status["firstTraining"] = previous["firstTraining"]  # unknown now: keep the last seen
+    if observed.missing_inputs is not None:
+        if observed.missing_inputs:
+            status["missingInputs"] = missing_inputs_status(observed.missing_inputs)
+    elif "missingInputs" in previous:
+        status["missingInputs"] = previous["missingInputs"]  # unknown now: keep the last seen
     if observed.last_forecast is not None:
         status["lastForecastTime"] = observed.last_forecast.strftime("%Y-%m-%dT%H:%M:%SZ")
     elif "lastForecastTime" in previous:

@@ -276,9 +276,9 @@ def test_example_becomes_ready_with_children_topics_and_schema(pipeline: Pipelin
                 assert not contains(obj[section], child[section]), (
                     child["kind"], contains(obj[section], child[section]))
 
-    # Kafka: 6 topics with 4 partitions, each replicated twice; PostgreSQL: migrated.
+    # Kafka: 7 topics with 4 partitions, each replicated twice; PostgreSQL: migrated.
     topics = pipeline.topics()
-    assert len(topics) == 6
+    assert len(topics) == 7
     assert {(t.partitions, t.replication_factor) for t in topics.values()} == {(4, 2)}
     # The example leaves spec.database.schema to the default: the pipeline's name.
     assert "schema" not in spec["database"]

@@ -35,7 +35,7 @@ def test_topics_a_killed_operator_left_half_made_are_finished_by_the_next(
     admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstrap_servers})
     namespace = f"ot-{uuid.uuid4().hex[:8]}"
     topics = all_kafka_topics(namespace)
-    # What the killed pass had made: the first two of the pipeline's six topics (as an earlier
+    # What the killed pass had made: the first two of the pipeline's seven topics (as an earlier
     # release made them: min.insync.replicas 1).
     for name in topics[:2]:
         create_topic(admin, TopicSpec(name, 4, 2, {"min.insync.replicas": "1"}))
@@ -65,7 +65,7 @@ def test_topics_a_killed_operator_left_half_made_are_finished_by_the_next(
             "get", "events", "-n", namespace, "-o", "yaml").stdout, 30, "the TopicsCreated event")
         events = yaml.safe_load(kube.kubectl("get", "events", "-n", namespace, "-o", "yaml").stdout)
         (created,) = [e["message"] for e in events["items"] if e["reason"] == "TopicsCreated"]
-        # Only the four that were missing; the two left behind are taken as they are.
+        # Only the five that were missing; the two left behind are taken as they are.
         assert created.startswith("created " + ", ".join(topics[2:]) + " (4 partitions")
         # ... and brings the two it found to the spec's min.insync.replicas.
         wait_for(lambda: topic_config(admin, topics, "min.insync.replicas")

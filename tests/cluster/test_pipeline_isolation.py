@@ -154,7 +154,7 @@ def test_two_pipelines_named_apart_never_see_each_others_readings(
             "KAFKA_CONSUMER_GROUP": f"{name}-ingest", "DATABASE_SCHEMA": schema}
         topics = describe_topics(AdminClient({"bootstrap.servers": side.kafka.bootstrap_servers}),
                                  render.topic_names({}, name))
-        assert len(topics) == 6
+        assert len(topics) == 7
     assert schema_version(side.url) == 0  # nothing in public
 
     # A third pipeline claiming alpha's topics is refused: no child, no topic, no schema.
@@ -179,7 +179,7 @@ def test_two_pipelines_named_apart_never_see_each_others_readings(
             if e["involvedObject"]["name"] == gamma and e["reason"] == "TopicsKept"]
     assert kept and f"spec.kafka.topicPrefix '{alpha}'" in kept[0]["message"]
     admin = AdminClient({"bootstrap.servers": side.kafka.bootstrap_servers})
-    assert len(describe_topics(admin, render.topic_names({}, alpha))) == 6
+    assert len(describe_topics(admin, render.topic_names({}, alpha))) == 7
 
     # The workers of both, from their ConfigMaps; a simulator per pipeline, under its root.
     workers: list[WorkerProcess] = []

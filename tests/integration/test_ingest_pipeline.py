@@ -24,6 +24,7 @@ from energy_harness.testing import wait_for
 from energy_pipeline.core.contracts import (
     SENSOR_NAMES,
     Reading,
+    WeatherForecast,
     deadletter_topic,
     kafka_key,
     kafka_topic,
@@ -179,9 +180,10 @@ class Worker:
         )
 
         def slow_write(batch: PreparedBatch, gaps: Sequence[Gap] = (),
-                       offsets: Sequence[tuple[str, int, int]] = ()) -> WriteResult | None:
+                       offsets: Sequence[tuple[str, int, int]] = (),
+                       weather: Sequence[WeatherForecast] = ()) -> WriteResult | None:
             time.sleep(write_delay)
-            return write(batch, gaps, offsets)
+            return write(batch, gaps, offsets, weather)
 
         def checked_commit(messages: Sequence[Message], asynchronous: bool = False) -> None:
             # Every valid reading of a batch is in the database before its offsets go.

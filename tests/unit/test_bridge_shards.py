@@ -35,9 +35,18 @@ def test_every_reading_topic_matches_exactly_one_connection(connections: int) ->
 
 
 def test_sensor_types_are_dealt_evenly() -> None:
-    sizes = [sum("/+/" in f and f.endswith("/#") for f in shard)
+    sizes = [sum("/+/" in f and f.endswith("/#") and "weather" not in f for f in shard)
              for shard in shard_filters("energy/#", 2)]
     assert sizes == [3, 2]
+
+
+@pytest.mark.parametrize("connections", range(1, len(SENSOR_NAMES) + 1))
+def test_forecast_weather_reaches_exactly_the_first_connection(connections: int) -> None:
+    shards = shard_filters("campus/energy/#", connections)
+    topic = "campus/energy/site-1/weather_forecast/met"
+    owners = [i for i, shard in enumerate(shards) if any(topic_matches_sub(f, topic)
+                                                          for f in shard)]
+    assert owners == [0]
 
 
 @pytest.mark.parametrize("topic", ["energy", "energy/site-1", "energy/site-1/bogus"])

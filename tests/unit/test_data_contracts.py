@@ -140,7 +140,7 @@ def test_device_i_goes_to_partition_i() -> None:
 
 def test_topic_names() -> None:
     assert all_kafka_topics("energy") == [f"energy.{s}" for s in SENSOR_NAMES] + [
-        "energy.deadletter"
+        "energy.weather_forecast", "energy.deadletter"
     ]
 
 

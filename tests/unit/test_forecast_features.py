@@ -24,6 +24,7 @@ from energy_pipeline.forecasting.features import (
     trailing_stats,
 )
 from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.issued import IssuedSeries
 
 pytestmark = pytest.mark.unit
 
@@ -163,6 +164,55 @@ def test_weather_future_covariates_are_read_at_the_target_time() -> None:
     assert got["tf_mean24_to_target"] == pytest.approx(np.mean(forecast[57:81]))
 
 
+def issues_every_6h(n: int, lead: int, value: object,
+                    start: np.datetime64 = START) -> IssuedSeries:
+    """A forecast issued every 6 h at hh:30 for the next `lead` hours; `value(issue, hour)`
+    says what each issue forecast for each hour (indices into a frame starting at `start`)."""
+    issued, valid, values = [], [], []
+    for i in range(0, n, 6):
+        for hour in range(i + 1, min(n, i + 1 + lead)):
+            issued.append(start.astype("datetime64[s]") + np.timedelta64(i * 3600 + 1800, "s"))
+            valid.append(start + np.timedelta64(hour, "h"))
+            values.append(value(i, hour))  # type: ignore[operator]
+    return IssuedSeries(np.array(issued), np.array(valid), np.array(values, dtype=float))
+
+
+def test_weather_issued_covariates_are_read_as_each_origin_knew_them() -> None:
+    times = START + np.arange(100).astype("timedelta64[h]")
+    # Issue i forecasts 1000 * i + hour: the value names the issue it came from.
+    frame = HourlyFrame(times, np.zeros(100),
+                        issued={"tf": issues_every_6h(100, 48, lambda i, h: 1000 * i + h)})
+    # Origin 76 (target 80, horizon 5): the newest issue before 76:00 is the one of 72:30.
+    got = one(WeatherFeatures(future=("tf",)), frame, 80, 5)
+    assert got["tf_at_target"] == 72_000 + 80
+    # The 24 h up to the target: hours 57..72 from earlier issues (each the newest before the
+    # origin that covers it, i.e. issue 72 from hour 73 on, issue 66 for 67..72 ...), all
+    # from issues before the origin.
+    expected = [1000 * (max(i for i in range(0, 76, 6) if i + 1 <= h and i * 3600 + 1800
+                                < 76 * 3600)) + h for h in range(57, 81)]
+    assert got["tf_mean24_to_target"] == pytest.approx(np.mean(expected))
+    # One hour later the 78:30 issue is still unknown at origin 77; at origin 79 it is known.
+    assert one(WeatherFeatures(future=("tf",)), frame, 81, 5)["tf_at_target"] == 72_081
+    assert one(WeatherFeatures(future=("tf",)), frame, 83, 5)["tf_at_target"] == 78_083
+    # Origin 78: the issue of 78:30 came half an hour after it.
+    assert one(WeatherFeatures(future=("tf",)), frame, 82, 5)["tf_at_target"] == 72_082
+
+
+def test_a_frame_view_keeps_only_the_issues_made_before_its_origin() -> None:
+    times = START + np.arange(100).astype("timedelta64[h]")
+    frame = HourlyFrame(times, np.zeros(100),
+                        issued={"tf": issues_every_6h(100, 48, lambda i, h: 1000 * i + h)})
+    view = frame.visible_at(76, 24)
+    assert (view.issued["tf"].issued_at < (START + np.timedelta64(76, "h"))).all()
+    # As a plain column: each hour after the origin from the newest issue before it.
+    column = view.future_column("tf")
+    assert column[80] == 72_080 and column[99 - 24] == 72_075
+    assert column[50] == 48_050  # before the origin: the newest issue before that hour
+    with pytest.raises(ValueError, match="both issued"):
+        HourlyFrame(times, np.zeros(100), future={"tf": np.zeros(100)},
+                    issued={"tf": frame.issued["tf"]})
+
+
 def test_apparent_temperature_needs_both_sensors() -> None:
     n = 60
     frame = ramp(n, avg_temperature=np.full(n, 30.0), avg_humidity=np.full(n, 70.0))
@@ -203,7 +253,14 @@ def perturbed_at(frame: HourlyFrame, origin: int, seed: int) -> HourlyFrame:
         changed = values.copy()
         changed[origin:] = rng.normal(-1e6, 1e5, len(frame) - origin)
         past[name] = changed
-    return HourlyFrame(frame.times, target, past=past, future=frame.future)
+    # Issues made at or after the origin's hour began: garbage too.
+    start = frame.start + np.timedelta64(origin, "h")
+    issued = {}
+    for name, series in frame.issued.items():
+        late = series.issued_at >= start
+        values = np.where(late, rng.normal(5e5, 1e5, len(series)), series.values)
+        issued[name] = IssuedSeries(series.issued_at, series.valid_time, values)
+    return HourlyFrame(frame.times, target, past=past, future=frame.future, issued=issued)
 
 
 def assert_no_lookahead(pipeline: FeaturePipeline, frame: HourlyFrame) -> None:
@@ -229,8 +286,13 @@ def test_no_feature_sees_data_at_or_after_the_origin() -> None:
         base.target,
         past=base.past,
         future={"temp_forecast": base.past["avg_temperature"] + 0.5},
+        issued={"temp_issued": issues_every_6h(len(times), 168, lambda i, h: float(
+            base.past["avg_temperature"][h] + (h - i) * 0.01), start=times[0])},
     )
-    pipeline = default_pipeline(past=PAST_COLUMNS, future=("temp_forecast",))
+    pipeline = default_pipeline(past=PAST_COLUMNS, future=("temp_forecast", "temp_issued"))
+    # The issued covariate is there to be read (the check below would pass on NaN alone).
+    matrix = pipeline.transform(frame, np.arange(500, 650), np.arange(1, 151))
+    assert not np.isnan(matrix.column("temp_issued_at_target")).any()
     assert_no_lookahead(pipeline, frame)
 
 

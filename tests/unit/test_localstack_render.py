@@ -96,7 +96,7 @@ def test_secured_kafka_puts_clients_on_sasl_ssl_and_nodes_on_mutual_tls() -> Non
 def test_each_role_gets_only_what_its_code_does() -> None:
     rules = {(a.principal, a.resource, a.name, a.operation) for a in role_acls("energy", "ingest")}
     sensors = ("temperature", "humidity", "squarefootage", "renewableenergy", "energyconsumption")
-    readings = [f"energy.{s}" for s in sensors]
+    readings = [*(f"energy.{s}" for s in sensors), "energy.weather_forecast"]
     everything = [*readings, "energy.deadletter"]
     assert {r for r in rules if r[0] == "bridge"} == {
         ("bridge", "topic", t, op) for t in everything for op in ("WRITE", "DESCRIBE")}

@@ -276,7 +276,7 @@ def test_image_pull_secrets() -> None:
 def test_topic_names_and_desired_replicas() -> None:
     assert render.topic_names(SPEC) == [
         "site1.temperature", "site1.humidity", "site1.squarefootage", "site1.renewableenergy",
-        "site1.energyconsumption", "site1.deadletter"]
+        "site1.energyconsumption", "site1.weather_forecast", "site1.deadletter"]
     assert render.desired_replicas(SPEC) == {"bridge": 2, "ingest": 2, "inference": 2}
 
 

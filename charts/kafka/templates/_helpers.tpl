@@ -70,14 +70,15 @@ User:kafka-ui Describe,DescribeConfigs --cluster
 {{- end -}}
 
 {{/* The least each role's code needs on the pipeline's topics (the harness's role_acls,
-     kept equal by a unit test): bridge writes readings and rejects; ingest reads readings
-     in its group and writes its rejects; operator creates, describes, grows, keeps the configs
+     kept equal by a unit test): bridge writes readings, forecast weather and rejects; ingest
+     reads readings and forecast weather in its group and writes its rejects; operator creates, describes, grows, keeps the configs
      of and deletes. */}}
 {{- define "kafka.acls" -}}
 {{- $prefix := .Values.auth.acls.topicPrefix -}}
 {{- $deadletter := printf "--topic %s.deadletter" $prefix -}}
 {{- $readings := list -}}
 {{- range .Values.auth.acls.sensors }}{{ $readings = append $readings (printf "--topic %s.%s" $prefix .) }}{{ end -}}
+{{- $readings = append $readings (printf "--topic %s.weather_forecast" $prefix) -}}
 User:bridge Write,Describe {{ join " " $readings }} {{ $deadletter }}
 User:operator Create,Describe,Alter,Delete,DescribeConfigs,AlterConfigs {{ join " " $readings }} {{ $deadletter }}
 User:ingest Read,Describe {{ join " " $readings }}

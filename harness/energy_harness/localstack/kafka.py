@@ -30,7 +30,12 @@ from confluent_kafka.admin import (
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
-from energy_pipeline.core.contracts import SENSOR_NAMES, deadletter_topic, kafka_topic
+from energy_pipeline.core.contracts import (
+    SENSOR_NAMES,
+    deadletter_topic,
+    kafka_topic,
+    weather_topic,
+)
 
 from energy_harness.localstack.certs import Issued, LocalCA
 from energy_harness.localstack.install import ensure_kafka, require
@@ -117,14 +122,17 @@ class Acl:
 def role_acls(topic_prefix: str, consumer_group: str) -> list[Acl]:
     """The least each role's code needs, on the topics of core.contracts.
 
-    bridge: produces readings to `<prefix>.<sensor>` and rejects to `<prefix>.deadletter`.
-    ingest: consumes `<prefix>.<sensor>` in its group (READ on the group commits offsets) and
-    produces the records it rejects to `<prefix>.deadletter` (dataplane/ingest.py).
+    bridge: produces readings to `<prefix>.<sensor>`, forecast weather to
+    `<prefix>.weather_forecast` and rejects to `<prefix>.deadletter`.
+    ingest: consumes `<prefix>.<sensor>` and `<prefix>.weather_forecast` in its group (READ on
+    the group commits offsets) and produces the records it rejects to `<prefix>.deadletter`
+    (dataplane/ingest.py).
     operator: creates the topics, reads their state, grows partitions (ALTER), keeps their
     min.insync.replicas (DESCRIBE_CONFIGS, ALTER_CONFIGS) and deletes them when
     spec.kafka.deleteTopicsOnDelete says so.
     """
     readings = [kafka_topic(topic_prefix, sensor) for sensor in SENSOR_NAMES]
+    readings.append(weather_topic(topic_prefix))
     deadletter = deadletter_topic(topic_prefix)
     acls: list[Acl] = []
     for topic in [*readings, deadletter]:

@@ -42,6 +42,8 @@ class Limits:
     """What a reading may be beyond its sensor's bounds (settings set them per pipeline)."""
 
     max_payload_bytes: int = 4096
+    # A weather forecast carries up to WEATHER_MAX_POINTS hours in one message.
+    max_forecast_payload_bytes: int = 65536
     max_future: timedelta = timedelta(minutes=5)
     earliest: datetime = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -86,7 +88,59 @@ def deadletter_topic(prefix: str) -> str:
 
 
 def all_kafka_topics(prefix: str) -> list[str]:
-    return [kafka_topic(prefix, s) for s in SENSOR_NAMES] + [deadletter_topic(prefix)]
+    """Every topic of a pipeline: one per sensor, forecast weather, and the dead letters."""
+    return [kafka_topic(prefix, s) for s in SENSOR_NAMES] + [
+        weather_topic(prefix), deadletter_topic(prefix)]
+
+
+# Forecast weather per site, published by a weather service (or a site's gateway) to
+# `<root>/<site>/weather_forecast/<source>`: one message per issue, each hour it covers with
+# the variables below, which carry the bounds of the sensor of the same name.
+WEATHER_FORECAST = "weather_forecast"
+WEATHER_VARIABLES = ("temperature", "humidity")
+WEATHER_MAX_POINTS = 16 * 24
+# How far a valid time may lie from its issue time: a day back (the analysis hours some
+# services include) to 16 days ahead (the longest public numerical forecasts).
+WEATHER_MAX_BEHIND = timedelta(days=1)
+WEATHER_MAX_AHEAD = timedelta(days=16)
+
+
+def weather_topic(prefix: str) -> str:
+    """The Kafka topic of forecast weather: `<prefix>.weather_forecast`, keyed `site/source`."""
+    return f"{prefix}.{WEATHER_FORECAST}"
+
+
+@dataclass(frozen=True)
+class WeatherPoint:
+    valid_time: datetime
+    values: tuple[tuple[str, float], ...]  # (variable, value), in WEATHER_VARIABLES' order
+
+
+@dataclass(frozen=True)
+class WeatherForecast:
+    """One issue of forecast weather for a site: the hours it covers, in valid-time order."""
+
+    site: str
+    source: str
+    issued_at: datetime
+    points: tuple[WeatherPoint, ...]
+
+    @property
+    def key(self) -> str:
+        return kafka_key(self.site, self.source)
+
+    def _body(self) -> list[dict[str, object]]:
+        return [{"valid_time": format_ts(p.valid_time), **dict(p.values)} for p in self.points]
+
+    def to_kafka_value(self) -> bytes:
+        return _compact_json({
+            "schema": SCHEMA_VERSION, "site": self.site, "source": self.source,
+            "issued_at": format_ts(self.issued_at), "forecasts": self._body(),
+        }).encode()
+
+    def to_mqtt_payload(self) -> bytes:
+        return _compact_json(
+            {"issued_at": format_ts(self.issued_at), "forecasts": self._body()}).encode()
 
 
 def kafka_key(site: str, device: str) -> str:

@@ -10,6 +10,10 @@ RECEIVED = Counter(
 PRODUCED = Counter("energy_readings_produced_total", "Readings confirmed by Kafka", ["topic"])
 ACKED = Counter("energy_mqtt_acked_total", "MQTT messages acknowledged after Kafka delivery")
 WRITTEN = Counter("energy_readings_written_total", "New readings stored in PostgreSQL")
+WEATHER_WRITTEN = Counter(
+    "energy_weather_forecast_hours_written_total",
+    "New hours of forecast weather (one per issue and valid time) stored in PostgreSQL",
+)
 DUPLICATES = Counter(
     "energy_readings_duplicate_total", "Redelivered readings that were already stored"
 )

@@ -169,7 +169,8 @@ class KafkaSettings:
     )
     kafka_topic_prefix: str = env(
         "KAFKA_TOPIC_PREFIX", "energy",
-        doc="topics are `<prefix>.<sensor>` and `<prefix>.deadletter`",
+        doc="topics are `<prefix>.<sensor>`, `<prefix>.weather_forecast` and "
+        "`<prefix>.deadletter`",
     )
     kafka_security_protocol: str = env(
         "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", doc="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"

@@ -22,8 +22,15 @@ from energy_pipeline.core.contracts import (
     SCHEMA_VERSION,
     SENSOR_TYPES,
     SENSORS,
+    WEATHER_FORECAST,
+    WEATHER_MAX_AHEAD,
+    WEATHER_MAX_BEHIND,
+    WEATHER_MAX_POINTS,
+    WEATHER_VARIABLES,
     Limits,
     Reading,
+    WeatherForecast,
+    WeatherPoint,
     is_finite_number,
     topic_parts,
 )
@@ -133,16 +140,22 @@ def _check_time(ts: datetime, now: datetime, limits: Limits) -> datetime:
     return ts
 
 
-def _iso_ts(raw: object, now: datetime, limits: Limits) -> datetime:
+def _parse_iso(raw: object, name: str) -> datetime:
+    """An ISO 8601 time with its UTC offset, in UTC (no range checks)."""
     if not isinstance(raw, str):
-        raise Invalid(Reason.WRONG_TYPE, f"ts must be an ISO 8601 string, got {type(raw).__name__}")
+        raise Invalid(
+            Reason.WRONG_TYPE, f"{name} must be an ISO 8601 string, got {type(raw).__name__}")
     try:
         ts = datetime.fromisoformat(raw)
     except ValueError as exc:
-        raise Invalid(Reason.BAD_TIMESTAMP, f"ts {raw[:40]!r} is not ISO 8601") from exc
+        raise Invalid(Reason.BAD_TIMESTAMP, f"{name} {raw[:40]!r} is not ISO 8601") from exc
     if ts.tzinfo is None:
-        raise Invalid(Reason.BAD_TIMESTAMP, f"ts {raw[:40]!r} has no UTC offset (add Z)")
-    return _check_time(ts.astimezone(UTC), now, limits)
+        raise Invalid(Reason.BAD_TIMESTAMP, f"{name} {raw[:40]!r} has no UTC offset (add Z)")
+    return ts.astimezone(UTC)
+
+
+def _iso_ts(raw: object, now: datetime, limits: Limits) -> datetime:
+    return _check_time(_parse_iso(raw, "ts"), now, limits)
 
 
 def _seq(doc: dict[str, object]) -> int | None:
@@ -264,5 +277,95 @@ def parse_kafka_value(
             _value(strings["sensor"], _field(doc, "value")),
             _seq(doc),
         )
+    except Invalid as exc:
+        return exc.rejection
+
+
+# -- forecast weather ------------------------------------------------------------------------
+
+
+def _weather(site: str, source: str, doc: dict[str, object], now: datetime,
+             limits: Limits) -> WeatherForecast:
+    issued_at = _check_time(_parse_iso(_field(doc, "issued_at"), "issued_at"), now, limits)
+    entries = _field(doc, "forecasts")
+    if not isinstance(entries, list) or not entries:
+        raise Invalid(Reason.WRONG_TYPE, "forecasts must be a non-empty list of objects")
+    if len(entries) > WEATHER_MAX_POINTS:
+        raise Invalid(Reason.OVERSIZED,
+                      f"{len(entries)} forecast hours exceed {WEATHER_MAX_POINTS}")
+    points: dict[datetime, WeatherPoint] = {}
+    for i, entry in enumerate(entries):
+        where = f"forecasts[{i}]"
+        entry = _require_object(entry)
+        valid_time = _parse_iso(_field(entry, "valid_time"), f"{where}.valid_time")
+        if not (issued_at - WEATHER_MAX_BEHIND <= valid_time <= issued_at + WEATHER_MAX_AHEAD):
+            raise Invalid(Reason.BAD_TIMESTAMP,
+                          f"{where}.valid_time {valid_time.isoformat()} is not within "
+                          f"{WEATHER_MAX_BEHIND} before to {WEATHER_MAX_AHEAD} after issued_at")
+        if valid_time in points:
+            raise Invalid(Reason.BAD_TIMESTAMP,
+                          f"{where}.valid_time {valid_time.isoformat()} appears twice")
+        unknown = sorted(k for k in entry if k != "valid_time" and k not in WEATHER_VARIABLES)
+        if unknown:
+            raise Invalid(Reason.UNKNOWN_SENSOR,
+                          f"{where}: unknown weather variable {unknown[0][:40]!r} "
+                          f"(known: {', '.join(WEATHER_VARIABLES)})")
+        values = tuple((name, _value(name, entry[name], f"{where}.{name}"))
+                       for name in WEATHER_VARIABLES
+                       if name in entry and entry[name] is not None)
+        if not values:
+            raise Invalid(Reason.MISSING_FIELD,
+                          f"{where} has none of {', '.join(WEATHER_VARIABLES)}")
+        points[valid_time] = WeatherPoint(valid_time, values)
+    return WeatherForecast(site, source, issued_at,
+                           tuple(points[t] for t in sorted(points)))
+
+
+def _check_id(label: str, ident: object) -> str:
+    if not isinstance(ident, str) or not valid_id(ident):
+        raise Invalid(Reason.BAD_TOPIC if isinstance(ident, str) else Reason.WRONG_TYPE,
+                      f"{label} id {str(ident)[:80]!r} must match {_ID.pattern}")
+    return ident
+
+
+def parse_weather_mqtt(
+    topic: str, payload: bytes, now: datetime, limits: Limits = DEFAULT_LIMITS,
+    root: str = MQTT_TOPIC_ROOT,
+) -> WeatherForecast | Rejection:
+    """A message on `<root>/<site>/weather_forecast/<source>`: `{"issued_at": ISO, "forecasts":
+    [{"valid_time": ISO, "temperature": degC, "humidity": %}, ...]}` (each hour with at least
+    one variable), or the first check it fails."""
+    try:
+        if len(payload) > limits.max_forecast_payload_bytes:
+            raise Invalid(Reason.OVERSIZED, f"payload of {len(payload)} bytes exceeds "
+                          f"{limits.max_forecast_payload_bytes}")
+        parts = topic_parts(topic, root)
+        if parts is None or parts[1] != WEATHER_FORECAST:
+            raise Invalid(Reason.BAD_TOPIC, f"topic {topic[:120]!r} is not "
+                          f"{root[:120]}/<site>/{WEATHER_FORECAST}/<source>")
+        site, source = _check_id("site", parts[0]), _check_id("source", parts[2])
+        return _weather(site, source, _require_object(_load_json(payload)), now, limits)
+    except Invalid as exc:
+        return exc.rejection
+
+
+def parse_weather_kafka_value(
+    value: bytes | None, now: datetime, limits: Limits = DEFAULT_LIMITS
+) -> WeatherForecast | Rejection:
+    """A record from the `<prefix>.weather_forecast` topic, as the bridge wrote it (or someone
+    else did), or the first check it fails."""
+    try:
+        if value is None:
+            raise Invalid(Reason.MISSING_FIELD, "record has no value")
+        if len(value) > limits.max_forecast_payload_bytes:
+            raise Invalid(Reason.OVERSIZED, f"record of {len(value)} bytes exceeds "
+                          f"{limits.max_forecast_payload_bytes}")
+        doc = _require_object(_load_json(value))
+        schema = doc.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise Invalid(Reason.UNSUPPORTED_SCHEMA, f"schema {schema!r} is not {SCHEMA_VERSION}")
+        site = _check_id("site", _field(doc, "site"))
+        source = _check_id("source", _field(doc, "source"))
+        return _weather(site, source, doc, now, limits)
     except Invalid as exc:
         return exc.rejection

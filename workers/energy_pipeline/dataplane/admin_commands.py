@@ -87,9 +87,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     create = sub.add_parser(
         "create",
         help="create the sensor and dead-letter topics if absent",
-        description="Creates <prefix>.<sensor> for the five sensors and <prefix>.deadletter "
-        "with KAFKA_PARTITIONS partitions and KAFKA_REPLICATION_FACTOR replicas, unless they "
-        "exist. Prints the names created and those that existed.",
+        description="Creates <prefix>.<sensor> for the five sensors, <prefix>.weather_forecast "
+        "and <prefix>.deadletter with KAFKA_PARTITIONS partitions and KAFKA_REPLICATION_FACTOR "
+        "replicas, unless they exist. Prints the names created and those that existed.",
         epilog=environment_help(TopicSettings),
     )
     create.add_argument(

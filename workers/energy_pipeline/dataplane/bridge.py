@@ -25,10 +25,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from energy_pipeline.core import metrics
 from energy_pipeline.core.contracts import (
     SENSOR_NAMES,
+    WEATHER_FORECAST,
     deadletter_topic,
     kafka_key,
     kafka_topic,
     partition_for,
+    topic_parts,
+    weather_topic,
 )
 from energy_pipeline.core.kafka import raise_if_refused
 from energy_pipeline.core.logs import configure_logging
@@ -52,7 +55,7 @@ from energy_pipeline.core.settings import (
     http_port_field,
     load,
 )
-from energy_pipeline.core.validation import Rejection
+from energy_pipeline.core.validation import Rejection, parse_weather_mqtt
 from energy_pipeline.core.validation_fast import parse_mqtt
 from energy_pipeline.dataplane.mqtt_client import (
     BufferedSocket,
@@ -157,7 +160,8 @@ def shard_filters(topic_filter: str, connections: int) -> list[tuple[str, ...]]:
     shards: list[list[str]] = [[] for _ in range(connections)]
     for i, sensor in enumerate(SENSOR_NAMES):
         shards[i % connections].append(f"{root}/+/{sensor}/#")
-    shards[0] += [root, f"{root}/+", f"{root}/+/+"]
+    # Forecast weather (a few messages an hour) and the topics too short to name a sensor.
+    shards[0] += [f"{root}/+/{WEATHER_FORECAST}/#", root, f"{root}/+", f"{root}/+/+"]
     return [tuple(shard) for shard in shards]
 
 
@@ -441,6 +445,10 @@ class MqttLink:
         self.bridge.bridge_message(self, msg)
 
 
+# A cheap first look on the hot path: only topics holding this can be forecast weather.
+_WEATHER_LEVEL = f"/{WEATHER_FORECAST}/"
+
+
 class Bridge:
     """One thread runs everything: MQTT reads, Kafka produce and delivery reports, PUBACKs.
 
@@ -465,7 +473,9 @@ class Bridge:
         self.kafka_config = producer_config(settings)
         self.producer = Producer(self.kafka_config, logger=logging.getLogger("librdkafka"))
         self.partitions: dict[str, int] = {}
-        self.topics = [kafka_topic(self.prefix, s) for s in SENSOR_NAMES] + [self.deadletter]
+        self.weather = weather_topic(self.prefix)
+        self.topics = [kafka_topic(self.prefix, s) for s in SENSOR_NAMES] + [
+            self.weather, self.deadletter]
         self.broker = f"{settings.mqtt_host}:{settings.mqtt_port}"
         self.stopping = threading.Event()
         self.fatal: str | None = None
@@ -569,6 +579,9 @@ class Bridge:
         self._inflight += 1
         sock = link.socket()
         assert sock is not None  # a message arrived on it
+        if _WEATHER_LEVEL in msg.topic and self._is_weather(msg.topic):
+            self._bridge_weather(msg, PendingAck(1, msg.mid, msg.qos, link, sock))
+            return
         result = parse_mqtt(msg.topic, msg.payload, self._now, self.limits,
                             self.settings.mqtt_topic_root)
         if isinstance(result, Rejection):
@@ -585,6 +598,20 @@ class Bridge:
                 partition_for(reading.device, partitions.get(topic, 0)),
                 pending,
             )
+
+    def _is_weather(self, topic: str) -> bool:
+        parts = topic_parts(topic, self.settings.mqtt_topic_root)
+        return parts is not None and parts[1] == WEATHER_FORECAST
+
+    def _bridge_weather(self, msg: mqtt.MQTTMessage, pending: PendingAck) -> None:
+        """One issue of forecast weather, as one record keyed `site/source` (so a source's
+        issues stay in order on one partition), or its dead letter."""
+        forecast = parse_weather_mqtt(msg.topic, msg.payload, self._now, self.limits,
+                                      self.settings.mqtt_topic_root)
+        if isinstance(forecast, Rejection):
+            self._dead_letter(msg, forecast, pending)
+            return
+        self._produce(self.weather, forecast.key, forecast.to_kafka_value(), None, pending)
 
     def _dead_letter(
         self, msg: mqtt.MQTTMessage, rejection: Rejection, pending: PendingAck

@@ -27,7 +27,8 @@ the rest of the hour's readings in is counted on the clock instead), and the str
 
 Draining. Each worker claims due backlog rows (`FOR UPDATE SKIP LOCKED`, newest first, so
 after an outage the current forecast comes first), reads each one's feature window (the
-FORECAST_HISTORY_HOURS hours before the origin) from hourly_features, calls Forecast for
+FORECAST_HISTORY_HOURS hours before the origin) from hourly_features and the site's
+weather forecast as it stood before the origin from weather_forecasts, calls Forecast for
 all of them concurrently (round-robin over the inference endpoints, FORECAST_DEADLINE_MS
 each), and in the same transaction stores the returned points (idempotent: primary key
 site, issued_at = origin, target_time) and deletes the rows it stored. A crash or an
@@ -35,7 +36,9 @@ inference outage therefore delays forecasts but never loses one; the backlog gau
 what is owed. Service-wide failures (UNAVAILABLE, DEADLINE_EXCEEDED, ...) pause draining
 with a short capped backoff and leave the rows untouched; errors about one request back
 that row off on its own, and only requests the service calls invalid are eventually given
-up (logged and counted).
+up (logged and counted). What a forecast was made without (`missing_inputs`, e.g. no
+weather forecast had arrived) is counted and kept per site in forecast_sites, where the
+operator reads it for the EnergyPipeline's status.
 
 Nothing here runs on ingest's path to Kafka offsets: `observe` only updates a dict, and
 a database or inference problem here never stops ingestion.
@@ -61,7 +64,7 @@ from energy_pipeline.core.settings import SettingsError, env
 from energy_pipeline.db.connect import LazyConnection, worker_name
 from energy_pipeline.forecasting.rows import MAX_HORIZON, HourlyRow
 from energy_pipeline.inference.client import ForecasterClient, forecast_request
-from energy_pipeline.inference.convert import datetime_of
+from energy_pipeline.inference.convert import WeatherRow, datetime_of
 from energy_pipeline.inference.tls import GrpcTlsSettings
 
 log = logging.getLogger("energy_pipeline.forecasts")
@@ -80,6 +83,11 @@ ISSUED = Counter("energy_forecasts_issued_total", "Forecasts stored (one per sit
 CLOSED = Counter("energy_forecast_hours_closed_total", "Closed hours put on the backlog")
 ABANDONED = Counter(
     "energy_forecast_abandoned_total", "Owed forecasts given up on, by reason", ["reason"]
+)
+MISSING_INPUT = Counter(
+    "energy_forecasts_missing_input_total",
+    "Forecasts stored that were made without an input their model was trained with",
+    ["input"],
 )
 WATERMARK = Gauge(
     "energy_forecast_watermark_timestamp_seconds", "Forecast watermark per site", ["site_id"]
@@ -300,6 +308,31 @@ JOIN hourly_features h
 ORDER BY b.site_id, b.origin, h.hour
 """
 
+# Per owed forecast, the site's weather forecast as it stood just before the origin: for each
+# hour from 23 h before the origin (the model's 24 h means) to the last target, the newest
+# issue made before the origin, whoever its source (ties: the first source by name).
+_WEATHER = """
+SELECT DISTINCT ON (b.site_id, b.origin, w.valid_time)
+       b.site_id, b.origin, w.issued_at, w.valid_time, w.temperature, w.humidity
+FROM unnest(%(sites)s::text[], %(origins)s::timestamptz[]) AS b(site_id, origin)
+JOIN weather_forecasts w
+  ON w.site_id = b.site_id
+ AND w.valid_time >= b.origin - interval '23 hours'
+ AND w.valid_time < b.origin + %(horizon)s * interval '1 hour'
+ AND w.issued_at < b.origin
+ORDER BY b.site_id, b.origin, w.valid_time, w.issued_at DESC, w.source
+"""
+
+# What the site's newest forecast lacked (forecast_sites.missing_inputs); an older origin
+# caught up later leaves a newer one's answer alone.
+_INPUTS = """
+UPDATE forecast_sites s SET missing_inputs = v.missing::text[],
+    inputs_origin = v.origin::timestamptz
+FROM (VALUES %s) AS v(site_id, origin, missing)
+WHERE s.site_id = v.site_id
+  AND (s.inputs_origin IS NULL OR s.inputs_origin <= v.origin::timestamptz)
+"""
+
 _STORE = """
 INSERT INTO forecasts (site_id, issued_at, target_time, horizon, model_version, p10, p50, p90)
 VALUES %s ON CONFLICT DO NOTHING
@@ -508,32 +541,48 @@ class ForecastScheduler:
         BACKLOG_AGE.set(float(age))
         return int(count)
 
+    @staticmethod
+    def _per_call(
+        cur: psycopg2.extensions.cursor, sql: str, calls: Sequence[_Call], **params: Any
+    ) -> dict[tuple[str, datetime], list[tuple[Any, ...]]]:
+        """Rows of `sql` (site_id, origin, ...) over the calls' (site, origin) pairs, grouped
+        by pair; each row without its first two columns."""
+        cur.execute(
+            sql,
+            {"sites": [c.site_id for c in calls], "origins": [c.origin for c in calls], **params},
+        )
+        grouped: dict[tuple[str, datetime], list[tuple[Any, ...]]] = {}
+        for site, origin, *rest in cur.fetchall():
+            grouped.setdefault((site, origin), []).append(tuple(rest))
+        return grouped
+
     def _windows(
         self, cur: psycopg2.extensions.cursor, calls: Sequence[_Call]
     ) -> dict[tuple[str, datetime], list[HourlyRow]]:
-        cur.execute(
-            _WINDOWS,
-            {
-                "sites": [c.site_id for c in calls],
-                "origins": [c.origin for c in calls],
-                "hours": self.settings.forecast_history_hours,
-            },
-        )
-        windows: dict[tuple[str, datetime], list[HourlyRow]] = {}
-        for site, origin, hour, *values, n in cur.fetchall():
-            row = HourlyRow.from_mapping(
-                {
-                    "hour": hour,
-                    "avg_temperature": values[0],
-                    "avg_humidity": values[1],
-                    "avg_squarefootage": values[2],
-                    "avg_renewableenergy": values[3],
-                    "avg_energyconsumption": values[4],
-                    "n_readings": n,
-                }
-            )
-            windows.setdefault((site, origin), []).append(row)
-        return windows
+        rows = self._per_call(cur, _WINDOWS, calls, hours=self.settings.forecast_history_hours)
+        return {
+            key: [
+                HourlyRow.from_mapping(
+                    {
+                        "hour": hour,
+                        "avg_temperature": values[0],
+                        "avg_humidity": values[1],
+                        "avg_squarefootage": values[2],
+                        "avg_renewableenergy": values[3],
+                        "avg_energyconsumption": values[4],
+                        "n_readings": n,
+                    }
+                )
+                for hour, *values, n in group
+            ]
+            for key, group in rows.items()
+        }
+
+    def _weather(
+        self, cur: psycopg2.extensions.cursor, calls: Sequence[_Call]
+    ) -> dict[tuple[str, datetime], list[WeatherRow]]:
+        rows = self._per_call(cur, _WEATHER, calls, horizon=max(self.horizons))
+        return {key: [(i, v, t, h) for i, v, t, h in group] for key, group in rows.items()}
 
     def drain(self) -> DrainResult:
         """Forecast one batch of due backlog rows, in one transaction."""
@@ -542,6 +591,8 @@ class ForecastScheduler:
         stored: list[tuple[Any, ...]] = []
         done: list[_Call] = []
         retry: list[tuple[str, datetime, float, str]] = []
+        # Per site, the newest forecast stored and the inputs it lacked.
+        inputs: dict[str, tuple[str, datetime, list[str]]] = {}
         service_errors = abandoned = 0
         with conn, conn.cursor() as cur:
             cur.execute(_CLAIM, (self.batch_size,))
@@ -549,6 +600,7 @@ class ForecastScheduler:
             if not calls:
                 return DrainResult()
             windows = self._windows(cur, calls)
+            weather = self._weather(cur, calls)
             for call in calls:
                 rows = windows.get((call.site_id, call.origin))
                 if not rows:
@@ -561,7 +613,8 @@ class ForecastScheduler:
                     done.append(call)
                     abandoned += 1
                     continue
-                request = forecast_request(call.site_id, rows, self.horizons, call.origin)
+                request = forecast_request(call.site_id, rows, self.horizons, call.origin,
+                                           weather.get((call.site_id, call.origin), ()))
                 started = time.perf_counter()
                 call.future = self.client.forecast_future(request, deadline_s)
                 call.future.add_done_callback(
@@ -595,6 +648,12 @@ class ForecastScheduler:
                     continue
                 RPCS.labels(grpc.StatusCode.OK.name).inc()
                 done.append(call)
+                for name in response.missing_inputs:
+                    MISSING_INPUT.labels(name).inc()
+                newest = inputs.get(call.site_id)
+                if newest is None or newest[1] < call.origin:
+                    inputs[call.site_id] = (call.site_id, call.origin,
+                                            sorted(response.missing_inputs))
                 stored.extend(
                     (
                         call.site_id,
@@ -610,6 +669,8 @@ class ForecastScheduler:
                 )
             if stored:
                 psycopg2.extras.execute_values(cur, _STORE, stored, page_size=1000)
+            if inputs:
+                psycopg2.extras.execute_values(cur, _INPUTS, list(inputs.values()))
             if done:
                 cur.execute(_DONE, ([c.site_id for c in done], [c.origin for c in done]))
             if retry:

@@ -49,7 +49,14 @@ import psycopg2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from energy_pipeline.core import metrics
-from energy_pipeline.core.contracts import SENSOR_NAMES, Reading, deadletter_topic, kafka_topic
+from energy_pipeline.core.contracts import (
+    SENSOR_NAMES,
+    Reading,
+    WeatherForecast,
+    deadletter_topic,
+    kafka_topic,
+    weather_topic,
+)
 from energy_pipeline.core.kafka import raise_if_refused
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
@@ -64,7 +71,7 @@ from energy_pipeline.core.settings import (
     http_port_field,
     load,
 )
-from energy_pipeline.core.validation import Rejection
+from energy_pipeline.core.validation import Rejection, parse_weather_kafka_value
 from energy_pipeline.core.validation_fast import parse_kafka_values
 from energy_pipeline.dataplane.forecast_scheduler import ForecastScheduler, ForecastSettings
 from energy_pipeline.db.connect import (
@@ -84,6 +91,7 @@ from energy_pipeline.db.writer import (
     record_offsets,
     stored_offsets,
     write_prepared,
+    write_weather,
 )
 
 log = logging.getLogger("energy_pipeline.dataplane.ingest")
@@ -158,6 +166,7 @@ class Batch:
     readings: list[Reading]
     rejected: list[tuple[Message, Rejection]]
     gaps: list[Gap] = field(default_factory=list)
+    weather: list[WeatherForecast] = field(default_factory=list)
 
     def next_offsets(self) -> list[tuple[str, int, int]]:
         return [(tp.topic, tp.partition, tp.offset) for tp in next_offsets(self.messages)]
@@ -173,16 +182,30 @@ class InFlight:
 
 
 def split_batch(messages: Sequence[Message], now: datetime, settings: IngestSettings) -> Batch:
-    results = parse_kafka_values([msg.value() for msg in messages], now, settings.limits())
-    readings: list[Reading] = []
+    limits = settings.limits()
+    # Forecast weather is a few records an hour beside thousands of readings: picked out
+    # first, so the readings' hot loop stays as it is.
+    forecasts_topic = weather_topic(settings.kafka_topic_prefix)
+    records = [msg for msg in messages if msg.topic() != forecasts_topic]
+    weather: list[WeatherForecast] = []
     rejected: list[tuple[Message, Rejection]] = []
+    if len(records) < len(messages):
+        for msg in messages:
+            if msg.topic() == forecasts_topic:
+                forecast = parse_weather_kafka_value(msg.value(), now, limits)
+                if isinstance(forecast, Rejection):
+                    rejected.append((msg, forecast))
+                else:
+                    weather.append(forecast)
+    results = parse_kafka_values([msg.value() for msg in records], now, limits)
+    readings: list[Reading] = []
     keep = readings.append
-    for msg, result in zip(messages, results, strict=True):
+    for msg, result in zip(records, results, strict=True):
         if type(result) is Rejection:
             rejected.append((msg, result))
         else:
             keep(result)
-    return Batch(list(messages), readings, rejected)
+    return Batch(list(messages), readings, rejected, weather=weather)
 
 
 class Ingest:
@@ -200,6 +223,7 @@ class Ingest:
         # Told about every committed batch; forecasts closed hours on its own thread.
         self.forecasts = forecasts
         self.topics = [kafka_topic(settings.kafka_topic_prefix, s) for s in SENSOR_NAMES]
+        self.topics.append(weather_topic(settings.kafka_topic_prefix))
         self.deadletter = deadletter_topic(settings.kafka_topic_prefix)
         self.kafka_config = {**consumer_config(settings), "on_commit": self._on_commit}
         self.consumer = Consumer(self.kafka_config, logger=logging.getLogger("librdkafka"))
@@ -258,8 +282,10 @@ class Ingest:
     # --- database (on the writer thread) ------------------------------------------------
 
     def write_with_retry(self, batch: PreparedBatch, gaps: Sequence[Gap] = (),
-                         offsets: Sequence[tuple[str, int, int]] = ()) -> WriteResult | None:
-        """Write until it succeeds; None only if asked to stop before it did."""
+                         offsets: Sequence[tuple[str, int, int]] = (),
+                         weather: Sequence[WeatherForecast] = ()) -> WriteResult | None:
+        """Write until it succeeds; None only if asked to stop before it did. Readings,
+        forecast weather, gaps and offsets go in one transaction: all of a batch or none."""
         delay = 0.2
         group = self.settings.kafka_consumer_group
         while True:
@@ -267,8 +293,10 @@ class Ingest:
                 conn = self.db.get()
                 with conn:
                     result = write_prepared(conn, batch)  # an empty batch writes nothing
+                    weather_hours = write_weather(conn, weather)
                     record_gaps(conn, group, gaps)
                     record_offsets(conn, group, offsets)
+                metrics.WEATHER_WRITTEN.inc(weather_hours)
                 self.readiness.answered("database")
                 self.readiness.answered("writes")
                 self._write_failures = 0
@@ -432,7 +460,8 @@ class Ingest:
         # COPY text and hourly sums made here: the writer thread only waits on PostgreSQL.
         # (A batch of rejects only is written too: its offsets move on in the database.)
         write = self._writer.submit(
-            self.write_with_retry, prepare(batch.readings), batch.gaps, batch.next_offsets()
+            self.write_with_retry, prepare(batch.readings), batch.gaps, batch.next_offsets(),
+            batch.weather,
         )
         self._in_flight.append(InFlight(batch, started, write))
 

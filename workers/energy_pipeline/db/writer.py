@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg2.errors
+import psycopg2.extras
 
-from energy_pipeline.core.contracts import SENSOR_NAMES, Reading
+from energy_pipeline.core.contracts import SENSOR_NAMES, WEATHER_VARIABLES, Reading, WeatherForecast
 
 _COLUMNS = "site_id, sensor, device_id, ts, value"
 
@@ -253,3 +254,27 @@ def record_gaps(conn, consumer_group: str, gaps: Sequence[Gap]) -> None:  # noqa
                ON CONFLICT DO NOTHING""",
             [(consumer_group, g.topic, g.partition, g.first, g.last, g.records) for g in gaps],
         )
+
+
+_WEATHER_COLUMNS = ("site_id", "valid_time", "issued_at", "source", *WEATHER_VARIABLES)
+
+
+def write_weather(conn, forecasts: Sequence[WeatherForecast]) -> int:  # noqa: ANN001
+    """Store forecast weather in the caller's transaction, one row per issue and hour; returns
+    the rows that are new. A record replayed from Kafka, or an issue its source sent again,
+    changes nothing (ON CONFLICT DO NOTHING: what was forecast stays as first received)."""
+    rows = [
+        (f.site, p.valid_time, f.issued_at, f.source,
+         *(dict(p.values).get(name) for name in WEATHER_VARIABLES))
+        for f in forecasts for p in f.points
+    ]
+    if not rows:
+        return 0
+    with conn.cursor() as cur:
+        new = psycopg2.extras.execute_values(
+            cur,
+            f"INSERT INTO weather_forecasts ({', '.join(_WEATHER_COLUMNS)}) VALUES %s "
+            "ON CONFLICT DO NOTHING RETURNING 1",
+            rows, page_size=1000, fetch=True,
+        )
+    return len(new)

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,7 +22,11 @@ from energy_pipeline.forecasting.backtest import (
     origins,
     run_backtest,
 )
-from energy_pipeline.forecasting.csvio import read_hourly_csv, write_forecasts_csv
+from energy_pipeline.forecasting.csvio import (
+    read_hourly_csv,
+    read_issued_csv,
+    write_forecasts_csv,
+)
 from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour, to_datetime64
 from energy_pipeline.forecasting.metrics import Metrics, format_table, score
 from energy_pipeline.forecasting.models import MODEL_NAMES, build_model
@@ -63,6 +68,13 @@ def register(commands: Any) -> None:
         "--future-covariates",
         default="",
         help="comma-separated columns known ahead (calendar facts, weather forecasts)",
+    )
+    parser.add_argument(
+        "--weather-forecasts",
+        type=Path,
+        default=None,
+        help="CSV of forecasts as issued (issued_at,valid_time,<variable>...): each variable is "
+        "a future covariate read, at every origin, from the newest issue made before it",
     )
     parser.add_argument("--horizon", type=int, default=24, help="hours ahead")
     parser.add_argument(
@@ -158,6 +170,16 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     retrain = parse_duration_hours(args.retrain_every)
     past, future = _names(args.past_covariates), _names(args.future_covariates)
     frame = read_hourly_csv(args.csv, args.time_col, args.target_col, past, future)
+    if args.weather_forecasts is not None:
+        issued = read_issued_csv(args.weather_forecasts)
+        taken = sorted(set(issued) & {args.target_col, *past, *future})
+        if taken:
+            raise ValueError(f"{args.weather_forecasts}: column(s) {taken} are also columns of "
+                             f"{args.csv} in use; rename them in one of the files")
+        frame = replace(frame, issued=issued)
+        future = [*future, *issued]
+        print(f"{args.weather_forecasts}: {', '.join(issued)} as issued, "
+              f"{len(next(iter(issued.values())))} values", file=stderr)
     known = int((~np.isnan(frame.target)).sum())
     print(
         f"{args.csv}: {len(frame)} hourly rows {iso_hour(frame.times[0])} .. "

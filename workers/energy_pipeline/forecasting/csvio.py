@@ -12,6 +12,7 @@ import numpy as np
 from energy_pipeline.core.timeutil import parse_iso_time
 from energy_pipeline.forecasting.backtest import BacktestResult
 from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour, to_datetime64
+from energy_pipeline.forecasting.issued import IssuedSeries
 from energy_pipeline.forecasting.resample import hourly_means
 
 FORECAST_COLUMNS = ("origin", "target_time", "horizon", "p10", "p50", "p90", "actual")
@@ -57,6 +58,44 @@ def read_hourly_csv(
         past={name: means[name] for name in past_covariates},
         future={name: means[name] for name in future_covariates},
     )
+
+
+ISSUED_AT, VALID_TIME = "issued_at", "valid_time"
+
+
+def read_issued_csv(path: Path) -> dict[str, IssuedSeries]:
+    """Forecasts as issued (`issued_at,valid_time,<variable>...`, ISO times, UTC if naive): each
+    variable column becomes one issued covariate; an empty cell is a variable the issue did
+    not forecast for that hour."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in (ISSUED_AT, VALID_TIME) if c not in header]
+        names = [c for c in header if c not in (ISSUED_AT, VALID_TIME)]
+        if missing or not names:
+            raise ValueError(f"{path}: needs columns {ISSUED_AT}, {VALID_TIME} and at least one "
+                             f"variable; the header has {header}")
+        issued: list[np.datetime64] = []
+        valid: list[np.datetime64] = []
+        values: dict[str, list[float]] = {name: [] for name in names}
+        for line, row in enumerate(reader, start=2):
+            try:
+                issued.append(to_datetime64(parse_iso_time(row[ISSUED_AT])))
+                hour = to_datetime64(parse_iso_time(row[VALID_TIME]))
+                if hour != hour.astype("datetime64[h]"):
+                    raise ValueError(f"{VALID_TIME} {row[VALID_TIME]} is not the start of an hour")
+                valid.append(hour)
+                for name in names:
+                    values[name].append(_number(row[name]))
+            except ValueError as error:
+                raise ValueError(f"{path}:{line}: {error}") from error
+    if not issued:
+        raise ValueError(f"{path}: no data rows")
+    try:
+        return {name: IssuedSeries(np.array(issued), np.array(valid), np.array(column))
+                for name, column in values.items()}
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def write_forecasts_csv(path: Path, result: BacktestResult) -> int:

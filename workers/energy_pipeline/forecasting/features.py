@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.issued import IssuedSeries
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,23 @@ class BaselineFeatures:
         return FeatureBlock(("week_adjusted", "day_adjusted"), values, ("level", "level"))
 
 
+def issued_at_target(
+    frame: HourlyFrame, series: IssuedSeries, target_idx: np.ndarray, origin: np.ndarray
+) -> list[np.ndarray]:
+    """An issued covariate (a weather forecast) as each row's origin knew it: its value at the
+    target time, and its mean over the 24 h up to it, each hour from the newest issue made
+    before the origin's hour began (rows of one origin read one state of the forecasts, as
+    a live forecast does; training rows learn from forecasts as they were, errors and all)."""
+    origin_time = frame.start + origin.astype("timedelta64[h]")
+    window = np.arange(-23, 1, dtype=np.int64)
+    hours = frame.start + (np.asarray(target_idx)[:, None] + window).astype("timedelta64[h]")
+    values, _ = series.as_of(np.repeat(origin_time[:, None], len(window), axis=1), hours)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with no issue at all: NaN
+        mean24 = np.nanmean(values, axis=1)
+    return [values[:, -1], mean24]
+
+
 _TEMPERATURE = re.compile("temp", re.IGNORECASE)
 _HUMIDITY = re.compile("humid", re.IGNORECASE)
 
@@ -308,11 +326,14 @@ class WeatherFeatures:
                 before_origin(values, same_hour, origin),
             ]
         for name in self.future:
+            names += [f"{name}_at_target", f"{name}_mean24_to_target"]
+            if name in frame.issued:
+                cols += issued_at_target(frame, frame.issued[name], target_idx, origin)
+                continue
             values = frame.future[name]
             # Window of 24 h ending *at* t: trailing_stats at position t + 1.
             mean24 = trailing_stats(values, 24, extremes=False)["mean"]
             tpos = np.clip(np.asarray(target_idx) + 1, 0, len(frame))
-            names += [f"{name}_at_target", f"{name}_mean24_to_target"]
             cols += [up_to(values, target_idx), mean24[tpos]]
         block_cols = dict(zip(names, cols, strict=True))
         for suffix in ("_last", "_at_target"):

@@ -14,7 +14,9 @@ import numpy as np
 import psycopg2.extensions
 import psycopg2.extras
 
-from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.core.contracts import WEATHER_VARIABLES
+from energy_pipeline.forecasting.frame import HourlyFrame, to_datetime64
+from energy_pipeline.forecasting.issued import IssuedSeries
 from energy_pipeline.forecasting.rows import COVARIATE_COLUMNS, TARGET_COLUMN, HourlyRow
 
 _SITE_ROWS = """
@@ -111,3 +113,38 @@ def write_hourly_frame(
             page_size=2000,
         )
     return len(rows)
+
+
+# Every source's issues count alike: at an origin the newest issue before it wins, whoever
+# made it. An issue made later than `until` is left out, as a model there could not hold it.
+_WEATHER = f"""
+SELECT issued_at, valid_time, {", ".join(WEATHER_VARIABLES)}
+FROM weather_forecasts
+WHERE site_id = %(site)s AND valid_time >= %(since)s AND issued_at < %(until)s
+ORDER BY valid_time, issued_at, source
+"""
+
+
+def read_site_weather(
+    conn: psycopg2.extensions.connection, site_id: str, since: datetime, until: datetime
+) -> dict[str, IssuedSeries]:
+    """The site's forecast weather for hours from `since`, as issued before `until`: one
+    `IssuedSeries` per variable (empty when none was ever received)."""
+    with conn.cursor() as cur:
+        cur.execute(_WEATHER, {"site": site_id, "since": since, "until": until})
+        rows = cur.fetchall()
+    if not rows:
+        return {}
+    issued = np.array([to_datetime64(r[0]) for r in rows], dtype="datetime64[s]")
+    valid = np.array([to_datetime64(r[1]) for r in rows], dtype="datetime64[s]")
+    # Two sources issuing at the same second for the same hour: the first (by source name
+    # order in the table's key) is kept, as the newest-before-origin rule cannot tell them
+    # apart.
+    keep = np.ones(len(rows), dtype=bool)
+    keep[1:] = (valid[1:] != valid[:-1]) | (issued[1:] != issued[:-1])
+    series = {}
+    for j, name in enumerate(WEATHER_VARIABLES, start=2):
+        values = np.array([np.nan if r[j] is None else r[j] for r in rows], dtype=np.float64)
+        if not np.isnan(values[keep]).all():
+            series[name] = IssuedSeries(issued[keep], valid[keep], values[keep])
+    return series

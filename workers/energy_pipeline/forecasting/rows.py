@@ -69,3 +69,5 @@ class WindowForecast:
     points: tuple[ForecastPoint, ...]
     # "model", or the fallback used (e.g. "fallback:naive168") when the window is too short.
     method: str
+    # Inputs the model was trained with that the request lacked (e.g. "weather_forecast").
+    missing_inputs: tuple[str, ...] = ()

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,11 @@ from energy_pipeline.core.settings import (
 from energy_pipeline.db.connect import DatabaseSettings, connect, worker_name
 from energy_pipeline.forecasting.backtest import BacktestConfig, origins, run_backtest
 from energy_pipeline.forecasting.frame import HourlyFrame, iso_hour
-from energy_pipeline.forecasting.hourly_db import all_sites, read_site_rows
+from energy_pipeline.forecasting.hourly_db import (
+    all_sites,
+    read_site_rows,
+    read_site_weather,
+)
 from energy_pipeline.forecasting.kinds import (
     SERVED_MODELS,
     forecast_model_field,
@@ -183,14 +188,24 @@ def train_site(
     kind = model_kind or settings.forecast_model
     params = settings.model_params()
     rows, until = read_site_rows(conn, site_id, settings.train_history_days)
-    conn.commit()  # no transaction open while we compute
     if not rows:
+        conn.commit()
         return None
+    frame = frame_from_rows(rows)
+    # The site's weather forecasts as issued, for the default model only (the seed recipe is
+    # the report's, which had none): each training row reads the newest issue before its
+    # origin, as the live forecast will.
+    weather = (
+        read_site_weather(conn, site_id, min(r.hour for r in rows) - timedelta(days=1), until)
+        if kind == "default" else {}
+    )
+    conn.commit()  # no transaction open while we compute
+    future = tuple(weather)
+    frame = dataclasses.replace(frame, issued=weather)
 
     def factory() -> Forecaster:
-        return build_model(kind, past=COVARIATE_COLUMNS, params=params)
+        return build_model(kind, past=COVARIATE_COLUMNS, future=future, params=params)
 
-    frame = frame_from_rows(rows)
     plan = plan_backtest(frame, settings.train_backtest_days)
     metrics: dict[str, Any] = {}
     backtest_info: dict[str, Any] | None = None
@@ -209,6 +224,11 @@ def train_site(
     record_params = {
         "model": kind,
         "past_covariates": list(COVARIATE_COLUMNS),
+        # Forecast weather variables read as issued ([]: none was stored for the site).
+        "weather_forecast": {
+            "variables": list(future),
+            "issues": len({t for s in weather.values() for t in s.issued_at.tolist()}),
+        },
         "hyper_parameters": stored.get("params"),
         "history_days": settings.train_history_days,
         "backtest_days": settings.train_backtest_days,

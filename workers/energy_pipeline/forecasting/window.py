@@ -8,12 +8,15 @@ arrive unsorted; an hour with `n_readings == 0` counts as unknown.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
 
+from energy_pipeline.core.contracts import WEATHER_FORECAST
 from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.issued import IssuedSeries
 from energy_pipeline.forecasting.models.base import Forecaster
 from energy_pipeline.forecasting.models.default import DefaultModel, DefaultParams
 from energy_pipeline.forecasting.rows import (
@@ -65,16 +68,41 @@ def frame_from_rows(rows: Sequence[HourlyRow], until: np.datetime64 | None = Non
     )
 
 
+def with_issued(
+    frame: HourlyFrame, wanted: Sequence[str], issued: Mapping[str, IssuedSeries],
+    origin: int, stop: int,
+) -> tuple[HourlyFrame, tuple[str, ...]]:
+    """`frame` holding the issued covariates a model reads (`wanted`), each empty where the
+    request had none, and the model inputs missing: "weather_forecast" when not one of them
+    has a value issued before the origin for any hour from the origin to `stop`."""
+    if not wanted:
+        return frame, ()
+    empty = IssuedSeries(np.empty(0, "datetime64[s]"), np.empty(0, "datetime64[h]"),
+                         np.empty(0))
+    series = {name: issued.get(name, empty) for name in wanted}
+    hours = frame.start + np.arange(origin, stop).astype("timedelta64[h]")
+    start = frame.start + np.timedelta64(origin, "h")
+    known = any(
+        not np.isnan(s.as_of(np.full(len(hours), start), hours)[0]).all()
+        for s in series.values()
+    )
+    return replace(frame, issued=series), () if known else (WEATHER_FORECAST,)
+
+
 def forecast_window(
     model: Forecaster,
     rows: Sequence[HourlyRow],
     horizons: Sequence[int],
     origin: np.datetime64 | None = None,
+    issued: Mapping[str, IssuedSeries] | None = None,
 ) -> WindowForecast:
     """P10/P50/P90 per horizon from the window; `origin` defaults to the last row's hour + 1.
 
     Horizons outside 1..168 raise ValueError (a bad request, not bad data); a short or
-    gappy window gives a fallback forecast, reported in `method`.
+    gappy window gives a fallback forecast, reported in `method`. `issued` holds the
+    site's weather forecast as issued (by variable); a model trained with it and handed
+    none predicts as it learnt to without (its training hid the forecast from some
+    origins) and says so in `missing_inputs`.
     """
     hs = np.array(sorted(set(int(h) for h in horizons)), dtype=np.int64)
     if len(hs) == 0 or hs.min() < 1 or hs.max() > MAX_HORIZON:
@@ -86,6 +114,9 @@ def forecast_window(
         origin = frame.times[-1] + np.timedelta64(1, "h")
     at = frame.index_of(origin)
     view = frame.slice(0, at).extended_to(at + int(hs.max()))
+    # Only the default model reads issued covariates: the seed recipe has none live.
+    wanted = model.future if isinstance(model, DefaultModel) else ()
+    view, missing = with_issued(view, wanted, issued or {}, at, at + int(hs.max()))
     forecast = model.predict(view, at, hs)
     targets = origin + (hs - 1).astype("timedelta64[h]")
     points = tuple(
@@ -94,7 +125,8 @@ def forecast_window(
             targets, hs, forecast.p10, forecast.p50, forecast.p90, strict=True
         )
     )
-    return WindowForecast(origin=np.datetime64(origin, "h"), points=points, method=forecast.method)
+    return WindowForecast(origin=np.datetime64(origin, "h"), points=points,
+                          method=forecast.method, missing_inputs=missing)
 
 
 def train_on_rows(

@@ -35,7 +35,12 @@ from datetime import datetime
 import grpc
 
 from energy_pipeline.forecasting.rows import HourlyRow
-from energy_pipeline.inference.convert import rows_to_proto, timestamp
+from energy_pipeline.inference.convert import (
+    WeatherRow,
+    rows_to_proto,
+    timestamp,
+    weather_to_proto,
+)
 from energy_pipeline.inference.tls import (
     CertFiles,
     KeyMaterial,
@@ -128,10 +133,12 @@ def channel_target(target: str) -> str:
 
 
 def forecast_request(
-    site_id: str, rows: Sequence[HourlyRow], horizons: Sequence[int], origin: datetime | None
+    site_id: str, rows: Sequence[HourlyRow], horizons: Sequence[int], origin: datetime | None,
+    weather: Sequence[WeatherRow] = (),
 ) -> pb.ForecastRequest:
     request = pb.ForecastRequest(
-        site_id=site_id, window=rows_to_proto(rows), horizons=[int(h) for h in horizons]
+        site_id=site_id, window=rows_to_proto(rows), horizons=[int(h) for h in horizons],
+        weather_forecast=weather_to_proto(weather),
     )
     if origin is not None:
         request.origin.CopyFrom(timestamp(origin))

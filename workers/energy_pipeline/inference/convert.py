@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from energy_pipeline.core.contracts import WEATHER_VARIABLES
+from energy_pipeline.forecasting.issued import IssuedSeries
 from energy_pipeline.forecasting.rows import HourlyRow, WindowForecast
 from energy_pipeline.proto import forecaster_pb2 as pb
 
@@ -75,6 +77,42 @@ def proto_to_rows(window: Sequence[pb.HourlyFeatures]) -> list[HourlyRow]:
     ]
 
 
+# (issued_at, valid_time, temperature, humidity): a weather forecast hour as the database
+# and the request hold it, values None/NaN where a variable was not forecast.
+WeatherRow = tuple[datetime, datetime, float | None, float | None]
+
+
+def weather_to_proto(rows: Iterable[WeatherRow]) -> list[pb.WeatherForecastPoint]:
+    return [
+        pb.WeatherForecastPoint(
+            issued_at=Timestamp(seconds=int(_utc(issued).timestamp())),
+            valid_time=timestamp(valid),
+            temperature=_number(temperature),
+            humidity=_number(humidity),
+        )
+        for issued, valid, temperature, humidity in rows
+    ]
+
+
+def proto_to_issued(points: Sequence[pb.WeatherForecastPoint]) -> dict[str, IssuedSeries]:
+    """The request's weather forecast as one IssuedSeries per variable that has a value
+    (an hour named twice by one issue is a bad request: IssuedSeries raises ValueError)."""
+    if not points:
+        return {}
+    issued = np.array([p.issued_at.seconds for p in points], dtype="datetime64[s]")
+    valid = np.array([p.valid_time.seconds // 3600 for p in points], dtype="datetime64[h]")
+    series = {}
+    for name in WEATHER_VARIABLES:
+        values = np.array([getattr(p, name) for p in points], dtype=np.float64)
+        if not np.isnan(values).all():
+            series[name] = IssuedSeries(issued, valid, values)
+    return series
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def forecast_to_proto(
     site_id: str, model_version: str, forecast: WindowForecast
 ) -> pb.ForecastResponse:
@@ -83,6 +121,7 @@ def forecast_to_proto(
         model_version=model_version,
         issued_at=timestamp(forecast.origin),
         method=forecast.method,
+        missing_inputs=list(forecast.missing_inputs),
         points=[
             pb.Quantiles(
                 target_time=timestamp(p.target_time),

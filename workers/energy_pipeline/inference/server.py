@@ -75,6 +75,7 @@ from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.inference.convert import (
     forecast_to_proto,
     hour_of,
+    proto_to_issued,
     proto_to_rows,
 )
 from energy_pipeline.inference.store import LoadedModel, ModelStore
@@ -214,7 +215,8 @@ class ForecasterService(pb_grpc.ForecasterServicer):
         origin = hour_of(request.origin) if request.HasField("origin") else None
         try:
             rows = proto_to_rows(request.window)
-            forecast = forecast_window(loaded.model, rows, horizons, origin)
+            weather = proto_to_issued(request.weather_forecast)
+            forecast = forecast_window(loaded.model, rows, horizons, origin, weather)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if any(not math.isfinite(p.p50) for p in forecast.points):

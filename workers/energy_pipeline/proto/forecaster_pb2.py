@@ -28,7 +28,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65nergy/v1/forecaster.proto\x12\tenergy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n\x0eHourlyFeatures\x12(\n\x04hour\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61vg_temperature\x18\x02 \x01(\x01\x12\x14\n\x0c\x61vg_humidity\x18\x03 \x01(\x01\x12\x19\n\x11\x61vg_squarefootage\x18\x04 \x01(\x01\x12\x1b\n\x13\x61vg_renewableenergy\x18\x05 \x01(\x01\x12\x1d\n\x15\x61vg_energyconsumption\x18\x06 \x01(\x01\x12\x12\n\nn_readings\x18\x07 \x01(\x03\"\x8b\x01\n\x0f\x46orecastRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x03(\x0b\x32\x19.energy.v1.HourlyFeatures\x12\x10\n\x08horizons\x18\x03 \x03(\x05\x12*\n\x06origin\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\tQuantiles\x12/\n\x0btarget_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07horizon\x18\x02 \x01(\x05\x12\x0b\n\x03p10\x18\x03 \x01(\x01\x12\x0b\n\x03p50\x18\x04 \x01(\x01\x12\x0b\n\x03p90\x18\x05 \x01(\x01\"\x9f\x01\n\x10\x46orecastResponse\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06points\x18\x04 \x03(\x0b\x32\x14.energy.v1.Quantiles\x12\x0e\n\x06method\x18\x05 \x01(\t\"&\n\x13GetModelInfoRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\"\xf7\x01\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10trained_on_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x07metrics\x18\x04 \x03(\x0b\x32!.energy.v1.ModelInfo.MetricsEntry\x12\x0f\n\x07site_id\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x97\x01\n\nForecaster\x12\x43\n\x08\x46orecast\x12\x1a.energy.v1.ForecastRequest\x1a\x1b.energy.v1.ForecastResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.energy.v1.GetModelInfoRequest\x1a\x14.energy.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65nergy/v1/forecaster.proto\x12\tenergy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n\x0eHourlyFeatures\x12(\n\x04hour\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61vg_temperature\x18\x02 \x01(\x01\x12\x14\n\x0c\x61vg_humidity\x18\x03 \x01(\x01\x12\x19\n\x11\x61vg_squarefootage\x18\x04 \x01(\x01\x12\x1b\n\x13\x61vg_renewableenergy\x18\x05 \x01(\x01\x12\x1d\n\x15\x61vg_energyconsumption\x18\x06 \x01(\x01\x12\x12\n\nn_readings\x18\x07 \x01(\x03\"\x9c\x01\n\x14WeatherForecastPoint\x12-\n\tissued_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nvalid_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btemperature\x18\x03 \x01(\x01\x12\x10\n\x08humidity\x18\x04 \x01(\x01\"\xc6\x01\n\x0f\x46orecastRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x03(\x0b\x32\x19.energy.v1.HourlyFeatures\x12\x10\n\x08horizons\x18\x03 \x03(\x05\x12*\n\x06origin\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x10weather_forecast\x18\x05 \x03(\x0b\x32\x1f.energy.v1.WeatherForecastPoint\"t\n\tQuantiles\x12/\n\x0btarget_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07horizon\x18\x02 \x01(\x05\x12\x0b\n\x03p10\x18\x03 \x01(\x01\x12\x0b\n\x03p50\x18\x04 \x01(\x01\x12\x0b\n\x03p90\x18\x05 \x01(\x01\"\xb7\x01\n\x10\x46orecastResponse\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06points\x18\x04 \x03(\x0b\x32\x14.energy.v1.Quantiles\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x16\n\x0emissing_inputs\x18\x06 \x03(\t\"&\n\x13GetModelInfoRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\"\xf7\x01\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10trained_on_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x07metrics\x18\x04 \x03(\x0b\x32!.energy.v1.ModelInfo.MetricsEntry\x12\x0f\n\x07site_id\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x97\x01\n\nForecaster\x12\x43\n\x08\x46orecast\x12\x1a.energy.v1.ForecastRequest\x1a\x1b.energy.v1.ForecastResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.energy.v1.GetModelInfoRequest\x1a\x14.energy.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,18 +39,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_HOURLYFEATURES']._serialized_start=75
   _globals['_HOURLYFEATURES']._serialized_end=287
-  _globals['_FORECASTREQUEST']._serialized_start=290
-  _globals['_FORECASTREQUEST']._serialized_end=429
-  _globals['_QUANTILES']._serialized_start=431
-  _globals['_QUANTILES']._serialized_end=547
-  _globals['_FORECASTRESPONSE']._serialized_start=550
-  _globals['_FORECASTRESPONSE']._serialized_end=709
-  _globals['_GETMODELINFOREQUEST']._serialized_start=711
-  _globals['_GETMODELINFOREQUEST']._serialized_end=749
-  _globals['_MODELINFO']._serialized_start=752
-  _globals['_MODELINFO']._serialized_end=999
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=953
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=999
-  _globals['_FORECASTER']._serialized_start=1002
-  _globals['_FORECASTER']._serialized_end=1153
+  _globals['_WEATHERFORECASTPOINT']._serialized_start=290
+  _globals['_WEATHERFORECASTPOINT']._serialized_end=446
+  _globals['_FORECASTREQUEST']._serialized_start=449
+  _globals['_FORECASTREQUEST']._serialized_end=647
+  _globals['_QUANTILES']._serialized_start=649
+  _globals['_QUANTILES']._serialized_end=765
+  _globals['_FORECASTRESPONSE']._serialized_start=768
+  _globals['_FORECASTRESPONSE']._serialized_end=951
+  _globals['_GETMODELINFOREQUEST']._serialized_start=953
+  _globals['_GETMODELINFOREQUEST']._serialized_end=991
+  _globals['_MODELINFO']._serialized_start=994
+  _globals['_MODELINFO']._serialized_end=1241
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1195
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1241
+  _globals['_FORECASTER']._serialized_start=1244
+  _globals['_FORECASTER']._serialized_end=1395
 # @@protoc_insertion_point(module_scope)

@@ -30,17 +30,31 @@ class HourlyFeatures(_message.Message):
     n_readings: int
     def __init__(self, hour: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., avg_temperature: _Optional[float] = ..., avg_humidity: _Optional[float] = ..., avg_squarefootage: _Optional[float] = ..., avg_renewableenergy: _Optional[float] = ..., avg_energyconsumption: _Optional[float] = ..., n_readings: _Optional[int] = ...) -> None: ...
 
+class WeatherForecastPoint(_message.Message):
+    __slots__ = ("issued_at", "valid_time", "temperature", "humidity")
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    VALID_TIME_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    HUMIDITY_FIELD_NUMBER: _ClassVar[int]
+    issued_at: _timestamp_pb2.Timestamp
+    valid_time: _timestamp_pb2.Timestamp
+    temperature: float
+    humidity: float
+    def __init__(self, issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., valid_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., temperature: _Optional[float] = ..., humidity: _Optional[float] = ...) -> None: ...
+
 class ForecastRequest(_message.Message):
-    __slots__ = ("site_id", "window", "horizons", "origin")
+    __slots__ = ("site_id", "window", "horizons", "origin", "weather_forecast")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     HORIZONS_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    WEATHER_FORECAST_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     window: _containers.RepeatedCompositeFieldContainer[HourlyFeatures]
     horizons: _containers.RepeatedScalarFieldContainer[int]
     origin: _timestamp_pb2.Timestamp
-    def __init__(self, site_id: _Optional[str] = ..., window: _Optional[_Iterable[_Union[HourlyFeatures, _Mapping]]] = ..., horizons: _Optional[_Iterable[int]] = ..., origin: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    weather_forecast: _containers.RepeatedCompositeFieldContainer[WeatherForecastPoint]
+    def __init__(self, site_id: _Optional[str] = ..., window: _Optional[_Iterable[_Union[HourlyFeatures, _Mapping]]] = ..., horizons: _Optional[_Iterable[int]] = ..., origin: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weather_forecast: _Optional[_Iterable[_Union[WeatherForecastPoint, _Mapping]]] = ...) -> None: ...
 
 class Quantiles(_message.Message):
     __slots__ = ("target_time", "horizon", "p10", "p50", "p90")
@@ -57,18 +71,20 @@ class Quantiles(_message.Message):
     def __init__(self, target_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., horizon: _Optional[int] = ..., p10: _Optional[float] = ..., p50: _Optional[float] = ..., p90: _Optional[float] = ...) -> None: ...
 
 class ForecastResponse(_message.Message):
-    __slots__ = ("site_id", "model_version", "issued_at", "points", "method")
+    __slots__ = ("site_id", "model_version", "issued_at", "points", "method", "missing_inputs")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    MISSING_INPUTS_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     model_version: str
     issued_at: _timestamp_pb2.Timestamp
     points: _containers.RepeatedCompositeFieldContainer[Quantiles]
     method: str
-    def __init__(self, site_id: _Optional[str] = ..., model_version: _Optional[str] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Quantiles, _Mapping]]] = ..., method: _Optional[str] = ...) -> None: ...
+    missing_inputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, site_id: _Optional[str] = ..., model_version: _Optional[str] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Quantiles, _Mapping]]] = ..., method: _Optional[str] = ..., missing_inputs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("site_id",)

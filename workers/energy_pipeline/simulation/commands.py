@@ -9,6 +9,7 @@ before anything is published and its rejected part counted apart in the summary.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import logging
 import signal
@@ -16,17 +17,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from energy_pipeline.core.contracts import DEFAULT_LIMITS
+from energy_pipeline.core.contracts import DEFAULT_LIMITS, Reading, WeatherForecast
 from energy_pipeline.core.errors import USAGE, CommandError
 from energy_pipeline.core.settings import (
     DURATION_FORMAT,
     CommonSettings,
     MqttSettings,
+    env,
     environment_help,
     load,
 )
@@ -38,14 +40,21 @@ from energy_pipeline.dataplane.mqtt_client import (
     tls_context,
 )
 from energy_pipeline.simulation.publisher import (
-    Message,
     MqttPublisher,
     MqttRefused,
-    combined_messages,
+    Outgoing,
+    item_time,
+    outgoing,
     replay_messages,
-    single_messages,
 )
-from energy_pipeline.simulation.signals import SimulationConfig, generate
+from energy_pipeline.simulation.signals import (
+    FORECAST_EVERY_HOURS,
+    FORECAST_HOURS,
+    SimulationConfig,
+    forecast_issue_times,
+    forecast_issues,
+    generate,
+)
 
 log = logging.getLogger("energy_pipeline.simulate")
 
@@ -56,7 +65,13 @@ BRIDGE_MAX_FUTURE = DEFAULT_LIMITS.max_future
 
 @dataclass(frozen=True, kw_only=True)
 class SimulatorSettings(CommonSettings, MqttSettings):
-    pass
+    simulator_weather_forecasts: bool = env(
+        "SIMULATOR_WEATHER_FORECASTS", True,
+        doc=f"publish a weather forecast per site every {FORECAST_EVERY_HOURS} h of simulated "
+        f"time (at the UTC hours divisible by it, hourly for the next {FORECAST_HOURS} h, its "
+        "error growing with the lead time) on <root>/<site>/weather_forecast/simulator; "
+        "false: readings only",
+    )
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,9 @@ class Window:
     config: SimulationConfig
     # Steps (timestamps) more than the bridge's future limit ahead of the clock at start.
     future_steps: int = 0
+    # The latest time the bridge takes at the start (None: --realtime, which publishes
+    # nothing before its time).
+    latest: datetime | None = None
 
     @property
     def end(self) -> datetime:
@@ -147,8 +165,16 @@ def window_from_args(
         fault_rate=args.fault_rate,
     )
     # --realtime publishes nothing before its time comes.
-    ahead = 0 if args.realtime else future_steps(config, now, limit)
-    return Window(config, ahead)
+    if args.realtime:
+        return Window(config)
+    return Window(config, future_steps(config, now, limit), now + limit)
+
+
+def future_forecasts(window: Window) -> tuple[int, int]:
+    """(ahead of the bridge's future limit, all): the forecasts a window issues."""
+    times = list(forecast_issue_times(window.config))
+    ahead = sum(window.latest is not None and t > window.latest for t in times)
+    return ahead * window.config.sites, len(times) * window.config.sites
 
 
 def config_from_args(args: argparse.Namespace, now: datetime) -> SimulationConfig:
@@ -159,23 +185,27 @@ def messages_per_step(config: SimulationConfig, fmt: str) -> int:
     return config.sites * config.devices if fmt == "combined" else config.readings_per_step
 
 
-def future_warning(window: Window, fmt: str, limit: timedelta = BRIDGE_MAX_FUTURE) -> str:
-    """The one line printed before publishing a window that reaches into the future."""
+def future_warning(window: Window, fmt: str, limit: timedelta = BRIDGE_MAX_FUTURE,
+                   forecasts: tuple[int, int] = (0, 0)) -> str:
+    """The one line printed before publishing a window that reaches into the future;
+    `forecasts` as `future_forecasts` counts them (none: not mentioned)."""
     per_step = messages_per_step(window.config, fmt)
     ahead = window.future_steps * per_step
     total = window.config.steps * per_step
     first = window.first_future
     assert first is not None
+    also = f" and {forecasts[0]:,} of {forecasts[1]:,} weather forecasts" if forecasts[0] else ""
     return (
         f"energy-pipeline simulate: warning: {ahead:,} of {total:,} messages (timestamps from "
-        f"{first.isoformat()} to {(window.end - window.config.interval).isoformat()}) are more "
-        f"than {int(limit.total_seconds())} s ahead of now; the bridge rejects them as "
+        f"{first.isoformat()} to {(window.end - window.config.interval).isoformat()}){also} "
+        f"are more than {int(limit.total_seconds())} s ahead of now; the bridge rejects them as "
         "future_timestamp (MAX_FUTURE_S). Omit --start to end the window at now, or add "
         "--realtime to publish each reading when its time comes."
     )
 
 
-def paced(messages: Iterator[Message], rate: float, stop: threading.Event) -> Iterator[Message]:
+def paced(messages: Iterator[Outgoing], rate: float, stop: threading.Event
+          ) -> Iterator[Outgoing]:
     """At most `rate` messages per second (0: unpaced)."""
     started = time.monotonic()
     for count, message in enumerate(messages):
@@ -188,17 +218,50 @@ def paced(messages: Iterator[Message], rate: float, stop: threading.Event) -> It
         yield message
 
 
-def realtime(config: SimulationConfig, stop: threading.Event) -> Iterator:
-    """Readings with timestamps in the past go out at once; later ones when their time comes."""
-    for reading in generate(config):
+Item = Reading | WeatherForecast
+
+
+def simulated(config: SimulationConfig, weather: bool) -> Iterator[Item]:
+    """The run's readings and, with `weather`, its forecasts, each forecast after the readings
+    of its issue time."""
+    readings = generate(config)
+    if not weather:
+        return readings
+    return heapq.merge(readings, forecast_issues(config), key=item_time)
+
+
+def realtime(items: Iterable[Item], stop: threading.Event) -> Iterator[Item]:
+    """Readings (and forecasts) of the past go out at once; later ones when their time comes."""
+    for item in items:
         while not stop.is_set():
-            wait = (reading.ts - datetime.now(UTC)).total_seconds()
+            wait = (item_time(item) - datetime.now(UTC)).total_seconds()
             if wait <= 0:
                 break
             stop.wait(min(wait, 1.0))
         if stop.is_set():
             return
-        yield reading
+        yield item
+
+
+@dataclass
+class Tally:
+    """What a run published, as its summary counts it."""
+
+    latest: datetime | None  # messages after it are rejected by the bridge as future
+    readings: int = 0
+    future: int = 0
+    forecasts: int = 0
+    forecasts_future: int = 0
+
+    def add(self, message: Outgoing) -> None:
+        ahead = (self.latest is not None and message.time is not None
+                 and message.time > self.latest)
+        if message.forecast:
+            self.forecasts += 1
+            self.forecasts_future += ahead
+        else:
+            self.readings += 1
+            self.future += ahead
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,30 +270,31 @@ def run(args: argparse.Namespace) -> int:
     settings = load(SimulatorSettings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    # Messages from this index on are ahead of the bridge's future limit (none: no limit).
-    in_time: int | None = None
     if window is None:
-        messages: Iterator[Message] = replay_messages(Path(args.replay), args.site,
-                                                      settings.mqtt_topic_root)
+        messages: Iterator[Outgoing] = (
+            Outgoing(None, topic, payload)
+            for topic, payload in replay_messages(Path(args.replay), args.site,
+                                                  settings.mqtt_topic_root))
         description: dict[str, object] = {"replay": args.replay}
+        tally = Tally(None)
     else:
         config = window.config
+        weather = settings.simulator_weather_forecasts
         if window.future_steps:
-            print(future_warning(window, args.format), file=sys.stderr, flush=True)
-            in_time = (config.steps - window.future_steps) * messages_per_step(
-                config, args.format
-            )
-        readings = realtime(config, stop) if args.realtime else generate(config)
-        messages = (
-            combined_messages(readings, settings.mqtt_topic_root) if args.format == "combined"
-            else single_messages(readings, settings.mqtt_topic_root)
-        )
+            forecasts = future_forecasts(window) if weather else (0, 0)
+            print(future_warning(window, args.format, forecasts=forecasts), file=sys.stderr,
+                  flush=True)
+        items = simulated(config, weather)
+        messages = outgoing(realtime(items, stop) if args.realtime else items, args.format,
+                            settings.mqtt_topic_root)
+        tally = Tally(window.latest)
         description = {
             "sites": config.sites,
             "devices": config.devices,
             "start": config.start.isoformat(),
             "interval_s": config.interval.total_seconds(),
             "seed": config.seed,
+            "weather_forecasts": weather,
         }
     publisher = MqttPublisher(
         settings.mqtt_host,
@@ -258,24 +322,27 @@ def run(args: argparse.Namespace) -> int:
     log.info("simulating", extra=description)
     started = time.monotonic()
     try:
-        for n, (topic, payload) in enumerate(paced(messages, args.rate, stop)):
+        for n, message in enumerate(paced(messages, args.rate, stop)):
             if args.count and n >= args.count:
                 break
-            publisher.publish(topic, payload)
+            publisher.publish(message.topic, message.payload)
+            tally.add(message)
     except KeyboardInterrupt:
         pass
     confirmed = publisher.wait_confirmed(timeout=120)
     publisher.stats.seconds = time.monotonic() - started
     publisher.close()
-    published = publisher.stats.published
-    future = 0 if in_time is None else max(0, published - in_time)
     summary: dict[str, object] = {
-        "published": published,
+        # Messages of readings (the forecasts are counted apart below).
+        "published": tally.readings,
         # Acknowledged by the broker and within the bridge's future limit: what the
-        # pipeline stores.
-        "confirmed": max(0, publisher.stats.confirmed - future),
+        # pipeline stores. The broker's acknowledgements do not say which message they
+        # confirm, so every forecast is taken off: never more than were confirmed.
+        "confirmed": max(0, publisher.stats.confirmed - tally.forecasts - tally.future),
         # Published but ahead of the bridge's default future limit: rejected there.
-        "future": future,
+        "future": tally.future,
+        "forecasts": tally.forecasts,
+        "forecasts_future": tally.forecasts_future,
         "seconds": round(publisher.stats.seconds, 3),
         "msg_per_s": round(publisher.stats.rate, 1),
         "held": publisher.stats.held,
@@ -291,7 +358,12 @@ def run(args: argparse.Namespace) -> int:
 DESCRIPTION = f"""\
 Publishes simulated building sensor readings on <MQTT_TOPIC_ROOT>/<site>/<sensor>/<device> (MQTT 5,
 QoS 1): --sites x 5 sensors x --devices streams, one reading each per --interval,
-reproducible from --seed (or a recorded CSV with --replay).
+reproducible from --seed (or a recorded CSV with --replay). Unless SIMULATOR_WEATHER_FORECASTS
+is false, each site's weather forecast too, on
+<MQTT_TOPIC_ROOT>/<site>/weather_forecast/simulator: issued at the UTC hours of the simulated
+time divisible by {FORECAST_EVERY_HOURS} (like readings: at once, or with --realtime when the
+time comes) for the next {FORECAST_HOURS} hours, the simulated weather plus an error that grows
+with the lead time.
 
 Without --realtime it publishes --duration of simulated time as fast as the broker takes it,
 ending at now (start = now - duration) unless --start is given; a window reaching more than
@@ -303,8 +375,10 @@ default now, for --duration or until stopped).
 Durations (--interval, --duration) are {DURATION_FORMAT}. Times (--start) are ISO 8601 (UTC
 without an offset), now, now-<duration> or now+<duration>.
 
-At the end one JSON line on stdout: published, confirmed, future, seconds, msg_per_s, held,
-start, interval_s. Exit status 1 when the broker did not confirm everything within 120 s."""
+At the end one JSON line on stdout: published, confirmed, future (messages of readings),
+forecasts, forecasts_future (weather forecasts; those past the bridge's limit), seconds,
+msg_per_s, held, start, interval_s. Exit status 1 when the broker did not confirm everything
+within 120 s."""
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -9,9 +9,11 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from itertools import groupby
+from operator import attrgetter
 from pathlib import Path
+from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 
@@ -20,7 +22,9 @@ from energy_pipeline.core.contracts import (
     MQTT_TOPIC_ROOT,
     SENSOR_TYPES,
     SENSORS,
+    WEATHER_FORECAST,
     Reading,
+    WeatherForecast,
     mqtt_topic,
 )
 from energy_pipeline.core.settings import MqttSettings
@@ -36,10 +40,14 @@ NO_MATCHING_SUBSCRIBERS = 0x10
 HOLD_RETRY_S = 1.0
 
 
-def single_messages(readings: Iterable[Reading], root: str = MQTT_TOPIC_ROOT
-                    ) -> Iterator[Message]:
-    for r in readings:
-        yield mqtt_topic(r.site, r.sensor, r.device, root), r.to_mqtt_payload()
+def reading_message(r: Reading, root: str = MQTT_TOPIC_ROOT) -> Message:
+    return mqtt_topic(r.site, r.sensor, r.device, root), r.to_mqtt_payload()
+
+
+def weather_message(forecast: WeatherForecast, root: str = MQTT_TOPIC_ROOT) -> Message:
+    """An issue of forecast weather on `<root>/<site>/weather_forecast/<source>`."""
+    return (mqtt_topic(forecast.site, WEATHER_FORECAST, forecast.source, root),
+            forecast.to_mqtt_payload())
 
 
 def combined_messages(readings: Iterable[Reading], root: str = MQTT_TOPIC_ROOT
@@ -64,6 +72,37 @@ def combined_messages(readings: Iterable[Reading], root: str = MQTT_TOPIC_ROOT
                 mqtt_topic(site, COMBINED, device, root),
                 json.dumps(record, separators=(",", ":")).encode(),
             )
+
+
+class Outgoing(NamedTuple):
+    """A message with what the run's summary counts it as."""
+
+    # The reading's time, or the forecast's issue time; None for a replayed record.
+    time: datetime | None
+    topic: str
+    payload: bytes
+    forecast: bool = False
+
+
+def item_time(item: Reading | WeatherForecast) -> datetime:
+    return item.issued_at if isinstance(item, WeatherForecast) else item.ts
+
+
+def outgoing(items: Iterable[Reading | WeatherForecast], fmt: str,
+             root: str = MQTT_TOPIC_ROOT) -> Iterator[Outgoing]:
+    """The messages of readings (`fmt` single or combined) and forecasts, in the items' order
+    (readings grouped by time, as `signals.generate` yields them)."""
+    for is_forecast, run in groupby(items, key=lambda item: isinstance(item, WeatherForecast)):
+        if is_forecast:
+            for forecast in run:
+                yield Outgoing(forecast.issued_at, *weather_message(forecast, root), True)
+        elif fmt == "combined":
+            for ts, same_time in groupby(run, key=attrgetter("ts")):
+                for message in combined_messages(same_time, root):
+                    yield Outgoing(ts, *message)
+        else:
+            for reading in run:
+                yield Outgoing(reading.ts, *reading_message(reading, root))
 
 
 def replay_messages(path: Path, site: str, root: str = MQTT_TOPIC_ROOT) -> Iterator[Message]:

@@ -15,6 +15,7 @@ Per site (all parameters drawn from the seed):
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from energy_pipeline.core.contracts import SENSOR_NAMES, SENSORS, Reading
+from energy_pipeline.core.contracts import (
+    SENSOR_NAMES,
+    SENSORS,
+    Reading,
+    WeatherForecast,
+    WeatherPoint,
+)
 
 
 @dataclass(frozen=True)
@@ -121,12 +128,16 @@ def occupancy(ts: datetime) -> float:
     return 0.05
 
 
+def relative_humidity(site: SiteProfile, temperature: float) -> float:
+    return min(100.0, max(15.0, 70.0 - 1.5 * (temperature - site.mean_temp)))
+
+
 def true_value(sensor: str, site: SiteProfile, ts: datetime, interval_h: float) -> float:
     temp = outdoor_temperature(site, ts)
     if sensor == "temperature":
         return temp
     if sensor == "humidity":
-        return min(100.0, max(15.0, 70.0 - 1.5 * (temp - site.mean_temp)))
+        return relative_humidity(site, temp)
     if sensor == "squarefootage":
         return site.floor_area
     if sensor == "renewableenergy":
@@ -185,3 +196,96 @@ def generate(config: SimulationConfig) -> Iterator[Reading]:
                     last[key] = value
                     seq[key] = seq.get(key, -1) + 1
                     yield Reading(site_ids[si], sensor, str(d), ts, value, seq[key])
+
+
+# Forecast weather (issue #20): what a weather service would have said about the site's
+# coming hours. The error of a temperature forecast grows with its lead time (roughly 0.6 degC
+# an hour ahead, 1.3 a day ahead, 2.6 a week ahead, in line with published verification of
+# numerical weather prediction) and is smooth across neighbouring hours (AR(1) in the lead
+# time, phi 0.9), as a forecast that misses a front misses it for hours.
+WEATHER_SOURCE = "simulator"
+FORECAST_ERROR_PHI = 0.9
+
+
+def forecast_error_sd(lead_hours: int) -> float:
+    """The standard deviation of the simulated temperature forecast's error, in degC."""
+    return 0.5 + 0.8 * math.sqrt(lead_hours / 24)
+
+
+def forecast_weather(
+    site: SiteProfile, site_id: str, start: datetime, hour_index: int, hours: int,
+    error_rng: np.random.Generator, error_scale: float = 1.0,
+) -> WeatherForecast:
+    """The forecast issued at hour `hour_index` after `start` (the site's weather advanced to
+    it) for the next `hours` hours: the site's own future weather, run ahead on a copy so the
+    simulation itself is untouched, plus the lead-time error drawn from `error_rng`."""
+    issued_at = start + timedelta(hours=hour_index)
+    ahead = copy.deepcopy(site)
+    z = float(error_rng.normal())
+    points = []
+    for lead in range(1, hours + 1):
+        ahead.advance_weather(hour_index + lead)
+        if lead > 1:
+            innovation = math.sqrt(1 - FORECAST_ERROR_PHI**2) * float(error_rng.normal())
+            z = FORECAST_ERROR_PHI * z + innovation
+        valid_time = issued_at + timedelta(hours=lead)
+        temperature = outdoor_temperature(ahead, valid_time)
+        temperature += error_scale * forecast_error_sd(lead) * z
+        # Humidity as the site's sensors would see it at that forecast temperature.
+        humidity = relative_humidity(site, temperature)
+        points.append(WeatherPoint(valid_time, (("temperature", round(temperature, 2)),
+                                                ("humidity", round(humidity, 1)))))
+    return WeatherForecast(site_id, WEATHER_SOURCE, issued_at, tuple(points))
+
+
+# A run's forecasts are issued as a weather service issues its runs: at the UTC hours that are
+# multiples of FORECAST_EVERY_HOURS, each for the next FORECAST_HOURS hours, hourly.
+FORECAST_EVERY_HOURS = 6
+FORECAST_HOURS = 48
+# The error's random stream per site: apart from the sites' ([seed, site, 0..1]) and the
+# devices' ([seed, site, 2.., device]) streams, and from those with trailing zeros too.
+_FORECAST_STREAM = 1000
+
+
+def _first_hour(config: SimulationConfig) -> datetime:
+    """The first UTC hour at or after the run's start."""
+    hour = config.start.replace(minute=0, second=0, microsecond=0)
+    return hour if hour >= config.start else hour + timedelta(hours=1)
+
+
+def forecast_issue_times(config: SimulationConfig,
+                         every_hours: int = FORECAST_EVERY_HOURS) -> Iterator[datetime]:
+    """When the run issues forecasts: each UTC hour divisible by `every_hours` within its
+    window (without end for an endless --realtime run)."""
+    first = _first_hour(config)
+    span_h = config.steps * config.interval.total_seconds() / 3600
+    offset_h = (first - config.start).total_seconds() / 3600
+    hour = -first.hour % every_hours
+    while offset_h + hour < span_h:
+        yield first + timedelta(hours=hour)
+        hour += every_hours
+
+
+def forecast_issues(
+    config: SimulationConfig, every_hours: int = FORECAST_EVERY_HOURS,
+    hours: int = FORECAST_HOURS, error_scale: float = 1.0,
+) -> Iterator[WeatherForecast]:
+    """The forecasts a run issues (`forecast_issue_times`, then site order), each from the
+    weather its readings (`generate`) follow.
+
+    The weather moves at the hours counted from the run's start; counted from its first UTC
+    hour instead, a whole hour k after it has weather hour k too, so `forecast_weather`
+    forecasts UTC hours from exactly the weather the readings of those hours have."""
+    first = _first_hour(config)
+    sites = [SiteProfile.draw(config.seed, i) for i in range(config.sites)]
+    errors = [np.random.default_rng([config.seed, i, _FORECAST_STREAM])
+              for i in range(config.sites)]
+    site_ids = config.site_ids()
+    for site in sites:
+        site.advance_weather(0)  # the first step, as `generate` takes it at the first reading
+    for issued_at in forecast_issue_times(config, every_hours):
+        hour_index = int((issued_at - first) / timedelta(hours=1))
+        for si, site in enumerate(sites):
+            site.advance_weather(hour_index)
+            yield forecast_weather(site, site_ids[si], first, hour_index, hours, errors[si],
+                                   error_scale)

@@ -94,7 +94,7 @@ class SeedModel:
         """Smoothed [target, *past, *future] of rows 0..stop-1, shape (stop, columns)."""
         cols = [frame.target[:stop]]
         cols += [frame.past[name][:stop] for name in self.past]
-        cols += [frame.future[name][:stop] for name in self.future]
+        cols += [frame.future_column(name)[:stop] for name in self.future]
         return np.stack([smooth(c) for c in cols], axis=1)
 
     def feature_names(self) -> list[str]:
@@ -162,6 +162,7 @@ class SeedModel:
         n_past = len(self.past)
         steps = int(horizons.max())
         rows = history[-WINDOW:].copy()
+        future = [frame.future_column(name) for name in self.future]
         predicted: list[float] = []
         while len(predicted) < steps:
             x = rows[-WINDOW:].ravel()[None, :]
@@ -170,9 +171,9 @@ class SeedModel:
                 t = origin + len(predicted)
                 row = rows[-1].copy()
                 row[0] = value  # the chained target; past covariates stay as last known
-                for j, name in enumerate(self.future):
-                    if t < len(frame) and not np.isnan(frame.future[name][t]):
-                        row[1 + n_past + j] = frame.future[name][t]
+                for j, values in enumerate(future):
+                    if t < len(frame) and not np.isnan(values[t]):
+                        row[1 + n_past + j] = values[t]
                 rows = np.vstack([rows, row])
                 predicted.append(value)
         p50 = np.array(predicted)[horizons - 1]

@@ -1,0 +1,479 @@
+"""Issue #20's comparison table: ours, ours with weather forecasts, OpenSTEF, naive, seed.
+
+    python -m energy_harness.bench.compare --out bench/forecast-compare.json \
+        --md bench/forecast-compare.md
+
+On every dev benchmark (`taylor`; the two eemeter samples with outdoor temperature, see
+`datasets`) and one protocol for every row: day-ahead forecasts (24 h) from 00:00 UTC
+every day over the last `--weeks` weeks (at most the last half of the data), refit every
+168 h on everything before the origin, scored by `metrics.score` against naive 168 h on
+the same points. The rows:
+
+- `ours`: the `default` model on the load alone;
+- `ours + weather forecasts`: the same model given temperature *forecasts as issued*
+  (`weather_forecasts`: the measured temperature plus the lead-time error of
+  `simulation.signals`, issued every 6 h for 48 h), each origin reading only issues made
+  before it; only on data with temperature. The margin is its MASE against `ours`;
+- `OpenSTEF`: its preset (`openstef_peer`, `openstef_runner`) on the load alone, in its
+  own Python 3.12 virtualenv; if that cannot be made or run, its row says why;
+- `naive168` (the MASE reference, so 1.000) and `seed` (the seed recipe).
+
+The same file records the default model's training time on one year of hourly data
+(`forecast.training_and_latency`) and, when `bench/serving.json` exists (`make bench` writes
+it first), its training and Forecast RPC figures, copied with the file's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from energy_pipeline.forecasting.backtest import BacktestConfig
+from energy_pipeline.forecasting.commands import compare
+from energy_pipeline.forecasting.csvio import read_hourly_csv
+from energy_pipeline.forecasting.frame import HourlyFrame
+from energy_pipeline.forecasting.issued import IssuedSeries
+from energy_pipeline.simulation import signals
+
+from energy_harness.bench.forecast import machine, training_and_latency
+from energy_harness.bench.openstef_peer import (
+    EVERY,
+    HORIZON,
+    OPENSTEF_VERSION,
+    RETRAIN_EVERY,
+    PeerSettings,
+    datasets_named,
+    ensure_openstef_venv,
+    first_origin_index,
+    installed_openstef,
+    load_dataset,
+    model_entry,
+    protocol_config,
+    run_openstef,
+    score_peer,
+)
+
+OURS, WEATHER, OPENSTEF, NAIVE, SEED = (
+    "ours",
+    "ours + weather forecasts",
+    "OpenSTEF",
+    "naive168",
+    "seed",
+)
+ROWS = (OURS, WEATHER, OPENSTEF, NAIVE, SEED)
+MODEL_OF = {OURS: "default", WEATHER: "default", NAIVE: "naive168", SEED: "seed"}
+FORECAST_COLUMN = "temperature_forecast"
+# Issue #20's targets; bench figures, not timed tests.
+MASE_RATIO_MAX = 0.9
+COVERAGE_MIN, COVERAGE_MAX = 0.78, 0.82
+DEFAULT_DATASETS = "taylor,eemeter"
+
+
+# --- simulated weather forecasts --------------------------------------------------------
+
+
+def weather_forecasts(
+    times: np.ndarray,
+    temperature: np.ndarray,
+    rng: np.random.Generator,
+    issue_every: int = 6,
+    leads: int = 48,
+    error_scale: float = 1.0,
+) -> IssuedSeries:
+    """Temperature forecasts as a weather service would have issued them over `times`.
+
+    An issue at each `issue_every`-th hour covers the next `leads` hours: the measured
+    temperature plus the error model of `simulation.signals.forecast_weather` (standard
+    deviation `forecast_error_sd(lead)`, AR(1) across leads with its phi), so the
+    simulator's forecasts and these err alike; that function runs a simulated site's
+    weather ahead and cannot take a measured series. Hours past the data or without a
+    measurement are not forecast.
+    """
+    hours = np.asarray(times).astype("datetime64[h]")
+    values = np.asarray(temperature, dtype=np.float64)
+    issues = np.arange(0, len(hours), issue_every)
+    lead = np.arange(1, leads + 1)
+    phi = signals.FORECAST_ERROR_PHI
+    z = np.empty((len(issues), leads))
+    z[:, 0] = rng.standard_normal(len(issues))
+    innovation = math.sqrt(1 - phi**2)
+    for k in range(1, leads):
+        z[:, k] = phi * z[:, k - 1] + innovation * rng.standard_normal(len(issues))
+    sd = np.array([signals.forecast_error_sd(int(h)) for h in lead])
+    target = issues[:, None] + lead[None, :]
+    inside = target < len(hours)
+    truth = np.where(inside, values[np.minimum(target, len(hours) - 1)], np.nan)
+    forecast = truth + error_scale * sd[None, :] * z
+    issued_at = np.broadcast_to(hours[issues][:, None], target.shape)
+    valid = hours[0] + target.astype("timedelta64[h]")
+    return IssuedSeries(
+        issued_at[inside].astype("datetime64[s]"), valid[inside], forecast[inside]
+    )
+
+
+def forecast_error_by_lead(series: IssuedSeries, frame_times: np.ndarray,
+                           temperature: np.ndarray) -> dict[int, float]:
+    """RMSE of the issued forecasts against the measurement, per lead hour (for the record)."""
+    start = np.asarray(frame_times).astype("datetime64[h]")[0]
+    index = (series.valid_time - start).astype(np.int64)
+    lead = ((series.valid_time.astype("datetime64[s]") - series.issued_at)
+            // np.timedelta64(1, "h")).astype(np.int64)
+    error = series.values - np.asarray(temperature, dtype=np.float64)[index]
+    return {
+        int(h): round(float(np.sqrt(np.nanmean(error[lead == h] ** 2))), 3)
+        for h in (1, 6, 12, 24, 48)
+        if np.any(lead == h)
+    }
+
+
+# --- the table: pure --------------------------------------------------------------------
+
+
+def ratio(ours: float | None, peer: float | None) -> float | None:
+    """Ours over the peer's (below 1: ours is better); None without both."""
+    if ours is None or peer is None or math.isnan(ours) or math.isnan(peer) or peer == 0:
+        return None
+    return ours / peer
+
+
+def weather_margin(without: float | None, with_forecasts: float | None) -> dict[str, Any] | None:
+    """MASE without and with weather forecasts on the same origins, and the relative gain
+    (positive: the forecasts help)."""
+    if without is None or with_forecasts is None or math.isnan(without) or without == 0:
+        return None
+    return {
+        "mase_without": without,
+        "mase_with": with_forecasts,
+        "relative_gain": (without - with_forecasts) / without,
+    }
+
+
+@dataclass(frozen=True)
+class Row:
+    dataset: str
+    label: str
+    mase: float | None
+    mae: float | None
+    coverage: float | None
+    ratio_to_openstef: float | None
+    note: str = ""
+
+
+def _metric(entry: Mapping[str, Any] | None, key: str) -> float | None:
+    value = None if entry is None else entry.get(key)
+    return None if value is None or math.isnan(float(value)) else float(value)
+
+
+def table_rows(name: str, result: Mapping[str, Any]) -> list[Row]:
+    """The five rows of one dataset, in `ROWS` order; a row without figures says why.
+
+    `result["rows"]` maps each label to its metrics (`Metrics.as_dict()` keys) or to
+    `{"not_run": reason}`; a label missing altogether is an error, not a blank row.
+    """
+    entries = result["rows"]
+    missing = [label for label in ROWS if label not in entries]
+    if missing:
+        raise ValueError(f"{name}: no row for {missing}")
+    peer = _metric(entries[OPENSTEF], "mase")
+    rows = []
+    for label in ROWS:
+        entry = entries[label]
+        mase = _metric(entry, "mase")
+        rows.append(
+            Row(
+                dataset=name,
+                label=label,
+                mase=mase,
+                mae=_metric(entry, "mae"),
+                coverage=_metric(entry, "coverage_p10_p90"),
+                ratio_to_openstef=None if label == OPENSTEF else ratio(mase, peer),
+                note=str(entry.get("not_run", "")),
+            )
+        )
+    return rows
+
+
+def checks(rows: Sequence[Row]) -> dict[str, bool | None]:
+    """Issue #20's targets on one dataset; None where a figure is missing."""
+    by = {row.label: row for row in rows}
+    ours, weather = by[OURS], by[WEATHER]
+    gain = weather_margin(ours.mase, weather.mase)
+    return {
+        f"mase_ratio_le_{MASE_RATIO_MAX}": None
+        if ours.ratio_to_openstef is None
+        else ours.ratio_to_openstef <= MASE_RATIO_MAX,
+        "coverage_78_82": None
+        if ours.coverage is None
+        else COVERAGE_MIN <= ours.coverage <= COVERAGE_MAX,
+        "weather_forecasts_help": None if gain is None else gain["relative_gain"] > 0,
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _margin_cell(rows: Sequence[Row], row: Row) -> str:
+    if row.label != WEATHER:
+        return ""
+    ours = next(r for r in rows if r.label == OURS)
+    gain = weather_margin(ours.mase, row.mase)
+    if gain is None:
+        return "n/a"
+    return (f"{gain['mase_without']:.3f} → {gain['mase_with']:.3f} "
+            f"({100 * gain['relative_gain']:+.1f} %)")
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The comparison as markdown: one table per dataset, the protocol, the commands and
+    the machine."""
+    lines = [
+        "# Forecast comparison (issue #20)",
+        "",
+        f"Protocol: {report['protocol']}",
+        "",
+    ]
+    for name, result in report["datasets"].items():
+        rows = table_rows(name, result)
+        config = result["config"]
+        lines += [
+            f"## {name}",
+            "",
+            f"{result['description']}. {config['origins']} origins "
+            f"{config['first_origin']} .. {config['last_origin']}, "
+            f"{config['history_before_first_origin_hours']} h of history before the first.",
+            "",
+            "| model | MASE | MAE | P10-P90 coverage | MASE / OpenSTEF's | weather margin "
+            "(MASE without → with) | note |",
+            "|---|---:|---:|---:|---:|---|---|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row.label} | {_fmt(row.mase, '.3f')} | {_fmt(row.mae, '.4g')} | "
+                + ("n/a" if row.coverage is None else f"{100 * row.coverage:.1f} %")
+                + f" | {'' if row.label == OPENSTEF else _fmt(row.ratio_to_openstef, '.2f')} | "
+                f"{_margin_cell(rows, row)} | {row.note} |"
+            )
+        verdict = ", ".join(
+            f"{k}: {'n/a' if v is None else 'yes' if v else 'NO'}"
+            for k, v in result["checks"].items()
+        )
+        lines += ["", f"Targets: {verdict}.", ""]
+    training = report.get("training")
+    if training:
+        lines += [
+            "## Training time",
+            "",
+            f"Default model on {training['data']}: best of {len(training['seconds'])} fits "
+            f"{training['best_seconds']:.2f} s (target < {training['target_seconds']:.0f} s).",
+            "",
+        ]
+    latency = report.get("latency_in_process")
+    if latency:
+        lines += [
+            f"In-process forecast (`forecast_window`, no gRPC), horizons 1..168: p50 "
+            f"{latency['horizons_1_168']['p50_ms']} ms, p99 {latency['horizons_1_168']['p99_ms']}"
+            " ms over "
+            f"{latency['horizons_1_168']['calls']} calls; the Forecast RPC is `bench.serving`'s.",
+            "",
+        ]
+    serving = report.get("serving")
+    if serving:
+        lines += [
+            f"From `{serving['file']}` (written {serving['written']}): `energy-pipeline train` "
+            f"final fit {serving['final_fit_seconds']} s; Forecast RPC p99 "
+            f"{serving['rpc_p99_ms']} ms for horizons 1..168 (target < 20 ms).",
+            "",
+        ]
+    lines += ["## Commands", "", "```", *report["commands"], "```", "", "## Machine", "",
+              "```", report["uname"], f"nproc: {report['machine']['cores']}",
+              f"load average at start: {report['machine']['load_average_at_start']}", "```", ""]
+    return "\n".join(lines)
+
+
+# --- running it -------------------------------------------------------------------------
+
+
+def _not_run(reason: str) -> dict[str, str]:
+    # One line for the table cell; the JSON keeps the whole reason.
+    return {"not_run": reason.strip().splitlines()[0][:200] if reason.strip() else "failed",
+            "detail": reason.strip()[-3000:]}
+
+
+def openstef_peer(
+    venv: Path | None, train_days: int, base_python: str | None = None
+) -> PeerSettings | str:
+    """The peer's settings, or why it cannot run (the table's OpenSTEF rows say it)."""
+    try:
+        python = ensure_openstef_venv(venv, base_python)
+    except SystemExit as error:
+        return str(error.code)
+    return PeerSettings(python, train_days)
+
+
+def bench_dataset(
+    name: str, weeks: int, peer: PeerSettings | str, seed: int, workdir: Path
+) -> dict[str, Any]:
+    data = load_dataset(name, workdir)
+    covariates = [data.temperature] if data.temperature else []
+    frame = read_hourly_csv(data.csv, data.time_col, data.target_col, future_covariates=covariates)
+    # The plain frame: the measured temperature is no row's input; only forecasts are.
+    plain = HourlyFrame(frame.times, frame.target)
+    used, start = first_origin_index(plain, weeks)
+    config = BacktestConfig(HORIZON, EVERY, RETRAIN_EVERY, start)
+    results, metrics = compare(plain, ["default", "seed", "naive168"], config, stderr=sys.stderr)
+    reference = results["naive168"]
+    rows: dict[str, Any] = {
+        label: model_entry(metrics[MODEL_OF[label]], results[MODEL_OF[label]])
+        for label in (OURS, NAIVE, SEED)
+    }
+    weather: dict[str, Any] = {}
+    if data.temperature:
+        measured = frame.future[data.temperature]
+        issued = weather_forecasts(frame.times, measured, np.random.default_rng(seed))
+        with_forecasts = replace(plain, issued={FORECAST_COLUMN: issued})
+        results_w, metrics_w = compare(
+            with_forecasts, ["default"], config, future=[FORECAST_COLUMN], stderr=sys.stderr
+        )
+        if not np.array_equal(results_w["default"].origin, results["default"].origin):
+            raise ValueError(f"{name}: the runs with and without forecasts differ in origins")
+        rows[WEATHER] = model_entry(metrics_w["default"], results_w["default"])
+        weather = {
+            "column": FORECAST_COLUMN,
+            "simulation": "measured temperature + simulation.signals' lead-time error "
+            "(sd 0.5 + 0.8*sqrt(lead/24) degC, AR(1) phi 0.9 across leads), issued every 6 h "
+            "for 48 h; each origin reads the newest issue before it",
+            "seed": seed,
+            "issues": len(np.unique(issued.issued_at)),
+            "rmse_by_lead_degC": forecast_error_by_lead(issued, frame.times, measured),
+        }
+    else:
+        rows[WEATHER] = _not_run("no temperature in this dataset")
+    if isinstance(peer, str):
+        rows[OPENSTEF] = _not_run(f"OpenSTEF {OPENSTEF_VERSION} venv could not be made: {peer}")
+    else:
+        try:
+            forecasts, facts = run_openstef(peer, plain, config, data.site, None, workdir)
+            rows[OPENSTEF] = {**score_peer(forecasts, reference).as_dict(), **facts}
+        except (SystemExit, ValueError, OSError) as error:
+            reason = str(error.code) if isinstance(error, SystemExit) else str(error)
+            rows[OPENSTEF] = _not_run(f"OpenSTEF run failed: {reason}")
+    result: dict[str, Any] = {
+        "dataset": data.meta,
+        "description": describe(data.meta),
+        "config": protocol_config(
+            plain, used, start, reference,
+            None if isinstance(peer, str) else peer.train_days or "all",
+        ),
+        "rows": rows,
+        "weather_forecasts": weather,
+    }
+    table = table_rows(name, result)
+    result["ratio_ours_to_openstef"] = next(r.ratio_to_openstef for r in table if r.label == OURS)
+    result["weather_margin"] = weather_margin(rows[OURS]["mase"], _metric(rows[WEATHER], "mase"))
+    result["checks"] = checks(table)
+    return result
+
+
+def describe(meta: Mapping[str, Any]) -> str:
+    if meta["name"] == "taylor":
+        return ("Taylor (2003): England & Wales electricity demand, 5 June - 27 August 2000, "
+                "half-hourly MW averaged to hourly (pmdarima.datasets); no temperature")
+    if "wheel" not in meta:
+        return str(meta["name"])
+    return (f"{meta['name']} ({meta['wheel']['file']}, {meta['unit']}, {meta['days']} days "
+            f"from {meta['from']}, hourly, with outdoor temperature): {meta['provenance']}")
+
+
+def serving_figures(path: Path) -> dict[str, Any] | None:
+    """Training and Forecast RPC figures of `bench.serving`'s report, if it was written."""
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    written = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "file": str(path),
+        "written": written,
+        "final_fit_seconds": report["training"]["final_fit_seconds"],
+        "rpc_p99_ms": report["serving"]["horizons_1_168"]["sequential"]["p99_ms"],
+        "rpc_p50_ms": report["serving"]["horizons_1_168"]["sequential"]["p50_ms"],
+        "machine": report.get("machine"),
+    }
+
+
+def uname() -> str:
+    try:
+        return subprocess.run(["uname", "-a"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return " ".join(platform.uname())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m energy_harness.bench.compare")
+    parser.add_argument("--dataset", default=DEFAULT_DATASETS, help="taylor, eemeter, eemeter:<id>")
+    parser.add_argument("--out", type=Path, default=Path("bench/forecast-compare.json"))
+    parser.add_argument("--md", type=Path, default=Path("bench/forecast-compare.md"))
+    parser.add_argument("--weeks", type=int, default=13, help="weeks of daily origins")
+    parser.add_argument("--train-days", type=int, default=90,
+                        help="OpenSTEF's training window (0: all history)")
+    parser.add_argument("--venv", type=Path, default=None, help="OpenSTEF virtualenv")
+    parser.add_argument("--seed", type=int, default=20, help="of the weather forecast errors")
+    parser.add_argument("--fit-repeats", type=int, default=3, help="training-time fits")
+    parser.add_argument("--serving-json", type=Path, default=Path("bench/serving.json"))
+    args = parser.parse_args(argv)
+    names = datasets_named(args.dataset)
+    command = "python -m energy_harness.bench.compare " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    peer = openstef_peer(args.venv, args.train_days)
+    report: dict[str, Any] = {
+        "command": command,
+        "commands": ["make bench-openstef", command.strip()],
+        "machine": machine(),
+        "uname": uname(),
+        "protocol": (
+            f"day-ahead ({HORIZON} h) from 00:00 UTC every {EVERY} h over the last weeks of "
+            f"each series, refit every {RETRAIN_EVERY} h on the hours before the origin, the "
+            "same origins for every row; MASE against naive 168 h on the same points"
+        ),
+        "openstef": {"version": OPENSTEF_VERSION, "error": peer}
+        if isinstance(peer, str)
+        else {"venv": str(peer.python.parent.parent), "version": installed_openstef(peer.python),
+              "model": peer.model, "train_days": peer.train_days},
+        "datasets": {},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            print(f"{name} ...", file=sys.stderr)
+            report["datasets"][name] = bench_dataset(name, args.weeks, peer, args.seed, Path(tmp))
+            # After each dataset, so a long run that fails later keeps what it measured.
+            args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print("training on one year of hourly data ...", file=sys.stderr)
+    timing = training_and_latency(args.fit_repeats, 200)
+    report["training"] = timing["training"]
+    report["latency_in_process"] = timing["latency"]
+    report["serving"] = serving_figures(args.serving_json)
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    markdown = render_markdown(report)
+    args.md.write_text(markdown)
+    print(markdown)
+    print(f"wrote {args.out} and {args.md}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
