@@ -762,7 +762,7 @@ def test_deleting_removes_children_and_keeps_topics(pipeline: Pipeline) -> None:
     pipeline.kube.kubectl("delete", "energypipeline", "demo", "-n", pipeline.namespace,
                           "--wait=true", "--timeout=30s")
     wait_for(lambda: not pipeline.children(), 30, "the garbage collector to remove children")
-    assert len(pipeline.topics()) == 6
+    assert len(pipeline.topics()) == 7
     assert schema_version(pipeline.database_url) == latest_version()
 
 
@@ -771,7 +771,7 @@ def test_delete_topics_on_delete_uses_a_finalizer(pipeline: Pipeline) -> None:
     pipeline.wait_ready()
     wait_for(lambda: pipeline.get()["metadata"].get("finalizers"), 10, "the finalizer")
     assert pipeline.get()["metadata"]["finalizers"] == ["energy.pipeline.dev/delete-topics"]
-    assert len(pipeline.topics()) == 6
+    assert len(pipeline.topics()) == 7
 
     # Switched off again, the finalizer goes away (deletion no longer waits for us)...
     pipeline.patch({"kafka": {"deleteTopicsOnDelete": False}})

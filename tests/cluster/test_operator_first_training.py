@@ -299,6 +299,28 @@ def test_first_training_starts_once_enough_history_is_stored(
     denied = [line for line in operator.log_text().splitlines() if "is forbidden" in line]
     assert not denied, denied[:3]
 
+    # Ingest records what a site's newest forecast lacked; the status names it (the API
+    # server keeps only fields the CRD's status schema declares) and drops it once none is.
+    def record_missing(site: str, missing: list[str]) -> None:
+        with psycopg2.connect(pipeline.database_url) as conn, conn.cursor() as cur:
+            cur.execute(
+                """INSERT INTO forecast_sites (site_id, watermark, closed_through,
+                                              missing_inputs, inputs_origin)
+                   VALUES (%s, now(), now(), %s, now())
+                   ON CONFLICT (site_id) DO UPDATE SET missing_inputs = EXCLUDED.missing_inputs""",
+                (site, missing))
+        conn.close()
+
+    record_missing("site-a", [])
+    record_missing("site-b", ["weather_forecast"])
+    body = pipeline.wait_until(lambda b: "missingInputs" in b["status"], 30,
+                               "status.missingInputs")
+    assert body["status"]["missingInputs"] == [
+        {"input": "weather_forecast", "sites": 1, "siteNames": ["site-b"]}]
+    record_missing("site-b", [])
+    pipeline.wait_until(lambda b: "missingInputs" not in b["status"], 30,
+                        "status.missingInputs gone")
+
 
 def test_a_failed_first_training_is_reported_with_its_logs_and_retried_later(
     pipeline: Pipeline, kube: KubeControlPlane
