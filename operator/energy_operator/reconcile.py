@@ -469,6 +469,8 @@ def reconcile_topic_configs(admin: AdminClient, config: Mapping[str, str], names
                             outcome: Outcome) -> None:
     """Keep the spec's topic settings (min.insync.replicas) on topics that already exist: a
     topic made by an earlier release, or by hand, converges to the spec."""
+    if not names:  # (the admin client refuses an empty question)
+        return
     for key, want in config.items():
         try:
             drift = config_drift(topic_config(admin, names, key, timeout=KAFKA_TIMEOUT), want)
@@ -533,8 +535,12 @@ def reconcile_topics(admin: AdminClient | None, spec: Mapping[str, Any], change:
             if to_create or grown:
                 current = describe_topics(admin, list(names), timeout=KAFKA_TIMEOUT)
                 plans = [plan_topic(s, current.get(s.name)) for s in specs]
-            reconcile_topic_configs(admin, specs[0].config, [n for n in names if n in current],
-                                    outcome)
+            # Topics made just now carry the spec's config already, and describing their
+            # configs at once can fail while their metadata spreads (a needless Degraded).
+            made = {p.spec.name for p in to_create}
+            reconcile_topic_configs(
+                admin, specs[0].config, [n for n in names if n in current and n not in made],
+                outcome)
     except (KafkaException, TimeoutError, RuntimeError) as exc:
         outcome.problem(
             "KafkaUnreachable",
