@@ -21,7 +21,7 @@ from energy_harness.localstack.process import free_port
 from energy_harness.pki import grpc_tls_env
 from energy_harness.testing import wait_for
 from energy_pipeline.cli import build_parser
-from energy_pipeline.forecasting.hourly_db import read_window
+from energy_pipeline.forecasting.hourly_db import read_site_weather, read_window
 from energy_pipeline.forecasting.models import load_model
 from energy_pipeline.forecasting.window import forecast_window
 from energy_pipeline.simulation.commands import config_from_args
@@ -203,11 +203,15 @@ def test_forecasts_for_every_closed_hour_survive_inference_outages(pipeline: Pip
         for site, (version, metrics) in models.items():
             artifact = scalar(dsn, "SELECT artifact FROM models WHERE version = %s", version)
             model = load_model(artifact)  # type: ignore[arg-type]
+            # The simulator published weather forecasts: `train` fitted the model with them,
+            # and ingest sent each origin the forecast as it stood before it.
+            assert model.future == ("temperature", "humidity")  # type: ignore[attr-defined]
             for origin_hour in (24, 200, PHASE1_HOURS - 1, PHASE1_HOURS + 10,
                                 PHASE1_HOURS + PHASE2_HOURS - 2):
                 origin = START + timedelta(hours=origin_hour)
+                weather = read_site_weather(conn, site, origin - timedelta(days=1), origin)
                 offline = forecast_window(model, read_window(conn, site, origin, HISTORY),
-                                          range(1, HORIZONS + 1))
+                                          range(1, HORIZONS + 1), issued=weather)
                 with conn.cursor() as cur:
                     cur.execute(
                         """SELECT horizon, p10, p50, p90, model_version FROM forecasts
