@@ -44,8 +44,8 @@ WORKERS = ("bridge", "ingest", "inference", "train", "api")
 # list equal to them; importing the model here would pull LightGBM into the operator).
 MODEL_PARAMETERS = (
     "num_boost_round", "early_stopping_rounds", "learning_rate", "num_leaves",
-    "min_data_in_leaf", "feature_fraction", "bagging_fraction", "lambda_l2", "max_rows",
-    "holdout_hours", "min_train_hours", "min_window_hours", "num_threads", "seed",
+    "min_data_in_leaf", "feature_fraction", "bagging_fraction", "lambda_l2", "anchor_hours",
+    "max_rows", "holdout_hours", "min_train_hours", "min_window_hours", "num_threads", "seed",
     "issued_dropout",
 )
 

@@ -1,46 +1,64 @@
 """The issue #20 comparison table (energy_harness.bench.compare): ratio and margin the right
-way round, every row present, a peer that cannot run said in its row, and weather forecasts
-that err as the simulator's do and are issued before the hours they name."""
+way round, every row present, OpenSTEF on its preset's window and on all history with the
+ratio against the better of the two, a window that covers all history run once and said so,
+a peer that cannot run said in its row, and weather forecasts that err as the simulator's
+do and are issued before the hours they name."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from energy_harness.bench import compare
+from energy_harness.bench import openstef_runner as runner
 from energy_harness.bench.compare import (
     NAIVE,
-    OPENSTEF,
+    OPENSTEF_ALL,
     OURS,
-    ROWS,
     SEED,
     WEATHER,
+    PeerRow,
+    best_openstef,
     checks,
+    last_refit,
+    peer_rows,
     ratio,
     render_markdown,
     table_rows,
     weather_forecasts,
     weather_margin,
 )
-from energy_harness.bench.openstef_peer import Dataset, write_runner_csv
+from energy_harness.bench.openstef_peer import (
+    Dataset,
+    ForecastRows,
+    PeerSettings,
+    write_runner_csv,
+)
+from energy_pipeline.forecasting.backtest import BacktestConfig
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.simulation.signals import forecast_error_sd
 
 pytestmark = pytest.mark.unit
+
+P90 = "OpenSTEF (90 days)"
+ROWS = (OURS, WEATHER, P90, OPENSTEF_ALL, NAIVE, SEED)
 
 
 def entry(mase: float, mae: float = 1.0, coverage: float = 0.8) -> dict[str, float]:
     return {"mase": mase, "mae": mae, "coverage_p10_p90": coverage}
 
 
-def result(**rows: dict[str, Any]) -> dict[str, Any]:
+def result(peers: tuple[str, ...] = (P90, OPENSTEF_ALL), **rows: dict[str, Any]) -> dict[str, Any]:
+    """One dataset's result; OpenSTEF (90 days) 0.80, all history 0.85 unless given."""
     table = {
         OURS: entry(0.60, coverage=0.80),
         WEATHER: entry(0.54, coverage=0.79),
-        OPENSTEF: entry(0.80, coverage=0.30),
+        P90: entry(0.80, coverage=0.30),
+        OPENSTEF_ALL: entry(0.85, coverage=0.25),
         NAIVE: entry(1.0, coverage=0.70),
         SEED: entry(0.90, coverage=0.0),
     }
@@ -50,7 +68,9 @@ def result(**rows: dict[str, Any]) -> dict[str, Any]:
         "config": {"origins": 7, "first_origin": "2025-01-01T00:00:00Z",
                    "last_origin": "2025-01-07T00:00:00Z",
                    "history_before_first_origin_hours": 1000},
-        "rows": table,
+        "openstef_rows": list(peers),
+        "rows": {label: value for label, value in table.items()
+                 if label in peers or not label.startswith("OpenSTEF")},
     }
 
 
@@ -98,16 +118,59 @@ def test_rows_come_in_order_with_the_ratio_against_openstef() -> None:
     assert by[OURS].ratio_to_openstef == pytest.approx(0.75)  # 0.60 / 0.80, not 0.80 / 0.60
     assert by[WEATHER].ratio_to_openstef == pytest.approx(0.54 / 0.80)
     assert by[NAIVE].ratio_to_openstef == pytest.approx(1.25)
-    assert by[OPENSTEF].ratio_to_openstef is None
+    assert by[P90].ratio_to_openstef is None and by[OPENSTEF_ALL].ratio_to_openstef is None
+    assert [r.label for r in rows if r.is_openstef] == [P90, OPENSTEF_ALL]
     assert checks(rows) == {"mase_ratio_le_0.9": True, "coverage_78_82": True,
                             "weather_forecasts_help": True}
+
+
+def test_the_ratio_and_the_target_are_against_the_stronger_openstef() -> None:
+    """eemeter IL as measured: ours 0.688, OpenSTEF 0.837 on 90 days, 0.748 on all history.
+    Against the 90-day row the target holds (0.82); against the stronger it does not (0.92)."""
+    data = result(**{OURS: entry(0.688), P90: entry(0.837), OPENSTEF_ALL: entry(0.748)})
+    assert best_openstef(data) == OPENSTEF_ALL
+    rows = table_rows("x", data)
+    by = {r.label: r for r in rows}
+    assert by[OURS].ratio_to_openstef == pytest.approx(0.688 / 0.748)
+    assert by[NAIVE].ratio_to_openstef == pytest.approx(1 / 0.748)
+    assert checks(rows)["mase_ratio_le_0.9"] is False
+    only_preset = result(**{OURS: entry(0.688), P90: entry(0.837),
+                            OPENSTEF_ALL: {"not_run": "OpenSTEF run failed: exit 1"}})
+    assert best_openstef(only_preset) == P90
+    assert checks(table_rows("x", only_preset))["mase_ratio_le_0.9"] is True
+
+
+def test_the_best_openstef_is_the_lower_mase_that_ran_and_the_first_on_a_tie() -> None:
+    assert best_openstef(result()) == P90  # 0.80 < 0.85
+    assert best_openstef(result(**{OPENSTEF_ALL: entry(0.79)})) == OPENSTEF_ALL
+    assert best_openstef(result(**{OPENSTEF_ALL: entry(0.80)})) == P90
+    assert best_openstef(result(**{P90: entry(math.nan)})) == OPENSTEF_ALL
+    neither = result(**{P90: {"not_run": "a"}, OPENSTEF_ALL: {"not_run": "b"}})
+    assert best_openstef(neither) is None
+    assert {r.ratio_to_openstef for r in table_rows("x", neither)} == {None}
+    assert best_openstef(result(peers=(OPENSTEF_ALL,))) == OPENSTEF_ALL
+
+
+def test_openstef_runs_twice_only_when_some_fit_has_more_history_than_the_window() -> None:
+    # Taylor: 2016 hourly rows, first origin at 1008 (42 days), refits every 168 h.
+    assert last_refit(2016, 1008) == 1008 + 5 * 168
+    taylor = peer_rows(90, last_refit(2016, 1008))
+    assert taylor == [PeerRow(P90, 90), PeerRow(OPENSTEF_ALL, 0, same_as=P90)]
+    # 90 days exactly is still the whole history; one hour more is not.
+    assert peer_rows(90, 90 * 24)[1].same_as == P90
+    assert peer_rows(90, 90 * 24 + 1) == [PeerRow(P90, 90), PeerRow(OPENSTEF_ALL, 0)]
+    assert peer_rows(30, 1848) == [PeerRow("OpenSTEF (30 days)", 30), PeerRow(OPENSTEF_ALL, 0)]
+    # --train-days 0: the preset row is all history itself.
+    assert peer_rows(0, 17226) == [PeerRow(OPENSTEF_ALL, 0)]
+    with pytest.raises(ValueError, match="no origin"):
+        last_refit(100, 90)
 
 
 @pytest.mark.parametrize("label", ROWS)
 def test_a_missing_row_is_an_error_not_a_blank(label: str) -> None:
     data = result()
     del data["rows"][label]
-    with pytest.raises(ValueError, match=label.replace("+", r"\+")):
+    with pytest.raises(ValueError, match=re.escape(label)):
         table_rows("x", data)
 
 
@@ -122,7 +185,12 @@ def test_markdown_has_every_row_the_ratio_the_margin_and_the_machine() -> None:
     assert text.count("| ours | 0.600 |") == 2
     for label in ROWS:
         assert text.count(f"| {label} |") == 2, label
-    assert "| 0.75 |" in text  # ours / OpenSTEF
+    assert text.count("| MASE / best OpenSTEF's |") == 2
+    assert "| 0.75 |" in text  # ours / OpenSTEF (90 days)
+    assert "| OpenSTEF (90 days) | 0.800 | 1 | 30.0 % |  |  |  |" in text
+    assert "| OpenSTEF (all history) | 0.850 | 1 | 25.0 % |  |  |  |" in text
+    assert text.count("MASE / best OpenSTEF's divides by OpenSTEF (90 days)'s MASE 0.800, "
+                      "the lower MASE of the 2 OpenSTEF rows.") == 2
     assert "0.600 → 0.540 (+10.0 %)" in text
     assert "80.0 %" in text and "30.0 %" in text
     assert "Linux test 1.0 x86_64" in text and "nproc: 2" in text
@@ -133,15 +201,62 @@ def test_markdown_has_every_row_the_ratio_the_margin_and_the_machine() -> None:
     assert "Forecast RPC p99 6.7 ms" in text and "written 2026-12-04T03:20:00Z" in text
 
 
+def test_markdown_names_the_stronger_openstef_row() -> None:
+    data = result(**{OURS: entry(0.688), P90: entry(0.837), OPENSTEF_ALL: entry(0.748)})
+    text = render_markdown(report({"il": data}))
+    assert "| ours | 0.688 | 1 | 80.0 % | 0.92 |" in text
+    assert ("MASE / best OpenSTEF's divides by OpenSTEF (all history)'s MASE 0.748, the lower "
+            "MASE of the 2 OpenSTEF rows.") in text
+    assert "mase_ratio_le_0.9: NO" in text
+
+
+def test_a_window_that_covers_all_history_runs_once_and_the_other_row_says_so() -> None:
+    same = {"not_run": "not run: the same fits as OpenSTEF (90 days), since no refit had "
+            "more than 90 days of history", "same_as": P90, "train_days": 0}
+    data = result(**{OURS: entry(0.52), P90: entry(0.999), OPENSTEF_ALL: same})
+    rows = table_rows("taylor", data)
+    by = {r.label: r for r in rows}
+    assert by[OPENSTEF_ALL].mase is None and by[OURS].ratio_to_openstef == pytest.approx(
+        0.52 / 0.999)
+    text = render_markdown(report({"taylor": data}))
+    assert ("| OpenSTEF (all history) | n/a | n/a | n/a |  |  | not run: the same fits as "
+            "OpenSTEF (90 days)") in text
+    assert ("MASE / best OpenSTEF's divides by OpenSTEF (90 days)'s MASE 0.999, the only "
+            "OpenSTEF row that ran.") in text
+
+
+def test_a_single_all_history_row_with_train_days_0() -> None:
+    data = result(peers=(OPENSTEF_ALL,), **{OPENSTEF_ALL: entry(0.75)})
+    rows = table_rows("x", data)
+    assert [r.label for r in rows] == [OURS, WEATHER, OPENSTEF_ALL, NAIVE, SEED]
+    assert rows[0].ratio_to_openstef == pytest.approx(0.8)
+    text = render_markdown(report({"x": data}))
+    assert "OpenSTEF (90 days)" not in text
+    assert "| OpenSTEF (all history) | 0.750 |" in text
+    with pytest.raises(ValueError, match="no OpenSTEF row"):
+        table_rows("x", result(peers=()))
+
+
+def test_the_protocol_says_how_openstef_is_trained() -> None:
+    twice = compare.protocol(90)
+    assert twice.startswith("day-ahead (24 h)") and "last 90 days before each refit" in twice
+    assert "lower MASE" in twice
+    once = compare.protocol(0)
+    assert once.startswith("day-ahead (24 h)") and "all the history" in once
+    assert "90 days" not in once
+
+
 def test_a_peer_that_did_not_run_says_why_in_its_row() -> None:
     not_run = {"not_run": "OpenSTEF 4.7.0 venv could not be made: no Python 3.12"}
-    data = result(**{OPENSTEF: not_run})
+    data = result(**{P90: not_run, OPENSTEF_ALL: not_run})
     rows = table_rows("x", data)
     by = {r.label: r for r in rows}
-    assert by[OURS].ratio_to_openstef is None and by[OPENSTEF].mase is None
+    assert by[OURS].ratio_to_openstef is None and by[P90].mase is None
     assert checks(rows)["mase_ratio_le_0.9"] is None
     text = render_markdown(report({"set-a": data}))
-    assert "| OpenSTEF | n/a | n/a | n/a |  |  | OpenSTEF 4.7.0 venv could not be made" in text
+    for label in (P90, OPENSTEF_ALL):
+        assert f"| {label} | n/a | n/a | n/a |  |  | OpenSTEF 4.7.0 venv could not be made" in text
+    assert "MASE / best OpenSTEF's: n/a, no OpenSTEF row ran." in text
     assert "mase_ratio_le_0.9: n/a" in text
 
 
@@ -178,12 +293,9 @@ def test_forecast_error_grows_with_lead_as_the_simulators_does() -> None:
     assert rmse[1] < rmse[24] < rmse[48]
 
 
-def test_one_dataset_with_an_openstef_that_cannot_be_made(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The whole path on 8 weeks of a load driven by an outdoor temperature that wanders (as
-    in test_backtest_weather_forecasts): the OpenSTEF row says why it is empty, every other
-    row is scored on the same origins, and the temperature forecasts help."""
+def synthetic_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HourlyFrame:
+    """8 weeks of a load driven by an outdoor temperature that wanders (as in
+    test_backtest_weather_forecasts), as the dataset every name loads."""
     rng = np.random.default_rng(11)
     hours = 24 * 56
     anomaly = np.zeros(hours)
@@ -199,15 +311,86 @@ def test_one_dataset_with_an_openstef_that_cannot_be_made(
     write_runner_csv(path, frame, "temperature")
     data = Dataset(path, "time", "load", "temperature", {}, {"name": "synthetic"})
     monkeypatch.setattr(compare, "load_dataset", lambda name, workdir: data)
-    peer = compare.openstef_peer(tmp_path / "venv", 90, base_python="/bin/false")
-    assert isinstance(peer, str) and "cannot make the OpenSTEF venv" in peer
-    out = compare.bench_dataset("synthetic", 2, peer, 7, tmp_path)
+    return frame
+
+
+def test_one_dataset_with_an_openstef_that_cannot_be_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole path: the OpenSTEF row says why it is empty, the all-history row (8 weeks
+    of data, so 90 days is all of it) says it would be the same fits, every other row is
+    scored on the same origins, and the temperature forecasts help."""
+    synthetic_dataset(tmp_path, monkeypatch)
+    python = compare.openstef_python(tmp_path / "venv", base_python="/bin/false")
+    assert isinstance(python, str) and "cannot make the OpenSTEF venv" in python
+    out = compare.bench_dataset("synthetic", 2, python, 90, 7, tmp_path)
     rows = out["rows"]
     assert set(rows) == set(ROWS)
-    assert rows[OPENSTEF]["not_run"].startswith("OpenSTEF 4.7.0 venv could not be made")
+    assert out["openstef_rows"] == [P90, OPENSTEF_ALL]
+    assert rows[P90]["not_run"].startswith("OpenSTEF 4.7.0 venv could not be made")
+    assert rows[P90]["train_days"] == 90
+    assert rows[OPENSTEF_ALL]["same_as"] == P90 and rows[OPENSTEF_ALL]["train_days"] == 0
+    assert rows[OPENSTEF_ALL]["not_run"].startswith(
+        "not run: the same fits as OpenSTEF (90 days), since no refit had more than 90 days")
+    assert out["config"]["history_at_last_refit_hours"] < 90 * 24
+    assert out["ratio_openstef_row"] is None
     assert out["config"]["origins"] == 14
     assert rows[NAIVE]["mase"] == pytest.approx(1.0)
     assert out["ratio_ours_to_openstef"] is None
     assert out["weather_margin"]["relative_gain"] > 0.3, out["weather_margin"]
     assert out["checks"]["weather_forecasts_help"] is True
     assert out["weather_forecasts"]["rmse_by_lead_degC"][24] == pytest.approx(1.3, rel=0.3)
+
+
+def fake_runner(calls: list[int], error_of: dict[int, float]) -> Any:
+    """Stands in for `run_openstef`: forecasts on the runner's own origins that miss the
+    actual by `error_of[train_days]`, so each window's MASE is known to be better or worse."""
+
+    def run(peer: PeerSettings, frame: HourlyFrame, config: BacktestConfig,
+            site: dict[str, Any], temperature: str | None,
+            workdir: Path) -> tuple[ForecastRows, dict[str, Any]]:
+        calls.append(peer.train_days)
+        rule = runner.Protocol(config.horizon, config.every, config.retrain_every)
+        origins = [o for o, _ in runner.plan(len(frame), config.test_start, rule)]
+        index = np.array([o + h for o in origins for h in range(config.horizon)])
+        actual = frame.target[index]
+        p50 = actual + error_of[peer.train_days]
+        rows = ForecastRows(
+            origin=np.repeat(frame.times[origins], config.horizon),
+            target_time=frame.times[index],
+            horizon=np.tile(np.arange(1, config.horizon + 1), len(origins)),
+            p10=p50 - 1, p50=p50, p90=p50 + 1, actual=actual,
+        )
+        return rows, {"train_days": peer.train_days, "refits": 2}
+
+    return run
+
+
+def test_one_dataset_with_both_openstef_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a 30-day window on 8 weeks of data both rows run, each with its own window, and
+    the ratio is against the one that erred less (all history here)."""
+    synthetic_dataset(tmp_path, monkeypatch)
+    calls: list[int] = []
+    monkeypatch.setattr(compare, "run_openstef", fake_runner(calls, {30: 12.0, 0: 4.0}))
+    out = compare.bench_dataset("synthetic", 2, tmp_path / "python", 30, 7, tmp_path)
+    assert calls == [30, 0]
+    p30 = "OpenSTEF (30 days)"
+    assert out["openstef_rows"] == [p30, OPENSTEF_ALL]
+    rows = out["rows"]
+    assert rows[p30]["train_days"] == 30 and rows[OPENSTEF_ALL]["train_days"] == 0
+    assert rows[p30]["mase"] > rows[OPENSTEF_ALL]["mase"]
+    assert out["ratio_openstef_row"] == OPENSTEF_ALL
+    assert out["ratio_ours_to_openstef"] == pytest.approx(
+        rows[OURS]["mase"] / rows[OPENSTEF_ALL]["mase"])
+    assert out["checks"]["mase_ratio_le_0.9"] == (out["ratio_ours_to_openstef"] <= 0.9)
+    assert out["config"]["openstef_train_days"] == 30
+    assert out["config"]["history_at_last_refit_hours"] > 30 * 24
+    # 90 days cover all 8 weeks: one run, the all-history row pointing at it.
+    calls.clear()
+    monkeypatch.setattr(compare, "run_openstef", fake_runner(calls, {90: 4.0}))
+    once = compare.bench_dataset("synthetic", 2, tmp_path / "python", 90, 7, tmp_path)
+    assert calls == [90]
+    assert once["rows"][OPENSTEF_ALL]["same_as"] == P90
+    assert once["ratio_openstef_row"] == P90

@@ -75,8 +75,28 @@ def test_calendar_of_the_target_time() -> None:
     frame = ramp(24 * 8)
     # Index 24*5 + 13 is Saturday 2000-06-10 13:00.
     got = one(CalendarFeatures(), frame, 24 * 5 + 13, 30)
+    season = {k: got.pop(k) for k in ("year_sin", "year_cos")}
     assert got == {"hour": 13.0, "day_of_week": 5.0, "weekend": 1.0}
     assert one(CalendarFeatures(), frame, 2, 1)["day_of_week"] == 0.0
+    assert season["year_sin"] ** 2 + season["year_cos"] ** 2 == pytest.approx(1.0)
+
+
+def test_time_of_year_is_a_circle_that_closes_at_new_year() -> None:
+    times = np.datetime64("1999-12-31T00", "h") + np.arange(24 * 400).astype("timedelta64[h]")
+    frame = HourlyFrame(times, np.zeros(len(times)))
+    block = CalendarFeatures().transform(frame, np.arange(len(times)), np.ones(len(times), int))
+    point = block.values[:, [block.names.index("year_sin"), block.names.index("year_cos")]]
+
+    def at(day: int) -> np.ndarray:
+        return point[24 * day]
+
+    # 31 December and 1 January are neighbours, as are any two consecutive days ...
+    assert np.linalg.norm(at(0) - at(1)) == pytest.approx(2 * np.sin(np.pi / 365.25))
+    # ... half a year apart is the opposite point, a year apart (almost) the same one.
+    assert np.linalg.norm(at(0) - at(183)) > 1.99
+    assert np.linalg.norm(at(0) - at(366)) < 0.02
+    # The hours of one day share the day's point.
+    assert np.ptp(point[:24], axis=0) == pytest.approx([0.0, 0.0])
 
 
 def test_lags_are_never_shorter_than_the_horizon() -> None:
@@ -107,11 +127,19 @@ def test_rolling_statistics_stop_just_before_the_origin() -> None:
     assert got["roll24_max"] == 99
 
 
+def test_short_rolling_means_stop_just_before_the_origin() -> None:
+    frame = ramp(200)
+    got = one(RollingFeatures((24,), ("mean",), short_windows=(3, 12)), frame, 110, 11)
+    assert got["roll3_mean"] == pytest.approx(98.0)  # indices 97, 98, 99
+    assert got["roll12_mean"] == pytest.approx(np.mean(np.arange(88, 100)))
+    assert set(got) == {"last_value", "roll24_mean", "roll3_mean", "roll12_mean"}
+
+
 def test_rolling_units_tell_levels_from_spreads() -> None:
-    block = RollingFeatures((24,), ("mean", "std")).transform(
+    block = RollingFeatures((24,), ("mean", "std"), short_windows=(6,)).transform(
         ramp(50), np.array([40]), np.array([1])
     )
-    assert block.units == ("level", "level", "delta")
+    assert block.units == ("level", "level", "delta", "level")
 
 
 def test_seasonal_change_against_a_week_before() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 from energy_harness.synthetic import PAST_COLUMNS, synthetic_building
+from energy_pipeline.forecasting.features import FeatureMatrix, FeaturePipeline, default_pipeline
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.models import (
     MODEL_NAMES,
@@ -21,6 +23,7 @@ from energy_pipeline.forecasting.models import (
     fallback_forecast,
     load_model,
 )
+from energy_pipeline.forecasting.models import default as default_module
 from energy_pipeline.forecasting.models.seed import smooth
 
 pytestmark = pytest.mark.unit
@@ -263,3 +266,85 @@ def test_each_booster_validates_on_a_dataset_of_its_own(
     assert len(with_valid) >= 2  # the early-stopping pass, one call per quantile
     ids = [i for each in with_valid for i in each]
     assert len(ids) == len(set(ids))
+
+
+def hourly(values: np.ndarray) -> HourlyFrame:
+    times = np.datetime64("2021-01-04T00", "h") + np.arange(len(values)).astype("timedelta64[h]")
+    return HourlyFrame(times, values.astype(np.float64))
+
+
+def test_auto_anchor_takes_the_baseline_that_forecast_the_last_weeks_best() -> None:
+    hours = np.arange(24 * 7 * 12)  # anchor_hours (8 weeks) plus the weeks they look back
+    # A noise-free weekly shape: the seasonal baselines are exact, the weekly mean is not;
+    # "blend" and "week" tie at zero error, and a tie goes to "blend".
+    shape = 50 + 20 * np.sin(2 * np.pi * hours / 24) + 10 * (hours % 168 >= 120)
+    weekly = DefaultModel(params=FAST)
+    weekly.fit(hourly(shape), 24)
+    assert weekly.anchor == "blend"
+    assert weekly.trained["anchor"]["mae"]["blend"] == pytest.approx(0.0, abs=1e-9)
+    assert weekly.trained["anchor"]["mae"]["level"] > 5
+    # Noise around a constant: any single past hour is as noisy as the target, the mean of
+    # the week is not, so "level" wins.
+    noise = 50 + np.random.default_rng(3).normal(0, 5, len(hours))
+    flat = DefaultModel(params=FAST)
+    flat.fit(hourly(noise), 24)
+    assert flat.anchor == "level"
+    mae = flat.trained["anchor"]["mae"]
+    assert mae["level"] < min(mae["blend"], mae["week"])
+    # A fixed anchor is used as given, and nothing is chosen.
+    fixed = DefaultModel(params=dataclasses.replace(FAST, anchor="week"))
+    fixed.fit(hourly(noise), 24)
+    assert fixed.anchor == "week" and "anchor" not in fixed.trained
+
+
+def test_the_chosen_anchor_is_saved_and_old_texts_keep_theirs(
+        frame: HourlyFrame, default_model: DefaultModel) -> None:
+    assert default_model.anchor == default_model.trained["anchor"]["chosen"]
+    doc = json.loads(default_model.to_text())
+    assert doc["anchor"] == default_model.anchor
+    # A text saved before "auto" existed has no "anchor"; its params name it.
+    other = "level" if default_model.anchor != "level" else "blend"
+    del doc["anchor"]
+    doc["params"]["anchor"] = other
+    old = load_model(json.dumps(doc))
+    assert isinstance(old, DefaultModel) and old.anchor == other
+    origin = 24 * 36
+    view = frame.visible_at(origin, 48)
+    assert not np.array_equal(old.predict(view, origin, HORIZONS).p50,
+                              default_model.predict(view, origin, HORIZONS).p50)
+
+
+NEW_FEATURES = ("year_sin", "year_cos", "roll3_mean", "roll6_mean", "roll12_mean", "roll72_mean")
+
+
+def test_a_model_saved_before_features_were_added_predicts_as_it_did(
+        frame: HourlyFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models in a registry outlive releases: one trained without today's newer features
+    reads only the columns it was trained on."""
+
+    class Older:
+        def __init__(self, inner: FeaturePipeline) -> None:
+            self.inner = inner
+
+        def transform(self, frame: HourlyFrame, target_idx: np.ndarray,
+                      horizon: np.ndarray) -> FeatureMatrix:
+            matrix = self.inner.transform(frame, target_idx, horizon)
+            return matrix.select([n for n in matrix.names if n not in NEW_FEATURES])
+
+    origin = 24 * 36
+    view = frame.visible_at(origin, 48)
+    with monkeypatch.context() as patch:
+        patch.setattr(default_module, "default_pipeline",
+                      lambda past=(), future=(): Older(default_pipeline(past, future)))
+        model = DefaultModel(past=PAST_COLUMNS, params=FAST)
+        model.fit(frame.slice(0, 24 * 35), 48)
+        then = model.predict(view, origin, HORIZONS)
+        text = model.to_text()
+    restored = load_model(text)
+    assert isinstance(restored, DefaultModel)
+    assert not set(NEW_FEATURES) & set(restored.feature_names)
+    assert set(NEW_FEATURES) <= set(default_pipeline(PAST_COLUMNS).transform(
+        view, np.array([origin]), np.array([1])).names)
+    now = restored.predict(view, origin, HORIZONS)
+    np.testing.assert_array_equal(then.p50, now.p50)
+    np.testing.assert_array_equal(then.p90, now.p90)

@@ -25,6 +25,8 @@ import numpy as np
 from energy_pipeline.forecasting.frame import HourlyFrame
 from energy_pipeline.forecasting.issued import IssuedSeries
 
+DAYS_PER_YEAR = 365.25  # Julian; drifts from the Gregorian year by under a day a century
+
 
 @dataclass(frozen=True)
 class FeatureBlock:
@@ -113,17 +115,31 @@ class HorizonFeature:
 
 
 class CalendarFeatures:
-    """Hour of day, day of week and weekend flag of the target time (always known ahead)."""
+    """Hour of day, day of week, weekend flag and time of year of the target time (always
+    known ahead).
+
+    Time of year is a point on the unit circle (`year_sin`, `year_cos`), so 31 December and
+    1 January are neighbours: with a year or more of history the boosters learn where in
+    the heating and cooling seasons a target falls, which a week-long anchor cannot know.
+    Measured with the backtest of `energy_harness.bench.compare` (13 weeks of daily origins,
+    the `level` anchor): eemeter IL MASE 0.688 -> 0.680 with it alone.
+    """
 
     def transform(
         self, frame: HourlyFrame, target_idx: np.ndarray, horizon: np.ndarray
     ) -> FeatureBlock:
         hours = frame.times[0] + np.asarray(target_idx, dtype=np.int64).astype("timedelta64[h]")
         hour_of_day = hours.astype(np.int64) % 24
+        days = hours.astype("datetime64[D]").astype(np.int64)
         # 1970-01-01 was a Thursday; +3 makes Monday 0.
-        day_of_week = (hours.astype("datetime64[D]").astype(np.int64) + 3) % 7
-        values = np.stack([hour_of_day, day_of_week, day_of_week >= 5], axis=1)
-        return FeatureBlock(("hour", "day_of_week", "weekend"), values.astype(np.float64))
+        day_of_week = (days + 3) % 7
+        year = 2 * np.pi * (days % DAYS_PER_YEAR) / DAYS_PER_YEAR
+        values = np.stack(
+            [hour_of_day, day_of_week, day_of_week >= 5, np.sin(year), np.cos(year)], axis=1
+        )
+        return FeatureBlock(
+            ("hour", "day_of_week", "weekend", "year_sin", "year_cos"), values.astype(np.float64)
+        )
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,10 @@ class RollingFeatures:
 
     windows: tuple[int, ...] = (24, 168)
     stats: tuple[str, ...] = ("mean", "std", "min", "max")
+    # Means only, over the last hours: how the level moved within the day before the origin
+    # (for weather-driven load, the weather of the last hours persists into the next).
+    # Measured as for `CalendarFeatures`: eemeter IL MASE 0.680 -> 0.675.
+    short_windows: tuple[int, ...] = (3, 6, 12, 72)
 
     def transform(
         self, frame: HourlyFrame, target_idx: np.ndarray, horizon: np.ndarray
@@ -199,6 +219,11 @@ class RollingFeatures:
                 names.append(f"roll{window}_{stat}")
                 cols.append(np.where(origin > 0, stats[stat][pos], np.nan))
                 units.append("delta" if stat == "std" else "level")
+        for window in self.short_windows:
+            mean = trailing_stats(frame.target, window, extremes=False)["mean"]
+            names.append(f"roll{window}_mean")
+            cols.append(np.where(origin > 0, mean[pos], np.nan))
+            units.append("level")
         return FeatureBlock(tuple(names), np.stack(cols, axis=1), tuple(units))
 
 
@@ -370,6 +395,14 @@ class FeatureMatrix:
 
     def mask(self, unit: str) -> np.ndarray:
         return np.array([u == unit for u in self.units], dtype=bool)
+
+    def select(self, names: Sequence[str]) -> FeatureMatrix:
+        """These columns, in this order; KeyError names a column the pipeline lacks."""
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise KeyError(f"features not computed: {', '.join(missing)}")
+        idx = [self.names.index(n) for n in names]
+        return FeatureMatrix(tuple(names), self.values[:, idx], tuple(self.units[i] for i in idx))
 
 
 class FeaturePipeline:
