@@ -128,15 +128,19 @@ class DefaultModel:
 
     # -- features -------------------------------------------------------------------
 
-    def _features(
+    def _matrix(
         self, frame: HourlyFrame, target_idx: np.ndarray, horizon: np.ndarray
-    ) -> tuple[FeatureMatrix, np.ndarray, np.ndarray]:
-        """Features relative to the anchor and scale, plus the per-row (anchor, scale)."""
+    ) -> FeatureMatrix:
+        """The pipeline's features, in the target's own units."""
         matrix = default_pipeline(self.past, self.future).transform(frame, target_idx, horizon)
         if self.feature_names and matrix.names != self.feature_names:
             # A model saved before features were added reads only the columns it knows.
             matrix = matrix.select(self.feature_names)
-        anchor = self._anchor(matrix, self.anchor or self.params.anchor)
+        return matrix
+
+    def _scaled(self, matrix: FeatureMatrix) -> tuple[FeatureMatrix, np.ndarray, np.ndarray]:
+        """Features relative to the anchor and scale, plus the per-row (anchor, scale)."""
+        anchor = self._anchor(matrix, self.anchor)
         std_col = matrix.names.index(f"roll{SCALE_WINDOW}_std")
         scale = matrix.values[:, std_col].copy()
         # A flat week (std 0) must not divide by zero; any positive scale keeps order.
@@ -188,9 +192,10 @@ class DefaultModel:
         keep = target_idx - horizon + 1 >= SCALE_WINDOW
         return target_idx[keep], horizon[keep]
 
-    def _rows(self, frame: HourlyFrame, max_horizon: int) -> _Rows:
-        target_idx, horizon = self._training_pairs(frame, max_horizon)
-        matrix, anchor, scale = self._features(frame, target_idx, horizon)
+    def _rows(
+        self, frame: HourlyFrame, target_idx: np.ndarray, horizon: np.ndarray, raw: FeatureMatrix
+    ) -> _Rows:
+        matrix, anchor, scale = self._scaled(raw)
         z = (frame.target[target_idx] - anchor) / scale
         ok = np.isfinite(z)
         values = self._drop_issued(frame, matrix, target_idx - horizon + 1)
@@ -295,7 +300,7 @@ class DefaultModel:
         self.boosters = {}
         self.band_factor = 1.0
         self.feature_names = ()
-        self.anchor = p.anchor if p.anchor != "auto" else ""
+        self.anchor = p.anchor
         known_hours = int((~np.isnan(frame.target)).sum())
         self.trained = {"rows": len(frame), "known_hours": known_hours}
         if len(frame):
@@ -303,13 +308,16 @@ class DefaultModel:
         if known_hours < p.min_train_hours:
             self.trained["fallback"] = f"only {known_hours} known hours (< {p.min_train_hours})"
             return
+        target_idx, horizon = self._training_pairs(frame, max_horizon)
+        raw = self._matrix(frame, target_idx, horizon)
         if p.anchor == "auto":
-            self.anchor, errors = self._choose_anchor(frame, max_horizon)
+            recent = target_idx >= len(frame) - p.anchor_hours
+            self.anchor, errors = self._choose_anchor(raw, frame.target[target_idx], recent)
             self.trained["anchor"] = {
                 "chosen": self.anchor,
                 "mae": {k: round(v, 6) if math.isfinite(v) else None for k, v in errors.items()},
             }
-        rows = self._rows(frame, max_horizon)
+        rows = self._rows(frame, target_idx, horizon, raw)
         if len(rows.z) < p.min_data_in_leaf * 4:
             self.trained["fallback"] = f"only {len(rows.z)} training rows"
             return
@@ -332,25 +340,23 @@ class DefaultModel:
             }
         )
 
+    @classmethod
     def _choose_anchor(
-        self, frame: HourlyFrame, max_horizon: int
+        cls, raw: FeatureMatrix, actual: np.ndarray, recent: np.ndarray
     ) -> tuple[str, dict[str, float]]:
         """The anchor whose baseline, as a forecast on its own, had the lowest mean absolute
-        error over the last `anchor_hours` of training targets (at the training rows'
-        horizons). Each baseline suits another kind of load, and the boosters, trained
-        with early stopping, correct a poor one only partly. Measured with the backtest of
-        `energy_harness.bench.compare` (MASE, fixed anchors): Taylor's strongly weekly
-        demand 0.52 on "blend" and 0.72 on "level"; the weather-driven eemeter IL and UK
-        loads 0.675 and 0.710 on "level", 0.677 and 0.732 on "blend". The baselines' own
-        errors point the same way there (Taylor 476 vs 4978 MW, IL 0.76 vs 1.11 kWh)."""
-        target_idx, horizon = self._training_pairs(frame, max_horizon)
-        recent = target_idx >= len(frame) - self.params.anchor_hours
-        target_idx, horizon = target_idx[recent], horizon[recent]
-        matrix = default_pipeline(self.past, self.future).transform(frame, target_idx, horizon)
-        actual = frame.target[target_idx]
+        error on the `recent` training rows (`fit`: targets of the last `anchor_hours`, at
+        the training rows' horizons). Each baseline suits another kind of load, and the
+        boosters, trained with early stopping, correct a poor one only partly. Measured
+        with the backtest of `energy_harness.bench.compare` (MASE, fixed anchors): Taylor's
+        strongly weekly demand 0.52 on "blend" and 0.72 on "level"; the weather-driven
+        eemeter IL and UK loads 0.675 and 0.710 on "level", 0.677 and 0.732 on "blend". The
+        baselines' own errors point the same way there (Taylor 476 vs 4978 MW, IL 0.76 vs
+        1.11 kWh)."""
+        matrix = FeatureMatrix(raw.names, raw.values[recent], raw.units)
         errors: dict[str, float] = {}
         for kind in ANCHORS:
-            error = np.abs(actual - self._anchor(matrix, kind))
+            error = np.abs(actual[recent] - cls._anchor(matrix, kind))
             error = error[np.isfinite(error)]
             errors[kind] = float(error.mean()) if len(error) else math.inf
         # min() keeps the first of equals, so a tie (or no error at all) picks "blend".
@@ -383,7 +389,7 @@ class DefaultModel:
     ) -> QuantileForecast:
         target_idx = origin + horizons - 1
         frame = frame.extended_to(int(target_idx.max()) + 1)
-        matrix, anchor, scale = self._features(frame, target_idx, horizons)
+        matrix, anchor, scale = self._scaled(self._matrix(frame, target_idx, horizons))
         # Single-threaded: one origin is at most 168 rows, where threads only add latency.
         out = {
             q: anchor + scale * b.predict(matrix.values, num_threads=1)
