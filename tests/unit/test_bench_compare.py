@@ -1,11 +1,13 @@
 """The issue #20 comparison table (energy_harness.bench.compare): ratio and margin the right
-way round, every row present, OpenSTEF on its preset's window and on all history with the
+way round, every row present, ours given the temperature measured before each origin
+beside the load-only run, OpenSTEF on its preset's window and on all history with the
 ratio against the better of the two, a window that covers all history run once and said so,
 a peer that cannot run said in its row, and weather forecasts that err as the simulator's
 do and are issued before the hours they name."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -16,12 +18,15 @@ import pytest
 from energy_harness.bench import compare
 from energy_harness.bench import openstef_runner as runner
 from energy_harness.bench.compare import (
+    LOAD_ONLY,
     NAIVE,
     OPENSTEF_ALL,
+    OPENSTEF_TEMPERATURE,
     OURS,
     SEED,
     WEATHER,
     PeerRow,
+    a_day_before,
     best_openstef,
     checks,
     last_refit,
@@ -45,7 +50,7 @@ from energy_pipeline.simulation.signals import forecast_error_sd
 pytestmark = pytest.mark.unit
 
 P90 = "OpenSTEF (90 days)"
-ROWS = (OURS, WEATHER, P90, OPENSTEF_ALL, NAIVE, SEED)
+ROWS = (OURS, LOAD_ONLY, WEATHER, P90, OPENSTEF_ALL, NAIVE, SEED)
 
 
 def entry(mase: float, mae: float = 1.0, coverage: float = 0.8) -> dict[str, float]:
@@ -56,6 +61,7 @@ def result(peers: tuple[str, ...] = (P90, OPENSTEF_ALL), **rows: dict[str, Any])
     """One dataset's result; OpenSTEF (90 days) 0.80, all history 0.85 unless given."""
     table = {
         OURS: entry(0.60, coverage=0.80),
+        LOAD_ONLY: entry(0.63, coverage=0.81),
         WEATHER: entry(0.54, coverage=0.79),
         P90: entry(0.80, coverage=0.30),
         OPENSTEF_ALL: entry(0.85, coverage=0.25),
@@ -117,6 +123,7 @@ def test_rows_come_in_order_with_the_ratio_against_openstef() -> None:
     by = {r.label: r for r in rows}
     assert by[OURS].ratio_to_openstef == pytest.approx(0.75)  # 0.60 / 0.80, not 0.80 / 0.60
     assert by[WEATHER].ratio_to_openstef == pytest.approx(0.54 / 0.80)
+    assert by[LOAD_ONLY].ratio_to_openstef == pytest.approx(0.63 / 0.80)
     assert by[NAIVE].ratio_to_openstef == pytest.approx(1.25)
     assert by[P90].ratio_to_openstef is None and by[OPENSTEF_ALL].ratio_to_openstef is None
     assert [r.label for r in rows if r.is_openstef] == [P90, OPENSTEF_ALL]
@@ -162,6 +169,21 @@ def test_openstef_runs_twice_only_when_some_fit_has_more_history_than_the_window
     assert peer_rows(30, 1848) == [PeerRow("OpenSTEF (30 days)", 30), PeerRow(OPENSTEF_ALL, 0)]
     # --train-days 0: the preset row is all history itself.
     assert peer_rows(0, 17226) == [PeerRow(OPENSTEF_ALL, 0)]
+    # With temperature, one more on all history, given it a day before each hour.
+    lagged = PeerRow(OPENSTEF_TEMPERATURE, 0, temperature_a_day_before=True)
+    assert peer_rows(90, 17226, with_temperature=True) == [
+        PeerRow(P90, 90), PeerRow(OPENSTEF_ALL, 0), lagged]
+    assert peer_rows(0, 17226, with_temperature=True) == [PeerRow(OPENSTEF_ALL, 0), lagged]
+
+
+def test_a_day_before_is_all_known_at_a_day_ahead_origin() -> None:
+    values = np.arange(72, dtype=float)
+    shifted = a_day_before(values)
+    assert np.isnan(shifted[:24]).all()
+    np.testing.assert_array_equal(shifted[24:], values[:48])
+    # At an origin o, forecast hours o..o+23 read hours o-24..o-1: before the origin.
+    origin = 48
+    assert np.all(shifted[origin:origin + compare.HORIZON] == values[origin - 24:origin])
     with pytest.raises(ValueError, match="no origin"):
         last_refit(100, 90)
 
@@ -172,6 +194,24 @@ def test_a_missing_row_is_an_error_not_a_blank(label: str) -> None:
     del data["rows"][label]
     with pytest.raises(ValueError, match=re.escape(label)):
         table_rows("x", data)
+
+
+def test_the_targets_are_ours_not_the_load_only_run() -> None:
+    """The checks read `ours` (what the site measures before the origin); the load-only
+    row is reported beside it and decides nothing."""
+    missed = result(**{LOAD_ONLY: entry(0.76, coverage=0.70)})
+    assert checks(table_rows("x", missed)) == {"mase_ratio_le_0.9": True, "coverage_78_82": True,
+                                               "weather_forecasts_help": True}
+    text = render_markdown(report({"x": missed}))
+    assert "| ours (load only) | 0.760 | 1 | 70.0 % | 0.950 |  |  |" in text
+
+
+def test_weather_forecasts_help_only_by_more_than_the_noise() -> None:
+    """UK as measured: 0.711 -> 0.710 is a 0.1 % gain, inside a seed's spread: not help."""
+    tiny = result(**{OURS: entry(0.711), WEATHER: entry(0.710)})
+    assert checks(table_rows("x", tiny))["weather_forecasts_help"] is False
+    clear = result(**{OURS: entry(0.663), WEATHER: entry(0.651)})  # IL: 1.8 %
+    assert checks(table_rows("x", clear))["weather_forecasts_help"] is True
 
 
 def test_targets_fail_when_missed() -> None:
@@ -186,7 +226,7 @@ def test_markdown_has_every_row_the_ratio_the_margin_and_the_machine() -> None:
     for label in ROWS:
         assert text.count(f"| {label} |") == 2, label
     assert text.count("| MASE / best OpenSTEF's |") == 2
-    assert "| 0.75 |" in text  # ours / OpenSTEF (90 days)
+    assert "| 0.750 |" in text  # ours / OpenSTEF (90 days)
     assert "| OpenSTEF (90 days) | 0.800 | 1 | 30.0 % |  |  |  |" in text
     assert "| OpenSTEF (all history) | 0.850 | 1 | 25.0 % |  |  |  |" in text
     assert text.count("MASE / best OpenSTEF's divides by OpenSTEF (90 days)'s MASE 0.800, "
@@ -204,7 +244,7 @@ def test_markdown_has_every_row_the_ratio_the_margin_and_the_machine() -> None:
 def test_markdown_names_the_stronger_openstef_row() -> None:
     data = result(**{OURS: entry(0.688), P90: entry(0.837), OPENSTEF_ALL: entry(0.748)})
     text = render_markdown(report({"il": data}))
-    assert "| ours | 0.688 | 1 | 80.0 % | 0.92 |" in text
+    assert "| ours | 0.688 | 1 | 80.0 % | 0.920 |" in text
     assert ("MASE / best OpenSTEF's divides by OpenSTEF (all history)'s MASE 0.748, the lower "
             "MASE of the 2 OpenSTEF rows.") in text
     assert "mase_ratio_le_0.9: NO" in text
@@ -228,7 +268,7 @@ def test_a_window_that_covers_all_history_runs_once_and_the_other_row_says_so() 
 def test_a_single_all_history_row_with_train_days_0() -> None:
     data = result(peers=(OPENSTEF_ALL,), **{OPENSTEF_ALL: entry(0.75)})
     rows = table_rows("x", data)
-    assert [r.label for r in rows] == [OURS, WEATHER, OPENSTEF_ALL, NAIVE, SEED]
+    assert [r.label for r in rows] == [OURS, LOAD_ONLY, WEATHER, OPENSTEF_ALL, NAIVE, SEED]
     assert rows[0].ratio_to_openstef == pytest.approx(0.8)
     text = render_markdown(report({"x": data}))
     assert "OpenSTEF (90 days)" not in text
@@ -240,7 +280,8 @@ def test_a_single_all_history_row_with_train_days_0() -> None:
 def test_the_protocol_says_how_openstef_is_trained() -> None:
     twice = compare.protocol(90)
     assert twice.startswith("day-ahead (24 h)") and "last 90 days before each refit" in twice
-    assert "lower MASE" in twice
+    assert "lowest MASE" in twice
+    assert "measured before the origin" in twice and "forecast hour" in twice
     once = compare.protocol(0)
     assert once.startswith("day-ahead (24 h)") and "all the history" in once
     assert "90 days" not in once
@@ -293,9 +334,12 @@ def test_forecast_error_grows_with_lead_as_the_simulators_does() -> None:
     assert rmse[1] < rmse[24] < rmse[48]
 
 
-def synthetic_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HourlyFrame:
+def synthetic_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_temperature: bool = True
+) -> HourlyFrame:
     """8 weeks of a load driven by an outdoor temperature that wanders (as in
-    test_backtest_weather_forecasts), as the dataset every name loads."""
+    test_backtest_weather_forecasts), as the dataset every name loads; without the
+    temperature column (as Taylor) when not `with_temperature`."""
     rng = np.random.default_rng(11)
     hours = 24 * 56
     anomaly = np.zeros(hours)
@@ -309,7 +353,8 @@ def synthetic_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Hourly
     frame = HourlyFrame(times, load, future={"temperature": temperature})
     path = tmp_path / "load.csv"
     write_runner_csv(path, frame, "temperature")
-    data = Dataset(path, "time", "load", "temperature", {}, {"name": "synthetic"})
+    column = "temperature" if with_temperature else None
+    data = Dataset(path, "time", "load", column, {}, {"name": "synthetic"})
     monkeypatch.setattr(compare, "load_dataset", lambda name, workdir: data)
     return frame
 
@@ -325,9 +370,10 @@ def test_one_dataset_with_an_openstef_that_cannot_be_made(
     assert isinstance(python, str) and "cannot make the OpenSTEF venv" in python
     out = compare.bench_dataset("synthetic", 2, python, 90, 7, tmp_path)
     rows = out["rows"]
-    assert set(rows) == set(ROWS)
-    assert out["openstef_rows"] == [P90, OPENSTEF_ALL]
+    assert set(rows) == {*ROWS, OPENSTEF_TEMPERATURE}
+    assert out["openstef_rows"] == [P90, OPENSTEF_ALL, OPENSTEF_TEMPERATURE]
     assert rows[P90]["not_run"].startswith("OpenSTEF 4.7.0 venv could not be made")
+    assert rows[OPENSTEF_TEMPERATURE]["not_run"].startswith("OpenSTEF 4.7.0 venv could not")
     assert rows[P90]["train_days"] == 90
     assert rows[OPENSTEF_ALL]["same_as"] == P90 and rows[OPENSTEF_ALL]["train_days"] == 0
     assert rows[OPENSTEF_ALL]["not_run"].startswith(
@@ -342,19 +388,89 @@ def test_one_dataset_with_an_openstef_that_cannot_be_made(
     assert out["weather_forecasts"]["rmse_by_lead_degC"][24] == pytest.approx(1.3, rel=0.3)
 
 
-def fake_runner(calls: list[int], error_of: dict[int, float]) -> Any:
+def recording_compare(calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wraps `compare.compare` (the real backtests) to record what each run was handed."""
+    real = compare.compare
+
+    def run(frame: HourlyFrame, models: list[str], config: BacktestConfig,
+            past: tuple[str, ...] = (), future: tuple[str, ...] = (), stderr: Any = None) -> Any:
+        calls.append({"models": list(models), "past": list(past), "future": list(future),
+                      "frame_past": dict(frame.past), "frame_future": dict(frame.future),
+                      "frame_issued": sorted(frame.issued)})
+        return real(frame, models, config, past=past, future=future, stderr=stderr)
+
+    monkeypatch.setattr(compare, "compare", run)
+
+
+def test_ours_reads_the_measured_temperature_as_past_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ours` and `ours + weather forecasts` get the measured temperature as a past
+    covariate (hidden from the origin on) and never as known ahead; the load-only row and
+    the peers' reference get the load alone; the figures differ, so the temperature was
+    used."""
+    frame = synthetic_dataset(tmp_path, monkeypatch)
+    calls: list[dict[str, Any]] = []
+    recording_compare(calls, monkeypatch)
+    out = compare.bench_dataset("synthetic", 2, "no venv here", 90, 7, tmp_path)
+    plain, ours, weather = calls
+    assert plain["models"] == ["default", "seed", "naive168"]
+    assert plain["past"] == [] and plain["frame_past"] == {} and plain["frame_future"] == {}
+    for run in (ours, weather):
+        assert run["models"] == ["default"] and run["past"] == ["temperature"]
+        assert run["frame_future"] == {}
+        np.testing.assert_array_equal(run["frame_past"]["temperature"],
+                                      frame.future["temperature"])
+    assert ours["future"] == [] and ours["frame_issued"] == []
+    assert weather["future"] == [compare.FORECAST_COLUMN]
+    assert weather["frame_issued"] == [compare.FORECAST_COLUMN]
+    rows = out["rows"]
+    assert rows[OURS]["mase"] != rows[LOAD_ONLY]["mase"]
+    assert out["weather_margin"]["mase_without"] == rows[OURS]["mase"]
+    assert out["weather_forecasts"]["measured_column"] == "temperature"
+
+
+def test_a_dataset_without_temperature_has_one_ours_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Taylor: ours is the load-only run, and the load-only and weather rows say why
+    they have no figures of their own."""
+    synthetic_dataset(tmp_path, monkeypatch, with_temperature=False)
+    calls: list[dict[str, Any]] = []
+    recording_compare(calls, monkeypatch)
+    out = compare.bench_dataset("synthetic", 2, "no venv here", 90, 7, tmp_path)
+    assert [c["models"] for c in calls] == [["default", "seed", "naive168"]]
+    rows = out["rows"]
+    assert rows[OURS]["mase"] < 1.0
+    assert rows[LOAD_ONLY]["not_run"] == "the same run as ours: no temperature in this dataset"
+    assert rows[WEATHER]["not_run"] == "no temperature in this dataset"
+    assert out["weather_margin"] is None and out["checks"]["weather_forecasts_help"] is None
+    text = render_markdown(report({"taylor-like": out}))
+    assert "| ours (load only) | n/a | n/a | n/a | n/a |  | the same run as ours" in text
+
+
+def fake_runner(
+    calls: list[Any], error_of: dict[Any, float], weather: dict[str, np.ndarray] | None = None
+) -> Any:
     """Stands in for `run_openstef`: forecasts on the runner's own origins that miss the
-    actual by `error_of[train_days]`, so each window's MASE is known to be better or worse."""
+    actual by `error_of[key]`, so each row's MASE is known to be better or worse; the key
+    is the training window, or `"temperature"` for a run given a weather column, whose
+    values go to `weather`."""
 
     def run(peer: PeerSettings, frame: HourlyFrame, config: BacktestConfig,
             site: dict[str, Any], temperature: str | None,
             workdir: Path) -> tuple[ForecastRows, dict[str, Any]]:
-        calls.append(peer.train_days)
+        key: Any = peer.train_days
+        if temperature is not None:
+            key = "temperature"
+            assert weather is not None and peer.train_days == 0
+            weather[temperature] = frame.future[temperature]
+        calls.append(key)
         rule = runner.Protocol(config.horizon, config.every, config.retrain_every)
         origins = [o for o, _ in runner.plan(len(frame), config.test_start, rule)]
         index = np.array([o + h for o in origins for h in range(config.horizon)])
         actual = frame.target[index]
-        p50 = actual + error_of[peer.train_days]
+        p50 = actual + error_of[key]
         rows = ForecastRows(
             origin=np.repeat(frame.times[origins], config.horizon),
             target_time=frame.times[index],
@@ -370,14 +486,20 @@ def test_one_dataset_with_both_openstef_windows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a 30-day window on 8 weeks of data both rows run, each with its own window, and
-    the ratio is against the one that erred less (all history here)."""
-    synthetic_dataset(tmp_path, monkeypatch)
-    calls: list[int] = []
-    monkeypatch.setattr(compare, "run_openstef", fake_runner(calls, {30: 12.0, 0: 4.0}))
+    the ratio is against the one that erred less (all history here); the run with the
+    temperature a day before gets exactly that column."""
+    frame = synthetic_dataset(tmp_path, monkeypatch)
+    calls: list[Any] = []
+    weather: dict[str, np.ndarray] = {}
+    errors = {30: 12.0, 0: 4.0, "temperature": 6.0}
+    monkeypatch.setattr(compare, "run_openstef", fake_runner(calls, errors, weather))
     out = compare.bench_dataset("synthetic", 2, tmp_path / "python", 30, 7, tmp_path)
-    assert calls == [30, 0]
+    assert calls == [30, 0, "temperature"]
+    np.testing.assert_array_equal(weather[compare.A_DAY_BEFORE],
+                                  a_day_before(frame.future["temperature"]))
     p30 = "OpenSTEF (30 days)"
-    assert out["openstef_rows"] == [p30, OPENSTEF_ALL]
+    assert out["openstef_rows"] == [p30, OPENSTEF_ALL, OPENSTEF_TEMPERATURE]
+    assert out["rows"][OPENSTEF_TEMPERATURE]["weather_column"].startswith("the measured")
     rows = out["rows"]
     assert rows[p30]["train_days"] == 30 and rows[OPENSTEF_ALL]["train_days"] == 0
     assert rows[p30]["mase"] > rows[OPENSTEF_ALL]["mase"]
@@ -389,8 +511,32 @@ def test_one_dataset_with_both_openstef_windows(
     assert out["config"]["history_at_last_refit_hours"] > 30 * 24
     # 90 days cover all 8 weeks: one run, the all-history row pointing at it.
     calls.clear()
-    monkeypatch.setattr(compare, "run_openstef", fake_runner(calls, {90: 4.0}))
+    errors = {90: 4.0, "temperature": 2.0}
+    monkeypatch.setattr(compare, "run_openstef", fake_runner(calls, errors, weather))
     once = compare.bench_dataset("synthetic", 2, tmp_path / "python", 90, 7, tmp_path)
-    assert calls == [90]
+    assert calls == [90, "temperature"]
     assert once["rows"][OPENSTEF_ALL]["same_as"] == P90
-    assert once["ratio_openstef_row"] == P90
+    # The lagged-temperature run erred least: the ratio is against it.
+    assert once["ratio_openstef_row"] == OPENSTEF_TEMPERATURE
+    assert once["ratio_ours_to_openstef"] == pytest.approx(
+        once["rows"][OURS]["mase"] / once["rows"][OPENSTEF_TEMPERATURE]["mase"])
+
+
+def test_the_serving_figures_carry_the_time_of_their_run_not_of_the_file(
+    tmp_path: Path,
+) -> None:
+    """A fresh clone gives `bench/serving.json` the clone's mtime: the copied figures say
+    when the run began, or that the file does not record it."""
+    serving = {"horizons_1_168": {"sequential": {"p50_ms": 12.1, "p99_ms": 17.4}}}
+    path = tmp_path / "serving.json"
+    path.write_text(json.dumps({"training": {"final_fit_seconds": 5.9}, "serving": serving,
+                                "machine": {"started_at": "2026-12-04T13:30:00Z"}}))
+    figures = compare.serving_figures(path)
+    assert figures is not None and figures["written"] == "2026-12-04T13:30:00Z"
+    assert figures["rpc_p99_ms"] == 17.4 and figures["final_fit_seconds"] == 5.9
+    path.write_text(json.dumps({"training": {"final_fit_seconds": 5.9}, "serving": serving,
+                                "machine": {"cores": 2}}))
+    older = compare.serving_figures(path)
+    assert older is not None and older["written"] == "at a time it does not record"
+    assert compare.serving_figures(tmp_path / "absent.json") is None
+    assert compare.machine()["started_at"].endswith("Z")
