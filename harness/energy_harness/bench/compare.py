@@ -21,11 +21,11 @@ the same points. The rows:
 - `OpenSTEF (90 days)` and `OpenSTEF (all history)`: its preset (`openstef_peer`,
   `openstef_runner`) on the load alone (its preset reads temperature only at the forecast
   hour, so a temperature measured up to the origin is no input it can take), in its own
-  Python 3.12 virtualenv, once trained on
-  the last `--train-days` days before each refit (90, the preset's window, by default) and
-  once on all of them, as ours is. Where no refit has more history than the window (Taylor:
-  77 days at the last one), the two would fit the same rows: it runs once, as the windowed
-  row, and the all-history row says so instead of repeating figures it did not measure;
+  Python 3.12 virtualenv, once trained on the last `--train-days` days before each refit
+  (90, the preset's window, by default) and once on all of them, as ours is. Where no
+  refit has more history than the window (Taylor: 77 days at the last one), the two would
+  fit the same rows: it runs once, as the windowed row, and the all-history row says so
+  instead of repeating figures it did not measure;
   `--train-days 0` makes the windowed row all history too, so there is only that one row.
   On data with temperature, `OpenSTEF (all history, temperature a day before)` is given the
   temperature measured 24 h before each forecast hour as its weather column (all of it
@@ -34,7 +34,7 @@ the same points. The rows:
 - `naive168` (the MASE reference, so 1.000) and `seed` (the seed recipe).
 
 "MASE / best OpenSTEF's" (`ratio_ours_to_openstef` in the JSON, and the 0.9 target) divides
-by the lower MASE of the OpenSTEF rows that ran; the table names that row
+by the lowest MASE of the OpenSTEF rows that ran; the table names that row
 (`ratio_openstef_row`).
 
 The same file records the default model's training time on one year of hourly data
@@ -214,16 +214,16 @@ def peer_rows(
     temperature, a third on all history reads the temperature measured a day before each
     forecast hour as its weather column: the nearest the preset comes to using what `ours`
     is given (a temperature measured before the origin)."""
-    preset = PeerRow(openstef_label(train_days), max(0, train_days))
-    lagged = [PeerRow(OPENSTEF_TEMPERATURE, 0, temperature_a_day_before=True)]
-    if preset.label == OPENSTEF_ALL:
-        return [preset, *lagged] if with_temperature else [preset]
-    window = Protocol(HORIZON, EVERY, RETRAIN_EVERY, train_days * 24)
-    # The window's start only moves forward with the origin: if the last fit starts at
-    # the first row, every fit does.
-    start, _ = training_rows(last_refit_index, window)
-    rows = [preset, PeerRow(OPENSTEF_ALL, 0, same_as=preset.label if start == 0 else None)]
-    return [*rows, *lagged] if with_temperature else rows
+    rows = [PeerRow(openstef_label(train_days), max(0, train_days))]
+    if rows[0].label != OPENSTEF_ALL:
+        window = Protocol(HORIZON, EVERY, RETRAIN_EVERY, train_days * 24)
+        # The window's start only moves forward with the origin: if the last fit starts at
+        # the first row, every fit does.
+        start, _ = training_rows(last_refit_index, window)
+        rows.append(PeerRow(OPENSTEF_ALL, 0, same_as=rows[0].label if start == 0 else None))
+    if with_temperature:
+        rows.append(PeerRow(OPENSTEF_TEMPERATURE, 0, temperature_a_day_before=True))
+    return rows
 
 
 def a_day_before(values: np.ndarray) -> np.ndarray:
