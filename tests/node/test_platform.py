@@ -497,6 +497,23 @@ def _delete_one(platform: Platform, selector: str) -> str:
     return name
 
 
+def _where_missing(platform: Platform, expected: set[tuple[Any, ...]], start: datetime,
+                   end: datetime) -> str:
+    """Which readings are missing and how far each got: in Kafka (topic, partition, offset)
+    or not, dead letters of their devices, offset gaps ingest recorded, the bridges' logs."""
+    missing = sorted(expected - platform.readings_between(start, end))
+    parts = [f"missing {len(missing)}: {missing[:20]}"]
+    try:
+        parts.append(f"in Kafka: {json.dumps(platform.find_in_kafka(missing[:50]))}")
+    except Exception as exc:  # a diagnosis must not hide the failure it explains
+        parts.append(f"Kafka not searched: {exc}")
+    parts.append(f"ingest_lost_records: {platform.sql('SELECT * FROM ingest_lost_records')}")
+    for pod in platform.worker_pods("bridge"):
+        logs = platform.kubectl("logs", pod["metadata"]["name"], "--tail=40", check=False)
+        parts.append(f"--- {pod['metadata']['name']}\n{logs.stdout[-3000:]}")
+    return "\n".join(parts)
+
+
 def test_faults_mid_stream_lose_and_duplicate_nothing(
     platform: Platform, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -531,8 +548,11 @@ def test_faults_mid_stream_lose_and_duplicate_nothing(
              "the fault run finished publishing", interval=3)
     assert platform.get("pod", "fault-simulator")["status"]["phase"] == "Succeeded", \
         platform.kubectl("logs", "fault-simulator").stdout[-2000:]
-    wait_for(lambda: platform.count_between(start, end) >= len(expected), 900,
-             f"{len(expected)} fault-run readings stored", interval=3)
+    try:
+        wait_for(lambda: platform.count_between(start, end) >= len(expected), 900,
+                 f"{len(expected)} fault-run readings stored", interval=3)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_where_missing(platform, expected, start, end)}") from None
     _record(tmp_path_factory, "fault_run_readings", len(expected))
     _record(tmp_path_factory, "fault_run_published_to_stored_s",
             round(time.monotonic() - began, 1))

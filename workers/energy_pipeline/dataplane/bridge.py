@@ -33,7 +33,7 @@ from energy_pipeline.core.contracts import (
     topic_parts,
     weather_topic,
 )
-from energy_pipeline.core.kafka import raise_if_refused
+from energy_pipeline.core.kafka import PRODUCER_GUARANTEES, raise_if_refused
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
 from energy_pipeline.core.readiness import (
@@ -180,8 +180,7 @@ def producer_config(settings: BridgeSettings) -> dict[str, object]:
     return {
         **settings.kafka_client_config(),
         "client.id": settings.mqtt_client_id or default_client_id(),
-        "enable.idempotence": True,
-        "acks": "all",
+        **PRODUCER_GUARANTEES,
         # Retry forever: giving up would mean acknowledging nothing and stalling the session.
         "message.timeout.ms": 0,
         "linger.ms": settings.bridge_linger_ms,

@@ -57,7 +57,7 @@ from energy_pipeline.core.contracts import (
     kafka_topic,
     weather_topic,
 )
-from energy_pipeline.core.kafka import raise_if_refused
+from energy_pipeline.core.kafka import PRODUCER_GUARANTEES, raise_if_refused
 from energy_pipeline.core.logs import configure_logging
 from energy_pipeline.core.observability import HealthServer, Heartbeat
 from energy_pipeline.core.readiness import KafkaMetadataCheck, Prober, Readiness, track_ready
@@ -135,6 +135,11 @@ def consumer_config(settings: IngestSettings) -> dict[str, object]:
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 100,
     }
+
+
+def dead_letter_producer_config(settings: IngestSettings) -> dict[str, object]:
+    """The dead-letter producer's: a reject's offset is committed once Kafka confirmed it."""
+    return {**settings.kafka_client_config(), **PRODUCER_GUARANTEES, "linger.ms": 5}
 
 
 def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
@@ -227,14 +232,7 @@ class Ingest:
         self.deadletter = deadletter_topic(settings.kafka_topic_prefix)
         self.kafka_config = {**consumer_config(settings), "on_commit": self._on_commit}
         self.consumer = Consumer(self.kafka_config, logger=logging.getLogger("librdkafka"))
-        self.producer = Producer(
-            {
-                **settings.kafka_client_config(),
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-            }
-        )
+        self.producer = Producer(dead_letter_producer_config(settings))
         self.on_written = on_written
         self.heartbeat = Heartbeat(stale_after=120)
         self.stopping = threading.Event()
