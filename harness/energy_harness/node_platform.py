@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import yaml
+from energy_pipeline.core.contracts import format_ts
 from energy_pipeline.db.connect import with_schema
 
 from energy_harness.images import REPO
@@ -138,75 +139,52 @@ print(json.dumps(found))
 
 
 # Run with `kubectl exec` in an ingest pod (its Kafka login, CA and topic prefix, and the
-# image's confluent_kafka): reads the sensor topics of the readings asked for (JSON list of
-# [site, sensor, device, ts]) from the beginning to their ends and prints, as JSON, where
-# each reading is (topic, partition, offset); also the dead-letter topic's letters naming one
-# of their devices where the login may read it (the kafka chart's ACLs let ingest only write
-# it: then `errors` says so). Read-only: assigned partitions, no group join, no commit.
+# image's confluent_kafka): reads the sensor topics of the readings asked for (a JSON list of
+# [site, sensor, device, ts as format_ts writes it]) from the beginning to their ends with
+# ingest's own parser, and prints as JSON where each is (topic, partition, offset). Read-only:
+# ingest's group (the only one its login may use), never joined: assigned partitions, no
+# commit. The dead-letter topic is not read: the kafka chart's ACLs let ingest only write it.
 KAFKA_FIND_SCRIPT = """
 import json, sys, time
-from datetime import datetime
+from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from energy_pipeline.core.contracts import deadletter_topic, kafka_topic
+from energy_pipeline.core.contracts import Reading, format_ts, kafka_topic
 from energy_pipeline.core.settings import load
+from energy_pipeline.core.validation_fast import parse_kafka_value
 from energy_pipeline.dataplane.ingest import IngestSettings, consumer_config
 
-def parse_ts(text):
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
-
 settings = load(IngestSettings)
-want = {(s, sensor, d, parse_ts(ts)) for s, sensor, d, ts in json.loads(sys.argv[1])}
-prefix = settings.kafka_topic_prefix
-dead = deadletter_topic(prefix)
-topics = sorted({kafka_topic(prefix, w[1]) for w in want}) + [dead]
-# Ingest's group (the only one its login may use), never joined: assigned partitions, no
-# commit. Small prefetch: this runs beside ingest, inside its memory limit.
+want = {tuple(key) for key in json.loads(sys.argv[1])}
+topics = sorted({kafka_topic(settings.kafka_topic_prefix, key[1]) for key in want})
+# Small prefetch: this runs beside ingest, inside its memory limit.
 consumer = Consumer({**consumer_config(settings), "enable.partition.eof": True,
                      "queued.max.messages.kbytes": 2048, "fetch.max.bytes": 1048576})
-found, letters, errors, ends = [], [], [], {}
 metadata = consumer.list_topics(timeout=30)
-parts = []
-for topic in topics:
-    info = metadata.topics.get(topic)
-    if info is None or info.error is not None:
-        errors.append(f"{topic}: {info.error if info else 'missing'}")
-        continue
-    parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in info.partitions]
+parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
+         for p in metadata.topics[t].partitions]
 consumer.assign(parts)
 left = {(tp.topic, tp.partition) for tp in parts}
+found, errors, ends = [], [], {}
 deadline = time.monotonic() + 120
 while left and time.monotonic() < deadline:
     for msg in consumer.consume(1000, timeout=1):
-        key = (msg.topic(), msg.partition())
+        where = (msg.topic(), msg.partition())
         if msg.error() is not None:
             if msg.error().code() == KafkaError._PARTITION_EOF:
-                ends[f"{key[0]}/{key[1]}"] = msg.offset()
-                left.discard(key)
-            else:
-                # E.g. the dead-letter topic, which ingest's login may write but not read.
-                if len(errors) < 50:
-                    errors.append(f"{key[0]}: {msg.error()}")
-                left = {k for k in left if k[0] != key[0]}
+                ends[f"{where[0]}/{where[1]}"] = msg.offset()
+                left.discard(where)
+            elif len(errors) < 20:
+                errors.append(f"{where}: {msg.error()}")
             continue
-        if msg.topic() == dead:
-            value = (msg.value() or b"").decode(errors="replace")
-            if any(f'"{w[2]}"' in value or w[2] in dict(msg.headers() or []).get(
-                    "source_topic", b"").decode(errors="replace") for w in want):
-                letters.append({"offset": msg.offset(), "value": value[:300],
-                                "headers": {k: v.decode(errors="replace")
-                                            for k, v in (msg.headers() or [])}})
+        reading = parse_kafka_value(msg.value(), datetime.now(UTC), settings.limits())
+        if not isinstance(reading, Reading):
             continue
-        try:
-            doc = json.loads(msg.value())
-            have = (doc["site"], doc["sensor"], doc["device"], parse_ts(doc["ts"]))
-        except Exception as exc:
-            errors.append(f"{key}@{msg.offset()}: {exc}")
-            continue
-        if have in want:
-            found.append({"reading": list(have), "topic": key[0], "partition": key[1],
+        key = (reading.site, reading.sensor, reading.device, format_ts(reading.ts))
+        if key in want:
+            found.append({"reading": list(key), "topic": where[0], "partition": where[1],
                           "offset": msg.offset()})
 consumer.close()
-print(json.dumps({"found": found, "dead_letters": letters, "errors": errors[:20],
+print(json.dumps({"found": found, "errors": errors,
                   "unread_partitions": sorted(map(str, left)), "end_offsets": ends}))
 """
 
@@ -311,9 +289,9 @@ class Platform:
 
     def find_in_kafka(self, readings: list[Reading]) -> dict[str, Any]:
         """Where Kafka holds `readings` (KAFKA_FIND_SCRIPT in an ingest pod): which of a
-        missing row's records reached Kafka, and any dead letter of their devices."""
+        missing row's records reached Kafka, at which partition and offset."""
         pod = self.worker_pods("ingest")[0]["metadata"]["name"]
-        wanted = json.dumps([[s, sensor, d, ts.isoformat()] for s, sensor, d, ts, _ in readings])
+        wanted = json.dumps([[s, sensor, d, format_ts(ts)] for s, sensor, d, ts, _ in readings])
         out = self.kubectl("exec", pod, "-c", "ingest", "--", "python", "-c",
                            KAFKA_FIND_SCRIPT, wanted, timeout=300).stdout
         return json.loads(out.strip().splitlines()[-1])

@@ -500,8 +500,7 @@ def _delete_one(platform: Platform, selector: str) -> str:
 def _where_missing(platform: Platform, expected: set[tuple[Any, ...]], start: datetime,
                    end: datetime) -> str:
     """Which readings are missing and how far each got: in Kafka (topic, partition, offset)
-    or not (and dead letters of their devices, where ingest's login may read them), offset
-    gaps ingest recorded, the bridges' logs."""
+    or not, offset gaps ingest recorded, the bridges' logs."""
     missing = sorted(expected - platform.readings_between(start, end))
     parts = [f"missing {len(missing)}: {missing[:20]}"]
     try:
